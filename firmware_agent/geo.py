@@ -32,16 +32,6 @@ def approx_distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> flo
     return EARTH_RADIUS_M * math.sqrt(x * x + y * y)
 
 
-def initial_bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Initial great-circle bearing from point 1 to point 2, in [0, 360)."""
-    p1 = math.radians(lat1)
-    p2 = math.radians(lat2)
-    dl = math.radians(lon2 - lon1)
-    y = math.sin(dl) * math.cos(p2)
-    x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
-    return math.degrees(math.atan2(y, x)) % 360.0
-
-
 def destination(
     lat: float, lon: float, bearing_deg: float, distance_m: float
 ) -> tuple[float, float]:

@@ -69,11 +69,6 @@ class EpochAssembler:
         self._end_key = ""
         self._end_n = 0
 
-    @property
-    def current_date(self) -> date | None:
-        """The date currently carried (from the last RMC or ZDA)."""
-        return self._date
-
     def begin(self, tod_ms: int, res_ms: int, out: list[Fix]) -> None:
         """A sentence stamped ``tod_ms`` arrives: close the open epoch if it is another."""
         d = self.draft

@@ -29,7 +29,6 @@ TIME_RESET = "time_reset"
 STALE = "stale"
 JUMP = "jump"
 JUMP_REANCHOR = "jump_reanchor"
-FILTER_KINDS = (DUPLICATE, OUT_OF_ORDER, TIME_RESET, STALE, JUMP, JUMP_REANCHOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,22 +97,23 @@ class FixFilter:
         self._jump_since: float | None = None
 
     def accept(self, fix: Fix, now_s: float | None = None) -> bool:
-        drop = self._time_check(fix, now_s)
+        key = _order_key(fix)
+        timed = fix.time is not None
+        drop = self._time_check(key, timed, now_s)
         if drop is None and fix.lat is not None and fix.lon is not None:
-            drop = self._jump_check(fix.lat, fix.lon, _order_key(fix))
+            drop = self._jump_check(fix.lat, fix.lon, key)
         if drop is not None:
             self.counts[drop] += 1
             return False
         self._backward_run = 0
-        self._last_key, self._timed, self._last_recv = _order_key(fix), fix.time is not None, now_s
+        self._last_key, self._timed, self._last_recv = key, timed, now_s
         return True
 
-    def _time_check(self, fix: Fix, now_s: float | None) -> str | None:
+    def _time_check(self, key: float, timed: bool, now_s: float | None) -> str | None:
         cfg = self._cfg
         last = self._last_key
-        if last is None or (fix.time is not None) != self._timed:
+        if last is None or timed != self._timed:
             return None  # nothing comparable yet (or the date just became known)
-        key = _order_key(fix)
         if key == last and cfg.drop_duplicates:
             return DUPLICATE
         if key < last and cfg.drop_out_of_order:

@@ -346,7 +346,6 @@ SPECS: dict[str, Spec] = {
     # ZDA states the date; the decoder hands it to EpochAssembler.note_date.
     "ZDA": Spec(_zda, 6, 4, 0),
 }
-DECODED_TYPES = frozenset(SPECS)
 
 
 def parse_zda(d: list[str]) -> date | None:
@@ -358,10 +357,3 @@ def parse_zda(d: list[str]) -> date | None:
         return date(int(year), int(month), int(day))
     except ValueError:
         return None
-
-
-def sentence_kind(body: str) -> str:
-    """The sentence type (``GGA``) of a talker sentence body, or ``P`` for proprietary."""
-    if body[:1] == "P":
-        return "P"
-    return body[2:5]
