@@ -4,6 +4,10 @@
   fixes on stdout, one summary line of counters on stderr.
 - ``fleet-agent gnss watch --port DEV``: read a live receiver (serial device or pty),
   print each fix as it is decoded; survives the receiver being unplugged.
+- ``fleet-agent replay --nmea LOG --manifest M [--scans S] [--out OUT]``: the whole van
+  pipeline over recorded input, every message it would publish as JSON lines.
+- ``fleet-agent pod verify FILE --pubkey KEY``: check POD signatures and the hash chain.
+- ``fleet-agent scan parse CODE`` / ``scan watch``: the scanner's view of a barcode.
 """
 
 from __future__ import annotations
@@ -121,6 +125,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    # Imported here: cryptography and the van logic are not needed by `gnss decode`.
+    from firmware_agent.replay_cli import run_replay  # noqa: PLC0415
+
+    return run_replay(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet-agent", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"fleet-agent {__version__}")
@@ -165,6 +176,33 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--duration-s", type=float, default=0.0, help="stop after this long")
     filter_options(watch)
     watch.set_defaults(func=_cmd_watch)
+
+    rep = sub.add_parser(
+        "replay",
+        help="run the van pipeline over recorded input",
+        description="Run the whole van pipeline (geofences, exceptions, scans, PODs, "
+        "telemetry) over an NMEA log, a manifest and a scan log, as fast as the CPU "
+        "allows, with time taken from the fixes; write every message the van would "
+        "publish as one JSON object per line (docs/replay-output.md).",
+    )
+    rep.add_argument("--nmea", required=True, help="NMEA log ('-' for stdin)")
+    rep.add_argument("--manifest", required=True, help="manifest JSON (docs/manifest.schema.json)")
+    rep.add_argument("--scans", help="scan log, JSON lines (docs/scan-log.md)")
+    rep.add_argument("--out", default="-", help="output JSON lines (default stdout)")
+    rep.add_argument(
+        "--key",
+        help="device signing key (PEM, created 0600 if absent); default: a throwaway key",
+    )
+    rep.add_argument("--pubkey-out", help="also write the signing public key (PEM) here")
+    rep.add_argument("--no-telemetry", action="store_true", help="omit telemetry messages")
+    filter_options(rep)
+    rep.set_defaults(func=_cmd_replay)
+
+    from firmware_agent.pod.cli import register as register_pod  # noqa: PLC0415
+    from firmware_agent.scan.cli import register as register_scan  # noqa: PLC0415
+
+    register_pod(sub)
+    register_scan(sub)
     return parser
 
 

@@ -1,12 +1,15 @@
-"""``fleet-sim``: generate scenarios, play them into a fake receiver, convert traces.
+"""``fleet-sim``: generate scenarios, play them into fake devices, convert real trips.
 
     fleet-sim scenario --seed 7 --stops 12 --rate-hz 10 --talker GN --out out/day7
     fleet-sim play --scenario-dir out/day7 --pty /tmp/fleet/gnss --speedup 5 --live
+    fleet-sim play --scenario-dir out/day7 --pty /tmp/fleet/gnss --scanner-pty /tmp/fleet/scanner
     fleet-sim play --seed 7 --stops 3 --tcp 127.0.0.1:2947 --afap
     fleet-sim trace trip.csv --rate-hz 5 --noise-m 2 --out trip.nmea
+    fleet-sim trip trip.csv --out out/trip
 
 ``play`` prints where to connect (``pty: /dev/pts/N linked at LINK``, ``tcp: HOST:PORT``
-or ``file: PATH``) on stdout as its first line, at once, so a script can wait for it.
+or ``file: PATH``) on stdout as its first line, at once, so a script can wait for it;
+with ``--scanner-pty`` a second line ``scanner: /dev/pts/M linked at LINK`` follows.
 Ctrl-C or SIGTERM stop it cleanly: the pty link is removed. Errors are reported on
 stderr in one line, with a non-zero exit status.
 """
@@ -21,14 +24,17 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from simulator.epoch import RATES_HZ, TALKERS, Talker
 from simulator.errors import ConfigError, SimulatorError
 from simulator.gnss_errors import OutageWindow
 from simulator.live import LiveView
+from simulator.manifest import DEFAULT_DEVICE_ID, build_manifest
 from simulator.playback import (
     PlayProgress,
+    SideStream,
     TimedChunk,
     attach_truth,
     epoch_chunks,
@@ -36,11 +42,28 @@ from simulator.playback import (
     play,
 )
 from simulator.receiver import FileSink, PtyReceiver, TcpReceiver
+from simulator.scanner import PtyScanner, scan_chunks
+from simulator.scans import (
+    DEFAULT_DUPLICATE_RATE,
+    DEFAULT_GARBAGE_RATE,
+    DEFAULT_WRONG_STOP_RATE,
+    SCAN_LOG,
+    build_scan_log,
+    read_scan_log,
+)
 from simulator.scenario import DEFAULT_START, ScenarioConfig, generate
 from simulator.scenario_dir import NMEA_LOG, write_scenario_dir
 from simulator.stops import Stop
 from simulator.trace import DEFAULT_MAX_GAP_S, write_trace_nmea
-from simulator.truth import STOPS_JSON, TRUTH_CSV, read_stops_json, read_truth_csv
+from simulator.trips import write_trip_dir
+from simulator.truth import (
+    SCENARIO_JSON,
+    STOPS_JSON,
+    TRUTH_CSV,
+    read_scenario_json,
+    read_stops_json,
+    read_truth_csv,
+)
 
 PROG = "fleet-sim"
 _GENERATION_FLAGS = (
@@ -101,6 +124,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0..1: {text!r}")
+    return value
+
+
 def _generation_flags() -> argparse.ArgumentParser:
     """Flags that describe a generated day; defaults are applied in :func:`_config`."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -153,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
         "scenario", parents=[generation], help="generate a day: NMEA log and ground truth"
     )
     scenario.add_argument("--out", type=Path, required=True, help="output directory")
+    scans = scenario.add_argument_group("manifest and scans")
+    scans.add_argument(
+        "--device-id", default=DEFAULT_DEVICE_ID, help=f"the van (default {DEFAULT_DEVICE_ID})"
+    )
+    scans.add_argument(
+        "--wrong-stop-rate", type=_rate, default=DEFAULT_WRONG_STOP_RATE, metavar="P",
+        help=f"scans of another stop's parcel, per parcel (default {DEFAULT_WRONG_STOP_RATE})",
+    )  # fmt: skip
+    scans.add_argument(
+        "--garbage-rate", type=_rate, default=DEFAULT_GARBAGE_RATE, metavar="P",
+        help=f"unreadable scans, per parcel (default {DEFAULT_GARBAGE_RATE})",
+    )  # fmt: skip
+    scans.add_argument(
+        "--duplicate-rate", type=_rate, default=DEFAULT_DUPLICATE_RATE, metavar="P",
+        help=f"double reads within 2 s, per parcel (default {DEFAULT_DUPLICATE_RATE})",
+    )  # fmt: skip
     scenario.set_defaults(handler=_cmd_scenario)
 
     play_cmd = commands.add_parser(
@@ -169,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tcp", type=_host_port, metavar="HOST:PORT", help="serve on TCP (port 0: any)"
     )
     sink.add_argument("--file", type=Path, metavar="OUT", help="write to a file")
+    play_cmd.add_argument(
+        "--scanner-pty", type=Path, metavar="LINK",
+        help="also play the day's scans (scans.jsonl) on a scanner pty symlinked at LINK",
+    )  # fmt: skip
     pacing = play_cmd.add_mutually_exclusive_group()
     pacing.add_argument(
         "--speedup", type=_positive_float, default=1.0, help="times real time (default 1)"
@@ -207,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("--out", type=Path, required=True, help="output NMEA log")
     trace.set_defaults(handler=_cmd_trace)
+
+    trip = commands.add_parser(
+        "trip", help="turn a real trip CSV into a replayable day: NMEA, manifest, halts"
+    )
+    trip.add_argument("csv", type=Path, help="position CSV (timestamp_utc,lat,lon,...)")
+    trip.add_argument("--out", type=Path, required=True, help="output directory")
+    trip.add_argument(
+        "--rate-hz", type=int, choices=RATES_HZ, default=1, help="epochs per second (default 1)"
+    )
+    trip.add_argument(
+        "--noise-m", type=float, default=0.0, help="noise sigma per axis, metres (default 0)"
+    )
+    trip.add_argument("--seed", type=int, default=0, help="noise and parcel seed (default 0)")
+    trip.add_argument("--talker", choices=TALKERS, default="GP", help="default GP")
+    trip.add_argument(
+        "--max-gap-s", type=_positive_float, default=DEFAULT_MAX_GAP_S, help="longer gaps: no fix"
+    )
+    trip.add_argument(
+        "--device-id", default=DEFAULT_DEVICE_ID, help=f"the van (default {DEFAULT_DEVICE_ID})"
+    )
+    trip.set_defaults(handler=_cmd_trip)
     return parser
 
 
@@ -254,7 +328,14 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
 
 def _cmd_scenario(args: argparse.Namespace) -> int:
     scenario = generate(_config(args))
-    summary = write_scenario_dir(scenario, args.out)
+    summary = write_scenario_dir(
+        scenario,
+        args.out,
+        device_id=args.device_id,
+        wrong_stop_rate=args.wrong_stop_rate,
+        garbage_rate=args.garbage_rate,
+        duplicate_rate=args.duplicate_rate,
+    )
     print(f"scenario seed={scenario.config.seed}: {summary.line()}")
     return 0
 
@@ -273,13 +354,32 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trip(args: argparse.Namespace) -> int:
+    summary = write_trip_dir(
+        args.csv,
+        args.out,
+        rate_hz=args.rate_hz,
+        noise_m=args.noise_m,
+        seed=args.seed,
+        max_gap_s=args.max_gap_s,
+        talker=args.talker,
+        device_id=args.device_id,
+    )
+    print(f"trip {args.csv}: {summary.line()}")
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class _Source:
-    """What to play: a way to get the chunks, how many there are, the stops if known."""
+    """What to play: a way to get the chunks, how many there are, the stops if known.
+
+    ``scans``: the scanner's chunks on the same clock, when ``--scanner-pty`` asks.
+    """
 
     chunks: Callable[[], Iterable[TimedChunk]]
     total: int | None
     stops: tuple[Stop, ...]
+    scans: Callable[[], Iterable[TimedChunk]] | None = None
 
 
 def _source(args: argparse.Namespace) -> _Source:
@@ -296,22 +396,53 @@ def _source(args: argparse.Namespace) -> _Source:
         log = directory / NMEA_LOG
         stops = read_stops_json(directory / STOPS_JSON) if (directory / STOPS_JSON).exists() else ()
         total = sum(1 for _ in nmea_log_chunks(log))
+        scans = _scenario_dir_scans(directory) if args.scanner_pty is not None else None
         if (directory / TRUTH_CSV).exists():
             return _Source(
                 lambda: attach_truth(nmea_log_chunks(log), read_truth_csv(directory / TRUTH_CSV)),
                 total,
                 stops,
+                scans,
             )
-        return _Source(lambda: nmea_log_chunks(log), total, stops)
+        return _Source(lambda: nmea_log_chunks(log), total, stops, scans)
     if args.nmea is not None:
+        if args.scanner_pty is not None:
+            raise ConfigError("--scanner-pty needs --scenario-dir or a generated scenario")
         nmea: Path = args.nmea
         total = sum(1 for _ in nmea_log_chunks(nmea))
         return _Source(lambda: nmea_log_chunks(nmea), total, ())
     scenario = generate(_config(args))
     talker: Talker = scenario.config.talker
+    generated_scans: Callable[[], Iterable[TimedChunk]] | None = None
+    if args.scanner_pty is not None:
+        # The same manifest and scans `fleet-sim scenario` would write for this day.
+        seed = scenario.config.seed
+        lines = build_scan_log(scenario, build_manifest(scenario, seed=seed), seed=seed)
+        generated_scans = partial(scan_chunks, lines, scenario.start)
     return _Source(
-        lambda: epoch_chunks(scenario.epochs(), talker), scenario.n_epochs, scenario.stops
+        lambda: epoch_chunks(scenario.epochs(), talker),
+        scenario.n_epochs,
+        scenario.stops,
+        generated_scans,
     )
+
+
+def _scenario_dir_scans(directory: Path) -> Callable[[], Iterable[TimedChunk]]:
+    """The scans of ``directory`` on the clock of its NMEA log (0 = its first epoch)."""
+    path = directory / SCAN_LOG
+    if not path.exists():
+        raise ConfigError(f"{path} not found: regenerate the day with `fleet-sim scenario`")
+    lines = read_scan_log(path)
+    first = next(iter(nmea_log_chunks(directory / NMEA_LOG)), None)
+    start = first.time if first is not None else None
+    if start is None and (directory / SCENARIO_JSON).exists():
+        start = read_scenario_json(directory / SCENARIO_JSON).start
+    if start is None:
+        raise ConfigError(
+            f"cannot place the scans in time: {directory / NMEA_LOG} has no dated RMC or ZDA"
+            f" and there is no {SCENARIO_JSON}"
+        )
+    return lambda: scan_chunks(lines, start)
 
 
 class _Unplugger:
@@ -344,6 +475,12 @@ def _cmd_play(args: argparse.Namespace) -> int:
         raise ConfigError("--unplug-after-s and --unplug-for-s go together")
     if args.unplug_after_s is not None and args.pty is None:
         raise ConfigError("--unplug-after-s needs --pty")
+    if (
+        args.scanner_pty is not None
+        and args.pty is not None
+        and args.scanner_pty.absolute() == args.pty.absolute()
+    ):
+        raise ConfigError("--scanner-pty and --pty must be different paths")
     source = _source(args)
     return asyncio.run(_play(args, source))
 
@@ -382,7 +519,8 @@ async def _stream(args: argparse.Namespace, source: _Source) -> int:
         sink = TcpReceiver(args.tcp[0], args.tcp[1])
     else:
         sink = FileSink(args.file)
-    async with sink:
+    async with contextlib.AsyncExitStack() as devices:
+        await devices.enter_async_context(sink)
         if isinstance(sink, PtyReceiver):
             label = f"pty: {sink.device} linked at {sink.path}"
         elif isinstance(sink, TcpReceiver):
@@ -390,8 +528,16 @@ async def _stream(args: argparse.Namespace, source: _Source) -> int:
         else:
             label = f"file: {sink.path}"
         print(label, flush=True)
+        scanner: PtyScanner | None = None
+        side: list[SideStream] = []
+        if source.scans is not None:
+            scanner = await devices.enter_async_context(PtyScanner(args.scanner_pty))
+            print(f"scanner: {scanner.device} linked at {scanner.path}", flush=True)
+            side.append(SideStream(source.scans(), scanner))
         if args.wait_reader:
             await _wait_for_reader(sink)
+            if scanner is not None:
+                await scanner.wait_for_reader()
 
         hooks: list[Callable[[PlayProgress], None]] = []
         if isinstance(sink, PtyReceiver) and args.unplug_after_s is not None:
@@ -399,7 +545,11 @@ async def _stream(args: argparse.Namespace, source: _Source) -> int:
         with contextlib.ExitStack() as stack:
             if args.live:
                 view = stack.enter_context(
-                    LiveView(stops=source.stops, sink_label=label, link_status=_link_status(sink))
+                    LiveView(
+                        stops=source.stops,
+                        sink_label=label,
+                        link_status=_link_status(sink, scanner),
+                    )
                 )
                 hooks.append(view.update)
 
@@ -408,11 +558,21 @@ async def _stream(args: argparse.Namespace, source: _Source) -> int:
                     hook(progress)
 
             stats = await play(
-                source.chunks(), sink, speedup=speedup, total=source.total, on_chunk=on_chunk
+                source.chunks(),
+                sink,
+                speedup=speedup,
+                total=source.total,
+                on_chunk=on_chunk,
+                side=side,
             )
+    scans = (
+        f"; {stats.side_chunks} scans, {stats.side_dropped_bytes} scanner bytes dropped"
+        if scanner is not None
+        else ""
+    )
     print(
         f"played {stats.chunks} epochs, {stats.bytes_written} bytes written, "
-        f"{stats.dropped_bytes} dropped, in {stats.wall_s:.1f} s",
+        f"{stats.dropped_bytes} dropped, in {stats.wall_s:.1f} s{scans}",
         file=sys.stderr,
     )
     return 0
@@ -425,16 +585,26 @@ async def _wait_for_reader(sink: PtyReceiver | TcpReceiver | FileSink) -> None:
         await sink.wait_for_reader()
 
 
-def _link_status(sink: PtyReceiver | TcpReceiver | FileSink) -> Callable[[], str]:
-    if isinstance(sink, TcpReceiver):
-        return lambda: f"{sink.clients} client(s) connected"
-    if isinstance(sink, PtyReceiver):
-        return lambda: (
-            ("reader attached" if sink.reader_attached else "no reader")
-            if sink.plugged
-            else "unplugged"
-        )
-    return lambda: ""
+def _link_status(
+    sink: PtyReceiver | TcpReceiver | FileSink, scanner: PtyScanner | None = None
+) -> Callable[[], str]:
+    def port(device: PtyReceiver | PtyScanner) -> str:
+        if not device.plugged:
+            return "unplugged"
+        return "reader attached" if device.reader_attached else "no reader"
+
+    def status() -> str:
+        if isinstance(sink, TcpReceiver):
+            text = f"{sink.clients} client(s) connected"
+        elif isinstance(sink, PtyReceiver):
+            text = port(sink)
+        else:
+            text = ""
+        if scanner is not None:
+            text = f"{text}; scanner: {port(scanner)} ({scanner.bytes_written} bytes)".lstrip("; ")
+        return text
+
+    return status
 
 
 if __name__ == "__main__":

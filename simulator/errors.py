@@ -50,5 +50,9 @@ class NmeaLogError(InputFileError):
     """A recorded NMEA log cannot be replayed (unreadable, or no timed sentence at all)."""
 
 
+class ScanLogError(InputFileError):
+    """A scan log (``scans.jsonl``) is unreadable or malformed."""
+
+
 class ReceiverError(SimulatorError, OSError):
     """A fake receiver (pty, TCP server, file) could not be set up or used."""

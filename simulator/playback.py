@@ -4,13 +4,16 @@ A :class:`TimedChunk` is one epoch's bytes and when, relative to the first, the
 receiver sends it. Chunks come from a scenario (:func:`epoch_chunks`) or from a
 recorded NMEA log (:func:`nmea_log_chunks`, which groups sentences into epochs by
 their time field). :func:`play` writes them to a sink at real time times a speed-up,
-or as fast as possible, yielding to the event loop between chunks.
+or as fast as possible, yielding to the event loop between chunks. Other ports (a
+barcode scanner) play in step through :class:`SideStream`: one pacing loop serves
+every port, so their order holds at any speed, as fast as possible included.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -59,12 +62,27 @@ class PlayProgress:
 
 @dataclass(frozen=True, slots=True)
 class PlayStats:
-    """What a finished (or stopped) playback did."""
+    """What a finished (or stopped) playback did; ``side_*`` count the side streams."""
 
     chunks: int
     bytes_written: int
     dropped_bytes: int
     wall_s: float
+    side_chunks: int = 0
+    side_bytes_written: int = 0
+    side_dropped_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SideStream:
+    """Chunks for another port, played in step with the main stream.
+
+    Offsets share the main stream's clock (0 is the main stream's first chunk), so
+    a chunk goes out after every main chunk of an earlier or equal offset.
+    """
+
+    chunks: Iterable[TimedChunk]
+    sink: Sink
 
 
 def epoch_chunks(epochs: Iterable[Epoch], talker: Talker) -> Iterator[TimedChunk]:
@@ -186,6 +204,11 @@ def _time_of_day(field: bytes) -> float | None:
     return hours * 3600 + minutes * 60 + seconds
 
 
+def _tagged(chunks: Iterable[TimedChunk], port: int) -> Iterator[tuple[float, int, TimedChunk]]:
+    for chunk in chunks:
+        yield chunk.offset_s, port, chunk
+
+
 async def play(
     chunks: Iterable[TimedChunk],
     sink: Sink,
@@ -193,13 +216,16 @@ async def play(
     speedup: float | None = 1.0,
     total: int | None = None,
     on_chunk: Callable[[PlayProgress], None] | None = None,
+    side: Sequence[SideStream] = (),
 ) -> PlayStats:
     """Write ``chunks`` to ``sink`` with pacing; return what was done.
 
     ``speedup`` 1.0 is real time, 10.0 ten times faster, ``None`` as fast as possible
     (still yielding to the loop after every chunk, so servers keep serving). The first
-    chunk goes out at once. ``on_chunk`` is called after each write; keep it cheap.
-    Cancel the task to stop; the sink is left to its owner to close.
+    chunk goes out at once. ``on_chunk`` is called after each write of a main chunk;
+    keep it cheap. ``side`` streams are merged in by offset (each must be in offset
+    order, as the main one) and written to their own sinks; at equal offsets the main
+    chunk goes first. Cancel the task to stop; sinks are left to their owners to close.
     """
     if speedup is not None and speedup <= 0:
         raise ConfigError(f"speedup must be positive, got {speedup}")
@@ -208,17 +234,29 @@ async def play(
     anchor_wall = started
     anchor_offset_s = 0.0
     written = dropped = played = 0
-    for chunk in chunks:
+    side_written = side_dropped = side_played = 0
+    merged = heapq.merge(
+        _tagged(chunks, 0),
+        *(_tagged(stream.chunks, n + 1) for n, stream in enumerate(side)),
+        key=lambda item: (item[0], item[1]),
+    )
+    for offset_s, port, chunk in merged:
         if speedup is None:
             await asyncio.sleep(0)
         else:
-            due = anchor_wall + (chunk.offset_s - anchor_offset_s) / speedup
+            due = anchor_wall + (offset_s - anchor_offset_s) / speedup
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif -delay > MAX_LAG_S:
                 # Far behind (a stalled loop): re-anchor instead of firing a burst.
-                anchor_wall, anchor_offset_s = loop.time(), chunk.offset_s
+                anchor_wall, anchor_offset_s = loop.time(), offset_s
+        if port:
+            sent = side[port - 1].sink.write(chunk.data)
+            side_written += sent
+            side_dropped += len(chunk.data) - sent
+            side_played += 1
+            continue
         sent = sink.write(chunk.data)
         written += sent
         dropped += len(chunk.data) - sent
@@ -229,4 +267,12 @@ async def play(
                 )
             )
         played += 1
-    return PlayStats(played, written, dropped, loop.time() - started)
+    return PlayStats(
+        played,
+        written,
+        dropped,
+        loop.time() - started,
+        side_played,
+        side_written,
+        side_dropped,
+    )

@@ -8,6 +8,7 @@ clone) the tests that need it skip with a clear reason; CI always has it, and
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,18 @@ TRAJECTORIES = CORPUS / "trajectories"
 
 
 def require(path: Path) -> Path:
-    """``path`` inside the corpus, or skip the calling test with the reason."""
+    """``path`` inside the corpus, or skip the calling test with the reason.
+
+    Under ``FLEET_REQUIRE_CORPUS=1`` (set by .ci/run, since CI always has the corpus) a
+    missing path fails the test instead: CI must never pass by skipping.
+    """
     if not path.exists():
-        pytest.skip(
+        reason = (
             f"real-world corpus not found at {path} (expected ../shared/corpus beside the repo)"
         )
+        if os.environ.get("FLEET_REQUIRE_CORPUS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -46,6 +47,8 @@ def test_scenario_writes_log_and_truth(tmp_path: Path, capsys: pytest.CaptureFix
         "truth.csv",
         "stops.json",
         "scenario.json",
+        "manifest.json",
+        "scans.jsonl",
     }
     truth = load_truth(out)
     assert truth.config.talker == "GN"
@@ -76,6 +79,24 @@ def test_scenario_writes_log_and_truth(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert (again / "nmea.log").read_bytes() == (out / "nmea.log").read_bytes()
     assert (other / "nmea.log").read_bytes() != (out / "nmea.log").read_bytes()
+
+
+def test_scenario_manifest_and_scan_options(tmp_path: Path) -> None:
+    out = tmp_path / "day"
+    argv = ["scenario", "--seed", "2", "--stops", "4", "--device-id", "van-0042",
+            "--wrong-stop-rate", "0", "--garbage-rate", "0", "--duplicate-rate", "1",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["device_id"] == "van-0042"
+    assert manifest["route_id"] == "R-20261121-van-0042"
+    kinds = [
+        json.loads(line)["truth"]["kind"]
+        for line in (out / "scans.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    parcels = sum(len(stop["parcels"]) for stop in manifest["stops"])
+    assert kinds.count("ok") == kinds.count("duplicate") == parcels
+    assert len(kinds) == 2 * parcels
 
 
 def test_bytes_do_not_depend_on_the_interpreter_run(tmp_path: Path) -> None:
@@ -186,6 +207,8 @@ def test_play_a_scenario_dir_and_a_log_into_files(tmp_path: Path) -> None:
         (["play", "--seed", "1"], 2, "one of the arguments --pty --tcp --file is required"),
         (["scenario", "--route", "missing.gpx", "--out", "x"], 1, "missing.gpx: cannot read"),
         (["scenario", "--stops", "0", "--out", "x"], 1, "n_stops must be"),
+        (["scenario", "--garbage-rate", "2", "--out", "x"], 2, "must be within 0..1"),
+        (["scenario", "--duplicate-rate", "x", "--out", "x"], 2, "not a number"),
         (
             ["play", "--nmea", "log.nmea", "--seed", "3", "--file", "x"],
             1,

@@ -1,0 +1,278 @@
+"""What the driver sees and hears after a scan: LEDs and a buzzer on GPIO (gpiozero).
+
+Drivers never look at a screen; each outcome has its own pattern, told apart by
+colour, count and length even in a noisy cab with the sun on the LEDs:
+
+=================  ===========================================  ======================
+signal             LEDs                                         buzzer
+=================  ===========================================  ======================
+``RECORDED``       green on 0.3 s                               one short beep, 0.1 s
+``WRONG_STOP``     red blinks 3 times (0.15 s on, 0.15 s off)   3 beeps, with the red
+``UNKNOWN_CODE``   red on 1 s                                   one long beep, 0.6 s
+``NO_FIX``         green and red alternate twice, 0.25 s each   silent
+=================  ===========================================  ======================
+
+:class:`DriverFeedback` plays patterns on a worker thread, so :meth:`~DriverFeedback.signal`
+never blocks the event loop (it takes no lock: a queue put). A new signal interrupts
+the pattern playing, which is cut short with every output off. :class:`NullFeedback`
+has the same interface and does nothing, for vans without GPIO (and laptops):
+:meth:`DriverFeedback.create` falls back to it, with one warning, when gpiozero finds no
+pin factory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Final, Protocol, Self
+
+import gpiozero  # type: ignore[import-untyped]  # gpiozero has no type hints
+from gpiozero import BadPinFactory, GPIOPinInUse, GPIOZeroError, PinInvalidPin
+
+from firmware_agent.errors import ConfigError, DeviceError, DeviceUnavailableError
+
+_LOG = logging.getLogger(__name__)
+
+
+class Signal(StrEnum):
+    RECORDED = "recorded"
+    WRONG_STOP = "wrong_stop"
+    UNKNOWN_CODE = "unknown_code"
+    NO_FIX = "no_fix"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackPins:
+    """GPIO pins (gpiozero names: ``17``, ``"GPIO17"``, ``"BOARD11"``); ``None``: not fitted."""
+
+    green_led: int | str | None = 17
+    red_led: int | str | None = 27
+    buzzer: int | str | None = 22
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One step of a pattern: these outputs on (the others off) for ``duration_s``."""
+
+    green: bool
+    red: bool
+    buzzer: bool
+    duration_s: float
+
+
+def _frames(*steps: tuple[str, float]) -> tuple[Frame, ...]:
+    # "gb" = green and buzzer on; "" = all off.
+    return tuple(Frame("g" in on, "r" in on, "b" in on, duration_s) for on, duration_s in steps)
+
+
+PATTERNS: Final[dict[Signal, tuple[Frame, ...]]] = {
+    Signal.RECORDED: _frames(("gb", 0.1), ("g", 0.2)),
+    Signal.WRONG_STOP: _frames(*[("rb", 0.15), ("", 0.15)] * 3),
+    Signal.UNKNOWN_CODE: _frames(("rb", 0.6), ("r", 0.4)),
+    Signal.NO_FIX: _frames(*[("g", 0.25), ("r", 0.25)] * 2),
+}
+
+
+class Feedback(Protocol):
+    """What the pipeline calls; :class:`DriverFeedback` and :class:`NullFeedback`."""
+
+    def signal(self, s: Signal) -> None: ...
+    def wait_idle(self, timeout_s: float | None = None) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class NullFeedback:
+    """Feedback for a van without LEDs or buzzer: every call does nothing."""
+
+    def signal(self, s: Signal) -> None:
+        pass
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_CLOSE: Final = object()
+
+
+class DriverFeedback:
+    """LEDs and buzzer on GPIO; see the module doc for the patterns.
+
+    Construct it outside the event loop (opening GPIO touches files), or use
+    :meth:`create`. ``pin_factory`` is gpiozero's (``MockFactory`` in tests); ``None``
+    uses gpiozero's default. gpiozero errors are translated: an invalid pin is a
+    :class:`~firmware_agent.errors.ConfigError`, a pin in use a
+    :class:`~firmware_agent.errors.DeviceError`, no pin factory at all a
+    :class:`~firmware_agent.errors.DeviceUnavailableError`.
+    """
+
+    def __init__(self, pins: FeedbackPins, *, pin_factory: gpiozero.Factory | None = None) -> None:
+        self.pins = pins
+        self._devices: list[gpiozero.DigitalOutputDevice] = []
+        try:
+            self._green = self._output(gpiozero.LED, pins.green_led, pin_factory)
+            self._red = self._output(gpiozero.LED, pins.red_led, pin_factory)
+            self._buzzer = self._output(gpiozero.Buzzer, pins.buzzer, pin_factory)
+        except BaseException:
+            self._close_devices()
+            raise
+        self._requests: queue.SimpleQueue[tuple[int, Signal] | object] = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._last_requested = 0
+        self._last_done = 0
+        self._idle = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="driver-feedback", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def create(
+        cls, pins: FeedbackPins, *, pin_factory: gpiozero.Factory | None = None
+    ) -> DriverFeedback | NullFeedback:
+        """A :class:`DriverFeedback`, or a :class:`NullFeedback` where there is no GPIO."""
+        try:
+            return cls(pins, pin_factory=pin_factory)
+        except DeviceUnavailableError as err:
+            _LOG.warning("no GPIO, driver feedback (LEDs, buzzer) disabled: %s", err)
+            return NullFeedback()
+
+    def signal(self, s: Signal) -> None:
+        """Start the pattern for ``s``, interrupting any pattern playing. Never blocks.
+
+        Call it from one thread (the event loop's). After :meth:`close`, does nothing.
+        """
+        if self._closed:
+            return
+        request_id = next(self._ids)
+        self._last_requested = request_id
+        self._requests.put((request_id, Signal(s)))
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Block until every signal requested so far has played (or been interrupted).
+
+        Returns False on timeout. For tests and for an orderly shutdown; never call it
+        on the event loop.
+        """
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: self._last_done >= self._last_requested, timeout=timeout_s
+            )
+
+    def close(self) -> None:
+        """Stop any pattern, turn everything off and release the pins. Idempotent."""
+        self._closed = True
+        if self._worker.is_alive():
+            self._requests.put(_CLOSE)
+            self._worker.join()
+        self._close_devices()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _output(
+        self,
+        kind: type[gpiozero.DigitalOutputDevice],
+        pin: int | str | None,
+        pin_factory: gpiozero.Factory | None,
+    ) -> gpiozero.DigitalOutputDevice | None:
+        if pin is None:
+            return None
+        try:
+            # gpiozero warns once per default factory it could not load; the reason
+            # that matters is in BadPinFactory's message and our one warning.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", gpiozero.PinFactoryFallback)
+                device = kind(pin, pin_factory=pin_factory)
+        except BadPinFactory as err:
+            raise DeviceUnavailableError(f"gpiozero found no pin factory: {err}") from err
+        except PinInvalidPin as err:
+            raise ConfigError(f"feedback pin {pin!r}: {err}") from err
+        except GPIOPinInUse as err:
+            raise DeviceError(f"feedback pin {pin!r}: {err}") from err
+        except GPIOZeroError as err:
+            raise DeviceError(f"feedback pin {pin!r} unusable: {err}") from err
+        self._devices.append(device)
+        return device
+
+    def _close_devices(self) -> None:
+        for device in self._devices:
+            device.close()
+        self._devices.clear()
+
+    def _set(self, green: bool, red: bool, buzzer: bool) -> None:
+        for device, on in ((self._green, green), (self._red, red), (self._buzzer, buzzer)):
+            if device is not None:
+                device.value = on
+
+    def _run(self) -> None:
+        request = self._requests.get()
+        while request is not _CLOSE:
+            assert isinstance(request, tuple)
+            request_id, s = request
+            interrupted_by = self._play(PATTERNS[s])
+            self._set(green=False, red=False, buzzer=False)
+            if interrupted_by is not None:
+                request = interrupted_by
+                continue
+            with self._idle:
+                self._last_done = request_id
+                self._idle.notify_all()
+            request = self._newest(self._requests.get())
+        self._set(green=False, red=False, buzzer=False)
+        with self._idle:
+            self._last_done = self._last_requested
+            self._idle.notify_all()
+
+    def _play(self, frames: tuple[Frame, ...]) -> tuple[int, Signal] | object | None:
+        """Play ``frames``; return the request that interrupted them, if any."""
+        for frame in frames:
+            self._set(frame.green, frame.red, frame.buzzer)
+            try:
+                # Waiting on the queue is the frame's sleep and the interrupt at once.
+                return self._newest(self._requests.get(timeout=frame.duration_s))
+            except queue.Empty:
+                continue
+        return None
+
+    def _newest(self, request: tuple[int, Signal] | object) -> tuple[int, Signal] | object:
+        """Skip requests already superseded: only the latest signal is worth showing."""
+        while request is not _CLOSE:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                break
+        return request

@@ -1,0 +1,54 @@
+"""Geofence tuning, with the reasoning behind each default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from firmware_agent.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeofenceConfig:
+    """Thresholds of the geofence engine. Every field is a unit-suffixed number."""
+
+    # A fix worse than this neither enters nor leaves a fence: at HDOP 5 a u-blox class
+    # receiver's 1-sigma error is ~12 m, a third of a typical stop radius.
+    max_hdop: float = 5.0
+    # Hysteresis: a departure needs the van beyond radius_m + border_m ...
+    border_m: float = 20.0
+    # ... for this long. Longer than a multipath excursion (1-8 s in the field); the
+    # departure time reported is still the first fix outside radius_m, so only the
+    # event's emission waits, not its accuracy.
+    depart_confirm_s: float = 10.0
+    # "Stopped": at or below walking pace, which GNSS speed noise stays under.
+    slow_speed_mps: float = 1.5
+    # Arrival confirmation: stopped inside the fence this long, over this many fixes.
+    # A trade-off measured by bench/arrivals.py: 20 s missed real bus stops of 20-33 s
+    # (6 -> 9 of 93 missed on the real trips) and gained nothing on the synthetic suite;
+    # a red light inside a stop's fence longer than this would count, which the
+    # manifest's radius (25-30 m) makes rare. The arrival time does not depend on it.
+    confirm_dwell_s: float = 10.0
+    confirm_min_fixes: int = 3
+    # Good fixes further apart than this are an outage: time across it is not dwell.
+    max_gap_s: float = 5.0
+    # Two stops inside each other's radius: the next stop in the manifest's order wins
+    # unless another is nearer by more than this.
+    order_slack_m: float = 15.0
+    # Unscheduled halt: stopped this long outside every stop, after the van has moved.
+    halt_after_s: float = 180.0
+    moving_speed_mps: float = 3.0
+    # Route deviation: farther than deviation_m from the planned route for
+    # deviation_after_s; over when back within deviation_clear_m (hysteresis).
+    deviation_m: float = 75.0
+    deviation_after_s: float = 45.0
+    deviation_clear_m: float = 50.0
+    # Spatial index cell size; a cell holds the stops whose fence reaches into it.
+    index_cell_m: float = 250.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not value > 0:
+                raise ConfigError(f"geofence {f.name} must be > 0, got {value!r}")
+        if self.deviation_clear_m > self.deviation_m:
+            raise ConfigError("geofence deviation_clear_m must not exceed deviation_m")

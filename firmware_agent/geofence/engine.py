@@ -1,0 +1,387 @@
+"""The geofence engine: fixes in, stop events and exceptions out.
+
+Per good fix (position, HDOP within limit, GNSS time known) the engine:
+
+1. tracks whether the van is stopped (speed at most ``slow_speed_mps``; the receiver's
+   speed, else speed from consecutive positions), restarting the count after an outage;
+2. feeds every stop fence near the fix (spatial grid) and every fence already entered;
+3. confirms an arrival when the van has been stopped ``confirm_dwell_s`` with the
+   stopped positions' centroid inside a fence. If several fences qualify (stops closer
+   than their radii) it picks one: not yet visited first, then the next stop in the
+   manifest's order unless another is nearer by more than ``order_slack_m``. One dwell
+   confirms one stop; a scan of another stop's parcel confirms that stop too
+   (:meth:`confirm_by_scan`), as in an apartment block with several addresses.
+4. reports an unscheduled halt (stopped ``halt_after_s`` outside every stop, once the
+   van has moved) and a route deviation (beyond ``deviation_m`` of the planned route for
+   ``deviation_after_s``), each with its end.
+
+Poor fixes are ignored entirely: they neither enter nor leave a fence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from firmware_agent.geofence.config import GeofenceConfig
+from firmware_agent.geofence.events import (
+    Arrival,
+    Departure,
+    Deviation,
+    DeviationEnd,
+    GeofenceEvent,
+    Halt,
+    HaltEnd,
+    WindowMiss,
+)
+from firmware_agent.geofence.fence import Phase, StopFence
+from firmware_agent.geofence.index import Plane, RouteGrid, Shape, StopGrid
+from firmware_agent.gnss.fix import Fix, FixMode
+from firmware_agent.manifest import Manifest, Stop
+
+# Speed from positions only between fixes this close in time (seconds).
+_DERIVED_SPEED_MAX_DT_S = 10.0
+# While off the route, the exact (linear-cost) distance is recomputed this often.
+_DEVIATION_MEASURE_EVERY_S = 5.0
+
+
+def _by_order(fence: StopFence) -> int:
+    return fence.index
+
+
+def _utc(t_s: float) -> datetime:
+    return datetime.fromtimestamp(t_s, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The last good fix, as the engine saw it."""
+
+    time: datetime
+    lat: float
+    lon: float
+    hacc_m: float | None
+    speed_mps: float
+
+
+class GeofenceEngine:
+    """Stop arrivals/departures and exceptions for one van and its current manifest."""
+
+    def __init__(self, manifest: Manifest, config: GeofenceConfig | None = None) -> None:
+        self.config = config or GeofenceConfig()
+        self._fences: dict[str, StopFence] = {}
+        self._active: set[StopFence] = set()
+        self._last: tuple[float, float, float] | None = None  # t_s, x, y of last good fix
+        self.last_position: Position | None = None
+        # Stopped-van tracking: start, count and position sums of the current stop.
+        self._slow_s: float | None = None
+        self._slow_n = 0
+        self._slow_sx = self._slow_sy = 0.0
+        self._has_moved = False
+        self._halt_s: float | None = None
+        # Route deviation.
+        self._off_s: float | None = None
+        self._off_reported = False
+        self._off_max_m = 0.0
+        self._off_measured_s = 0.0
+        self.counts = {"fixes": 0, "poor": 0, "undated": 0}
+        self.load_manifest(manifest)
+
+    # -- manifest ----------------------------------------------------------------
+
+    def load_manifest(self, manifest: Manifest) -> None:
+        """Adopt a new manifest; stops kept by id keep their state (visits, phase)."""
+        self.manifest = manifest
+        self._stops = manifest.stops
+        first = manifest.stops[0] if manifest.stops else None
+        if first is not None:
+            self.plane = Plane.at(first.lat, first.lon)
+        elif manifest.route:
+            self.plane = Plane.at(*manifest.route[0])
+        else:
+            self.plane = Plane.at(0.0, 0.0)
+        old = self._fences
+        self._fences = {}
+        shapes = []
+        for stop in manifest.stops:
+            shape = self._shape(stop)
+            shapes.append(shape)
+            fence = old.get(stop.id)
+            if fence is None:
+                fence = StopFence(stop.id, stop.index, shape)
+            else:
+                fence.shape, fence.index = shape, stop.index
+            self._fences[stop.id] = fence
+        self._by_index = [self._fences[stop.id] for stop in manifest.stops]
+        self._active = {f for f in self._by_index if f.phase is not Phase.IDLE}
+        c = self.config
+        self._grid = StopGrid(shapes, cell_m=c.index_cell_m, reach_m=c.border_m)
+        self._route = (
+            RouteGrid(
+                [self.plane.xy(lat, lon) for lat, lon in manifest.route], reach_m=c.deviation_m
+            )
+            if manifest.route
+            else None
+        )
+
+    def _shape(self, stop: Stop) -> Shape:
+        cx, cy = self.plane.xy(stop.lat, stop.lon)
+        polygon = [self.plane.xy(lat, lon) for lat, lon in stop.polygon] if stop.polygon else None
+        return Shape(cx, cy, stop.radius_m, polygon)
+
+    # -- queries -----------------------------------------------------------------
+
+    def phase(self, stop_id: str) -> Phase | None:
+        fence = self._fences.get(stop_id)
+        return None if fence is None else fence.phase
+
+    def visits(self, stop_id: str) -> int:
+        fence = self._fences.get(stop_id)
+        return 0 if fence is None else fence.visits
+
+    @property
+    def current_stop(self) -> str | None:
+        """The stop the van is confirmed at (the latest, if several), or None."""
+        arrived = [f for f in self._active if f.phase is Phase.ARRIVED]
+        if not arrived:
+            return None
+        return max(arrived, key=lambda f: f.arrived_s or 0.0).stop_id
+
+    def outside_m(self, stop_id: str, lat: float, lon: float) -> float | None:
+        """Distance from a point to a stop's fence (0 inside); None for an unknown stop."""
+        fence = self._fences.get(stop_id)
+        if fence is None:
+            return None
+        return fence.shape.outside_m(*self.plane.xy(lat, lon))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per stop: phase, visits and the last arrival/departure (for status reports)."""
+        return {
+            f.stop_id: {
+                "phase": str(f.phase),
+                "visits": f.visits,
+                "arrived_at": None if f.arrived_s is None else _utc(f.arrived_s),
+                "departed_at": None if f.departed_s is None else _utc(f.departed_s),
+            }
+            for f in self._by_index
+        }
+
+    # -- feeding -----------------------------------------------------------------
+
+    def is_good(self, fix: Fix) -> bool:
+        return (
+            fix.lat is not None
+            and fix.lon is not None
+            and fix.mode != FixMode.NO_FIX
+            and (fix.hdop is None or fix.hdop <= self.config.max_hdop)
+        )
+
+    def update(self, fix: Fix) -> list[GeofenceEvent]:
+        """Feed one fix (in time order); returns the events it completes."""
+        if fix.time is None:
+            self.counts["undated"] += 1
+            return []
+        if not self.is_good(fix):
+            self.counts["poor"] += 1
+            return []
+        self.counts["fixes"] += 1
+        assert fix.lat is not None
+        assert fix.lon is not None
+        c = self.config
+        t_s = fix.time.timestamp()
+        x, y = self.plane.xy(fix.lat, fix.lon)
+        events: list[GeofenceEvent] = []
+
+        speed = fix.speed_mps
+        last = self._last
+        if last is not None and t_s - last[0] > c.max_gap_s:
+            self._slow_s = None  # an outage: stopped time does not carry across it
+        if speed is None:
+            dt = t_s - last[0] if last is not None else 0.0
+            speed = (
+                math.hypot(x - last[1], y - last[2]) / dt
+                if last is not None and 0.0 < dt <= _DERIVED_SPEED_MAX_DT_S
+                else 0.0
+            )
+        self._last = (t_s, x, y)
+        hacc_m = None if fix.hdop is None else fix.hdop * 2.5
+        self.last_position = Position(fix.time, fix.lat, fix.lon, hacc_m, speed)
+
+        slow = speed <= c.slow_speed_mps
+        if slow:
+            if self._slow_s is None:
+                self._slow_s, self._slow_n, self._slow_sx, self._slow_sy = t_s, 0, 0.0, 0.0
+            self._slow_n += 1
+            self._slow_sx += x
+            self._slow_sy += y
+        else:
+            self._slow_s = None
+            if speed >= c.moving_speed_mps:
+                self._has_moved = True
+            if self._halt_s is not None:
+                events.append(HaltEnd(fix.time, _utc(self._halt_s)))
+                self._halt_s = None
+
+        self._observe_fences(t_s, x, y, speed > c.slow_speed_mps, events)
+        if slow:
+            self._maybe_confirm(t_s, fix.time, events)
+            self._maybe_halt(t_s, fix.time, events)
+        if self._route is not None:
+            self._check_route(t_s, x, y, fix.time, events)
+        return events
+
+    def _observe_fences(
+        self, t_s: float, x: float, y: float, moving: bool, events: list[GeofenceEvent]
+    ) -> None:
+        c = self.config
+        by_index = self._by_index
+        near = [by_index[i] for i in self._grid.near(x, y)]
+        fences = sorted(self._active.union(near), key=_by_order) if self._active else near
+        for fence in fences:
+            departed = fence.observe(
+                t_s,
+                fence.shape.outside_m(x, y),
+                moving=moving,
+                border_m=c.border_m,
+                depart_confirm_s=c.depart_confirm_s,
+            )
+            if fence.phase is Phase.IDLE:
+                self._active.discard(fence)
+            else:
+                self._active.add(fence)
+            if departed is not None:
+                self._departure(fence, departed, t_s, events)
+
+    def _departure(
+        self,
+        fence: StopFence,
+        departed: tuple[float, float],
+        t_s: float,
+        events: list[GeofenceEvent],
+    ) -> None:
+        departed_s, arrived_s = departed
+        self._active.discard(fence)
+        events.append(
+            Departure(fence.stop_id, _utc(departed_s), _utc(t_s), _utc(arrived_s), fence.visits)
+        )
+
+    def _maybe_confirm(self, t_s: float, now: datetime, events: list[GeofenceEvent]) -> None:
+        c = self.config
+        slow_s = self._slow_s
+        if (
+            slow_s is None
+            or t_s - slow_s < c.confirm_dwell_s
+            or self._slow_n < c.confirm_min_fixes
+            or not self._active
+        ):
+            return
+        cx, cy = self._slow_sx / self._slow_n, self._slow_sy / self._slow_n
+        arrived = [f for f in self._active if f.phase is Phase.ARRIVED]
+        if any(f.shape.outside_m(cx, cy) == 0 for f in arrived):
+            return  # one dwell, one stop (others confirm by scan)
+        candidates = [
+            f for f in self._active if f.phase is Phase.APPROACH and f.shape.outside_m(cx, cy) == 0
+        ]
+        if not candidates:
+            return
+        # Standing at another stop: the van has left the one it was at, even if that
+        # stop is too close for its border to have been crossed (neighbouring houses).
+        for fence in sorted(arrived, key=_by_order):
+            self._departure(fence, fence.depart(t_s), t_s, events)
+        fence = self._choose(candidates, cx, cy)
+        self._arrive(fence, now, cx, cy, "dwell", events)
+
+    def _choose(self, candidates: Iterable[StopFence], x: float, y: float) -> StopFence:
+        pool = list(candidates)
+        unvisited = [f for f in pool if f.visits == 0]
+        pool = unvisited or pool
+        nearest = min(pool, key=lambda f: f.shape.center_distance(x, y))
+        in_order = min(pool, key=lambda f: f.index)
+        slack = self.config.order_slack_m
+        if in_order.shape.center_distance(x, y) <= nearest.shape.center_distance(x, y) + slack:
+            return in_order
+        return nearest
+
+    def _arrive(  # noqa: PLR0917 (private; the call sites read in order)
+        self,
+        fence: StopFence,
+        now: datetime,
+        x: float,
+        y: float,
+        by: str,
+        events: list[GeofenceEvent],
+    ) -> None:
+        arrived = _utc(fence.confirm())
+        lat, lon = self.plane.latlon(x, y)
+        events.append(Arrival(fence.stop_id, arrived, now, lat, lon, fence.visits, by))
+        stop = self._stops[fence.index]
+        if stop.window_start is not None and stop.window_end is not None:
+            if arrived < stop.window_start:
+                by_s = (stop.window_start - arrived).total_seconds()
+                kind = "early"
+            elif arrived > stop.window_end:
+                by_s = (arrived - stop.window_end).total_seconds()
+                kind = "late"
+            else:
+                return
+            events.append(
+                WindowMiss(stop.id, arrived, stop.window_start, stop.window_end, kind, by_s)
+            )
+
+    def _maybe_halt(self, t_s: float, now: datetime, events: list[GeofenceEvent]) -> None:
+        slow_s = self._slow_s
+        if (
+            slow_s is None
+            or self._halt_s is not None
+            or not self._has_moved
+            or t_s - slow_s < self.config.halt_after_s
+            or self._active  # at (or entering) a stop: not unscheduled
+        ):
+            return
+        self._halt_s = slow_s
+        lat, lon = self.plane.latlon(self._slow_sx / self._slow_n, self._slow_sy / self._slow_n)
+        events.append(Halt(_utc(slow_s), now, lat, lon))
+
+    def _check_route(
+        self, t_s: float, x: float, y: float, now: datetime, events: list[GeofenceEvent]
+    ) -> None:
+        assert self._route is not None
+        c = self.config
+        near_m = self._route.distance_within(x, y)
+        if near_m is None:  # beyond deviation_m
+            if self._off_s is None:
+                self._off_s, self._off_reported, self._off_max_m = t_s, False, 0.0
+                self._off_measured_s = -math.inf
+            if t_s - self._off_measured_s >= _DEVIATION_MEASURE_EVERY_S:
+                self._off_measured_s = t_s
+                self._off_max_m = max(self._off_max_m, self._route.distance(x, y))
+            if not self._off_reported and t_s - self._off_s >= c.deviation_after_s:
+                self._off_reported = True
+                lat, lon = self.plane.latlon(x, y)
+                distance_m = self._route.distance(x, y)
+                self._off_max_m = max(self._off_max_m, distance_m)
+                events.append(Deviation(_utc(self._off_s), now, distance_m, lat, lon))
+        elif self._off_s is not None:
+            if near_m <= c.deviation_clear_m:
+                if self._off_reported:
+                    events.append(DeviationEnd(now, _utc(self._off_s), self._off_max_m))
+                self._off_s = None
+            elif not self._off_reported:
+                self._off_s = None  # back within the threshold before it counted
+
+    def confirm_by_scan(self, stop_id: str, now: datetime) -> list[GeofenceEvent]:
+        """A parcel of ``stop_id`` was scanned: confirms the stop if the van is at its fence.
+
+        Confirms only a stop in APPROACH (the van entered the fence on this approach and
+        has not left it); returns the arrival (and a window miss), or nothing.
+        """
+        fence = self._fences.get(stop_id)
+        if fence is None or fence.phase is not Phase.APPROACH or self._last is None:
+            return []
+        events: list[GeofenceEvent] = []
+        _, x, y = self._last
+        self._arrive(fence, now, x, y, "scan", events)
+        return events

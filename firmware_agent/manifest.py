@@ -1,0 +1,301 @@
+"""The day's manifest: the route, its ordered stops, their geofences and parcels.
+
+The JSON contract is documented in ``docs/manifest.schema.json`` (JSON Schema 2020-12);
+the names below are the stable contract, and extra keys are allowed and preserved.
+
+:func:`parse_manifest` validates a decoded JSON document into a :class:`Manifest` and
+raises :class:`ManifestError` naming the first offending field (``stops[3].radius_m:
+...``). Validation is written out here rather than with a schema library because the
+van's base install stays small and because the checks go beyond a schema: unique ids,
+finite coordinates, windows that end after they start, polygons that close.
+:class:`ManifestStore` keeps the current manifest on disk, replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from firmware_agent.errors import AgentError
+from firmware_agent.scan.codes import canonical_code
+
+STOP_TYPES = frozenset({"house", "apartment", "business", "locker", "other"})
+MAX_STOPS = 10_000
+MAX_PARCELS_PER_STOP = 500
+MAX_ROUTE_VERTICES = 200_000
+MAX_RADIUS_M = 5_000.0
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+
+
+class ManifestError(AgentError, ValueError):
+    """A manifest is malformed; ``where`` names the offending field."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.where = where
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """One planned stop. ``radius_m`` is set even for a polygon (its bounding circle)."""
+
+    id: str
+    index: int
+    lat: float
+    lon: float
+    radius_m: float
+    type: str
+    parcels: tuple[str, ...]
+    polygon: tuple[tuple[float, float], ...] | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A validated manifest. ``raw`` is the document as received, for storage."""
+
+    route_id: str
+    device_id: str
+    date: date
+    stops: tuple[Stop, ...]
+    route: tuple[tuple[float, float], ...] | None  # (lat, lon) vertices
+    raw: Mapping[str, Any] = field(compare=False, repr=False)
+
+    def stop(self, stop_id: str) -> Stop | None:
+        for stop in self.stops:
+            if stop.id == stop_id:
+                return stop
+        return None
+
+    def parcel_index(self) -> dict[str, Stop]:
+        """Canonical parcel code -> the stop it belongs to."""
+        return {code: stop for stop in self.stops for code in stop.parcels}
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str, *, max_len: int = 200) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(f"{where}{key}", "must be a non-empty string")
+    if len(value) > max_len:
+        raise ManifestError(f"{where}{key}", f"longer than {max_len} characters")
+    return value
+
+
+def _number(value: Any, where: str, lo: float, hi: float) -> float:
+    # bool is an int subclass; true/false is never a coordinate.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ManifestError(where, "must be a number")
+    number = float(value)
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise ManifestError(where, f"must be within [{lo:g}, {hi:g}], got {value!r}")
+    return number
+
+
+def _utc(value: Any, where: str) -> datetime:
+    if not isinstance(value, str):
+        raise ManifestError(where, "must be an ISO 8601 UTC timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ManifestError(where, f"not an ISO 8601 timestamp: {value!r}") from err
+    if parsed.tzinfo is None or parsed.utcoffset() != UTC.utcoffset(None):
+        raise ManifestError(where, f"must be UTC (Z or +00:00): {value!r}")
+    return parsed.astimezone(UTC)
+
+
+def _polygon(value: Any, where: str) -> tuple[tuple[float, float], ...]:
+    if not isinstance(value, list) or not 3 <= len(value) <= 1000:
+        raise ManifestError(where, "must be a list of 3 to 1000 [lat, lon] vertices")
+    vertices = []
+    for i, vertex in enumerate(value):
+        if not isinstance(vertex, list) or len(vertex) != 2:
+            raise ManifestError(f"{where}[{i}]", "must be [lat, lon]")
+        vertices.append(
+            (
+                _number(vertex[0], f"{where}[{i}][0]", -90, 90),
+                _number(vertex[1], f"{where}[{i}][1]", -180, 180),
+            )
+        )
+    if vertices[0] == vertices[-1]:
+        vertices.pop()  # a closed ring repeats its first vertex; we store it open
+    if len(set(vertices)) < 3:
+        raise ManifestError(where, "needs at least 3 distinct vertices")
+    return tuple(vertices)
+
+
+def _bounding_radius_m(lat: float, lon: float, polygon: Sequence[tuple[float, float]]) -> float:
+    m_per_deg = math.pi * 6_371_008.8 / 180.0
+    cos_lat = math.cos(math.radians(lat))
+    return max(
+        math.hypot((vlat - lat) * m_per_deg, (vlon - lon) * m_per_deg * cos_lat)
+        for vlat, vlon in polygon
+    )
+
+
+def _stop(raw: Any, index: int) -> Stop:
+    where = f"stops[{index}]."
+    if not isinstance(raw, dict):
+        raise ManifestError(f"stops[{index}]", "must be an object")
+    stop_id = _str(raw, "id", where, max_len=100)
+    lat = _number(raw.get("lat"), f"{where}lat", -90, 90)
+    lon = _number(raw.get("lon"), f"{where}lon", -180, 180)
+    polygon = _polygon(raw["polygon"], f"{where}polygon") if "polygon" in raw else None
+    if "radius_m" in raw:
+        radius_m = _number(raw["radius_m"], f"{where}radius_m", 1.0, MAX_RADIUS_M)
+    elif polygon is not None:
+        radius_m = _bounding_radius_m(lat, lon, polygon)
+        if radius_m > MAX_RADIUS_M:
+            raise ManifestError(f"{where}polygon", f"spans more than {MAX_RADIUS_M:g} m")
+    else:
+        raise ManifestError(f"{where}radius_m", "required unless a polygon is given")
+    stop_type = raw.get("type")
+    if not isinstance(stop_type, str):
+        raise ManifestError(f"{where}type", f"must be one of {sorted(STOP_TYPES)}")
+    if stop_type not in STOP_TYPES:
+        stop_type = "other"  # a new kind of place is not a reason to refuse the day
+    parcels = raw.get("parcels")
+    if not isinstance(parcels, list) or len(parcels) > MAX_PARCELS_PER_STOP:
+        raise ManifestError(f"{where}parcels", f"must be a list of <= {MAX_PARCELS_PER_STOP}")
+    codes = []
+    for i, parcel in enumerate(parcels):
+        if not isinstance(parcel, str) or not parcel.strip() or len(parcel) > 100:
+            raise ManifestError(f"{where}parcels[{i}]", "must be a non-empty code string")
+        codes.append(canonical_code(parcel))
+    has_start, has_end = "window_start" in raw, "window_end" in raw
+    window_start = window_end = None
+    if has_start != has_end:
+        raise ManifestError(f"{where}window_start", "window_start and window_end go together")
+    if has_start:
+        window_start = _utc(raw["window_start"], f"{where}window_start")
+        window_end = _utc(raw["window_end"], f"{where}window_end")
+        if window_end <= window_start:
+            raise ManifestError(f"{where}window_end", "must be after window_start")
+    known = {"id", "lat", "lon", "radius_m", "polygon", "type", "parcels"}
+    known |= {"window_start", "window_end"}
+    return Stop(
+        id=stop_id,
+        index=index,
+        lat=lat,
+        lon=lon,
+        radius_m=radius_m,
+        type=stop_type,
+        parcels=tuple(codes),
+        polygon=polygon,
+        window_start=window_start,
+        window_end=window_end,
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def _route(raw: Any) -> tuple[tuple[float, float], ...]:
+    if not isinstance(raw, dict) or raw.get("type") != "LineString":
+        raise ManifestError("route", 'must be a GeoJSON {"type": "LineString", ...}')
+    coords = raw.get("coordinates")
+    if not isinstance(coords, list) or not 2 <= len(coords) <= MAX_ROUTE_VERTICES:
+        raise ManifestError("route.coordinates", f"must hold 2 to {MAX_ROUTE_VERTICES} points")
+    vertices = []
+    for i, point in enumerate(coords):
+        # GeoJSON positions are [lon, lat(, alt)].
+        if not isinstance(point, list) or not 2 <= len(point) <= 3:
+            raise ManifestError(f"route.coordinates[{i}]", "must be [lon, lat]")
+        lon = _number(point[0], f"route.coordinates[{i}][0]", -180, 180)
+        lat = _number(point[1], f"route.coordinates[{i}][1]", -90, 90)
+        vertices.append((lat, lon))
+    return tuple(vertices)
+
+
+def parse_manifest(doc: Any) -> Manifest:
+    """Validate a decoded manifest document; :class:`ManifestError` names what is wrong."""
+    if not isinstance(doc, dict):
+        raise ManifestError("", "a manifest must be a JSON object")
+    route_id = _str(doc, "route_id", "")
+    device_id = _str(doc, "device_id", "", max_len=100)
+    raw_date = _str(doc, "date", "", max_len=10)
+    try:
+        day = date.fromisoformat(raw_date)
+    except ValueError as err:
+        raise ManifestError("date", f"not an ISO date (YYYY-MM-DD): {raw_date!r}") from err
+    raw_stops = doc.get("stops")
+    if not isinstance(raw_stops, list) or len(raw_stops) > MAX_STOPS:
+        raise ManifestError("stops", f"must be a list of at most {MAX_STOPS} stops")
+    stops = tuple(_stop(raw, i) for i, raw in enumerate(raw_stops))
+    seen_ids: set[str] = set()
+    seen_parcels: dict[str, str] = {}
+    for stop in stops:
+        if stop.id in seen_ids:
+            raise ManifestError(f"stops[{stop.index}].id", f"duplicate stop id {stop.id!r}")
+        seen_ids.add(stop.id)
+        for code in stop.parcels:
+            if code in seen_parcels:
+                raise ManifestError(
+                    f"stops[{stop.index}].parcels",
+                    f"parcel {code!r} is also on stop {seen_parcels[code]!r}",
+                )
+            seen_parcels[code] = stop.id
+    route = _route(doc["route"]) if doc.get("route") is not None else None
+    return Manifest(
+        route_id=route_id, device_id=device_id, date=day, stops=stops, route=route, raw=doc
+    )
+
+
+def loads_manifest(data: bytes | str) -> Manifest:
+    """Decode and validate manifest JSON (bytes from MQTT or a file)."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError("", f"larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise ManifestError("", f"not valid JSON: {err}") from err
+    return parse_manifest(doc)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest file; :class:`ManifestError` also for I/O errors."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(str(path), f"cannot read: {err.strerror or err}") from err
+    return loads_manifest(data)
+
+
+class ManifestStore:
+    """The current manifest on disk (``manifest.json`` in the agent's state directory).
+
+    :meth:`replace` validates first, then writes a temporary file, fsyncs it and renames
+    it over the old one, so a power cut leaves either the old or the new manifest, never
+    a torn one. An invalid manifest is refused and the current one stays.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Manifest | None:
+        """The stored manifest, or None when there is none yet."""
+        if not self.path.exists():
+            return None
+        return load_manifest(self.path)
+
+    def replace(self, data: bytes) -> Manifest:
+        manifest = loads_manifest(data)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return manifest

@@ -1,0 +1,220 @@
+"""The van's decisions, with no I/O: fixes and scans in, messages to publish out.
+
+:class:`VanPipeline` wires the pure parts together: the geofence engine, telemetry
+sampling, the scan parser and de-duplicator, the manifest's parcel index and the POD
+chain. It is what ``fleet-agent replay`` runs over recorded input and what the live
+agent runs between its readers and its outbox, so both produce the same messages.
+
+Every message is a JSON-ready dict with at least ``type`` and ``time`` (ISO 8601 UTC)
+and, for stop events, ``stop_id`` (docs/replay-output.md lists them all).
+
+What a scan leads to:
+
+- unreadable (garbage, bad check digit): ``scan_rejected`` (reason ``unreadable``),
+  feedback "unknown code";
+- readable but not on the manifest: ``scan_rejected`` (``not_on_manifest``), "unknown
+  code";
+- the same parcel again within ``dedup_window_s``: nothing new; the feedback repeats;
+- a parcel of another stop while the van is confirmed at a stop and outside the
+  parcel's own fence: ``scan_rejected`` (``wrong_stop``), "wrong stop", no POD;
+- a parcel already delivered, later: ``scan_rejected`` (``already_delivered``);
+- otherwise a signed ``pod``, with verdict ``inside``, ``outside`` (and the distance)
+  or ``no_fix`` (no good fix within ``max_fix_age_s``), feedback "recorded" or "no
+  GNSS fix". A scan of a parcel of a stop whose fence the van has entered confirms that
+  stop's arrival first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from firmware_agent.faults import FaultCounter
+from firmware_agent.feedback import Signal
+from firmware_agent.geofence import GeofenceConfig, GeofenceEngine, GeofenceEvent
+from firmware_agent.gnss.fix import Fix, format_utc
+from firmware_agent.manifest import Manifest, Stop
+from firmware_agent.pod.chain import PodChain
+from firmware_agent.scan.codes import ScanParseError, parse_scan
+from firmware_agent.scan.dedup import ScanDeduplicator
+from firmware_agent.scan.types import Scan
+from firmware_agent.telemetry import TelemetryConfig, TelemetrySampler, telemetry_message
+
+Message = dict[str, Any]
+
+_RAW_MAX_CHARS = 128
+
+
+class FeedbackSink(Protocol):
+    def signal(self, s: Signal) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VanConfig:
+    geofence: GeofenceConfig = field(default_factory=GeofenceConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    dedup_window_s: float = 10.0
+    # A POD takes the last good fix if it is at most this old; else its verdict is no_fix.
+    max_fix_age_s: float = 10.0
+
+
+def printable(raw: str) -> str:
+    """``raw`` cut to a bounded length with control characters escaped, for reports."""
+    cut = raw[:_RAW_MAX_CHARS]
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in cut)
+
+
+class VanPipeline:
+    """One van's pure decision core. Feed it in time order; it returns messages."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        pods: PodChain,
+        config: VanConfig | None = None,
+        feedback: FeedbackSink | None = None,
+        telemetry: bool = True,
+    ) -> None:
+        self.config = config or VanConfig()
+        self.engine = GeofenceEngine(manifest, self.config.geofence)
+        self.pods = pods
+        self.feedback = feedback
+        self._telemetry = TelemetrySampler(self.config.telemetry) if telemetry else None
+        self._dedup = ScanDeduplicator(self.config.dedup_window_s)
+        self._last_signal: dict[str, Signal] = {}
+        self._delivered: dict[str, int] = {}  # parcel code -> POD seq
+        self._manifest = manifest
+        self._parcels = manifest.parcel_index()
+        self.faults = FaultCounter()
+        self.counts: dict[str, int] = {
+            "fixes": 0,
+            "scans": 0,
+            "pods": 0,
+            "duplicates": 0,
+            "rejected": 0,
+        }
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def load_manifest(self, manifest: Manifest) -> None:
+        """Adopt a new manifest; stops kept by id keep their geofence state."""
+        self._manifest = manifest
+        self._parcels = manifest.parcel_index()
+        self.engine.load_manifest(manifest)
+
+    def on_fix(self, fix: Fix) -> list[Message]:
+        self.counts["fixes"] += 1
+        messages = [event.message() for event in self.engine.update(fix)]
+        if self._telemetry is not None and self._telemetry.select(fix):
+            messages.append(telemetry_message(fix))
+        return messages
+
+    def on_scan(self, scan: Scan) -> list[Message]:
+        self.counts["scans"] += 1
+        now_s = scan.time.timestamp()
+        try:
+            parcel = parse_scan(scan.raw)
+        except ScanParseError as err:
+            self.faults.add(f"scan_{err.reason}", printable(scan.raw))
+            return self._reject(scan, "unreadable", Signal.UNKNOWN_CODE, error=err.reason)
+        code = parcel.code
+        if self._dedup.seen(code, now_s):
+            self.counts["duplicates"] += 1
+            self._signal(self._last_signal.get(code, Signal.RECORDED))
+            return []
+        stop = self._parcels.get(code)
+        if stop is None:
+            return self._reject(scan, "not_on_manifest", Signal.UNKNOWN_CODE, parcel=code)
+        if code in self._delivered:
+            return self._reject(
+                scan,
+                "already_delivered",
+                Signal.RECORDED,
+                parcel=code,
+                stop_id=stop.id,
+                pod_seq=self._delivered[code],
+            )
+        return self._deliver(scan, code, stop)
+
+    def _deliver(self, scan: Scan, code: str, stop: Stop) -> list[Message]:
+        engine = self.engine
+        position = engine.last_position
+        fresh = (
+            position is not None
+            and abs((scan.time - position.time).total_seconds()) <= self.config.max_fix_age_s
+        )
+        messages = [e.message() for e in self._confirm(stop.id, scan)] if fresh else []
+        outside_m: float | None = None
+        if position is not None and fresh:
+            outside_m = engine.outside_m(stop.id, position.lat, position.lon)
+            current = engine.current_stop
+            if current is not None and current != stop.id and outside_m:
+                messages += self._reject(
+                    scan, "wrong_stop", Signal.WRONG_STOP, parcel=code, stop_id=stop.id
+                )
+                messages[-1]["at_stop_id"] = current
+                return messages
+        verdict = "no_fix" if outside_m is None else ("inside" if outside_m == 0 else "outside")
+        pod = self.pods.issue(
+            {
+                "parcel": code,
+                "raw": scan.raw,
+                "stop_id": stop.id,
+                "route_id": self._manifest.route_id,
+                "time": format_utc(position.time) if position is not None and fresh else None,
+                "scan_time": format_utc(scan.time),
+                "lat": round(position.lat, 7) if position is not None and fresh else None,
+                "lon": round(position.lon, 7) if position is not None and fresh else None,
+                "hacc_m": (
+                    round(position.hacc_m, 1)
+                    if position is not None and fresh and position.hacc_m is not None
+                    else None
+                ),
+                "verdict": verdict,
+                "distance_m": None if outside_m is None else round(outside_m, 1),
+                "source": scan.source,
+            }
+        )
+        self._delivered[code] = pod.seq
+        self.counts["pods"] += 1
+        self._signal(Signal.NO_FIX if verdict == "no_fix" else Signal.RECORDED, code)
+        messages.append(
+            {
+                "type": "pod",
+                "time": format_utc(scan.time),
+                "stop_id": stop.id,
+                "parcel": code,
+                "seq": pod.seq,
+                "verdict": verdict,
+                "distance_m": pod.claims["distance_m"],
+                "jws": pod.token,
+            }
+        )
+        return messages
+
+    def _confirm(self, stop_id: str, scan: Scan) -> list[GeofenceEvent]:
+        return self.engine.confirm_by_scan(stop_id, scan.time)
+
+    def _reject(self, scan: Scan, reason: str, signal: Signal, **fields: Any) -> list[Message]:
+        self.counts["rejected"] += 1
+        code = fields.get("parcel")
+        self._signal(signal, code if isinstance(code, str) else None)
+        return [
+            {
+                "type": "scan_rejected",
+                "time": format_utc(scan.time),
+                "reason": reason,
+                "raw": printable(scan.raw),
+                "source": scan.source,
+                **fields,
+            }
+        ]
+
+    def _signal(self, signal: Signal, code: str | None = None) -> None:
+        if code is not None:
+            self._last_signal[code] = signal
+        if self.feedback is not None:
+            self.feedback.signal(signal)
