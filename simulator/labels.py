@@ -1,7 +1,7 @@
 """Parcel codes and what a barcode scanner sends when it reads their labels.
 
 Two kinds of parcel code appear in a manifest (canonical form, see
-docs/CONTRACTS-issue3.md):
+docs/manifest.schema.json):
 
 - an SSCC (GS1 Serial Shipping Container Code): 18 digits, an extension digit, a GS1
   company prefix, a serial reference and a mod-10 check digit;

@@ -1,7 +1,7 @@
 """The day's manifest for a scenario: what dispatch sends the van before it leaves.
 
 :func:`build_manifest` turns a :class:`~simulator.scenario.Scenario` into a manifest
-dict in the format of docs/CONTRACTS-issue3.md (``route_id``, ``device_id``, ``date``,
+dict in the format of docs/manifest.schema.json (``route_id``, ``device_id``, ``date``,
 ordered ``stops`` with geofence radius, type, parcels and an optional promised window,
 and the planned ``route`` as a GeoJSON LineString). It is deterministic for a seed;
 each effect draws from its own random stream, so changing how parcels are drawn does

@@ -1,4 +1,4 @@
-"""The driver's scans over a day: a scan log in the format of docs/CONTRACTS-issue3.md.
+"""The driver's scans over a day: a scan log in the format of docs/scan-log.md.
 
 :func:`build_scan_log` plays the driver at every stop the scenario served: after
 walking from the cab to the parcels (10-40 s after the van came to rest) they scan

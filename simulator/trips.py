@@ -7,7 +7,7 @@ generated day:
 
 - ``nmea.log``: the trip as a receiver would send it (:func:`~simulator.trace.trace_epochs`);
 - ``manifest.json``: one stop per halt, at the halt's centroid, ``radius_m`` 30, type
-  ``other``, a single carrier parcel code each (docs/CONTRACTS-issue3.md);
+  ``other``, a single carrier parcel code each (docs/manifest.schema.json);
 - ``truth_stops.json``: per stop, ``stop_id``, ``arrival`` (first sample of the halt),
   ``departure`` (last sample), ``lat``/``lon`` (centroid), ``n_samples``, ``dwell_s``;
 - ``trip.json``: the source CSV's name, its sampling interval statistics, the settings

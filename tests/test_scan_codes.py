@@ -220,8 +220,8 @@ def test_canonical_code_rejects_an_empty_entry() -> None:
 
 
 def test_the_contract_example_scan_matches_the_contract_example_manifest() -> None:
-    # docs/CONTRACTS-issue3.md: manifest "00106141412345678908", scan log
-    # "]C100106141412345678908\u001d4201234".
+    # A manifest may list an SSCC with its "00" AI (docs/manifest.schema.json); the scan
+    # log example of docs/scan-log.md carries it as GS1-128 with a ship-to postcode.
     assert parse_scan("]C100106141412345678908\u001d4201234").code == canonical_code(
         "00106141412345678908"
     )

@@ -1,4 +1,4 @@
-"""Manifests for generated days: valid by docs/CONTRACTS-issue3.md, and true to the day."""
+"""Manifests for generated days: valid by docs/manifest.schema.json, and true to the day."""
 
 from __future__ import annotations
 

@@ -14,19 +14,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_agent.errors import AgentError
-from firmware_agent.pod.chain import ChainState
-from firmware_agent.pod.keys import (
-    KeyFileError,
-    key_thumbprint,
-    load_device_key,
-    load_public_key,
-    public_jwk,
-    public_key_pem,
-)
-from firmware_agent.pod.verify import ChainReport, Problem, read_pod_records, verify_chain
+
+# cryptography loads only when a pod command runs: `fleet-agent gnss decode` builds this
+# parser too and must start fast.
+if TYPE_CHECKING:
+    from firmware_agent.pod.verify import ChainReport, Problem
 
 EXIT_VALID = 0
 EXIT_PROBLEMS = 1
@@ -83,6 +78,14 @@ def _print_text(name: str, report: ChainReport, lines: list[int]) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from firmware_agent.pod.chain import ChainState  # noqa: PLC0415
+    from firmware_agent.pod.keys import (  # noqa: PLC0415
+        KeyFileError,
+        key_thumbprint,
+        load_public_key,
+    )
+    from firmware_agent.pod.verify import read_pod_records, verify_chain  # noqa: PLC0415
+
     try:
         key = load_public_key(Path(args.pubkey))
     except KeyFileError as err:
@@ -127,6 +130,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_pubkey(args: argparse.Namespace) -> int:
+    from firmware_agent.pod.keys import (  # noqa: PLC0415
+        key_thumbprint,
+        load_device_key,
+        public_jwk,
+        public_key_pem,
+    )
+
     try:
         public = load_device_key(Path(args.key)).public_key()
     except AgentError as err:  # messages never carry key material (see keys.py)

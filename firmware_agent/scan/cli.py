@@ -16,11 +16,12 @@ import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from firmware_agent.scan.codes import ScanParseError, parse_scan
-from firmware_agent.scan.log import format_scan_line
-from firmware_agent.scan.types import Scan
+# The parser (biip) and the rest load only when a scan command runs: `fleet-agent gnss
+# decode` builds this parser too and must start fast.
+if TYPE_CHECKING:
+    from firmware_agent.scan.types import Scan
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def parse_result(raw: str) -> dict[str, Any]:
     """The JSON-ready outcome of parsing ``raw``: the code's fields, or the error."""
+    from firmware_agent.scan.codes import ScanParseError, parse_scan  # noqa: PLC0415
+
     try:
         code = parse_scan(raw)
     except ScanParseError as err:
@@ -75,6 +78,8 @@ async def watch(scans: AsyncIterator[Scan], duration_s: float = 0.0) -> int:
     Stops after ``duration_s`` (0: never; only cancellation then ends it).
     """
     import asyncio  # noqa: PLC0415 (see _cmd_watch)
+
+    from firmware_agent.scan.log import format_scan_line  # noqa: PLC0415
 
     n = 0
     with contextlib.suppress(TimeoutError):
