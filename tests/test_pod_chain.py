@@ -19,23 +19,7 @@ from firmware_agent.pod.jws import JwsError, read_header, verify_compact
 from firmware_agent.pod.keys import key_thumbprint
 from firmware_agent.pod.state import ChainStateError, ChainStateStore, recover_state
 from firmware_agent.pod.verify import verify_chain
-
-
-def fields(n: int) -> dict[str, Any]:
-    return {
-        "parcel": f"00106141412345{n:04d}",
-        "raw": f"]C10010614141234{n:04d}",
-        "stop_id": f"S{n:03d}",
-        "route_id": "R-20261121-van-0007",
-        "time": "2026-11-21T09:14:02.000Z",
-        "scan_time": "2026-11-21T09:14:03.250Z",
-        "lat": 48.137,
-        "lon": 11.575,
-        "hacc_m": 3.5,
-        "verdict": "inside",
-        "distance_m": 0.0,
-        "source": "serial",
-    }
+from tests.pods import fields
 
 
 @pytest.fixture(scope="module")

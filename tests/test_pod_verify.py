@@ -18,26 +18,10 @@ from firmware_agent.pod.verify import (
     read_pod_records,
     verify_chain,
 )
+from tests.pods import fields
 
 DEVICE = "van-0007"
 N = 12
-
-
-def fields(n: int) -> dict[str, Any]:
-    return {
-        "parcel": f"00106141412345{n:04d}",
-        "raw": f"]C10010614141234{n:04d}",
-        "stop_id": f"S{n:03d}",
-        "route_id": "R-20261121-van-0007",
-        "time": "2026-11-21T09:14:02.000Z",
-        "scan_time": "2026-11-21T09:14:03.250Z",
-        "lat": 48.137,
-        "lon": 11.575,
-        "hacc_m": 3.5,
-        "verdict": "inside",
-        "distance_m": 0.0,
-        "source": "serial",
-    }
 
 
 @pytest.fixture(scope="module")
