@@ -11,7 +11,7 @@ match; any other arrival is false; a stop with none is missed. The error is dete
 minus true arrival time (negative: reported early). The naive detector reports an
 arrival whenever a fix enters a stop's radius (no confirmation, no quality gate).
 
-    .venv/bin/python bench/arrivals.py [--scenarios 60] [--stops 15]
+    .venv/bin/python bench/arrivals.py [--scenarios 60] [--first-seed 1] [--stops 15]
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def run_day(manifest: Manifest, nmea: bytes) -> tuple[list[tuple[str, datetime]]
     return arrivals, fixes
 
 
-def synthetic(n: int, n_stops: int, outage_s: float, ours: Tally, naive: Tally) -> None:
-    for seed in range(1, n + 1):
+def synthetic(first: int, n: int, n_stops: int, outage_s: float, ours: Tally, naive: Tally) -> None:
+    for seed in range(first, first + n):
         config = ScenarioConfig(
             seed=seed,
             n_stops=n_stops,
@@ -181,6 +181,7 @@ def real_trips(ours: Tally, naive: Tally) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenarios", type=int, default=60)
+    parser.add_argument("--first-seed", type=int, default=1, help="seeds first..first+N-1")
     parser.add_argument("--stops", type=int, default=15)
     parser.add_argument("--outage-s", type=float, default=30.0, help="one outage per day")
     parser.add_argument("--confirm-dwell-s", type=float, default=GeofenceConfig().confirm_dwell_s)
@@ -189,7 +190,7 @@ def main() -> None:
     GEOFENCE = GeofenceConfig(confirm_dwell_s=args.confirm_dwell_s)
     print(f"geofence: {GEOFENCE}", file=sys.stderr)
     ours, naive = Tally(), Tally()
-    synthetic(args.scenarios, args.stops, args.outage_s, ours, naive)
+    synthetic(args.first_seed, args.scenarios, args.stops, args.outage_s, ours, naive)
     real_ours, real_naive = Tally(), Tally()
     n_trips = real_trips(real_ours, real_naive) if CORPUS.is_dir() else 0
     print(HEADER)

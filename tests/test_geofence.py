@@ -116,6 +116,100 @@ def test_multipath_excursion_while_parked_does_not_depart() -> None:
     assert engine.phase("S1") is Phase.ARRIVED
 
 
+def test_multipath_jump_in_a_dwell_after_an_outage_still_arrives() -> None:
+    # Bench seed 5, S004: the outage hides the approach and the first 20 s of the stop;
+    # then 3 fixes at the stop, 5 fixes 250 m away with a standing Doppler speed, and
+    # 20 more at the stop. Neither the jump (no motion) nor its share of the stopped
+    # positions (a median, not a centroid) may lose the arrival.
+    engine = GeofenceEngine(manifest([stop("S1", 0.0)]))
+    approach = drive([(30, 10.0)], x0=-364)  # up to x=-74, then the outage
+    t = T0 + timedelta(seconds=60)
+    at_stop = [fix_at(t + timedelta(seconds=i), 0.0) for i in range(3)]
+    jump = [fix_at(t + timedelta(seconds=4 + i), 250.0, hdop=4.0) for i in range(5)]
+    rest = [fix_at(t + timedelta(seconds=12 + i), 0.0) for i in range(20)]
+    leave = drive([(20, 10.0)], x0=0.0, t0=t + timedelta(seconds=32))
+    events = run(engine, approach + at_stop + jump + rest + leave)
+    assert kinds(events) == ["Arrival", "Departure"]
+    assert isinstance(events[0], Arrival)
+    assert events[0].time == t  # the first fix inside (after the outage)
+
+
+def test_multipath_jump_to_another_stop_at_the_start_of_a_dwell() -> None:
+    # Bench seed 45: the van stops at S1; its first 5 fixes there jump 180 m into S2's
+    # fence, then it stands at S1. The stop is S1's, never S2's.
+    engine = GeofenceEngine(manifest([stop("S1", 0.0), stop("S2", 180.0)]))
+    approach = drive([(36, 10.0)], x0=-364)  # at 10 m/s to x=-14, then the jump
+    t = T0 + timedelta(seconds=36)
+    jump = [fix_at(t + timedelta(seconds=i), 180.0) for i in range(5)]
+    stand = [fix_at(t + timedelta(seconds=7 + i), 0.0) for i in range(60)]
+    events = run(engine, approach + jump + stand)
+    assert [(type(e).__name__, getattr(e, "stop_id", None)) for e in events] == [("Arrival", "S1")]
+    assert engine.visits("S2") == 0
+
+
+def test_moving_on_to_an_overlapping_neighbour_arrives_there() -> None:
+    # Bench seed 92: S1 and S2 are 50 m apart with 30 m radii. After S1 the van moves
+    # 28 m and stands again: still inside S1's fence, but nearer S2's centre. That is
+    # S2 (and S1 departs); a van that only repositions nearer S1 stays at S1.
+    m = manifest([stop("S1", 0.0, radius_m=30), stop("S2", 50.0, radius_m=30)])
+    engine = GeofenceEngine(m)
+    fixes = drive([(36, 10.0), (4, 1.0), (60, 0.0), (14, 2.0), (60, 0.0)], x0=-364)
+    events = run(engine, fixes)
+    assert [(type(e).__name__, getattr(e, "stop_id", None)) for e in events] == [
+        ("Arrival", "S1"),
+        ("Departure", "S1"),
+        ("Arrival", "S2"),
+    ]
+    # Repositioning 12 m at S1 (25 m from S2's centre, inside its fence too): no S2.
+    engine = GeofenceEngine(manifest([stop("S1", 0.0, radius_m=30), stop("S2", 37.0, radius_m=30)]))
+    fixes = drive([(36, 10.0), (4, 1.0), (60, 0.0), (6, 2.0), (60, 0.0)], x0=-364)
+    assert [(type(e).__name__, getattr(e, "stop_id", None)) for e in run(engine, fixes)] == [
+        ("Arrival", "S1")
+    ]
+
+
+def test_stopped_outside_with_multipath_inside_is_no_arrival() -> None:
+    # Standing 5 m outside the fence (a red light), 8 of 60 fixes jump 20 m inside it.
+    # Their centroid would be inside; where the van stands (the median) is not.
+    engine = GeofenceEngine(manifest([stop("S1", 0.0)]))
+    t = T0
+    fixes = []
+    for i in range(60):
+        x = 20.0 if 20 <= i < 28 else -40.0
+        fixes.append(fix_at(t + timedelta(seconds=i), x, hdop=2.0))
+    fixes += drive([(20, -10.0)], x0=-40.0, t0=t + timedelta(seconds=60))
+    assert run(engine, fixes) == []
+    assert engine.phase("S1") is Phase.IDLE
+    assert engine.visits("S1") == 0
+
+
+def test_short_stop_at_a_served_stop_is_not_a_second_visit() -> None:
+    engine = GeofenceEngine(manifest([stop("S1", 0.0)]))
+    assert kinds(run(engine, drive(APPROACH_AND_STOP, x0=-364))) == ["Arrival", "Departure"]
+    revisit_s = engine.config.revisit_dwell_s
+    # On the way back: a 40 s red light inside the served stop's fence.
+    back = drive([(36, -10.0), (40, 0.0), (40, -10.0)], x0=370.0, t0=T0 + timedelta(seconds=600))
+    assert revisit_s > 40
+    assert run(engine, back) == []
+    assert engine.visits("S1") == 1
+    # A real second visit (a failed delivery retried) stands longer: visit 2.
+    again = drive(
+        [(36, 10.0), (round(revisit_s) + 5, 0.0), (40, 10.0)],
+        x0=-360.0,
+        t0=T0 + timedelta(seconds=1200),
+    )
+    events = run(engine, again)
+    assert kinds(events) == ["Arrival", "Departure"]
+    assert isinstance(events[0], Arrival)
+    assert events[0].visit == 2
+    # Or a scan of one of its parcels during a short stop.
+    third = drive([(36, 10.0), (5, 0.0)], x0=-360.0, t0=T0 + timedelta(seconds=2000))
+    assert run(engine, third) == []
+    confirmed = engine.confirm_by_scan("S1", T0 + timedelta(seconds=2041))
+    assert kinds(confirmed) == ["Arrival"]
+    assert engine.visits("S1") == 3
+
+
 def test_stops_closer_than_their_radii_follow_the_manifest_order() -> None:
     # S1 and S2 are 12 m apart, each with a 35 m radius; the van stands between them,
     # nearer S2. The manifest says S1 comes first and S2 is within the slack: S1.

@@ -6,11 +6,13 @@ Per good fix (position, HDOP within limit, GNSS time known) the engine:
    speed, else speed from consecutive positions), restarting the count after an outage;
 2. feeds every stop fence near the fix (spatial grid) and every fence already entered;
 3. confirms an arrival when the van has been stopped ``confirm_dwell_s`` with the
-   stopped positions' centroid inside a fence. If several fences qualify (stops closer
-   than their radii) it picks one: not yet visited first, then the next stop in the
-   manifest's order unless another is nearer by more than ``order_slack_m``. One dwell
-   confirms one stop; a scan of another stop's parcel confirms that stop too
-   (:meth:`confirm_by_scan`), as in an apartment block with several addresses.
+   stopped positions' median and the current fix inside a fence (``revisit_dwell_s``
+   at a stop already visited, longer than a red light on the way back past it). If
+   several fences qualify (stops closer than their radii) it picks one: not yet
+   visited first, then the next stop in the manifest's order unless another is nearer
+   by more than ``order_slack_m``. One dwell confirms one stop; a scan of another
+   stop's parcel confirms that stop too (:meth:`confirm_by_scan`), as in an apartment
+   block with several addresses.
 4. reports an unscheduled halt (stopped ``halt_after_s`` outside every stop, once the
    van has moved) and a route deviation (beyond ``deviation_m`` of the planned route for
    ``deviation_after_s``), each with its end.
@@ -21,6 +23,8 @@ Poor fixes are ignored entirely: they neither enter nor leave a fence.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +50,12 @@ from firmware_agent.manifest import Manifest, Stop
 _DERIVED_SPEED_MAX_DT_S = 10.0
 # While off the route, the exact (linear-cost) distance is recomputed this often.
 _DEVIATION_MEASURE_EVERY_S = 5.0
+# Where a stopped van stands is the median of its positions, sampled at most once per
+# this many seconds (so 10 Hz costs no more than 1 Hz) over the last _STOPPED_KEEP
+# samples: a median ignores multipath jumps that hold for under half the stop, which a
+# centroid does not (a 30 s, 250 m jump moved a 60 s stop's centroid out of its fence).
+_STOPPED_SAMPLE_S = 1.0
+_STOPPED_KEEP = 180
 
 
 def _by_order(fence: StopFence) -> int:
@@ -76,10 +86,13 @@ class GeofenceEngine:
         self._active: set[StopFence] = set()
         self._last: tuple[float, float, float] | None = None  # t_s, x, y of last good fix
         self.last_position: Position | None = None
-        # Stopped-van tracking: start, count and position sums of the current stop.
+        # Stopped-van tracking: start, fix count and sampled positions of the current stop.
         self._slow_s: float | None = None
         self._slow_n = 0
-        self._slow_sx = self._slow_sy = 0.0
+        self._slow_xy: deque[tuple[float, float]] = deque(maxlen=_STOPPED_KEEP)
+        self._slow_sampled_s = -math.inf
+        self._slow_at: tuple[float, float] | None = None  # cached median of _slow_xy
+        self._confirmed_dwell: float | None = None  # _slow_s of the dwell that last arrived
         self._has_moved = False
         self._halt_s: float | None = None
         # Route deviation.
@@ -213,10 +226,14 @@ class GeofenceEngine:
         slow = speed <= c.slow_speed_mps
         if slow:
             if self._slow_s is None:
-                self._slow_s, self._slow_n, self._slow_sx, self._slow_sy = t_s, 0, 0.0, 0.0
+                self._slow_s, self._slow_n = t_s, 0
+                self._slow_xy.clear()
+                self._slow_sampled_s = -math.inf
             self._slow_n += 1
-            self._slow_sx += x
-            self._slow_sy += y
+            if t_s - self._slow_sampled_s >= _STOPPED_SAMPLE_S:
+                self._slow_sampled_s = t_s
+                self._slow_xy.append((x, y))
+                self._slow_at = None
         else:
             self._slow_s = None
             if speed >= c.moving_speed_mps:
@@ -227,7 +244,7 @@ class GeofenceEngine:
 
         self._observe_fences(t_s, x, y, speed > c.slow_speed_mps, events)
         if slow:
-            self._maybe_confirm(t_s, fix.time, events)
+            self._maybe_confirm(t_s, x, y, fix.time, events)
             self._maybe_halt(t_s, fix.time, events)
         if self._route is not None:
             self._check_route(t_s, x, y, fix.time, events)
@@ -268,27 +285,57 @@ class GeofenceEngine:
             Departure(fence.stop_id, _utc(departed_s), _utc(t_s), _utc(arrived_s), fence.visits)
         )
 
-    def _maybe_confirm(self, t_s: float, now: datetime, events: list[GeofenceEvent]) -> None:
+    def _stopped_at(self) -> tuple[float, float]:
+        """Where the van stands: the median of the current stop's sampled positions."""
+        if self._slow_at is None:
+            xy = self._slow_xy
+            self._slow_at = (
+                statistics.median(p[0] for p in xy),
+                statistics.median(p[1] for p in xy),
+            )
+        return self._slow_at
+
+    def _maybe_confirm(
+        self, t_s: float, x: float, y: float, now: datetime, events: list[GeofenceEvent]
+    ) -> None:
         c = self.config
         slow_s = self._slow_s
         if (
             slow_s is None
             or t_s - slow_s < c.confirm_dwell_s
             or self._slow_n < c.confirm_min_fixes
-            or not self._active
+            or not any(f.phase is Phase.APPROACH for f in self._active)
         ):
             return
-        cx, cy = self._slow_sx / self._slow_n, self._slow_sy / self._slow_n
-        arrived = [f for f in self._active if f.phase is Phase.ARRIVED]
-        if any(f.shape.outside_m(cx, cy) == 0 for f in arrived):
+        cx, cy = self._stopped_at()
+        holding = [
+            f for f in self._active if f.phase is Phase.ARRIVED and f.shape.outside_m(cx, cy) == 0
+        ]
+        if holding and self._confirmed_dwell == slow_s:
             return  # one dwell, one stop (others confirm by scan)
+        # A new dwell (the van moved, then stopped) inside the fence of the stop it is
+        # at: it moved on to a neighbour whose fence overlaps if it stands nearer the
+        # neighbour's centre, else it only repositioned. (A bus crawling from one stop
+        # to the next below slow_speed_mps is one long "dwell"; its median leaves the
+        # first fence before the second can confirm.)
+        holding_m = min((f.shape.center_distance(cx, cy) for f in holding), default=math.inf)
+        dwell_s = t_s - slow_s
         candidates = [
-            f for f in self._active if f.phase is Phase.APPROACH and f.shape.outside_m(cx, cy) == 0
+            f
+            for f in self._active
+            if f.phase is Phase.APPROACH
+            and (f.visits == 0 or dwell_s >= c.revisit_dwell_s)
+            and f.shape.outside_m(cx, cy) == 0
+            # ... and the van is there now: when a multipath jump fills the first
+            # seconds of a stop, the median may still sit at the jump's end.
+            and f.shape.outside_m(x, y) == 0
+            and f.shape.center_distance(cx, cy) < holding_m
         ]
         if not candidates:
             return
         # Standing at another stop: the van has left the one it was at, even if that
         # stop is too close for its border to have been crossed (neighbouring houses).
+        arrived = [f for f in self._active if f.phase is Phase.ARRIVED]
         for fence in sorted(arrived, key=_by_order):
             self._departure(fence, fence.depart(t_s), t_s, events)
         fence = self._choose(candidates, cx, cy)
@@ -315,6 +362,7 @@ class GeofenceEngine:
         events: list[GeofenceEvent],
     ) -> None:
         arrived = _utc(fence.confirm())
+        self._confirmed_dwell = self._slow_s
         lat, lon = self.plane.latlon(x, y)
         events.append(Arrival(fence.stop_id, arrived, now, lat, lon, fence.visits, by))
         stop = self._stops[fence.index]
@@ -342,7 +390,7 @@ class GeofenceEngine:
         ):
             return
         self._halt_s = slow_s
-        lat, lon = self.plane.latlon(self._slow_sx / self._slow_n, self._slow_sy / self._slow_n)
+        lat, lon = self.plane.latlon(*self._stopped_at())
         events.append(Halt(_utc(slow_s), now, lat, lon))
 
     def _check_route(

@@ -4,7 +4,7 @@
 
     IDLE --good fix inside--> APPROACH --confirmed (engine: dwell, or a scan)--> ARRIVED
       ^                          |                                                  |
-      +--good fix beyond border--+      +--beyond radius+border for depart_confirm_s,+
+      +--beyond border, moving---+      +--beyond radius+border for depart_confirm_s,+
       +---------------------------------+   moving (Departure, time = first fix outside)
                                             or: the engine confirmed a dwell elsewhere
 
@@ -79,7 +79,10 @@ class StopFence:
                 self.phase = Phase.APPROACH
                 self.entered_s = t_s
         elif phase is Phase.APPROACH:
-            if outside_m > border_m:  # drove past, or left before confirming
+            # Drove past, or left before confirming. A stopped van's fix beyond the
+            # border is a multipath jump, not a departure from the approach: resetting
+            # here would lose the entry time and, after an outage, the arrival itself.
+            if outside_m > border_m and moving:
                 self.phase = Phase.IDLE
                 self.entered_s = None
         elif outside_m == 0.0:  # ARRIVED, still (or again) inside
