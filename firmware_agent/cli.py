@@ -199,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_replay)
 
     from firmware_agent.pod.cli import register as register_pod  # noqa: PLC0415
+    from firmware_agent.run_cli import register as register_run  # noqa: PLC0415
     from firmware_agent.scan.cli import register as register_scan  # noqa: PLC0415
 
+    register_run(sub)
     register_pod(sub)
     register_scan(sub)
     return parser

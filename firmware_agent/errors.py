@@ -20,3 +20,35 @@ class DeviceError(AgentError, OSError):
 
 class DeviceUnavailableError(DeviceError):
     """The device is absent or stopped answering (unplugged, permission denied)."""
+
+
+class CodecError(AgentError, ValueError):
+    """An MQTT payload or topic does not hold to the v1 contract (docs/asyncapi.yaml).
+
+    Raised by :mod:`firmware_agent.uplink.codec` and :mod:`firmware_agent.uplink.topics`
+    for anything malformed: truncated or trailing bytes, a wrong magic or version, bad
+    UTF-8 or JSON, a field of the wrong type or out of range, a sequence range that does
+    not hold, and for values that cannot be encoded. Decoders never raise anything else,
+    so a consumer catches this one error per message and drops the message.
+    """
+
+
+class OutboxError(AgentError):
+    """The durable outbox refused an operation (unknown stream, bad argument, closed).
+
+    Raised directly for a caller's mistake; storage failures raise the subclass
+    :class:`OutboxStorageError`, so ``except OutboxError`` catches both.
+    """
+
+
+class OutboxStorageError(OutboxError, OSError):
+    """SQLite could not complete the operation (disk full, I/O error, locked file).
+
+    Nothing was changed: a record whose ``add`` raised this was *not* stored, and the
+    caller keeps it in memory and retries. ``sqlite_errorname`` is SQLite's name for
+    the failure (``"SQLITE_FULL"``, ``"SQLITE_IOERR_WRITE"``, ...) when it gave one.
+    """
+
+    def __init__(self, message: str, *, sqlite_errorname: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlite_errorname = sqlite_errorname

@@ -1,0 +1,119 @@
+"""The JSON Schemas of the v1 MQTT contract, and :func:`validate` against them.
+
+The schemas (JSON Schema 2020-12) ship inside this package, in ``schemas/``, the one
+real copy (``docs/schemas`` is a link to it, and docs/asyncapi.yaml refers to them).
+They are read with :mod:`importlib.resources`, so the same code works from a source
+tree, an editable install or a wheel. A kind is a schema's file name without
+``.schema.json``: ``telemetry-batch`` (a decoded batch), ``events``, ``pod``, ``status``,
+``ack``, ``config``, ``model``, ``manifest``, ``fleetstream-position``,
+``fleetstream-event`` and ``fleetstream-pod``; ``defs`` holds shared definitions only.
+
+The schemas check the shape of a message; what a schema cannot say (a batch's seq
+ranges, a POD's signature and hash chain) is the codec's and ingest's job.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Sequence
+from functools import cache
+from importlib.resources import files
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+from cloud_ingest.errors import SchemaError, UnknownSchemaError
+
+_SUFFIX: Final = ".schema.json"
+_DEFS: Final = "defs"
+_REASON_MAX_CHARS = 300
+# Errors that only say "something below failed" (their context holds the real ones) or
+# "keys left over" (also raised when a oneOf branch failed and so evaluated nothing).
+_WEAK: Final = frozenset({"anyOf", "oneOf", "unevaluatedProperties", "allOf", "$ref"})
+
+
+@cache
+def _documents() -> dict[str, dict[str, Any]]:
+    folder = files(__name__).joinpath("schemas")
+    docs: dict[str, dict[str, Any]] = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(_SUFFIX):
+            docs[entry.name.removesuffix(_SUFFIX)] = json.loads(entry.read_text("utf-8"))
+    return docs
+
+
+def kinds() -> tuple[str, ...]:
+    """Every kind :func:`validate` knows, sorted."""
+    return tuple(sorted(k for k in _documents() if k != _DEFS))
+
+
+def schema(kind: str) -> dict[str, Any]:
+    """A copy of the schema of ``kind``; :class:`UnknownSchemaError` for no such kind."""
+    docs = _documents()
+    if kind not in docs or kind == _DEFS:
+        raise UnknownSchemaError(f"no schema {kind!r}; known: {', '.join(kinds())}")
+    return copy.deepcopy(docs[kind])
+
+
+@cache
+def _registry() -> Registry[Any]:
+    # Every schema under its $id, so relative $refs between the files resolve offline.
+    resources = [(doc["$id"], Resource.from_contents(doc)) for doc in _documents().values()]
+    return Registry().with_resources(resources).crawl()
+
+
+@cache
+def _validator(kind: str) -> Draft202012Validator:
+    return Draft202012Validator(
+        schema(kind),
+        registry=_registry(),
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def validate(kind: str, message: Any) -> None:
+    """Return if ``message`` (a JSON value) fits the schema of ``kind``.
+
+    Otherwise :class:`SchemaError` naming the failing location as a JSON path
+    (``events: $.record.stop_id: '1' is not of type 'integer'``), the most telling of
+    the errors when there are several. :class:`UnknownSchemaError` for an unknown kind.
+    """
+    error = _most_telling(_validator(kind).iter_errors(message))
+    if error is not None:
+        reason = error.message
+        if len(reason) > _REASON_MAX_CHARS:
+            reason = reason[: _REASON_MAX_CHARS - 3] + "..."
+        raise SchemaError(kind, error.json_path, reason)
+
+
+def _most_telling(errors: Iterable[ValidationError]) -> ValidationError | None:
+    """The error a person should read first.
+
+    jsonschema's ``best_match`` prefers shallow errors, so a record missing one field
+    reads "not valid under any of the given schemas" or, worse, every key reported as
+    unevaluated. Here a concrete error beats a weak one, and inside a ``oneOf`` whose
+    branches are told apart by ``type`` (the events record) only the branch of the
+    record's own type is read.
+    """
+    best = min(errors, key=_rank, default=None)
+    while best is not None and best.context:
+        best = min(_matching_branches(best.context), key=_rank)
+    return best
+
+
+def _rank(error: ValidationError) -> tuple[bool, bool, int]:
+    return (error.validator in _WEAK, error.validator == "unevaluatedProperties", len(error.path))
+
+
+def _matching_branches(context: Sequence[ValidationError]) -> Sequence[ValidationError]:
+    # A branch whose "type" const failed is about another kind of record.
+    other = {
+        e.schema_path[0]
+        for e in context
+        if e.validator == "const" and list(e.relative_path) == ["type"]
+    }
+    rest = [e for e in context if e.schema_path[0] not in other]
+    return rest or context

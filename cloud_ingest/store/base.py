@@ -1,0 +1,432 @@
+"""The storage interface of the ingest service and the records it stores.
+
+Every backend (:mod:`cloud_ingest.store.sqlite`, :mod:`cloud_ingest.store.postgres`)
+implements :class:`Store` and passes the same test suite. The contract, whatever the
+backend:
+
+- Records are stored idempotently on (device_id, stream, seq): a record delivered twice
+  is stored once and the second copy counted as a duplicate, never an error. PODs are
+  also unique per (device_id, pod_seq), the POD chain's own sequence.
+- :meth:`Store.write` is ONE transaction: the positions, events, PODs, quarantined
+  messages and received sequence ranges of a batch are all stored, or none.
+- The cumulative ack of a stream is the highest S such that every seq 1..S of that
+  stream has been stored, covered by a telemetry batch's range (fixes thinned away by the
+  outbox leave holes that are not gaps), or settled by a quarantined message (see
+  :class:`Quarantined`). Received seqs are kept as merged, disjoint ranges per device and
+  stream, so an ack is one indexed lookup and a gap report is a short scan.
+- PODs are linked as a hash chain when stored: a POD whose predecessor (pod_seq - 1) is
+  not stored yet is kept with ``chain_status`` "pending" and upgraded to "ok" in the
+  transaction that stores the predecessor (or marked "broken" if the predecessor's
+  digest is not its ``prev``). See :func:`cloud_ingest.store.podlinks.plan_pods`.
+- Times are UTC-aware datetimes; naive ones are refused when a record is built.
+
+Backends open their connection in :meth:`Store.open` (or ``async with``), create or
+upgrade their schema in :meth:`Store.migrate` (idempotent, recorded in a
+``schema_migrations`` table), and never block the event loop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, get_args
+
+from cloud_ingest.errors import IngestError, StorageError
+
+Stream = Literal["telemetry", "events", "pod"]
+STREAMS: tuple[Stream, ...] = get_args(Stream)
+ChainStatus = Literal["ok", "pending", "broken"]
+CHAIN_STATUSES: tuple[ChainStatus, ...] = get_args(ChainStatus)
+
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Sequence numbers are stored as signed 64-bit integers (PostgreSQL bigint, SQLite
+# INTEGER); anything larger cannot be stored and is refused before it reaches a backend.
+MAX_SEQ = 2**63 - 1
+PUBLIC_KEY_BYTES = 32
+
+
+class DeviceConflictError(IngestError, ValueError):
+    """A device is registered again with another public key (and ``replace_key`` unset)."""
+
+
+class UnknownDeviceError(IngestError, LookupError):
+    """The device is not registered."""
+
+
+class MigrationError(StorageError):
+    """The database schema is newer than this code, or a migration failed."""
+
+
+def is_device_id(text: object) -> bool:
+    """Whether ``text`` is a valid device id (``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``)."""
+    return isinstance(text, str) and DEVICE_ID_RE.fullmatch(text) is not None
+
+
+def require_utc(name: str, value: datetime) -> None:
+    """:class:`ValueError` unless ``value`` is a timezone-aware datetime."""
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, not {value!r}")
+
+
+def _require_seq(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEQ:
+        raise ValueError(f"{name} must be an integer in 1..2**63-1, not {value!r}")
+
+
+def _require_device_id(value: str) -> None:
+    if not is_device_id(value):
+        raise ValueError(f"invalid device_id {value!r}")
+
+
+def storable_text(text: str) -> str:
+    """``text`` as every backend can store it: NUL and lone surrogates escaped.
+
+    For quarantined messages, whose topic and detail come from outside: PostgreSQL text
+    refuses NUL, and no UTF-8 database takes a lone surrogate.
+    """
+    if text.isprintable() or ("\x00" not in text and text.isascii()):
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema version: its statements run in one transaction with its record."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """An enrolled device: its raw 32-byte Ed25519 public key, and whether it may send."""
+
+    device_id: str
+    public_key: bytes
+    enabled: bool
+    registered_at: datetime
+
+    def __post_init__(self) -> None:
+        _require_device_id(self.device_id)
+        if not isinstance(self.public_key, bytes) or len(self.public_key) != PUBLIC_KEY_BYTES:
+            raise ValueError("public_key must be the raw 32 bytes of an Ed25519 key")
+        require_utc("registered_at", self.registered_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One fix of a telemetry batch (``seq`` on the telemetry stream)."""
+
+    device_id: str
+    seq: int
+    time: datetime
+    lat: float
+    lon: float
+    speed_mps: float | None
+    course_deg: float | None
+    hdop: float | None
+    sats: int | None
+    historical: bool
+
+    def __post_init__(self) -> None:
+        _require_seq("seq", self.seq)
+        require_utc("time", self.time)
+
+
+@dataclass(frozen=True, slots=True)
+class StopEvent:
+    """One record of the events stream; ``record`` is the van's message as sent."""
+
+    device_id: str
+    seq: int
+    type: str
+    time: datetime
+    stop_id: str | None
+    route_id: str | None
+    historical: bool
+    record: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        _require_seq("seq", self.seq)
+        require_utc("time", self.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """A verified proof of delivery; ``seq`` is the envelope's, ``pod_seq`` the chain's.
+
+    ``jws`` is the compact serialization exactly as received (it is the evidence, and
+    its SHA-256, ``digest``, is what the next POD's ``prev`` must be). ``chain_status``:
+    "ok" when this POD's ``prev`` matched the digest of its stored predecessor (or it is
+    the first POD, with the genesis ``prev``), "pending" while the predecessor is not
+    stored, "broken" when the predecessor arrived after this POD and did not match.
+    """
+
+    device_id: str
+    seq: int
+    pod_seq: int
+    parcel: str
+    stop_id: str
+    time: datetime
+    verdict: str
+    jws: str
+    digest: str
+    prev: str
+    chain_status: ChainStatus
+    historical: bool
+
+    def __post_init__(self) -> None:
+        _require_seq("seq", self.seq)
+        _require_seq("pod_seq", self.pod_seq)
+        require_utc("time", self.time)
+        if self.chain_status not in CHAIN_STATUSES:
+            raise ValueError(f"chain_status must be one of {CHAIN_STATUSES}")
+
+
+@dataclass(frozen=True, slots=True)
+class Covered:
+    """A range of one stream's seqs received as a whole: ``first_seq..last_seq``.
+
+    A telemetry batch covers its declared range, including the seqs of fixes the outbox
+    thinned away; a quarantined message that can never pass covers its own seq.
+    """
+
+    device_id: str
+    stream: Stream
+    first_seq: int
+    last_seq: int
+
+    def __post_init__(self) -> None:
+        if self.stream not in STREAMS:
+            raise ValueError(f"stream must be one of {STREAMS}, not {self.stream!r}")
+        _require_seq("first_seq", self.first_seq)
+        _require_seq("last_seq", self.last_seq)
+        if self.first_seq > self.last_seq:
+            raise ValueError(f"first_seq {self.first_seq} > last_seq {self.last_seq}")
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A message ingest refused, kept verbatim with why.
+
+    ``covered``: the seqs the message stands for when retrying it can never succeed (a
+    bad signature from a known, enabled device, a replayed POD, ...). The store counts
+    them as received so that acks move past them and the device stops resending; the
+    payload kept here is the evidence, so nothing is lost. ``None`` when the message
+    must not move the ack (unknown or disabled device, unreadable envelope).
+    """
+
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes
+    covered: Covered | None = None
+
+    def __post_init__(self) -> None:
+        require_utc("received_at", self.received_at)
+
+
+Item = Position | StopEvent | Pod | Covered | Quarantined
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """What one :meth:`Store.write` stores, in one transaction."""
+
+    positions: Sequence[Position] = ()
+    events: Sequence[StopEvent] = ()
+    pods: Sequence[Pod] = ()
+    covered: Sequence[Covered] = ()
+    quarantined: Sequence[Quarantined] = ()
+
+    @classmethod
+    def of(cls, items: Iterable[Item]) -> WriteBatch:
+        """A batch of ``items`` (what :func:`cloud_ingest.verify.check_message` accepts)."""
+        positions: list[Position] = []
+        events: list[StopEvent] = []
+        pods: list[Pod] = []
+        covered: list[Covered] = []
+        quarantined: list[Quarantined] = []
+        for item in items:
+            if isinstance(item, Position):
+                positions.append(item)
+            elif isinstance(item, StopEvent):
+                events.append(item)
+            elif isinstance(item, Pod):
+                pods.append(item)
+            elif isinstance(item, Covered):
+                covered.append(item)
+            elif isinstance(item, Quarantined):
+                quarantined.append(item)
+            else:
+                raise TypeError(f"not a storable item: {type(item).__name__}")
+        return cls(tuple(positions), tuple(events), tuple(pods), tuple(covered), tuple(quarantined))
+
+    def __bool__(self) -> bool:
+        return bool(self.positions or self.events or self.pods or self.covered or self.quarantined)
+
+    def device_ids(self) -> list[str]:
+        """The devices whose streams this batch touches (quarantine without a range aside)."""
+        ids = {p.device_id for p in self.positions}
+        ids.update(e.device_id for e in self.events)
+        ids.update(p.device_id for p in self.pods)
+        ids.update(c.device_id for c in self.covered)
+        ids.update(q.covered.device_id for q in self.quarantined if q.covered is not None)
+        return sorted(ids)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a :meth:`Store.write` changed.
+
+    ``acks``: for every device the batch touched, the cumulative ack of each stream
+    after the write (0: nothing contiguous from seq 1 yet). ``new_*``: the records that
+    were not stored before, in input order (PODs with the chain status they were stored
+    with): what to republish. ``duplicates``: records already stored (or twice in the
+    batch). ``quarantined``: every quarantine row written, the batch's own plus PODs the
+    store itself refused (``replayed_pod``, ``broken_chain``: see
+    :func:`cloud_ingest.store.podlinks.plan_pods`). ``relinked``: PODs stored earlier whose
+    chain status this write changed (pending to ok or broken), with the new status.
+    """
+
+    acks: dict[str, dict[str, int]] = field(default_factory=dict)
+    new_positions: tuple[Position, ...] = ()
+    new_events: tuple[StopEvent, ...] = ()
+    new_pods: tuple[Pod, ...] = ()
+    duplicates: int = 0
+    quarantined: tuple[Quarantined, ...] = ()
+    relinked: tuple[Pod, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Seqs ``first_seq..last_seq`` of a stream that nothing received covers yet.
+
+    Only holes below the highest received seq are gaps: what may still be in flight
+    after it is unknowable.
+    """
+
+    stream: Stream
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Row counts, for metrics and health."""
+
+    devices: int
+    positions: int
+    stop_events: int
+    pods: int
+    pods_pending: int
+    pods_broken: int
+    quarantined: int
+
+
+class Store(Protocol):
+    """The ingest service's storage. Every method is a coroutine that never blocks the loop.
+
+    Lifecycle: ``async with Backend(...) as store`` (or :meth:`open` and :meth:`close`),
+    then :meth:`migrate` once at start (idempotent; concurrent callers are serialized).
+    One store object serves one event loop; its methods may be called concurrently from
+    several tasks (a backend serializes what must be).
+    """
+
+    async def open(self) -> None:
+        """Connect. Calling it on an open store does nothing."""
+
+    async def close(self) -> None:
+        """Disconnect. Calling it on a closed store does nothing."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations not applied yet, in order; return their versions.
+
+        :class:`MigrationError` if the database holds a version this code does not know.
+        """
+
+    async def register_device(
+        self,
+        device_id: str,
+        public_key: bytes,
+        *,
+        enabled: bool = True,
+        replace_key: bool = False,
+    ) -> Device:
+        """Enroll a device, or update an enrolled one (``enabled``), and return it.
+
+        Registering again with the same key is harmless. Another key raises
+        :class:`DeviceConflictError` unless ``replace_key`` (a re-provisioned device).
+        :class:`ValueError` for an invalid device id or a key that is not 32 bytes.
+        """
+
+    async def set_enabled(self, device_id: str, enabled: bool) -> Device:
+        """Allow or refuse a device's messages. :class:`UnknownDeviceError` if absent."""
+
+    async def get_device(self, device_id: str) -> Device | None:
+        """The device, or ``None`` when it is not registered."""
+
+    async def list_devices(self) -> list[Device]:
+        """Every registered device, by device id."""
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        """Store ``batch`` in one transaction; see the module doc and :class:`WriteResult`.
+
+        The chain status of each POD is decided here, under a per-device lock, from
+        what is stored (:func:`cloud_ingest.store.podlinks.plan_pods`): the status a
+        POD carries in ``batch`` is ignored, and a POD that replays a stored one or
+        does not link to its stored predecessor is quarantined instead of stored.
+
+        Every device a record or range refers to must be registered
+        (:class:`UnknownDeviceError` otherwise, and nothing is written).
+        """
+
+    async def acks(self, device_id: str) -> dict[str, int]:
+        """The cumulative ack of each stream of ``device_id`` (0 for nothing yet)."""
+
+    async def pod_head(self, device_id: str) -> Pod | None:
+        """The device's stored POD with the highest ``pod_seq``, if any."""
+
+    async def pod_by_pod_seq(self, device_id: str, pod_seq: int) -> Pod | None:
+        """The device's stored POD with this chain seq, if any."""
+
+    async def last_positions(self) -> list[Position]:
+        """Each device's latest position (highest seq), by device id."""
+
+    async def track(self, device_id: str, start: datetime, end: datetime) -> list[Position]:
+        """The device's positions with ``start <= time < end``, in time order.
+
+        :class:`ValueError` for a naive ``start`` or ``end``.
+        """
+
+    async def arrivals(
+        self, route_id: str | None = None, device_id: str | None = None, *, limit: int = 1000
+    ) -> list[StopEvent]:
+        """Arrival events, optionally of one route and/or device, in time order."""
+
+    async def pods_by_parcel(self, parcel: str) -> list[Pod]:
+        """Every POD recorded for ``parcel`` (normally one), in time order."""
+
+    async def quarantine(self, limit: int = 100) -> list[Quarantined]:
+        """The latest quarantined messages, newest first."""
+
+    async def gaps(self, device_id: str) -> list[Gap]:
+        """Missing seq ranges of each stream below its highest received seq."""
+
+    async def counts(self) -> Counts:
+        """Row counts of every table."""

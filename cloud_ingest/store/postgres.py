@@ -1,0 +1,696 @@
+"""The PostgreSQL backend: for fleets, with N ingest workers on one database.
+
+One :class:`psycopg.AsyncConnection` per store, in autocommit mode, used by one
+operation at a time (an :class:`asyncio.Lock`: a connection runs one transaction, and
+two tasks' statements must not interleave in it); scale out with more workers, each
+with its own store. A connection found broken (server restart, network) is replaced
+on the next call; the failed call raises :class:`~cloud_ingest.errors.StorageError`.
+
+Writes are batched: each table gets one statement per :meth:`PostgresStore.write`,
+``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING`` (one round
+trip for any number of rows, and the returned keys say which rows were new). Each write
+first locks the rows of the devices it touches (``SELECT ... ORDER BY device_id FOR NO
+KEY UPDATE``, always in the same order, so two workers cannot deadlock): a device's
+ranges and POD chain are then read and changed by one transaction at a time, whichever
+worker its messages reached. ``FOR NO KEY UPDATE`` does not conflict with the key-share
+locks the foreign keys take, so other devices' writes never wait.
+
+:meth:`PostgresStore.migrate` holds a transaction-level advisory lock, so workers
+starting together apply each migration once; PostgreSQL's DDL is transactional, so a
+migration and its ``schema_migrations`` row commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, cast
+
+import psycopg
+
+from cloud_ingest.errors import StorageError
+from cloud_ingest.store.base import (
+    MAX_SEQ,
+    PUBLIC_KEY_BYTES,
+    STREAMS,
+    ChainStatus,
+    Counts,
+    Covered,
+    Device,
+    DeviceConflictError,
+    Gap,
+    Migration,
+    MigrationError,
+    Pod,
+    Position,
+    Quarantined,
+    StopEvent,
+    Stream,
+    UnknownDeviceError,
+    WriteBatch,
+    WriteResult,
+    is_device_id,
+    require_utc,
+    storable_text,
+)
+from cloud_ingest.store.podlinks import neighbour_pod_seqs, plan_pods
+from cloud_ingest.store.ranges import SeqRange, absorb, holes, received_ranges
+from cloud_ingest.verify import Rejected
+
+_Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+_Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
+
+# Any constant will do: it names this application's lock among advisory locks.
+_MIGRATION_LOCK = 7_364_001
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema",
+        (
+            """CREATE TABLE devices (
+                device_id text PRIMARY KEY,
+                public_key bytea NOT NULL CHECK (octet_length(public_key) = 32),
+                enabled boolean NOT NULL,
+                registered_at timestamptz NOT NULL
+            )""",
+            """CREATE TABLE positions (
+                device_id text NOT NULL REFERENCES devices (device_id),
+                seq bigint NOT NULL CHECK (seq >= 1),
+                time timestamptz NOT NULL,
+                lat double precision NOT NULL,
+                lon double precision NOT NULL,
+                speed_mps double precision,
+                course_deg double precision,
+                hdop double precision,
+                sats integer,
+                historical boolean NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            )""",
+            "CREATE INDEX positions_by_time ON positions (device_id, time)",
+            """CREATE TABLE stop_events (
+                device_id text NOT NULL REFERENCES devices (device_id),
+                seq bigint NOT NULL CHECK (seq >= 1),
+                type text NOT NULL,
+                time timestamptz NOT NULL,
+                stop_id text,
+                route_id text,
+                historical boolean NOT NULL,
+                record jsonb NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            )""",
+            "CREATE INDEX stop_events_by_type ON stop_events (type, time)",
+            "CREATE INDEX stop_events_by_route ON stop_events (route_id, type, time)",
+            """CREATE TABLE pods (
+                device_id text NOT NULL REFERENCES devices (device_id),
+                seq bigint NOT NULL CHECK (seq >= 1),
+                pod_seq bigint NOT NULL CHECK (pod_seq >= 1),
+                parcel text NOT NULL,
+                stop_id text NOT NULL,
+                time timestamptz NOT NULL,
+                verdict text NOT NULL,
+                jws text NOT NULL,
+                digest text NOT NULL,
+                prev text NOT NULL,
+                chain_status text NOT NULL CHECK (chain_status IN ('ok', 'pending', 'broken')),
+                historical boolean NOT NULL,
+                PRIMARY KEY (device_id, seq),
+                UNIQUE (device_id, pod_seq)
+            )""",
+            "CREATE INDEX pods_by_parcel ON pods (parcel, time)",
+            """CREATE TABLE quarantine (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                received_at timestamptz NOT NULL,
+                topic text NOT NULL,
+                device_id text,
+                reason text NOT NULL,
+                detail text NOT NULL,
+                payload bytea NOT NULL,
+                stream text,
+                first_seq bigint,
+                last_seq bigint
+            )""",
+            "CREATE INDEX quarantine_by_device ON quarantine (device_id, id)",
+            """CREATE TABLE stream_ranges (
+                device_id text NOT NULL REFERENCES devices (device_id),
+                stream text NOT NULL CHECK (stream IN ('telemetry', 'events', 'pod')),
+                first_seq bigint NOT NULL CHECK (first_seq >= 1),
+                last_seq bigint NOT NULL CHECK (last_seq >= first_seq),
+                PRIMARY KEY (device_id, stream, first_seq)
+            )""",
+        ),
+    ),
+)
+
+_POSITION_COLUMNS = "device_id, seq, time, lat, lon, speed_mps, course_deg, hdop, sats, historical"
+_EVENT_COLUMNS = "device_id, seq, type, time, stop_id, route_id, historical, record"
+_POD_COLUMNS = (
+    "device_id, seq, pod_seq, parcel, stop_id, time, verdict, jws, digest, prev, "
+    "chain_status, historical"
+)
+_QUARANTINE_COLUMNS = (
+    "received_at, topic, device_id, reason, detail, payload, stream, first_seq, last_seq"
+)
+# Statements assembled from the column lists above, never from input.
+_SELECT_POSITIONS = f"SELECT {_POSITION_COLUMNS} FROM positions"  # noqa: S608
+_SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM stop_events"  # noqa: S608
+_SELECT_PODS = f"SELECT {_POD_COLUMNS} FROM pods"  # noqa: S608
+_INSERT_POSITIONS = (
+    f"INSERT INTO positions ({_POSITION_COLUMNS}) "  # noqa: S608
+    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::float8[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::int[], %s::bool[]) "
+    "ON CONFLICT DO NOTHING RETURNING device_id, seq"
+)
+_INSERT_EVENTS = (
+    f"INSERT INTO stop_events ({_EVENT_COLUMNS}) "  # noqa: S608
+    "SELECT d, s, t, at, st, r, h, rec::jsonb FROM unnest(%s::text[], %s::bigint[], "
+    "%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::bool[], %s::text[]) "
+    "AS u(d, s, t, at, st, r, h, rec) "
+    "ON CONFLICT DO NOTHING RETURNING device_id, seq"
+)
+_INSERT_PODS = (
+    f"INSERT INTO pods ({_POD_COLUMNS}) "  # noqa: S608
+    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[], "
+    "%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::bool[])"
+)
+_INSERT_QUARANTINE = (
+    f"INSERT INTO quarantine ({_QUARANTINE_COLUMNS}) "  # noqa: S608
+    "SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::bytea[], %s::text[], %s::bigint[], %s::bigint[])"
+)
+_STORED_NEIGHBOURS = (
+    _SELECT_PODS  # noqa: S608
+    + " WHERE (device_id, seq) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))"
+    " OR (device_id, pod_seq) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))"
+)
+# For each new range: the last stored range starting before it (it may reach into it)
+# and those starting inside it or right after; two index probes per range.
+_TOUCHING_RANGES = """
+    SELECT DISTINCT s.device_id, s.stream, s.first_seq, s.last_seq
+    FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS n(device_id, stream, a, b)
+    CROSS JOIN LATERAL (
+        (SELECT * FROM stream_ranges r
+         WHERE r.device_id = n.device_id AND r.stream = n.stream AND r.first_seq < n.a
+         ORDER BY r.first_seq DESC LIMIT 1)
+        UNION ALL
+        (SELECT * FROM stream_ranges r
+         WHERE r.device_id = n.device_id AND r.stream = n.stream
+           AND r.first_seq BETWEEN n.a AND n.b)
+    ) AS s
+    WHERE s.last_seq >= n.a - 1
+"""
+_DELETE_RANGES = """
+    DELETE FROM stream_ranges r
+    USING unnest(%s::text[], %s::text[], %s::bigint[]) AS d(device_id, stream, first_seq)
+    WHERE r.device_id = d.device_id AND r.stream = d.stream AND r.first_seq = d.first_seq
+"""
+_INSERT_RANGES = """
+    INSERT INTO stream_ranges (device_id, stream, first_seq, last_seq)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+"""
+_RELINK_PODS = """
+    UPDATE pods AS p SET chain_status = u.status
+    FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS u(device_id, seq, status)
+    WHERE p.device_id = u.device_id AND p.seq = u.seq
+"""
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(UTC)
+
+
+def _device(row: Sequence[Any]) -> Device:
+    return Device(row[0], bytes(row[1]), row[2], _utc(row[3]))
+
+
+def _position(row: Sequence[Any]) -> Position:
+    return Position(
+        row[0], row[1], _utc(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9]
+    )
+
+
+def _event(row: Sequence[Any]) -> StopEvent:
+    return StopEvent(row[0], row[1], row[2], _utc(row[3]), row[4], row[5], row[6], row[7])
+
+
+def _pod(row: Sequence[Any]) -> Pod:
+    return Pod(
+        device_id=row[0],
+        seq=row[1],
+        pod_seq=row[2],
+        parcel=row[3],
+        stop_id=row[4],
+        time=_utc(row[5]),
+        verdict=row[6],
+        jws=row[7],
+        digest=row[8],
+        prev=row[9],
+        chain_status=cast(ChainStatus, row[10]),
+        historical=row[11],
+    )
+
+
+def _quarantined(row: Sequence[Any]) -> Quarantined:
+    covered = None
+    if row[6] is not None and row[7] is not None and row[8] is not None:
+        covered = Covered(row[2], cast(Stream, row[6]), row[7], row[8])
+    return Quarantined(_utc(row[0]), row[1], row[2], row[3], row[4], bytes(row[5]), covered)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """``rows`` turned into ``width`` column lists: the arrays ``unnest`` takes."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+class PostgresStore:
+    """:class:`~cloud_ingest.store.base.Store` on a PostgreSQL database (``dsn``: a
+    libpq connection string or URI; the database must exist)."""
+
+    def __init__(self, dsn: str, *, connect_timeout_s: float = 10.0) -> None:
+        self._dsn = dsn
+        self._connect_timeout_s = connect_timeout_s
+        self._conn: _Conn | None = None
+        self._lock = asyncio.Lock()
+        self._closed = True
+
+    def __repr__(self) -> str:
+        # The DSN may hold a password: show only where it points.
+        return f"PostgresStore(<{len(self._dsn)}-character DSN>)"
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            self._closed = False
+
+    async def _connect(self) -> _Conn:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self._connect_timeout_s)),
+                options="-c TimeZone=UTC",
+            )
+        except psycopg.Error as err:
+            raise StorageError(f"cannot connect to PostgreSQL: {err}") from err
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn, self._closed = self._conn, None, True
+            if conn is not None:
+                await conn.close()
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[_Conn]:
+        """The connection, for one operation at a time; reconnects a broken one."""
+        async with self._lock:
+            if self._closed:
+                raise StorageError(f"{self!r} is not open")
+            if self._conn is None or self._conn.broken or self._conn.closed:
+                self._conn = await self._connect()
+            try:
+                yield self._conn
+            except psycopg.OperationalError as err:
+                raise StorageError(f"PostgreSQL: {err}") from err
+
+    # --- schema -----------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        async with self._session() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await cur.execute("SELECT version FROM schema_migrations")
+            applied = {v for (v,) in await cur.fetchall()}
+            known = {m.version for m in MIGRATIONS}
+            if applied - known:
+                raise MigrationError(
+                    f"database schema version {max(applied - known)} is newer than this code "
+                    f"(knows up to {max(known)})"
+                )
+            done: list[int] = []
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements:
+                    await cur.execute(statement)
+                await cur.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+                done.append(migration.version)
+            return done
+
+    # --- devices ----------------------------------------------------------------------
+
+    async def register_device(
+        self,
+        device_id: str,
+        public_key: bytes,
+        *,
+        enabled: bool = True,
+        replace_key: bool = False,
+    ) -> Device:
+        if not is_device_id(device_id):
+            raise ValueError(f"invalid device_id {device_id!r}")
+        if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+            raise ValueError("public_key must be the raw 32 bytes of an Ed25519 key")
+        async with self._session() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "INSERT INTO devices VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (device_id, public_key, enabled, datetime.now(UTC)),
+            )
+            await cur.execute(
+                "SELECT public_key FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)
+            )
+            row = await cur.fetchone()
+            assert row is not None  # inserted, or there already
+            if bytes(row[0]) != public_key and not replace_key:
+                raise DeviceConflictError(
+                    f"device {device_id!r} is registered with another key "
+                    "(replace_key=True to re-provision it)"
+                )
+            await cur.execute(
+                "UPDATE devices SET public_key = %s, enabled = %s WHERE device_id = %s RETURNING *",
+                (public_key, enabled, device_id),
+            )
+            updated = await cur.fetchone()
+            assert updated is not None
+            return _device(updated)
+
+    async def set_enabled(self, device_id: str, enabled: bool) -> Device:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                "UPDATE devices SET enabled = %s WHERE device_id = %s RETURNING *",
+                (enabled, device_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise UnknownDeviceError(f"device {device_id!r} is not registered")
+        return _device(row)
+
+    async def get_device(self, device_id: str) -> Device | None:
+        async with self._session() as conn:
+            cur = await conn.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,))
+            row = await cur.fetchone()
+        return None if row is None else _device(row)
+
+    async def list_devices(self) -> list[Device]:
+        async with self._session() as conn:
+            cur = await conn.execute("SELECT * FROM devices ORDER BY device_id")
+            return [_device(r) for r in await cur.fetchall()]
+
+    # --- writing ----------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        now = datetime.now(UTC)
+        async with self._session() as conn, conn.transaction(), conn.cursor() as cur:
+            return await _write(cur, batch, now)
+
+    async def acks(self, device_id: str) -> dict[str, int]:
+        async with self._session() as conn, conn.cursor() as cur:
+            return (await _acks(cur, [device_id]))[device_id]
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def _pod(self, query: str, params: Sequence[Any]) -> Pod | None:
+        async with self._session() as conn:
+            cur = await conn.execute(query, params)
+            row = await cur.fetchone()
+        return None if row is None else _pod(row)
+
+    async def pod_head(self, device_id: str) -> Pod | None:
+        return await self._pod(
+            _SELECT_PODS + " WHERE device_id = %s ORDER BY pod_seq DESC LIMIT 1", (device_id,)
+        )
+
+    async def pod_by_pod_seq(self, device_id: str, pod_seq: int) -> Pod | None:
+        if not 1 <= pod_seq <= MAX_SEQ:
+            return None
+        return await self._pod(
+            _SELECT_PODS + " WHERE device_id = %s AND pod_seq = %s", (device_id, pod_seq)
+        )
+
+    async def last_positions(self) -> list[Position]:
+        async with self._session() as conn:
+            # Per device, the highest seq through the primary key: one probe per device.
+            cur = await conn.execute(
+                "SELECT p.* FROM devices AS d CROSS JOIN LATERAL ("  # noqa: S608
+                + _SELECT_POSITIONS
+                + " AS p WHERE p.device_id = d.device_id ORDER BY p.seq DESC LIMIT 1"
+                ") AS p ORDER BY d.device_id"
+            )
+            return [_position(r) for r in await cur.fetchall()]
+
+    async def track(self, device_id: str, start: datetime, end: datetime) -> list[Position]:
+        require_utc("start", start)
+        require_utc("end", end)
+        async with self._session() as conn:
+            cur = await conn.execute(
+                _SELECT_POSITIONS
+                + " WHERE device_id = %s AND time >= %s AND time < %s ORDER BY time, seq",
+                (device_id, start, end),
+            )
+            return [_position(r) for r in await cur.fetchall()]
+
+    async def arrivals(
+        self, route_id: str | None = None, device_id: str | None = None, *, limit: int = 1000
+    ) -> list[StopEvent]:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                _SELECT_EVENTS + " WHERE type = 'arrival'"
+                " AND (%(route)s::text IS NULL OR route_id = %(route)s)"
+                " AND (%(device)s::text IS NULL OR device_id = %(device)s)"
+                " ORDER BY time, device_id, seq LIMIT %(limit)s",
+                {"route": route_id, "device": device_id, "limit": limit},
+            )
+            return [_event(r) for r in await cur.fetchall()]
+
+    async def pods_by_parcel(self, parcel: str) -> list[Pod]:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                _SELECT_PODS + " WHERE parcel = %s ORDER BY time, device_id, pod_seq", (parcel,)
+            )
+            return [_pod(r) for r in await cur.fetchall()]
+
+    async def quarantine(self, limit: int = 100) -> list[Quarantined]:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine "  # noqa: S608
+                "ORDER BY id DESC LIMIT %s",
+                (limit,),
+            )
+            return [_quarantined(r) for r in await cur.fetchall()]
+
+    async def gaps(self, device_id: str) -> list[Gap]:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                "SELECT stream, first_seq, last_seq FROM stream_ranges WHERE device_id = %s",
+                (device_id,),
+            )
+            rows = await cur.fetchall()
+        ranges: dict[str, list[SeqRange]] = defaultdict(list)
+        for stream, first, last in rows:
+            ranges[stream].append((first, last))
+        return [Gap(s, a, b) for s in STREAMS for a, b in holes(ranges[s])]
+
+    async def counts(self) -> Counts:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM positions), "
+                "(SELECT count(*) FROM stop_events), (SELECT count(*) FROM pods), "
+                "(SELECT count(*) FROM pods WHERE chain_status = 'pending'), "
+                "(SELECT count(*) FROM pods WHERE chain_status = 'broken'), "
+                "(SELECT count(*) FROM quarantine)"
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return Counts(*(int(n) for n in row))
+
+
+async def _acks(cur: _Cursor, device_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    acks: dict[str, dict[str, int]] = {d: dict.fromkeys(STREAMS, 0) for d in device_ids}
+    if device_ids:
+        await cur.execute(
+            "SELECT device_id, stream, last_seq FROM stream_ranges "
+            "WHERE device_id = ANY(%s) AND first_seq = 1",
+            (list(device_ids),),
+        )
+        for device_id, stream, last in await cur.fetchall():
+            acks[device_id][stream] = last
+    return acks
+
+
+async def _insert_new(cur: _Cursor, query: str, columns: list[list[Any]]) -> set[tuple[str, int]]:
+    """Run a batched ``INSERT ... RETURNING device_id, seq``; the keys it inserted."""
+    await cur.execute(query, columns)
+    return {(d, s) for d, s in await cur.fetchall()}
+
+
+def _first_new(items: Sequence[Any], inserted: set[tuple[str, int]]) -> list[Any]:
+    """The items whose key was inserted, in input order; a key twice in the batch counts
+    once (the first), like a key stored before."""
+    new = []
+    for item in items:
+        key = (item.device_id, item.seq)
+        if key in inserted:
+            inserted.discard(key)
+            new.append(item)
+    return new
+
+
+async def _write_pods(
+    cur: _Cursor, pods: Sequence[Pod]
+) -> tuple[list[Pod], list[Pod], list[tuple[Pod, Rejected]], int]:
+    """Store ``pods`` linked into their chains (:func:`plan_pods`): the new PODs, the
+    relinked ones, the refused ones and the number of duplicates."""
+    if not pods:
+        return [], [], [], 0
+    by_device: dict[str, list[Pod]] = defaultdict(list)
+    for pod in pods:
+        by_device[pod.device_id].append(pod)
+    seq_keys = sorted({(p.device_id, p.seq) for p in pods})
+    pod_seq_keys = [
+        (d, n) for d, incoming in by_device.items() for n in neighbour_pod_seqs(incoming)
+    ]
+    await cur.execute(
+        _STORED_NEIGHBOURS,
+        (*_columns(seq_keys, 2), *_columns(pod_seq_keys, 2)),
+    )
+    stored: dict[str, list[Pod]] = defaultdict(list)
+    for row in await cur.fetchall():
+        stored[row[0]].append(_pod(row))
+    new: list[Pod] = []
+    relinked: list[Pod] = []
+    refused: list[tuple[Pod, Rejected]] = []
+    duplicates = 0
+    for device_id, incoming in by_device.items():
+        plan = plan_pods(incoming, stored[device_id])
+        new += plan.insert
+        relinked += plan.relinked
+        refused += plan.refused
+        duplicates += plan.duplicates
+    if new:
+        rows = [
+            (p.device_id, p.seq, p.pod_seq, p.parcel, p.stop_id, p.time, p.verdict, p.jws,
+             p.digest, p.prev, p.chain_status, p.historical)
+            for p in new
+        ]  # fmt: skip
+        await cur.execute(_INSERT_PODS, _columns(rows, 12))
+    if relinked:
+        links = [(p.device_id, p.seq, p.chain_status) for p in relinked]
+        await cur.execute(_RELINK_PODS, _columns(links, 3))
+    return new, relinked, refused, duplicates
+
+
+async def _write(cur: _Cursor, batch: WriteBatch, now: datetime) -> WriteResult:
+    device_ids = batch.device_ids()
+    if device_ids:
+        await cur.execute(
+            "SELECT device_id FROM devices WHERE device_id = ANY(%s) "
+            "ORDER BY device_id FOR NO KEY UPDATE",
+            (device_ids,),
+        )
+        missing = sorted(set(device_ids) - {d for (d,) in await cur.fetchall()})
+        if missing:
+            raise UnknownDeviceError(f"not registered: {', '.join(missing)}")
+
+    new_positions: list[Position] = []
+    if batch.positions:
+        rows: list[tuple[Any, ...]] = [
+            (p.device_id, p.seq, p.time, p.lat, p.lon, p.speed_mps, p.course_deg, p.hdop,
+             p.sats, p.historical)
+            for p in batch.positions
+        ]  # fmt: skip
+        inserted = await _insert_new(cur, _INSERT_POSITIONS, _columns(rows, 10))
+        new_positions = _first_new(batch.positions, inserted)
+
+    new_events: list[StopEvent] = []
+    if batch.events:
+        rows = [
+            (e.device_id, e.seq, e.type, e.time, e.stop_id, e.route_id, e.historical,
+             json.dumps(e.record, ensure_ascii=False, separators=(",", ":")))
+            for e in batch.events
+        ]  # fmt: skip
+        inserted = await _insert_new(cur, _INSERT_EVENTS, _columns(rows, 8))
+        new_events = _first_new(batch.events, inserted)
+
+    new_pods, relinked, refused, pod_duplicates = await _write_pods(cur, batch.pods)
+
+    # The store refuses a POD only in a race the worker's own check could not see; the
+    # original envelope is gone by now, the JWS (the evidence) is kept.
+    quarantined = [
+        *batch.quarantined,
+        *(
+            r.quarantined(
+                topic=f"fleet/v1/{p.device_id}/pod", payload=p.jws.encode("ascii"), received_at=now
+            )
+            for p, r in refused
+        ),
+    ]
+    if quarantined:
+        rows = [
+            (q.received_at, storable_text(q.topic),
+             None if q.device_id is None else storable_text(q.device_id), storable_text(q.reason),
+             storable_text(q.detail), q.payload,
+             None if q.covered is None else q.covered.stream,
+             None if q.covered is None else q.covered.first_seq,
+             None if q.covered is None else q.covered.last_seq)
+            for q in quarantined
+        ]  # fmt: skip
+        await cur.execute(_INSERT_QUARANTINE, _columns(rows, 9))
+
+    received = received_ranges(batch)
+    if received:
+        probes = [
+            (d, s, first, min(last + 1, MAX_SEQ))
+            for (d, s), new in received.items()
+            for first, last in new
+        ]
+        await cur.execute(_TOUCHING_RANGES, _columns(probes, 4))
+        touching: dict[tuple[str, str], list[SeqRange]] = defaultdict(list)
+        for d, s, first, last in await cur.fetchall():
+            touching[d, s].append((first, last))
+        removals: list[tuple[str, str, int]] = []
+        additions: list[tuple[str, str, int, int]] = []
+        for (d, s), new in received.items():
+            remove, add = absorb(sorted(touching[d, s]), new)
+            removals += [(d, s, first) for first in remove]
+            additions += [(d, s, first, last) for first, last in add]
+        if removals:
+            await cur.execute(_DELETE_RANGES, _columns(removals, 3))
+        if additions:
+            await cur.execute(_INSERT_RANGES, _columns(additions, 4))
+
+    duplicates = (
+        len(batch.positions) - len(new_positions) + len(batch.events) - len(new_events)
+    ) + pod_duplicates
+    return WriteResult(
+        acks=await _acks(cur, device_ids),
+        new_positions=tuple(new_positions),
+        new_events=tuple(new_events),
+        new_pods=tuple(new_pods),
+        duplicates=duplicates,
+        quarantined=tuple(quarantined),
+        relinked=tuple(relinked),
+    )

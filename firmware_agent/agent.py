@@ -1,0 +1,319 @@
+"""``fleet-agent run``: the van's service, everything wired together.
+
+Inputs: a GNSS receiver (serial) or, for the simulator and tests, an NMEA file played
+at a chosen speed; a serial scanner or a scan log. Every fix and scan goes through the
+pure :class:`~firmware_agent.van.VanPipeline`; every message it returns is committed
+to the durable outbox (``telemetry``, ``events`` or ``pod``) before anything else
+happens to it; the :class:`~firmware_agent.uplink.mqtt.Uplink` drains the outbox to
+the broker and deletes what ingest acknowledges. Downlink: a new manifest (retained)
+replaces the stored one and the pipeline's, keeping visited stops' state.
+
+State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 0600),
+``pod-chain.json``, ``manifest.json``, ``outbox.db``.
+
+The POD chain state is saved after the POD is in the outbox; at start, a pending POD in
+the outbox newer than the saved state wins (a crash between the two), so the chain
+never forks and no signed POD is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from firmware_agent.errors import CodecError, ConfigError
+from firmware_agent.faults import FaultCounter, log_first_seen
+from firmware_agent.gnss.decoder import GnssDecoder
+from firmware_agent.gnss.fix import Fix, FixMode
+from firmware_agent.gnss.reader import GnssReader, ReaderConfig
+from firmware_agent.manifest import Manifest, ManifestError, ManifestStore, parse_manifest
+from firmware_agent.pod.chain import PodChain
+from firmware_agent.pod.keys import load_or_create_device_key
+from firmware_agent.pod.state import ChainStateStore, recover_state
+from firmware_agent.scan.log import read_scan_log
+from firmware_agent.scan.serial_reader import ScannerConfig, SerialScanner
+from firmware_agent.scan.types import Scan
+from firmware_agent.uplink.codec import fix_record, pack_fix
+from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
+from firmware_agent.uplink.queue import AsyncOutbox
+from firmware_agent.van import Message, VanPipeline
+
+log = logging.getLogger(__name__)
+
+_FILE_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    state_dir: Path
+    uplink: UplinkConfig
+    gnss: ReaderConfig | None = None
+    scanner: ScannerConfig | None = None
+    # Simulator / test inputs instead of hardware.
+    nmea_file: Path | None = None
+    scans_file: Path | None = None
+    # Playback speed of nmea_file: 1.0 real time, 0 as fast as possible.
+    speed: float = 0.0
+    outbox_budget_bytes: int = 100 * 1024 * 1024
+    # With file input: stop once the file is done and ingest acknowledged everything.
+    exit_when_drained: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.gnss is None) == (self.nmea_file is None):
+            raise ConfigError("give exactly one GNSS input: a serial port or an NMEA file")
+        if self.speed < 0:
+            raise ConfigError(f"speed must be >= 0, got {self.speed}")
+
+
+@dataclass
+class AgentCounts:
+    fixes: int = 0
+    scans: int = 0
+    records: dict[str, int] = field(default_factory=lambda: {"telemetry": 0, "events": 0, "pod": 0})
+    manifests: int = 0
+
+
+class GnssClock:
+    """UTC now: the system clock, unless GNSS time says it is off by more than
+    ``max_skew_s`` (a Pi has no RTC: after a power cut it boots at its last shutdown
+    time until NTP answers, and NTP needs the cellular link). Then the latest GNSS time,
+    carried forward by the monotonic clock."""
+
+    def __init__(self, max_skew_s: float = 2.0) -> None:
+        self._max_skew_s = max_skew_s
+        self._offset = timedelta(0)
+
+    def observe(self, gnss_time: datetime) -> None:
+        offset = gnss_time - datetime.now(UTC)
+        skewed = abs(offset.total_seconds()) > self._max_skew_s
+        self._offset = offset if skewed else timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._offset
+
+
+def stream_of(message: Message) -> str:
+    kind = message["type"]
+    return "pod" if kind == "pod" else "telemetry" if kind == "telemetry" else "events"
+
+
+def telemetry_fix(message: Message) -> Fix:
+    """The fix a ``telemetry`` message describes (to pack it for the outbox)."""
+    return Fix(
+        time=datetime.fromisoformat(message["time"]),
+        tod_s=0.0,
+        lat=message["lat"],
+        lon=message["lon"],
+        speed_mps=message.get("speed_mps"),
+        course_deg=message.get("course_deg"),
+        mode=FixMode(message.get("mode", int(FixMode.FIX_3D))),
+        hdop=message.get("hdop"),
+        sats_used=message.get("sats"),
+    )
+
+
+class Agent:
+    """One van. ``await Agent(config).run()``; cancel it to stop."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.clock = GnssClock()
+        self.counts = AgentCounts()
+        self.manifests = ManifestStore(config.state_dir / "manifest.json")
+        self.chain_store = ChainStateStore(config.state_dir / "pod-chain.json")
+        self.pipeline: VanPipeline | None = None
+        self.uplink: Uplink | None = None
+        self.input_done = asyncio.Event()
+        self._outbox: AsyncOutbox | None = None
+
+    # -- set-up ------------------------------------------------------------------
+
+    async def _chain(self, outbox: AsyncOutbox, device_id: str) -> PodChain:
+        key = await asyncio.to_thread(
+            load_or_create_device_key, self.config.state_dir / "device.key"
+        )
+        state = await asyncio.to_thread(self.chain_store.load)
+        pending = await outbox.pending("pod", limit=1_000_000)
+        tokens = [json.loads(r.payload).get("jws", "") for r in pending]
+        recovered = recover_state((t for t in tokens if isinstance(t, str)), key=key.public_key())
+        if recovered.seq > state.seq:
+            log.warning(
+                "POD chain state %d behind the outbox's POD %d: recovered",
+                state.seq,
+                recovered.seq,
+            )
+            state = recovered
+            await asyncio.to_thread(self.chain_store.save, state)
+        return PodChain(device_id, key, state)
+
+    async def _manifest(self) -> Manifest:
+        try:
+            manifest = await asyncio.to_thread(self.manifests.load)
+        except ManifestError as err:
+            raise ConfigError(f"stored manifest {self.manifests.path}: {err}") from err
+        if manifest is None:
+            # No route yet: an empty one until the downlink brings the day's manifest.
+            return parse_manifest(
+                {
+                    "route_id": "none",
+                    "device_id": self.config.uplink.device_id,
+                    "date": self.clock.now().date().isoformat(),
+                    "stops": [],
+                }
+            )
+        return manifest
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        c = self.config
+        c.state_dir.mkdir(parents=True, exist_ok=True)
+        async with AsyncOutbox(
+            c.state_dir / "outbox.db", budget_bytes=c.outbox_budget_bytes
+        ) as outbox:
+            self._outbox = outbox
+            chain = await self._chain(outbox, c.uplink.device_id)
+            self.pipeline = VanPipeline(await self._manifest(), pods=chain)
+            self.uplink = Uplink(
+                c.uplink,
+                outbox,
+                on_downlink=self._downlink,
+                health=self.health,
+                clock=self.clock.now,
+            )
+            async with asyncio.TaskGroup() as tg:
+                uplink_task = tg.create_task(self.uplink.run(), name="uplink")
+                tg.create_task(self._inputs(), name="inputs")
+                if c.exit_when_drained:
+                    await self.input_done.wait()
+                    await self.uplink.drained()
+                    uplink_task.cancel()
+
+    async def _inputs(self) -> None:
+        c = self.config
+        async with asyncio.TaskGroup() as tg:
+            if c.scanner is not None:
+                tg.create_task(self._serial_scans(c.scanner), name="scanner")
+            if c.gnss is not None:
+                tg.create_task(self._serial_gnss(c.gnss), name="gnss")
+            else:
+                assert c.nmea_file is not None
+                scans = self._scan_log(c.scans_file) if c.scans_file is not None else []
+                tg.create_task(self._file_gnss(c.nmea_file, scans), name="gnss-file")
+
+    async def _serial_gnss(self, config: ReaderConfig) -> None:
+        reader = GnssReader(config)
+        async for fix in reader.fixes():
+            if fix.time is not None and fix.mode != FixMode.NO_FIX:
+                self.clock.observe(fix.time)
+            await self.on_fix(fix)
+
+    async def _serial_scans(self, config: ScannerConfig) -> None:
+        scanner = SerialScanner(config, clock=self.clock.now)
+        async for scan in scanner.scans():
+            await self.on_scan(scan)
+
+    def _scan_log(self, path: Path) -> list[Scan]:
+        faults = FaultCounter()
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            scans = sorted(read_scan_log(lines, faults), key=lambda s: s.time)
+        log_first_seen(log, faults, f"scan log {path}")
+        return scans
+
+    async def _file_gnss(self, path: Path, scans: list[Scan]) -> None:
+        """Play an NMEA file: scans merged by time, paced by ``speed`` (0: no pacing)."""
+        decoder = GnssDecoder()
+        next_scan = 0
+        first: tuple[datetime, float] | None = None
+        loop = asyncio.get_running_loop()
+        async for chunk in _chunks(path):
+            for fix in decoder.feed(chunk) if chunk else decoder.flush():
+                if fix.time is not None:
+                    if self.config.speed > 0:
+                        if first is None:
+                            first = (fix.time, loop.time())
+                        due = first[1] + (fix.time - first[0]).total_seconds() / self.config.speed
+                        await asyncio.sleep(max(0.0, due - loop.time()))
+                    while next_scan < len(scans) and scans[next_scan].time <= fix.time:
+                        await self.on_scan(scans[next_scan])
+                        next_scan += 1
+                await self.on_fix(fix)
+        for scan in scans[next_scan:]:
+            await self.on_scan(scan)
+        log.info("input file %s done: %d fixes, %d scans", path, self.counts.fixes, len(scans))
+        self.input_done.set()
+
+    # -- the pipeline ------------------------------------------------------------
+
+    async def on_fix(self, fix: Fix) -> None:
+        assert self.pipeline is not None
+        self.counts.fixes += 1
+        await self._commit(self.pipeline.on_fix(fix))
+
+    async def on_scan(self, scan: Scan) -> None:
+        assert self.pipeline is not None
+        self.counts.scans += 1
+        messages = self.pipeline.on_scan(scan)
+        await self._commit(messages)
+        if any(m["type"] == "pod" for m in messages):
+            await asyncio.to_thread(self.chain_store.save, self.pipeline.pods.state)
+
+    async def _commit(self, messages: Iterable[Message]) -> None:
+        """Every message into the outbox, in order, durably, before anything else."""
+        assert self._outbox is not None
+        now = self.clock.now()
+        for message in messages:
+            stream = stream_of(message)
+            if stream == "telemetry":
+                record = fix_record(telemetry_fix(message))
+                if record is None:
+                    continue
+                payload = pack_fix(record)
+            else:
+                payload = json.dumps(message, separators=(",", ":")).encode()
+            await self._outbox.add(stream, payload, created=now)
+            self.counts.records[stream] += 1
+
+    async def _downlink(self, kind: str, payload: bytes) -> None:
+        if kind != "manifest":
+            log.info("downlink %s (%d bytes): not handled yet", kind, len(payload))
+            return
+        assert self.pipeline is not None
+        try:
+            manifest = await asyncio.to_thread(self.manifests.replace, payload)
+        except ManifestError as err:
+            raise CodecError(f"manifest refused, keeping the current one: {err}") from err
+        if manifest.device_id != self.config.uplink.device_id:
+            log.warning(
+                "manifest for device %r adopted by %r",
+                manifest.device_id,
+                self.config.uplink.device_id,
+            )
+        self.pipeline.load_manifest(manifest)
+        self.counts.manifests += 1
+        log.info("manifest %s adopted: %d stops", manifest.route_id, len(manifest.stops))
+
+    def health(self) -> dict[str, Any]:
+        counts: dict[str, Any] = {
+            "fixes": self.counts.fixes,
+            "scans": self.counts.scans,
+            **{f"records_{k}": v for k, v in self.counts.records.items()},
+        }
+        if self.pipeline is not None:
+            counts["pods"] = self.pipeline.counts["pods"]
+        return counts
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as source:
+        while True:
+            chunk = await asyncio.to_thread(source.read, _FILE_CHUNK)
+            yield chunk
+            if not chunk:
+                return

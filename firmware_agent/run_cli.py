@@ -1,0 +1,185 @@
+"""``fleet-agent run``: the service's command line and configuration.
+
+Settings come from, in increasing precedence: the defaults, a TOML file (``--config``,
+default ``/etc/fleet-agent/agent.toml`` when it exists), ``FLEET_*`` environment
+variables, and command-line flags. Keys (the device's signing key, TLS keys) are files
+named by the configuration, never values in it.
+
+TOML layout (every key optional except ``device_id``)::
+
+    device_id = "van-0042"
+    state_dir = "/var/lib/fleet-agent"
+    [mqtt]
+    host = "broker.example.com"
+    port = 8883
+    tls_ca = "/etc/fleet-agent/ca.pem"
+    tls_cert = "/etc/fleet-agent/van.pem"
+    tls_key = "/etc/fleet-agent/van.key"
+    [gnss]
+    port = "/dev/fleet/gnss"
+    baud = 9600
+    [scanner]
+    port = "/dev/fleet/scanner"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from firmware_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/fleet-agent/agent.toml")
+# (flag dest, TOML path, environment variable)
+_SETTINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("device_id", ("device_id",), "FLEET_DEVICE_ID"),
+    ("state_dir", ("state_dir",), "FLEET_STATE_DIR"),
+    ("mqtt_host", ("mqtt", "host"), "FLEET_MQTT_HOST"),
+    ("mqtt_port", ("mqtt", "port"), "FLEET_MQTT_PORT"),
+    ("tls_ca", ("mqtt", "tls_ca"), "FLEET_TLS_CA"),
+    ("tls_cert", ("mqtt", "tls_cert"), "FLEET_TLS_CERT"),
+    ("tls_key", ("mqtt", "tls_key"), "FLEET_TLS_KEY"),
+    ("gnss_port", ("gnss", "port"), "FLEET_GNSS_PORT"),
+    ("gnss_baud", ("gnss", "baud"), "FLEET_GNSS_BAUD"),
+    ("scanner_port", ("scanner", "port"), "FLEET_SCANNER_PORT"),
+)
+_DEFAULTS: dict[str, Any] = {
+    "state_dir": "/var/lib/fleet-agent",
+    "mqtt_host": "127.0.0.1",
+    "mqtt_port": 1883,
+    "gnss_baud": 9600,
+}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the van service: receiver, scanner, geofences, PODs, outbox, MQTT uplink",
+        description=__doc__.split("\n\n")[1],
+    )
+    p.add_argument("--config", type=Path, help=f"TOML settings (default {DEFAULT_CONFIG})")
+    p.add_argument("--device-id")
+    p.add_argument(
+        "--state-dir", help=f"key, POD chain, manifest, outbox (default {_DEFAULTS['state_dir']})"
+    )
+    p.add_argument("--mqtt-host")
+    p.add_argument("--mqtt-port", type=int)
+    p.add_argument("--tls-ca", help="broker CA (PEM): enables TLS")
+    p.add_argument("--tls-cert", help="the van's client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="the van's client key")
+    p.add_argument("--gnss-port", help="GNSS receiver serial device")
+    p.add_argument("--gnss-baud", type=int)
+    p.add_argument("--scanner-port", help="serial barcode scanner")
+    sim = p.add_argument_group("simulator and test inputs (instead of hardware)")
+    sim.add_argument("--nmea-file", type=Path, help="play this NMEA log as the receiver")
+    sim.add_argument("--scans-file", type=Path, help="scan log played with it (docs/scan-log.md)")
+    sim.add_argument(
+        "--speed", type=float, default=0.0, help="playback speed, 1 = real time, 0 = max"
+    )
+    sim.add_argument(
+        "--exit-when-drained",
+        action="store_true",
+        help="with --nmea-file: exit once ingest acknowledged every record",
+    )
+    p.set_defaults(func=cmd_run)
+
+
+def settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The effective settings (see the module doc for the precedence)."""
+    environ = dict(os.environ) if environ is None else environ
+    values = dict(_DEFAULTS)
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config {path}: {err}") from err
+        for dest, keys, _ in _SETTINGS:
+            node: Any = doc
+            for key in keys:
+                node = node.get(key) if isinstance(node, dict) else None
+            if node is not None:
+                values[dest] = node
+    for dest, _, env in _SETTINGS:
+        if environ.get(env):
+            values[dest] = environ[env]
+    for dest, _, _ in _SETTINGS:
+        if getattr(args, dest, None) is not None:
+            values[dest] = getattr(args, dest)
+    return values
+
+
+def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
+    from firmware_agent.agent import AgentConfig  # noqa: PLC0415 (lazy: fast --help)
+    from firmware_agent.gnss.reader import ReaderConfig  # noqa: PLC0415
+    from firmware_agent.scan.serial_reader import ScannerConfig  # noqa: PLC0415
+    from firmware_agent.uplink.mqtt import TlsConfig, UplinkConfig  # noqa: PLC0415
+    from firmware_agent.uplink.topics import valid_device_id  # noqa: PLC0415
+
+    device_id = str(values.get("device_id") or "")
+    if not valid_device_id(device_id):
+        raise ConfigError(
+            f"a valid device_id is required (--device-id, FLEET_DEVICE_ID), got {device_id!r}"
+        )
+    try:
+        port = int(values["mqtt_port"])
+        baud = int(values["gnss_baud"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"mqtt port and gnss baud must be integers: {err}") from err
+    tls = None
+    if values.get("tls_ca"):
+        tls = TlsConfig(
+            ca_file=Path(values["tls_ca"]),
+            cert_file=Path(values["tls_cert"]) if values.get("tls_cert") else None,
+            key_file=Path(values["tls_key"]) if values.get("tls_key") else None,
+        )
+    gnss_port = values.get("gnss_port")
+    return AgentConfig(
+        state_dir=Path(values["state_dir"]),
+        uplink=UplinkConfig(device_id=device_id, host=str(values["mqtt_host"]), port=port, tls=tls),
+        gnss=ReaderConfig(port=str(gnss_port), baudrate=baud)
+        if gnss_port and args.nmea_file is None
+        else None,
+        scanner=ScannerConfig(port=str(values["scanner_port"]))
+        if values.get("scanner_port")
+        else None,
+        nmea_file=args.nmea_file,
+        scans_file=args.scans_file,
+        speed=args.speed,
+        exit_when_drained=args.exit_when_drained,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from firmware_agent.agent import Agent  # noqa: PLC0415
+
+    try:
+        config = build_config(args, settings(args))
+    except ConfigError as err:
+        print(f"fleet-agent run: {err}", file=sys.stderr)
+        return 2
+    agent = Agent(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            asyncio.run(agent.run())
+        except ConfigError as err:
+            print(f"fleet-agent run: {err}", file=sys.stderr)
+            return 2
+    r = agent.counts.records
+    print(
+        f"fleet-agent run: {agent.counts.fixes} fixes, {agent.counts.scans} scans; committed "
+        f"telemetry={r['telemetry']} events={r['events']} pod={r['pod']}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,664 @@
+"""The storage layer: the same tests against SQLite and a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from blockbuster import blockbuster_ctx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud_ingest.errors import StorageError
+from cloud_ingest.store.base import (
+    Covered,
+    Device,
+    DeviceConflictError,
+    Gap,
+    MigrationError,
+    Pod,
+    Position,
+    Quarantined,
+    StopEvent,
+    Store,
+    UnknownDeviceError,
+    WriteBatch,
+)
+from cloud_ingest.store.postgres import PostgresStore
+from cloud_ingest.store.ranges import absorb, cumulative_ack, holes, merge_ranges
+from cloud_ingest.store.sqlite import SqliteStore
+from firmware_agent.pod.chain import ChainState, PodChain
+from tests.pg import fresh_database
+from tests.pods import fields
+
+T = TypeVar("T")
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+RECEIVED = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+
+
+@dataclass
+class Backend:
+    """A store to test: ``make()`` builds an unopened store on the test's database;
+    ``sql`` runs a statement with the backend's own driver, outside any event loop."""
+
+    name: str
+    make: Callable[[], Store]
+    sql: Callable[[str], list[tuple[Any, ...]]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "ingest.sqlite3"
+
+        def sqlite_sql(statement: str) -> list[tuple[Any, ...]]:
+            with sqlite3.connect(path) as conn:
+                return conn.execute(statement).fetchall()
+
+        yield Backend("sqlite", lambda: SqliteStore(path), sqlite_sql)
+        return
+    with fresh_database() as dsn:
+
+        def pg_sql(statement: str) -> list[tuple[Any, ...]]:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                cur = conn.execute(statement.encode())
+                return cur.fetchall() if cur.description else []
+
+        yield Backend("postgres", lambda: PostgresStore(dsn), pg_sql)
+
+
+def play(backend: Backend, scenario: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``scenario`` on a migrated store, failing any blocking call on the loop."""
+
+    async def main() -> T:
+        with blockbuster_ctx(["cloud_ingest"]):
+            async with backend.make() as store:
+                await store.migrate()
+                return await scenario(store)
+
+    return asyncio.run(main())
+
+
+def raw_key() -> bytes:
+    return key_bytes(Ed25519PrivateKey.generate())
+
+
+def key_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def position(device_id: str, seq: int, *, minute: float | None = None) -> Position:
+    return Position(
+        device_id=device_id,
+        seq=seq,
+        time=T0 + timedelta(minutes=seq if minute is None else minute),
+        lat=48.1 + seq * 1e-4,
+        lon=11.5 + seq * 1e-4,
+        speed_mps=8.25 if seq % 2 else None,
+        course_deg=90.5,
+        hdop=0.9,
+        sats=11,
+        historical=False,
+    )
+
+
+def event(
+    device_id: str, seq: int, *, kind: str = "arrival", route_id: str | None = "R-1"
+) -> StopEvent:
+    record = {
+        "type": kind,
+        "time": f"2026-11-21T09:{seq:02d}:00.000Z",
+        "stop_id": f"S{seq:03d}",
+        "route_id": route_id,
+        "visit": 1,
+        "lat": 48.1371234,
+    }
+    return StopEvent(
+        device_id=device_id,
+        seq=seq,
+        type=kind,
+        time=T0 + timedelta(minutes=seq),
+        stop_id=f"S{seq:03d}",
+        route_id=route_id,
+        historical=False,
+        record=record,
+    )
+
+
+def telemetry(device_id: str, first: int, last: int, seqs: list[int]) -> WriteBatch:
+    return WriteBatch(
+        positions=[position(device_id, s) for s in seqs],
+        covered=[Covered(device_id, "telemetry", first, last)],
+    )
+
+
+class Van:
+    """A device with a real key and POD chain; ``pod(n)`` is the n-th POD it issued."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self.key = Ed25519PrivateKey.generate()
+        self.chain = PodChain(device_id, self.key)
+        self.pods: list[Pod] = []
+
+    @property
+    def public_key(self) -> bytes:
+        return key_bytes(self.key)
+
+    def issue(self, n: int = 1, *, chain: PodChain | None = None, **changes: Any) -> list[Pod]:
+        chain = chain or self.chain
+        out = []
+        for _ in range(n):
+            issued = chain.issue({**fields(chain.state.seq + 1), **changes})
+            claims = issued.claims
+            pod = Pod(
+                device_id=self.device_id,
+                seq=claims["seq"],  # envelope seq = chain seq for a well-behaved van
+                pod_seq=claims["seq"],
+                parcel=claims["parcel"],
+                stop_id=claims["stop_id"],
+                time=T0 + timedelta(minutes=claims["seq"]),
+                verdict=claims["verdict"],
+                jws=issued.token,
+                digest=issued.digest,
+                prev=claims["prev"],
+                chain_status="pending",
+                historical=False,
+            )
+            out.append(pod)
+            if chain is self.chain:
+                self.pods.append(pod)
+        return out
+
+
+async def register(store: Store, *device_ids: str) -> list[Device]:
+    return [await store.register_device(d, raw_key()) for d in device_ids]
+
+
+# --- schema -------------------------------------------------------------------------------
+
+
+def test_migrations_are_idempotent_and_recorded(backend: Backend) -> None:
+    async def first(store: Store) -> tuple[list[int], list[int]]:
+        return await store.migrate(), await store.migrate()
+
+    async def scenario(store: Store) -> list[int]:
+        return await store.migrate()
+
+    # play() migrates first: the explicit calls find nothing left to do.
+    assert play(backend, first) == ([], [])
+    assert play(backend, scenario) == []
+    rows = backend.sql("SELECT version, name FROM schema_migrations ORDER BY version")
+    assert rows == [(1, "initial schema")]
+    tables = {
+        "devices",
+        "positions",
+        "stop_events",
+        "pods",
+        "quarantine",
+        "stream_ranges",
+        "schema_migrations",
+    }
+    if backend.name == "sqlite":
+        names = backend.sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+        pragmas = backend.sql("PRAGMA journal_mode")
+        assert pragmas == [("wal",)]
+    else:
+        names = backend.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    assert tables <= {n for (n,) in names}
+
+
+def test_fresh_store_applies_every_migration(backend: Backend) -> None:
+    async def scenario() -> list[int]:
+        async with backend.make() as store:
+            return await store.migrate()
+
+    assert asyncio.run(scenario()) == [1]
+
+
+def test_a_newer_schema_is_refused(backend: Backend) -> None:
+    play(backend, lambda store: store.counts())
+    backend.sql("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')")
+
+    async def scenario() -> None:
+        async with backend.make() as store:
+            await store.migrate()
+
+    with pytest.raises(MigrationError, match="99"):
+        asyncio.run(scenario())
+
+
+# --- devices ------------------------------------------------------------------------------
+
+
+def test_devices_register_enable_disable(backend: Backend) -> None:
+    key, other = raw_key(), raw_key()
+
+    async def scenario(store: Store) -> None:
+        assert await store.get_device("van-7") is None
+        dev = await store.register_device("van-7", key)
+        assert (dev.device_id, dev.public_key, dev.enabled) == ("van-7", key, True)
+        assert dev.registered_at.tzinfo is not None
+        assert await store.get_device("van-7") == dev
+        # Registering again with the same key changes nothing but ``enabled``.
+        assert await store.register_device("van-7", key) == dev
+        with pytest.raises(DeviceConflictError):
+            await store.register_device("van-7", other)
+        assert (await store.set_enabled("van-7", False)).enabled is False
+        assert (await store.get_device("van-7")) == replace(dev, enabled=False)
+        assert (await store.set_enabled("van-7", True)).enabled is True
+        moved = await store.register_device("van-7", other, replace_key=True)
+        assert moved.public_key == other
+        assert moved.registered_at == dev.registered_at
+        await store.register_device("van-3", key, enabled=False)
+        listed = await store.list_devices()
+        assert [(d.device_id, d.enabled) for d in listed] == [("van-3", False), ("van-7", True)]
+        with pytest.raises(UnknownDeviceError):
+            await store.set_enabled("ghost", True)
+        with pytest.raises(ValueError, match="device_id"):
+            await store.register_device("bad/id", key)
+        with pytest.raises(ValueError, match="32 bytes"):
+            await store.register_device("van-9", key[:31])
+
+    play(backend, scenario)
+
+
+# --- writing and acks ---------------------------------------------------------------------
+
+
+def test_write_is_idempotent(backend: Backend) -> None:
+    van = Van("van-7")
+    pods = van.issue(2)
+    batch = WriteBatch(
+        positions=[position("van-7", 1), position("van-7", 3)],
+        covered=[Covered("van-7", "telemetry", 1, 3)],
+        events=[event("van-7", 1)],
+        pods=pods,
+    )
+
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+        first = await store.write(batch)
+        assert first.new_positions == tuple(batch.positions)
+        assert first.new_events == tuple(batch.events)
+        assert [p.pod_seq for p in first.new_pods] == [1, 2]
+        assert {p.chain_status for p in first.new_pods} == {"ok"}
+        assert first.duplicates == 0
+        assert first.acks == {"van-7": {"telemetry": 3, "events": 1, "pod": 2}}
+        counts = await store.counts()
+
+        again = await store.write(batch)
+        assert (again.new_positions, again.new_events, again.new_pods) == ((), (), ())
+        assert again.duplicates == 2 + 1 + 2
+        assert again.quarantined == ()
+        assert again.acks == first.acks
+        assert await store.counts() == counts
+        assert (counts.positions, counts.stop_events, counts.pods) == (2, 1, 2)
+
+        # A duplicate inside one batch counts once as new, once as duplicate.
+        twice = WriteBatch(positions=[position("van-7", 5), position("van-7", 5)])
+        result = await store.write(twice)
+        assert (len(result.new_positions), result.duplicates) == (1, 1)
+
+    play(backend, scenario)
+    # telemetry 1..3 and 5, events 1, pod 1..2
+    assert backend.sql("SELECT count(*) FROM stream_ranges") == [(4,)]
+
+
+def test_cumulative_ack_with_gaps_and_thinned_ranges(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        await register(store, "van-7")
+        # Fixes 2, 3 and 5..9 were thinned away: the range covers them, not a gap.
+        result = await store.write(telemetry("van-7", 1, 10, [1, 4, 10]))
+        assert result.acks["van-7"]["telemetry"] == 10
+        result = await store.write(telemetry("van-7", 15, 20, [15, 20]))
+        assert result.acks["van-7"]["telemetry"] == 10
+        assert await store.gaps("van-7") == [Gap("telemetry", 11, 14)]
+        # An empty batch (everything thinned) still covers its range.
+        result = await store.write(telemetry("van-7", 11, 14, []))
+        assert result.acks["van-7"]["telemetry"] == 20
+        assert await store.gaps("van-7") == []
+
+        result = await store.write(WriteBatch(events=[event("van-7", s) for s in (1, 2, 4, 7)]))
+        assert result.acks["van-7"] == {"telemetry": 20, "events": 2, "pod": 0}
+        assert await store.gaps("van-7") == [Gap("events", 3, 3), Gap("events", 5, 6)]
+        assert await store.acks("van-7") == {"telemetry": 20, "events": 2, "pod": 0}
+
+    play(backend, scenario)
+    # Contiguous seqs are one row, not one row per seq.
+    rows = backend.sql(
+        "SELECT stream, first_seq, last_seq FROM stream_ranges ORDER BY stream, first_seq"
+    )
+    assert rows == [("events", 1, 2), ("events", 4, 4), ("events", 7, 7), ("telemetry", 1, 20)]
+
+
+def test_reordering_gives_the_right_acks(backend: Backend) -> None:
+    async def scenario(store: Store) -> list[int]:
+        await register(store, "van-7")
+        acks = []
+        for seq in (3, 1, 2, 5, 4):
+            result = await store.write(WriteBatch(events=[event("van-7", seq)]))
+            acks.append(result.acks["van-7"]["events"])
+        return acks
+
+    assert play(backend, scenario) == [0, 1, 3, 3, 5]
+    assert backend.sql("SELECT first_seq, last_seq FROM stream_ranges") == [(1, 5)]
+
+
+def test_acks_match_a_brute_force_count_under_random_arrival(backend: Backend) -> None:
+    rng = random.Random(4)
+    # Telemetry batches of random extent, each keeping a random subset of its fixes,
+    # arriving in random order, some twice.
+    batches: list[WriteBatch] = []
+    first = 1
+    while first <= 120:
+        last = first + rng.randrange(0, 9)
+        kept = sorted(rng.sample(range(first, last + 1), rng.randint(0, last - first + 1)))
+        batches.append(telemetry("van-7", first, last, kept))
+        first = last + 1
+    arrivals = batches + rng.sample(batches, 5)
+    rng.shuffle(arrivals)
+
+    async def scenario(store: Store) -> None:
+        await register(store, "van-7")
+        seen: set[int] = set()
+        for batch in arrivals:
+            result = await store.write(batch)
+            c = batch.covered[0]
+            seen.update(range(c.first_seq, c.last_seq + 1))
+            expected = 0
+            while expected + 1 in seen:
+                expected += 1
+            assert result.acks["van-7"]["telemetry"] == expected
+        assert await store.gaps("van-7") == []
+
+    play(backend, scenario)
+    assert backend.sql("SELECT first_seq, last_seq FROM stream_ranges") == [(1, first - 1)]
+
+
+def test_a_batch_for_an_unknown_device_stores_nothing(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        await register(store, "van-7")
+        batch = WriteBatch(positions=[position("van-7", 1)], events=[event("ghost", 1)])
+        with pytest.raises(UnknownDeviceError, match="ghost"):
+            await store.write(batch)
+        counts = await store.counts()
+        assert (counts.positions, counts.stop_events) == (0, 0)
+        assert await store.acks("van-7") == {"telemetry": 0, "events": 0, "pod": 0}
+
+    play(backend, scenario)
+
+
+# --- quarantine ---------------------------------------------------------------------------
+
+
+def test_quarantine_keeps_reason_and_payload(backend: Backend) -> None:
+    payload = b"\x00\xff garbage \xc3\x28"
+    refused = Quarantined(
+        received_at=RECEIVED,
+        topic="fleet/v1/van-7/pod",
+        device_id="van-7",
+        reason="bad_signature",
+        detail="signature does not verify",
+        payload=payload,
+        covered=Covered("van-7", "pod", 1, 1),
+    )
+    stranger = Quarantined(
+        received_at=RECEIVED + timedelta(seconds=1),
+        topic="fleet/v1/ghost/events",
+        device_id="ghost",
+        reason="unknown_device",
+        detail="NUL \x00 and a lone surrogate \udc80 in the detail",
+        payload=b"{}",
+    )
+
+    async def scenario(store: Store) -> None:
+        await register(store, "van-7")
+        result = await store.write(WriteBatch(quarantined=[refused, stranger]))
+        assert result.quarantined == (refused, stranger)
+        # The refused POD settles its seq; the unknown device's message moves nothing.
+        assert result.acks == {"van-7": {"telemetry": 0, "events": 0, "pod": 1}}
+        newest_first = await store.quarantine()
+        assert newest_first[1] == refused
+        assert newest_first[0].detail == "NUL \\x00 and a lone surrogate \\udc80 in the detail"
+        assert newest_first[0].covered is None
+        assert await store.quarantine(limit=1) == newest_first[:1]
+        assert (await store.counts()).quarantined == 2
+
+    play(backend, scenario)
+
+
+# --- PODs ---------------------------------------------------------------------------------
+
+
+def test_pods_keep_the_jws_verbatim(backend: Backend) -> None:
+    van = Van("van-7")
+    (pod,) = van.issue()
+
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+        await store.write(WriteBatch(pods=[pod]))
+        (stored,) = await store.pods_by_parcel(pod.parcel)
+        assert stored == replace(pod, chain_status="ok")
+        assert stored.jws == pod.jws
+        assert await store.pod_head("van-7") == stored
+        assert await store.pod_by_pod_seq("van-7", 1) == stored
+        assert await store.pod_by_pod_seq("van-7", 2) is None
+        assert await store.pod_head("van-3") is None
+
+    play(backend, scenario)
+    assert backend.sql("SELECT jws FROM pods") == [(pod.jws,)]
+
+
+def test_chain_pending_until_the_predecessor_arrives(backend: Backend) -> None:
+    van = Van("van-7")
+    p1, p2, p3, p4, p5 = van.issue(5)
+
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+        result = await store.write(WriteBatch(pods=[p1, p3]))
+        assert [(p.pod_seq, p.chain_status) for p in result.new_pods] == [(1, "ok"), (3, "pending")]
+        assert result.acks["van-7"]["pod"] == 1
+        assert (await store.counts()).pods_pending == 1
+
+        result = await store.write(WriteBatch(pods=[p2]))
+        assert [(p.pod_seq, p.chain_status) for p in result.new_pods] == [(2, "ok")]
+        assert [(p.pod_seq, p.chain_status) for p in result.relinked] == [(3, "ok")]
+        assert result.acks["van-7"]["pod"] == 3
+        assert (await store.pod_by_pod_seq("van-7", 3)) == replace(p3, chain_status="ok")
+        assert (await store.counts()).pods_pending == 0
+
+        # A successor and its predecessor in one batch, successor first: both link.
+        result = await store.write(WriteBatch(pods=[p5, p4]))
+        assert [(p.pod_seq, p.chain_status) for p in result.new_pods] == [(4, "ok"), (5, "ok")]
+
+    play(backend, scenario)
+
+
+def test_a_late_predecessor_that_does_not_match_breaks_the_successor(backend: Backend) -> None:
+    van = Van("van-7")
+    p1, _p2, p3 = van.issue(3)
+    # A forked chain: another POD 2 signed from the state after POD 1.
+    fork = PodChain("van-7", van.key, ChainState(seq=1, prev=p1.digest))
+    (forged2,) = van.issue(chain=fork, verdict="outside")
+
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+        await store.write(WriteBatch(pods=[p1, p3]))
+        result = await store.write(WriteBatch(pods=[forged2]))
+        # POD 2 itself links to POD 1; POD 3's prev is the digest of the real POD 2.
+        assert [p.chain_status for p in result.new_pods] == ["ok"]
+        assert [(p.pod_seq, p.chain_status) for p in result.relinked] == [(3, "broken")]
+        assert (await store.counts()).pods_broken == 1
+
+    play(backend, scenario)
+
+
+def test_the_store_refuses_replayed_and_unlinked_pods(backend: Backend) -> None:
+    van = Van("van-7")
+    p1, p2, p3 = van.issue(3)
+    # POD 1 sent again as a new record (envelope seq 4), and a POD 3 whose prev is not
+    # the digest of the stored POD 2 (another chain's POD 3 under this device).
+    replayed = replace(p1, seq=4)
+    stranger = Van("van-7").issue(3)[2]
+    unlinked = replace(stranger, seq=5)
+
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+        await store.write(WriteBatch(pods=[p1, p2]))
+        result = await store.write(WriteBatch(pods=[replayed, unlinked]))
+        assert result.new_pods == ()
+        assert [q.reason for q in result.quarantined] == ["replayed_pod", "broken_chain"]
+        assert result.quarantined[0].payload == p1.jws.encode()
+        # Refused records settle their seqs: the device may delete them.
+        assert result.acks["van-7"]["pod"] == 2
+        assert await store.gaps("van-7") == [Gap("pod", 3, 3)]
+        result = await store.write(WriteBatch(pods=[p3]))
+        assert result.new_pods[0].chain_status == "ok"
+        assert result.acks["van-7"]["pod"] == 5
+        assert [q.reason for q in await store.quarantine()] == ["broken_chain", "replayed_pod"]
+
+    play(backend, scenario)
+
+
+def test_concurrent_writers_link_the_chain(backend: Backend) -> None:
+    """Two stores (two workers' connections) write one device's PODs in opposite orders at
+    once: whatever the interleaving, every link ends up checked."""
+    van = Van("van-7")
+    pods = van.issue(12)
+
+    async def scenario() -> int:
+        async with backend.make() as a, backend.make() as b:
+            await a.migrate()
+            await b.migrate()
+            await a.register_device("van-7", van.public_key)
+
+            async def feed(store: Store, order: list[Pod]) -> None:
+                for pod in order:
+                    await store.write(WriteBatch(pods=[pod]))
+
+            await asyncio.gather(feed(a, pods[::2][::-1]), feed(b, pods[1::2]))
+            return (await b.acks("van-7"))["pod"]
+
+    assert asyncio.run(scenario()) == 12
+    assert backend.sql("SELECT chain_status, count(*) FROM pods GROUP BY chain_status") == [
+        ("ok", 12)
+    ]
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+def test_queries_return_what_was_written(backend: Backend) -> None:
+    van = Van("van-7")
+    pods = van.issue(2)
+
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+        await register(store, "van-3", "van-9")
+        await store.write(telemetry("van-7", 1, 10, list(range(1, 11))))
+        await store.write(telemetry("van-3", 1, 3, [1, 2]))
+        await store.write(
+            WriteBatch(
+                events=[
+                    event("van-7", 1),
+                    event("van-7", 2, kind="departure"),
+                    event("van-7", 3, route_id="R-2"),
+                    event("van-3", 1),
+                ],
+                pods=pods,
+            )
+        )
+        track = await store.track("van-7", T0 + timedelta(minutes=3), T0 + timedelta(minutes=6))
+        assert [p.seq for p in track] == [3, 4, 5]
+        assert track[0] == position("van-7", 3)
+        assert await store.track("van-7", T0, T0) == []
+        with pytest.raises(ValueError, match="start"):
+            await store.track("van-7", T0.replace(tzinfo=None), T0)
+        last = await store.last_positions()
+        assert [(p.device_id, p.seq) for p in last] == [("van-3", 2), ("van-7", 10)]
+
+        arrivals = await store.arrivals()
+        assert [(e.device_id, e.seq) for e in arrivals] == [
+            ("van-3", 1),
+            ("van-7", 1),
+            ("van-7", 3),
+        ]
+        assert arrivals[1] == event("van-7", 1)
+        assert [e.seq for e in await store.arrivals(route_id="R-2")] == [3]
+        assert [e.seq for e in await store.arrivals(device_id="van-7")] == [1, 3]
+        assert [e.seq for e in await store.arrivals("R-1", "van-3")] == [1]
+        assert len(await store.arrivals(limit=2)) == 2
+
+        assert [p.pod_seq for p in await store.pods_by_parcel(pods[1].parcel)] == [2]
+        assert await store.pods_by_parcel("nothing") == []
+        counts = await store.counts()
+        assert (counts.devices, counts.positions, counts.stop_events, counts.pods) == (3, 12, 4, 2)
+
+    play(backend, scenario)
+
+
+def test_times_round_trip_as_utc(backend: Backend) -> None:
+    cet = datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC).astimezone(ZoneInfo("Europe/Berlin"))
+    fix = replace(position("van-7", 1), time=cet)
+
+    async def scenario(store: Store) -> list[Position]:
+        await register(store, "van-7")
+        await store.write(WriteBatch(positions=[fix]))
+        return await store.last_positions()
+
+    (stored,) = play(backend, scenario)
+    assert stored.time == cet
+    assert stored.time.utcoffset() == timedelta(0)
+
+
+def test_a_closed_store_refuses_calls(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = backend.make()
+        await store.open()
+        await store.migrate()
+        await store.close()
+        await store.close()  # twice is harmless
+        with pytest.raises(StorageError, match="not open"):
+            await store.counts()
+
+    asyncio.run(scenario())
+
+
+# --- range arithmetic ---------------------------------------------------------------------
+
+ranges = st.lists(
+    st.tuples(st.integers(1, 60), st.integers(0, 8)).map(lambda t: (t[0], t[0] + t[1])),
+    max_size=12,
+)
+
+
+@given(existing=ranges, new=ranges)
+def test_absorb_covers_exactly_the_union(
+    existing: list[tuple[int, int]], new: list[tuple[int, int]]
+) -> None:
+    stored = merge_ranges(existing)
+    remove, add = absorb(stored, new)
+    after = sorted({r for r in stored if r[0] not in remove} | set(add))
+    seqs = {s for a, b in [*existing, *new] for s in range(a, b + 1)}
+    assert {s for a, b in after for s in range(a, b + 1)} == seqs
+    assert after == merge_ranges(after)  # disjoint and not adjacent
+    expected_ack = 0
+    while expected_ack + 1 in seqs:
+        expected_ack += 1
+    assert cumulative_ack(after) == expected_ack
+    missing = {s for a, b in holes(after) for s in range(a, b + 1)}
+    assert missing == set(range(1, max(seqs, default=0) + 1)) - seqs
+    if set(new) <= {(a, b) for a, b in stored} or not new:
+        assert (remove, add) == ([], [])
