@@ -245,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     play_cmd.set_defaults(handler=_cmd_play)
 
+    demo = commands.add_parser(
+        "demo",
+        help="one van day end to end: simulator, agent, a private Mosquitto, ingest (SQLite)",
+    )
+    demo.add_argument("--seed", type=int, default=7, help="scenario seed (default 7)")
+    demo.add_argument("--stops", type=int, default=12, help="stops (default 12)")
+    demo.add_argument(
+        "--speed", type=float, default=60.0, help="times real time, 0 = as fast as possible"
+    )
+    demo.add_argument("--dir", type=Path, help="keep the day, databases and logs here")
+    demo.set_defaults(handler=_cmd_demo)
+
     trace = commands.add_parser("trace", help="turn a timestamp_utc,lat,lon CSV into an NMEA log")
     trace.add_argument("csv", type=Path, help="position CSV")
     trace.add_argument(
@@ -338,6 +350,17 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     )
     print(f"scenario seed={scenario.config.seed}: {summary.line()}")
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    # Imported here: the agent, aiomqtt and ingest are not needed by the other commands.
+    import asyncio  # noqa: PLC0415
+
+    from simulator.demo import DemoConfig, run_demo  # noqa: PLC0415
+
+    config = DemoConfig(seed=args.seed, stops=args.stops, speed=args.speed, work_dir=args.dir)
+    figures = asyncio.run(run_demo(config, sys.stdout))
+    return 0 if figures["ok"] else 1
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:

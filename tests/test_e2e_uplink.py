@@ -75,7 +75,7 @@ def test_broker_killed_and_restarted_mid_day(day: Day, tmp_path: Path) -> None:
 
                 async def kill_broker(agent: Agent, worker: IngestWorker) -> None:
                     for _ in range(2):
-                        while agent.counts.fixes < 600:  # noqa: ASYNC110 (polling a counter)
+                        while agent.counts.fixes < 600:
                             await asyncio.sleep(0.01)
                         broker.kill()
                         await asyncio.sleep(1.5)

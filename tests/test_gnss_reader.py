@@ -41,7 +41,7 @@ async def wait_until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
     # Polling on purpose: the conditions are the reader's own state (connected, counts),
     # which a test must observe without adding hooks to the code under test.
     async with asyncio.timeout(timeout_s):
-        while not cond():  # noqa: ASYNC110
+        while not cond():
             await asyncio.sleep(0.01)
 
 

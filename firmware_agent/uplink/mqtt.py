@@ -101,6 +101,8 @@ class UplinkCounts:
     connects: int = 0
     disconnects: int = 0
     published: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SEND_ORDER, 0))
+    payload_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SEND_ORDER, 0))
+    fixes_sent: int = 0
     acked_records: int = 0
     resends: int = 0
     bad_acks: int = 0
@@ -324,6 +326,7 @@ class Uplink:
                 [(r.seq, unpack_fix(r.payload)) for r in records],
                 historical=is_historical(records[0].created, now),
             )
+            self.counts.fixes_sent += len(records)
             await self._publish(client, topic, payload, window, publishes, stream)
         else:
             for r in records:
@@ -349,6 +352,7 @@ class Uplink:
         stream: str,
     ) -> None:
         await window.acquire()
+        self.counts.payload_bytes[stream] += len(payload)
 
         async def publish() -> None:
             try:

@@ -1,0 +1,311 @@
+"""The agent's MQTT side against a real Mosquitto: mutual TLS, birth and will, the
+manifest downlink, hostile acks; and the GNSS-referenced clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from firmware_agent.agent import Agent, AgentConfig, GnssClock
+from firmware_agent.uplink.codec import decode_status, encode_ack
+from firmware_agent.uplink.mqtt import TlsConfig, Uplink, UplinkConfig
+from firmware_agent.uplink.queue import AsyncOutbox
+from tests.broker import Mosquitto
+from tests.nmea import line
+from tests.vanday import T0
+
+DEVICE = "van-0042"
+
+
+# -- certificates --------------------------------------------------------------------
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _issue(
+    cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    san_ip: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    issuer_name, issuer_key = issuer if issuer is not None else (_name(cn), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san_ip:
+        import ipaddress  # noqa: PLC0415
+
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(
+    directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> None:
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """A CA, the broker's certificate (for 127.0.0.1) and a van's client certificate."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _issue("fleet test CA", ca_key, None, ca=True)
+    _write(d, "ca", ca, ca_key)
+    for name, san in (("broker", True), (DEVICE, False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(
+            d,
+            name,
+            _issue(
+                name if name != "broker" else "127.0.0.1", key, (ca.subject, ca_key), san_ip=san
+            ),
+            key,
+        )
+    return d
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(uplink.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def retained_status(port: int, **tls: object) -> dict[str, object]:
+    async with aiomqtt.Client("127.0.0.1", port, **tls) as client:  # type: ignore[arg-type]
+        await client.subscribe(f"fleet/v1/{DEVICE}/status", qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                return decode_status(message.payload).to_json()
+    raise AssertionError("no status")
+
+
+# -- tests ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mutual_tls_connects_with_the_van_certificate_and_refuses_without(
+    pki: Path, tmp_path: Path
+) -> None:
+    extra = "\n".join(
+        [
+            f"cafile {pki / 'ca.pem'}",
+            f"certfile {pki / 'broker.pem'}",
+            f"keyfile {pki / 'broker.key'}",
+            "require_certificate true",
+            "use_identity_as_username true",
+        ]
+    )
+
+    async def main(broker: Mosquitto) -> None:
+        async with AsyncOutbox(tmp_path / "outbox.db") as outbox:
+            good = Uplink(
+                UplinkConfig(
+                    device_id=DEVICE,
+                    port=broker.port,
+                    tls=TlsConfig(
+                        ca_file=pki / "ca.pem",
+                        cert_file=pki / f"{DEVICE}.pem",
+                        key_file=pki / f"{DEVICE}.key",
+                    ),
+                ),
+                outbox,
+            )
+            async with running(good):
+                async with asyncio.timeout(10):
+                    await good.connected.wait()
+            # Without a client certificate the broker refuses the handshake.
+            bad = Uplink(
+                UplinkConfig(
+                    device_id=DEVICE,
+                    port=broker.port,
+                    tls=TlsConfig(ca_file=pki / "ca.pem"),
+                    backoff_max_s=0.5,
+                    connect_timeout_s=1.0,
+                ),
+                outbox,
+            )
+            async with running(bad):
+                # TLS 1.3: the refusal arrives after the client's handshake, as an alert.
+                await asyncio.sleep(3.0)
+                assert not bad.connected.is_set()
+                assert bad.counts.disconnects >= 1
+                assert bad.faults.counts["broker"] >= 1
+
+    with Mosquitto(tmp_path / "broker", extra=extra) as broker:
+        asyncio.run(main(broker))
+
+
+VAN_PROCESS = """
+import asyncio, sys
+from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
+from firmware_agent.uplink.queue import AsyncOutbox
+
+async def main():
+    async with AsyncOutbox(sys.argv[2]) as outbox:
+        config = UplinkConfig(device_id="DEVICE_ID", port=int(sys.argv[1]), will_delay_s=1)
+        uplink = Uplink(config, outbox, health=lambda: {"fixes": 12})
+        task = asyncio.create_task(uplink.run())
+        await uplink.connected.wait()
+        print("connected", flush=True)
+        await task
+
+asyncio.run(main())
+""".replace("DEVICE_ID", DEVICE)
+
+
+@pytest.mark.slow
+def test_birth_is_retained_and_the_will_says_offline_after_its_delay(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        van = subprocess.Popen(
+            [sys.executable, "-c", VAN_PROCESS, str(broker.port), str(tmp_path / "outbox.db")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert van.stdout is not None
+            assert van.stdout.readline().strip() == "connected"
+            status = asyncio.run(retained_status(broker.port))
+            assert status["state"] == "online"
+            assert status["health"] == {"fixes": 12}
+            # The van dies without a DISCONNECT (power cut): the broker publishes the
+            # retained will, but only after the will delay.
+            van.send_signal(signal.SIGKILL)
+            van.wait(10)
+            killed = time.monotonic()
+            while asyncio.run(retained_status(broker.port))["state"] != "offline":
+                assert time.monotonic() - killed < 10, "no will"
+                time.sleep(0.1)
+            assert time.monotonic() - killed >= 0.9  # the will delay (1 s) held it back
+        finally:
+            van.kill()
+            van.wait(10)
+
+
+@pytest.mark.slow
+def test_a_manifest_on_the_downlink_replaces_the_stored_one(tmp_path: Path) -> None:
+    nmea = tmp_path / "still.nmea"
+    # A parked van: a fix a second for 5 minutes of playback at real time.
+    body = b""
+    for i in range(300):
+        t = (T0 + dt.timedelta(seconds=i)).strftime("%H%M%S.00")
+        body += line(f"GPRMC,{t},A,4800.000,N,01100.000,E,0.0,0.0,211126,,,A")
+    nmea.write_bytes(body)
+    new_manifest = {
+        "route_id": "R-2",
+        "device_id": DEVICE,
+        "date": "2026-11-21",
+        "stops": [
+            {
+                "id": "S1",
+                "lat": 48.0,
+                "lon": 11.0,
+                "radius_m": 30,
+                "type": "house",
+                "parcels": ["P1"],
+            }
+        ],
+    }
+
+    async def main(broker: Mosquitto) -> Agent:
+        agent = Agent(
+            AgentConfig(
+                state_dir=tmp_path / "van",
+                uplink=UplinkConfig(device_id=DEVICE, port=broker.port),
+                nmea_file=nmea,
+                speed=1.0,
+            )
+        )
+        task = asyncio.create_task(agent.run())
+        try:
+            async with asyncio.timeout(20):
+                while agent.uplink is None or not agent.uplink.connected.is_set():
+                    await asyncio.sleep(0.05)
+                async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+                    topic = f"fleet/v1/{DEVICE}/manifest"
+                    await client.publish(topic, b"{not json", qos=1)
+                    await client.publish(
+                        topic, json.dumps(new_manifest).encode(), qos=1, retain=True
+                    )
+                    # A hostile ack (another device, nonsense) changes nothing.
+                    await client.publish(
+                        f"fleet/v1/{DEVICE}/ack",
+                        encode_ack("van-9999", {"pod": 5}, time=T0),
+                        qos=1,
+                    )
+                    await client.publish(f"fleet/v1/{DEVICE}/ack", b"\xff\x00", qos=1)
+                while agent.counts.manifests < 1:
+                    await asyncio.sleep(0.05)
+                assert agent.uplink is not None
+                while agent.uplink.counts.bad_acks < 2:
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return agent
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        agent = asyncio.run(main(broker))
+    assert agent.pipeline is not None
+    assert agent.pipeline.manifest.route_id == "R-2"
+    stored = json.loads((tmp_path / "van" / "manifest.json").read_text())
+    assert stored["route_id"] == "R-2"
+    assert agent.uplink is not None
+    assert agent.uplink.counts.downlink_errors == 1  # the broken manifest, refused
+    assert agent.uplink.counts.acked_records == 0
+
+
+def test_gnss_clock_follows_the_system_clock_unless_it_is_wrong() -> None:
+    clock = GnssClock(max_skew_s=2.0)
+    now = dt.datetime.now(dt.UTC)
+    clock.observe(now + dt.timedelta(seconds=0.5))
+    assert abs((clock.now() - dt.datetime.now(dt.UTC)).total_seconds()) < 0.1
+    # A Pi without RTC booted at its last shutdown time: a day behind GNSS.
+    clock.observe(now + dt.timedelta(days=1))
+    assert abs((clock.now() - (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))).total_seconds()) < 1
