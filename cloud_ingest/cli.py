@@ -1,33 +1,265 @@
 """``fleet-ingest``: the cloud ingest service's command line.
 
-The ingest service (MQTT workers, storage, HTTP API) is built in a later issue; until
-then this entry point only reports its version, so that the console script the
-distribution declares exists and says honestly what it holds.
+- ``fleet-ingest serve``: the service, MQTT workers and HTTP API, until SIGTERM/SIGINT.
+- ``fleet-ingest migrate``: create or upgrade the database schema.
+- ``fleet-ingest device add ID --pubkey FILE [--replace-key] [--disabled]``: enroll a
+  van with the public key it printed (``fleet-agent pod pubkey --key ...``; PEM or JWK).
+- ``fleet-ingest device enable ID`` / ``device disable ID`` / ``device list [--json]``.
+- ``fleet-ingest config``: the effective settings, as JSON.
+
+Every command takes ``--config FILE`` (TOML; see :mod:`cloud_ingest.config`) and
+``--database-url URL`` (over the file and ``FLEET_INGEST_DATABASE_URL``).
+
+Exit status: 0 success; 1 the command failed (unknown device, key conflict, database
+unreachable, a task of the service died); 2 bad usage, settings or key file.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloud_ingest import __version__
+from cloud_ingest.errors import ConfigError, IngestError
+
+# pydantic, the stores and the HTTP stack load only for the command that needs them.
+if TYPE_CHECKING:
+    from cloud_ingest.config import IngestConfig
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("cloud_ingest")
+
+
+def _error(message: str, code: int) -> int:
+    print(f"fleet-ingest: {message}", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        help="TOML settings (default: $FLEET_INGEST_CONFIG, else /etc/fleet-ingest/ingest.toml "
+        "when it exists)",
+    )
+    common.add_argument(
+        "--database-url",
+        help="sqlite:///PATH or postgresql://host/db (overrides the file and environment)",
+    )
     parser = argparse.ArgumentParser(
         prog="fleet-ingest",
-        description="Cloud ingest for the fleet gateway. No commands yet: the MQTT "
-        "workers, storage and HTTP API arrive with the uplink work.",
+        description="Cloud ingest for the fleet gateway: MQTT workers, storage, HTTP API.",
     )
     parser.add_argument("--version", action="version", version=f"fleet-ingest {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "serve", parents=[common], help="run the MQTT workers and the HTTP API until stopped"
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("config", parents=[common], help="print the effective settings as JSON")
+    p.set_defaults(func=_cmd_config)
+
+    device = sub.add_parser("device", help="enroll, enable, disable and list devices")
+    dsub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+    p = dsub.add_parser(
+        "add", parents=[common], help="enroll a device with its public key (idempotent)"
+    )
+    p.add_argument("device_id", metavar="ID")
+    p.add_argument(
+        "--pubkey",
+        required=True,
+        type=Path,
+        help="the van's public key: PEM or JWK, as `fleet-agent pod pubkey` prints it",
+    )
+    p.add_argument(
+        "--replace-key",
+        action="store_true",
+        help="accept a new key for an enrolled device (it was re-provisioned)",
+    )
+    p.add_argument("--disabled", action="store_true", help="enroll it disabled (its messages wait)")
+    p.set_defaults(func=_cmd_device_add)
+    for action, help_text in (
+        ("enable", "accept the device's messages"),
+        ("disable", "refuse the device's messages (they wait in its outbox)"),
+    ):
+        p = dsub.add_parser(action, parents=[common], help=help_text)
+        p.add_argument("device_id", metavar="ID")
+        p.set_defaults(func=_cmd_device_enable, enabled=action == "enable")
+    p = dsub.add_parser("list", parents=[common], help="list enrolled devices")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_device_list)
     return parser
 
 
+def _config(args: argparse.Namespace) -> IngestConfig:
+    from cloud_ingest.config import load_config  # noqa: PLC0415 (fast --help)
+
+    overrides: dict[tuple[str, ...], object] = {}
+    if args.database_url is not None:
+        overrides["database", "url"] = args.database_url
+    return load_config(args.config, overrides=overrides)
+
+
+def _with_store(args: argparse.Namespace, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(store)`` on the configured database, opened and migrated."""
+    from cloud_ingest.service import open_store  # noqa: PLC0415
+
+    url = _config(args).database.url
+
+    async def main() -> T:
+        async with open_store(url) as store:
+            return await action(store)
+
+    return asyncio.run(main())
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_ingest.service import serve  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    config = _config(args)
+    try:
+        asyncio.run(serve(config))
+    except ExceptionGroup as group:
+        # A task died: the whole story in the log, the first cause on the last line.
+        log.exception("fleet-ingest: a task failed")
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        return _error(f"stopped: {type(first).__name__}: {first}", EXIT_FAILED)
+    return EXIT_OK
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from cloud_ingest.service import make_store  # noqa: PLC0415
+
+    config = _config(args)
+
+    async def main() -> list[int]:
+        async with make_store(config.database.url) as store:
+            return await store.migrate()
+
+    applied = asyncio.run(main())
+    where = config.database.describe()
+    if applied:
+        print(f"{where}: applied migration(s) {', '.join(map(str, applied))}")
+    else:
+        print(f"{where}: schema up to date")
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(json.dumps(_config(args).model_dump(mode="json"), indent=2))
+    return EXIT_OK
+
+
+def _device_json(device: Any) -> dict[str, Any]:
+    """A device as the API shows it (GET /v1/devices/{id}), less the PEM."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PublicKey,
+    )
+
+    from firmware_agent.gnss.fix import format_utc  # noqa: PLC0415
+    from firmware_agent.pod.keys import key_thumbprint, public_jwk  # noqa: PLC0415
+
+    key = Ed25519PublicKey.from_public_bytes(device.public_key)
+    return {
+        "device_id": device.device_id,
+        "enabled": device.enabled,
+        "registered_at": format_utc(device.registered_at),
+        "kid": key_thumbprint(key),
+        "public_jwk": public_jwk(key),
+    }
+
+
+def _describe(device: Any) -> str:
+    d = _device_json(device)
+    state = "enabled" if d["enabled"] else "disabled"
+    return f"{d['device_id']} {state} kid {d['kid']} registered {d['registered_at']}"
+
+
+def _cmd_device_add(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
+    from firmware_agent.pod.keys import KeyFileError, load_public_key  # noqa: PLC0415
+
+    if not is_device_id(args.device_id):
+        return _error(
+            f"invalid device id {args.device_id!r}: 1 to 64 of A-Z a-z 0-9 _ . - "
+            "(not starting with _ . -)",
+            EXIT_USAGE,
+        )
+    try:
+        key = load_public_key(args.pubkey).public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+    except KeyFileError as err:
+        return _error(str(err), EXIT_USAGE)
+
+    async def add(store: Any) -> tuple[Any, bool]:
+        existing = await store.get_device(args.device_id)
+        enabled = not args.disabled if existing is None or args.disabled else existing.enabled
+        device = await store.register_device(
+            args.device_id, key, enabled=enabled, replace_key=args.replace_key
+        )
+        return device, existing is None
+
+    device, created = _with_store(args, add)
+    print(f"{'enrolled' if created else 'already enrolled'}: {_describe(device)}")
+    return EXIT_OK
+
+
+def _cmd_device_enable(args: argparse.Namespace) -> int:
+    device = _with_store(args, lambda store: store.set_enabled(args.device_id, args.enabled))
+    print(_describe(device))
+    return EXIT_OK
+
+
+def _cmd_device_list(args: argparse.Namespace) -> int:
+    devices = _with_store(args, lambda store: store.list_devices())
+    for device in devices:
+        print(json.dumps(_device_json(device)) if args.json else _describe(device))
+    if not devices and not args.json:
+        print("no devices enrolled", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    build_parser().print_help(sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    from cloud_ingest.store.base import DeviceConflictError  # noqa: PLC0415
+
+    try:
+        code: int = args.func(args)
+    except ConfigError as err:
+        return _error(str(err), EXIT_USAGE)
+    except DeviceConflictError as err:
+        return _error(f"{err}; use --replace-key if the van was re-provisioned", EXIT_FAILED)
+    except IngestError as err:
+        return _error(str(err), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return 130
+    return code
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
 from firmware_agent.backoff import Backoff
 from firmware_agent.gnss.fix import format_utc
 from firmware_agent.uplink.codec import encode_ack
-from firmware_agent.uplink.mqtt import broker_error
+from firmware_agent.uplink.mqtt import TlsConfig, broker_error
 from firmware_agent.uplink.topics import downlink_topic, shared_subscriptions, stream_topic
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class WorkerConfig:
     max_inflight: int = 100
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # Mutual TLS to the broker (the same settings as a van's).
+    tls: TlsConfig | None = None
 
 
 @dataclass
@@ -109,6 +111,7 @@ class IngestWorker:
     async def run(self) -> None:
         c = self.config
         backoff = Backoff(c.backoff_initial_s, c.backoff_max_s)
+        tls = None if c.tls is None else await asyncio.to_thread(c.tls.context)
         while True:
             try:
                 async with aiomqtt.Client(
@@ -117,6 +120,7 @@ class IngestWorker:
                     identifier=c.client_id,
                     protocol=aiomqtt.ProtocolVersion.V5,
                     max_inflight_messages=c.max_inflight,
+                    tls_context=tls,
                 ) as client:
                     client.pending_calls_threshold = 10 * c.max_inflight
                     self.counts.connects += 1
@@ -129,6 +133,7 @@ class IngestWorker:
             except (aiomqtt.MqttError, ExceptionGroup) as caught:
                 err = broker_error(caught)
                 if err is None:
+                    self.counts.store_errors += 1
                     raise
                 self.connected.clear()
                 delay_s = backoff.next_delay_s()

@@ -107,7 +107,7 @@ class VanPipeline:
 
     def on_fix(self, fix: Fix) -> list[Message]:
         self.counts["fixes"] += 1
-        messages = [event.message() for event in self.engine.update(fix)]
+        messages = [self._stop_message(event) for event in self.engine.update(fix)]
         if self._telemetry is not None and self._telemetry.select(fix):
             messages.append(telemetry_message(fix))
         return messages
@@ -146,7 +146,7 @@ class VanPipeline:
             position is not None
             and abs((scan.time - position.time).total_seconds()) <= self.config.max_fix_age_s
         )
-        messages = [e.message() for e in self._confirm(stop.id, scan)] if fresh else []
+        messages = [self._stop_message(e) for e in self._confirm(stop.id, scan)] if fresh else []
         outside_m: float | None = None
         if position is not None and fresh:
             outside_m = engine.outside_m(stop.id, position.lat, position.lon)
@@ -194,6 +194,14 @@ class VanPipeline:
             }
         )
         return messages
+
+    def _stop_message(self, event: GeofenceEvent) -> Message:
+        """The event's message; a stop's events name the manifest's route, so that a
+        backend can ask for a route's arrivals."""
+        message = event.message()
+        if "stop_id" in message:
+            message["route_id"] = self._manifest.route_id
+        return message
 
     def _confirm(self, stop_id: str, scan: Scan) -> list[GeofenceEvent]:
         return self.engine.confirm_by_scan(stop_id, scan.time)

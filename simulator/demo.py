@@ -137,7 +137,8 @@ async def _summary(store: SqliteStore, agent: Agent, day: Path, out: TextIO) -> 
     committed = agent.counts.records
     stored = {"telemetry": counts.positions, "events": counts.stop_events, "pod": counts.pods}
     truth = _truth(day / "stops.json")
-    arrivals = {e.stop_id: e.time for e in await store.arrivals(device_id=DEVICE_ID)}
+    route_id = json.loads((day / "manifest.json").read_text())["route_id"]
+    arrivals = {e.stop_id: e.time for e in await store.arrivals(route_id=route_id)}
     errors_s = [(arrivals[s] - t).total_seconds() for s, t in truth.items() if s in arrivals]
     uplink = agent.uplink
     assert uplink is not None

@@ -415,6 +415,7 @@ def check_envelopes(payloads: dict[str, list[bytes]]) -> Counter[str]:
                         "verdict": r["verdict"],
                         "jws": r["jws"],
                         "verified": True,
+                        "chain": "ok",
                     },
                 )
             reason = env.record.get("reason")

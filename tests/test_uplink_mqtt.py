@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cloud_ingest.store.sqlite import SqliteStore
+from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent, AgentConfig, GnssClock
 from firmware_agent.uplink.codec import decode_status, encode_ack
 from firmware_agent.uplink.mqtt import TlsConfig, Uplink, UplinkConfig
@@ -90,7 +92,7 @@ def pki(tmp_path: Path) -> Path:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _issue("fleet test CA", ca_key, None, ca=True)
     _write(d, "ca", ca, ca_key)
-    for name, san in (("broker", True), (DEVICE, False)):
+    for name, san in (("broker", True), (DEVICE, False), ("ingest", False)):
         key = ec.generate_private_key(ec.SECP256R1())
         _write(
             d,
@@ -160,6 +162,26 @@ def test_mutual_tls_connects_with_the_van_certificate_and_refuses_without(
             async with running(good):
                 async with asyncio.timeout(10):
                     await good.connected.wait()
+            # Ingest's workers connect the same way, with their own certificate.
+            async with SqliteStore(tmp_path / "ingest.db") as store:
+                worker = IngestWorker(
+                    store,
+                    WorkerConfig(
+                        port=broker.port,
+                        tls=TlsConfig(
+                            ca_file=pki / "ca.pem",
+                            cert_file=pki / "ingest.pem",
+                            key_file=pki / "ingest.key",
+                        ),
+                    ),
+                )
+                task = asyncio.create_task(worker.run())
+                try:
+                    async with asyncio.timeout(10):
+                        await worker.connected.wait()
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             # Without a client certificate the broker refuses the handshake.
             bad = Uplink(
                 UplinkConfig(

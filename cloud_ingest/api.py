@@ -1,0 +1,805 @@
+"""The ingest service's HTTP API (FastAPI): enrollment, positions, tracks, arrivals, PODs.
+
+:func:`create_app` builds the application around one open, migrated
+:class:`~cloud_ingest.store.base.Store` and the service's workers (for health and
+metrics). Every handler is a coroutine over the store's coroutines: nothing blocks the
+event loop the workers share. The OpenAPI document is at ``/openapi.json`` (``/docs``
+renders it).
+
+Conventions: JSON in and out; times are ISO 8601 UTC with milliseconds and a ``Z``
+(``2026-11-21T09:14:03.250Z``); query times must carry an offset (``Z`` or
+``+01:00``, written ``%2B01:00`` in a URL). Errors are ``{"detail": ...}``: 404 for
+an unknown device or parcel, 409 for an enrollment conflict, 400 for a bad time range,
+422 for input that breaks the declared schema, 503 when the database cannot be used.
+
+A POD is served with its JWS verbatim and a verification made at request time with
+the key the device is registered with now (plus the chain status the store recorded
+when it linked the POD), so a dispute can be settled from one response: anyone can
+check the same JWS with the returned JWK in any JOSE library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.registry import Collector
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    WithJsonSchema,
+    field_validator,
+)
+
+from cloud_ingest import __version__
+from cloud_ingest.errors import StorageError
+from cloud_ingest.store.base import (
+    CHAIN_STATUSES,
+    STREAMS,
+    ChainStatus,
+    Counts,
+    Device,
+    DeviceConflictError,
+    Pod,
+    Position,
+    StopEvent,
+    Store,
+    Stream,
+    UnknownDeviceError,
+)
+from cloud_ingest.verify import Reason
+from firmware_agent.gnss.fix import format_utc
+from firmware_agent.pod.chain import pod_digest
+from firmware_agent.pod.jws import POD_TYP, JwsError, peek_claims, read_header, verify_compact
+from firmware_agent.pod.keys import key_thumbprint, public_jwk, public_key_pem
+
+if TYPE_CHECKING:
+    from cloud_ingest.worker import IngestWorker
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Parcel codes and route ids come from labels and manifests: any printable text, no
+# control characters (PostgreSQL text refuses NUL).
+_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+MAX_TRACK_RANGE = timedelta(hours=24)
+MAX_TRACK_POSITIONS = 100_000
+DEFAULT_TRACK_POSITIONS = 20_000
+MAX_ARRIVALS = 10_000
+MAX_QUARANTINE = 1_000
+_MAX_PEM_CHARS = 4096
+# Any id will do: a primary-key lookup that finds nothing is the cheapest round trip
+# through the store's connection (a count would scan the tables).
+_HEALTH_PROBE_ID = "health-probe"
+_REASONS: tuple[str, ...] = get_args(Reason)
+
+UtcTime = Annotated[
+    datetime,
+    PlainSerializer(format_utc, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]
+ArrivalsLimit = Annotated[int, Query(ge=1, le=MAX_ARRIVALS, description="Oldest first")]
+DeviceIdPath = Annotated[
+    str,
+    Path(pattern=DEVICE_ID_PATTERN, description="Device id (the MQTT client certificate's CN)"),
+]
+
+
+# --- response and request bodies ------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+class ErrorOut(_Out):
+    detail: str
+
+
+class Jwk(_Out):
+    """RFC 8037 public JWK of an Ed25519 key."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+
+
+class DeviceIn(BaseModel):
+    """Enrollment: the public key the van prints with ``fleet-agent pod pubkey``.
+
+    ``enabled``: omitted, a new device is enabled and an enrolled one keeps its state.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    public_key_pem: str = Field(max_length=_MAX_PEM_CHARS, description="SubjectPublicKeyInfo PEM")
+    enabled: bool | None = None
+
+    @field_validator("public_key_pem")
+    @classmethod
+    def _ed25519_pem(cls, pem: str) -> str:
+        parse_public_key_pem(pem)
+        return pem
+
+
+class DeviceOut(_Out):
+    device_id: str
+    enabled: bool
+    registered_at: UtcTime
+    kid: str = Field(description="RFC 7638 thumbprint of the key: the kid of its PODs")
+    public_key_pem: str
+    public_jwk: Jwk
+
+
+class PositionOut(_Out):
+    device_id: str
+    seq: int
+    time: UtcTime
+    lat: float
+    lon: float
+    speed_mps: float | None
+    course_deg: float | None
+    hdop: float | None
+    sats: int | None
+    historical: bool
+
+
+class TrackOut(_Out):
+    """Positions with ``start <= time < end`` in time order. ``truncated``: there are
+    more; ask again from ``next_start`` (a position exactly at it may come twice)."""
+
+    device_id: str
+    start: UtcTime
+    end: UtcTime
+    positions: list[PositionOut]
+    truncated: bool
+    next_start: UtcTime | None
+
+
+class ArrivalOut(_Out):
+    device_id: str
+    seq: int
+    type: str
+    time: UtcTime
+    stop_id: str | None
+    route_id: str | None
+    historical: bool
+    record: dict[str, Any] = Field(description="The van's event message as sent")
+
+
+class PodVerificationOut(_Out):
+    """``verified``: the signature holds with the device's registered key, the signed
+    claims are the stored ones, and the store linked the POD into the device's hash
+    chain ("ok"). "pending": its predecessor has not arrived (or was deleted);
+    "broken": the predecessor that arrived does not match its ``prev``."""
+
+    verified: bool
+    signature_valid: bool
+    claims_match: bool
+    chain_status: ChainStatus
+    detail: str | None
+    kid: str | None = Field(description="Thumbprint of the registered key used")
+    signed_kid: str | None = Field(description="The kid in the JWS header")
+    public_jwk: Jwk | None = Field(description="The registered key: verify the JWS with it")
+    verified_at: UtcTime
+
+
+class PodOut(_Out):
+    device_id: str
+    seq: int = Field(description="The envelope's seq on the pod stream")
+    pod_seq: int = Field(description="The POD chain's own seq")
+    parcel: str
+    stop_id: str
+    time: UtcTime
+    verdict: str
+    historical: bool
+    jws: str = Field(description="Compact JWS exactly as the van signed it")
+    digest: str = Field(description="SHA-256 of the JWS: the next POD's prev")
+    prev: str
+    claims: dict[str, Any] | None = Field(
+        description="The JWS payload (trust it only when signature_valid)"
+    )
+    verification: PodVerificationOut
+
+
+class ParcelPodsOut(_Out):
+    parcel: str
+    pods: list[PodOut]
+
+
+class CoveredOut(_Out):
+    stream: Stream
+    first_seq: int
+    last_seq: int
+
+
+class QuarantinedOut(_Out):
+    received_at: UtcTime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload_base64: str
+    payload_text: str | None = Field(description="The payload when it is UTF-8")
+    covered: CoveredOut | None = Field(description="Seqs this message settled in the acks")
+
+
+class GapOut(_Out):
+    stream: Stream
+    first_seq: int
+    last_seq: int
+
+
+class GapsOut(_Out):
+    device_id: str
+    acks: dict[Stream, int] = Field(description="Cumulative ack per stream")
+    gaps: list[GapOut]
+
+
+class StoreHealthOut(_Out):
+    ok: bool
+    detail: str | None
+
+
+class WorkerHealthOut(_Out):
+    client_id: str
+    connected: bool
+
+
+class HealthOut(_Out):
+    status: Literal["ok", "unavailable"]
+    store: StoreHealthOut
+    workers: list[WorkerHealthOut]
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def parse_public_key_pem(pem: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from a SubjectPublicKeyInfo PEM; :class:`ValueError` with
+    a message for a person otherwise (a private key, another algorithm, garbage)."""
+    text = pem.strip()
+    first = text.split("\n", 1)[0]
+    if "PRIVATE KEY" in first:
+        raise ValueError(
+            "this is a PRIVATE key: send the public one (fleet-agent pod pubkey --key ...)"
+        )
+    if not first.startswith("-----BEGIN PUBLIC KEY-----"):
+        raise ValueError("not a PEM public key (-----BEGIN PUBLIC KEY-----)")
+    try:
+        key = serialization.load_pem_public_key(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
+        raise ValueError("not a valid PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"a {type(key).__name__}, not an Ed25519 key")  # noqa: TRY004 (pydantic: ValueError is a 422)
+    return key
+
+
+def raw_public_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _key(device: Device) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(device.public_key)
+
+
+def device_out(device: Device) -> DeviceOut:
+    key = _key(device)
+    return DeviceOut(
+        device_id=device.device_id,
+        enabled=device.enabled,
+        registered_at=device.registered_at,
+        kid=key_thumbprint(key),
+        public_key_pem=public_key_pem(key).decode("ascii"),
+        public_jwk=Jwk.model_validate(public_jwk(key)),
+    )
+
+
+def _position_out(p: Position) -> PositionOut:
+    return PositionOut.model_validate(p)
+
+
+def _arrival_out(e: StopEvent) -> ArrivalOut:
+    return ArrivalOut.model_validate(
+        {
+            "device_id": e.device_id,
+            "seq": e.seq,
+            "type": e.type,
+            "time": e.time,
+            "stop_id": e.stop_id,
+            "route_id": e.route_id,
+            "historical": e.historical,
+            "record": dict(e.record),
+        }
+    )
+
+
+def verify_pod(pod: Pod, device: Device | None, now: datetime) -> PodOut:
+    """``pod`` with its verification against ``device``'s registered key (see
+    :class:`PodVerificationOut`)."""
+    try:
+        claims: dict[str, Any] | None = peek_claims(pod.jws)
+    except JwsError:
+        claims = None
+    try:
+        signed_kid = read_header(pod.jws).get("kid")
+    except JwsError:
+        signed_kid = None
+    signed_kid = signed_kid if isinstance(signed_kid, str) else None
+    kid: str | None = None
+    jwk: Jwk | None = None
+    signature_valid = claims_match = False
+    detail: str | None = None
+    if device is None:
+        detail = f"device {pod.device_id!r} is not registered: no key to verify with"
+    else:
+        key = _key(device)
+        kid, jwk = key_thumbprint(key), Jwk.model_validate(public_jwk(key))
+        try:
+            verified = verify_compact(pod.jws, key, typ=POD_TYP)
+        except JwsError as err:
+            if err.reason == "bad_signature" and signed_kid is not None and signed_kid != kid:
+                detail = f"signed by another key (kid {signed_kid}; the registered key is {kid})"
+            else:
+                detail = f"jws: {err}"
+        else:
+            signature_valid = True
+            expected = {
+                "device_id": pod.device_id,
+                "seq": pod.pod_seq,
+                "parcel": pod.parcel,
+                "stop_id": pod.stop_id,
+                "verdict": pod.verdict,
+                "prev": pod.prev,
+            }
+            differ = [k for k, v in expected.items() if verified.get(k) != v]
+            if pod_digest(pod.jws) != pod.digest:
+                differ.append("digest")
+            claims_match = not differ
+            if differ:
+                detail = f"stored {', '.join(differ)} differ(s) from the signed claims"
+    if detail is None and pod.chain_status != "ok":
+        detail = {
+            "pending": f"POD {pod.pod_seq - 1} of this device (its predecessor) is not stored",
+            "broken": f"POD {pod.pod_seq - 1} of this device does not match this POD's prev",
+        }.get(pod.chain_status)
+    return PodOut(
+        device_id=pod.device_id,
+        seq=pod.seq,
+        pod_seq=pod.pod_seq,
+        parcel=pod.parcel,
+        stop_id=pod.stop_id,
+        time=pod.time,
+        verdict=pod.verdict,
+        historical=pod.historical,
+        jws=pod.jws,
+        digest=pod.digest,
+        prev=pod.prev,
+        claims=claims,
+        verification=PodVerificationOut(
+            verified=signature_valid and claims_match and pod.chain_status == "ok",
+            signature_valid=signature_valid,
+            claims_match=claims_match,
+            chain_status=pod.chain_status,
+            detail=detail,
+            kid=kid,
+            signed_kid=signed_kid,
+            public_jwk=jwk,
+            verified_at=now,
+        ),
+    )
+
+
+def parse_time(name: str, text: str) -> datetime:
+    """An ISO 8601 time with an offset, as UTC; :class:`HTTPException` 400 otherwise."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        hint = " (in a URL, write + as %2B)" if " " in text else ""
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"{name}: {text!r} is not an ISO 8601 time such as 2026-11-21T09:00:00Z{hint}",
+        ) from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"{name}: {text!r} has no UTC offset; add Z or +HH:MM",
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"{name}: {text!r} is out of range"
+        ) from None
+
+
+_POSITION_LIST = TypeAdapter(list[PositionOut])
+# Positions serialized per chunk: a day at 1 Hz (86,400) would hold the event loop for
+# over a second in one piece; a chunk takes a few milliseconds, and the response is
+# sent chunk by chunk, so the workers sharing the loop keep running.
+_TRACK_CHUNK = 1000
+
+
+async def _track_json(head: TrackOut, positions: Sequence[Position]) -> AsyncIterator[bytes]:
+    """``head`` (its ``positions`` empty) as JSON with ``positions`` filled in, in pieces."""
+    before, after = head.model_dump_json().encode().split(b'"positions":[]', 1)
+    yield before + b'"positions":['
+    for i in range(0, len(positions), _TRACK_CHUNK):
+        chunk = _POSITION_LIST.validate_python(positions[i : i + _TRACK_CHUNK])
+        yield (b"," if i else b"") + _POSITION_LIST.dump_json(chunk)[1:-1]
+        await asyncio.sleep(0)
+    yield b"]" + after
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+class IngestCollector(Collector):
+    """Prometheus metrics read live from the workers' counters at each scrape, and the
+    store's row counts (refreshed by the ``/metrics`` handler, at most every
+    ``counts_max_age_s``: counting rows of large tables is not free)."""
+
+    def __init__(self, workers: Sequence[IngestWorker]) -> None:
+        self._workers = tuple(workers)
+        self.counts: Counts | None = None
+        self.counts_at = float("-inf")
+        self.store_up = False
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # nothing to check for clashes: this registry holds only us
+
+    def collect(self) -> Iterable[Metric]:
+        def counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"fleet_ingest_{name}", doc, labels=["worker", *labels])
+
+        received = counter("messages_received", "Uplink messages taken from the broker")
+        stored = counter("records_stored", "Positions, events and PODs stored for the first time")
+        duplicates = counter("records_duplicate", "Records received again and ignored")
+        quarantined = counter(
+            "messages_quarantined", "Messages refused and kept in quarantine", "reason"
+        )
+        batches = counter("batches", "Store transactions (one per batch of messages)")
+        connects = counter("broker_connects", "Successful connections to the broker")
+        store_errors = counter("store_errors", "Batches the store failed to write")
+        connected = GaugeMetricFamily(
+            "fleet_ingest_worker_connected", "1 while the worker is subscribed", labels=["worker"]
+        )
+        for w in self._workers:
+            name, c = w.config.client_id, w.counts
+            received.add_metric([name], c.received)
+            stored.add_metric([name], c.stored)
+            duplicates.add_metric([name], c.duplicates)
+            for reason in sorted(set(_REASONS) | c.quarantined.keys()):
+                quarantined.add_metric([name, reason], c.quarantined.get(reason, 0))
+            batches.add_metric([name], c.batches)
+            connects.add_metric([name], c.connects)
+            store_errors.add_metric([name], c.store_errors)
+            connected.add_metric([name], 1 if w.connected.is_set() else 0)
+        yield from (received, stored, duplicates, quarantined, batches, connects, store_errors)
+        yield connected
+        yield GaugeMetricFamily(
+            "fleet_ingest_store_up", "1 when the last row count succeeded", value=self.store_up
+        )
+        counts = self.counts
+        if counts is None:
+            return
+        rows = GaugeMetricFamily("fleet_ingest_rows", "Rows per table", labels=["table"])
+        for table, n in (
+            ("devices", counts.devices),
+            ("positions", counts.positions),
+            ("stop_events", counts.stop_events),
+            ("pods", counts.pods),
+            ("quarantine", counts.quarantined),
+        ):
+            rows.add_metric([table], n)
+        yield rows
+        pods = GaugeMetricFamily(
+            "fleet_ingest_pods", "Stored PODs by hash-chain status", labels=["chain_status"]
+        )
+        by_status = {
+            "ok": counts.pods - counts.pods_pending - counts.pods_broken,
+            "pending": counts.pods_pending,
+            "broken": counts.pods_broken,
+        }
+        for chain_status in CHAIN_STATUSES:
+            pods.add_metric([chain_status], by_status[chain_status])
+        yield pods
+
+
+# --- the application ----------------------------------------------------------------------
+
+
+def _error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status_code)
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
+_BAD_RANGE: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
+
+
+def create_app(
+    store: Store,
+    *,
+    workers: Sequence[IngestWorker] = (),
+    counts_max_age_s: float = 10.0,
+    health_timeout_s: float = 5.0,
+) -> FastAPI:
+    """The API over ``store`` (open and migrated; the caller owns its lifetime).
+
+    ``workers``: the service's MQTT workers, for ``/health`` (each must be connected)
+    and ``/metrics`` (their counters). ``counts_max_age_s``: how long ``/metrics`` may
+    reuse the store's row counts. ``health_timeout_s``: how long ``/health`` waits for
+    the store before calling it unavailable.
+    """
+    app = FastAPI(
+        title="fleet-ingest",
+        version=__version__,
+        summary="What the fleet's vans sent: devices, positions, tracks, arrivals, PODs.",
+        responses={503: {"model": ErrorOut, "description": "The database cannot be used"}},
+    )
+    collector = IngestCollector(workers)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, less the ``input`` it echoes: a private key pasted by
+        # mistake must not travel back through proxies and their logs.
+        errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        return _error(status.HTTP_503_SERVICE_UNAVAILABLE, f"storage unavailable: {exc}")
+
+    @app.exception_handler(UnknownDeviceError)
+    async def _unknown_device(request: Request, exc: UnknownDeviceError) -> JSONResponse:
+        return _error(status.HTTP_404_NOT_FOUND, str(exc))
+
+    @app.exception_handler(DeviceConflictError)
+    async def _conflict(request: Request, exc: DeviceConflictError) -> JSONResponse:
+        return _error(status.HTTP_409_CONFLICT, f"{exc}; POST again with ?replace_key=true")
+
+    async def known_device(device_id: str) -> Device:
+        device = await store.get_device(device_id)
+        if device is None:
+            raise UnknownDeviceError(f"device {device_id!r} is not registered")
+        return device
+
+    # --- devices --------------------------------------------------------------------
+
+    @app.post(
+        "/v1/devices",
+        status_code=status.HTTP_201_CREATED,
+        tags=["devices"],
+        responses={
+            200: {"model": DeviceOut, "description": "Already enrolled (same or replaced key)"},
+            409: {"model": ErrorOut, "description": "Enrolled with another key"},
+        },
+    )
+    async def register_device(
+        body: DeviceIn,
+        response: Response,
+        replace_key: Annotated[
+            bool, Query(description="Allow a new key for an enrolled (re-provisioned) device")
+        ] = False,
+    ) -> DeviceOut:
+        """Enroll a device with its public key (idempotent with the same key)."""
+        key = raw_public_key(parse_public_key_pem(body.public_key_pem))
+        existing = await store.get_device(body.device_id)
+        enabled = body.enabled
+        if enabled is None:
+            enabled = True if existing is None else existing.enabled
+        device = await store.register_device(
+            body.device_id, key, enabled=enabled, replace_key=replace_key
+        )
+        if existing is not None:
+            response.status_code = status.HTTP_200_OK
+        response.headers["Location"] = f"/v1/devices/{device.device_id}"
+        return device_out(device)
+
+    @app.get("/v1/devices", tags=["devices"])
+    async def list_devices() -> list[DeviceOut]:
+        """Every enrolled device, by id."""
+        return [device_out(d) for d in await store.list_devices()]
+
+    @app.get("/v1/devices/{device_id}", tags=["devices"], responses=_NOT_FOUND)
+    async def get_device(device_id: DeviceIdPath) -> DeviceOut:
+        """One enrolled device."""
+        return device_out(await known_device(device_id))
+
+    @app.post("/v1/devices/{device_id}/enable", tags=["devices"], responses=_NOT_FOUND)
+    async def enable_device(device_id: DeviceIdPath) -> DeviceOut:
+        """Accept the device's messages again (workers notice within seconds)."""
+        return device_out(await store.set_enabled(device_id, True))
+
+    @app.post("/v1/devices/{device_id}/disable", tags=["devices"], responses=_NOT_FOUND)
+    async def disable_device(device_id: DeviceIdPath) -> DeviceOut:
+        """Refuse the device's messages: they wait in its outbox, unacknowledged."""
+        return device_out(await store.set_enabled(device_id, False))
+
+    # --- positions ------------------------------------------------------------------
+
+    @app.get("/v1/positions/latest", tags=["positions"])
+    async def latest_positions() -> list[PositionOut]:
+        """Each device's latest position (its highest telemetry seq), by device id."""
+        return [_position_out(p) for p in await store.last_positions()]
+
+    @app.get(
+        "/v1/devices/{device_id}/track",
+        tags=["positions"],
+        response_model=TrackOut,
+        responses=_BAD_RANGE,
+    )
+    async def track(
+        device_id: DeviceIdPath,
+        start: Annotated[str, Query(description="ISO 8601 with offset; inclusive")],
+        end: Annotated[str, Query(description="ISO 8601 with offset; exclusive")],
+        limit: Annotated[int, Query(ge=1, le=MAX_TRACK_POSITIONS)] = DEFAULT_TRACK_POSITIONS,
+    ) -> StreamingResponse:
+        """The device's positions in ``[start, end)``, at most 24 h per request."""
+        t0, t1 = parse_time("start", start), parse_time("end", end)
+        if t1 <= t0:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "end must be after start")
+        if t1 - t0 > MAX_TRACK_RANGE:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                f"the range is {t1 - t0}; at most {MAX_TRACK_RANGE} per request "
+                "(ask for consecutive ranges)",
+            )
+        await known_device(device_id)
+        positions = await store.track(device_id, t0, t1)
+        truncated = len(positions) > limit
+        head = TrackOut(
+            device_id=device_id,
+            start=t0,
+            end=t1,
+            positions=[],
+            truncated=truncated,
+            next_start=positions[limit].time if truncated else None,
+        )
+        return StreamingResponse(
+            _track_json(head, positions[:limit]), media_type="application/json"
+        )
+
+    # --- arrivals -------------------------------------------------------------------
+
+    @app.get("/v1/routes/{route_id}/arrivals", tags=["arrivals"])
+    async def route_arrivals(
+        route_id: Annotated[str, Path(max_length=200, pattern=_TEXT_PATTERN)],
+        limit: ArrivalsLimit = 1000,
+    ) -> list[ArrivalOut]:
+        """Arrival events recorded for a route, in time order (empty: none yet)."""
+        return [_arrival_out(e) for e in await store.arrivals(route_id=route_id, limit=limit)]
+
+    @app.get("/v1/devices/{device_id}/arrivals", tags=["arrivals"], responses=_NOT_FOUND)
+    async def device_arrivals(
+        device_id: DeviceIdPath, limit: ArrivalsLimit = 1000
+    ) -> list[ArrivalOut]:
+        """The device's arrival events, in time order."""
+        await known_device(device_id)
+        return [_arrival_out(e) for e in await store.arrivals(device_id=device_id, limit=limit)]
+
+    # --- PODs -----------------------------------------------------------------------
+
+    @app.get("/v1/pods/{parcel}", tags=["pods"], responses=_NOT_FOUND)
+    async def pods_by_parcel(
+        parcel: Annotated[str, Path(max_length=200, pattern=_TEXT_PATTERN)],
+    ) -> ParcelPodsOut:
+        """Every POD of a parcel (normally one), each verified now."""
+        pods = await store.pods_by_parcel(parcel)
+        if not pods:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no POD for parcel {parcel!r}")
+        devices: dict[str, Device | None] = {}
+        for device_id in sorted({p.device_id for p in pods}):
+            devices[device_id] = await store.get_device(device_id)
+        now = datetime.now(UTC)
+        return ParcelPodsOut(
+            parcel=parcel, pods=[verify_pod(p, devices[p.device_id], now) for p in pods]
+        )
+
+    # --- operations -----------------------------------------------------------------
+
+    @app.get("/v1/quarantine", tags=["operations"])
+    async def quarantine(
+        limit: Annotated[int, Query(ge=1, le=MAX_QUARANTINE)] = 100,
+    ) -> list[QuarantinedOut]:
+        """The latest refused messages, newest first, with why."""
+        out = []
+        for q in await store.quarantine(limit):
+            try:
+                text: str | None = q.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            c = q.covered
+            out.append(
+                QuarantinedOut(
+                    received_at=q.received_at,
+                    topic=q.topic,
+                    device_id=q.device_id,
+                    reason=q.reason,
+                    detail=q.detail,
+                    payload_base64=base64.b64encode(q.payload).decode("ascii"),
+                    payload_text=text,
+                    covered=None
+                    if c is None
+                    else CoveredOut(stream=c.stream, first_seq=c.first_seq, last_seq=c.last_seq),
+                )
+            )
+        return out
+
+    @app.get("/v1/devices/{device_id}/gaps", tags=["operations"], responses=_NOT_FOUND)
+    async def gaps(device_id: DeviceIdPath) -> GapsOut:
+        """Each stream's cumulative ack and the seq ranges missing below its highest seq."""
+        await known_device(device_id)
+        acks = await store.acks(device_id)
+        return GapsOut(
+            device_id=device_id,
+            acks={s: acks.get(s, 0) for s in STREAMS},
+            gaps=[GapOut.model_validate(g) for g in await store.gaps(device_id)],
+        )
+
+    @app.get(
+        "/health",
+        tags=["operations"],
+        responses={503: {"model": HealthOut, "description": "Store or a worker unavailable"}},
+    )
+    async def health(response: Response) -> HealthOut:
+        """200 when the store answers and every MQTT worker is connected, else 503."""
+        try:
+            await asyncio.wait_for(store.get_device(_HEALTH_PROBE_ID), health_timeout_s)
+        except TimeoutError:
+            store_health = StoreHealthOut(ok=False, detail=f"no answer in {health_timeout_s} s")
+        except StorageError as err:
+            store_health = StoreHealthOut(ok=False, detail=str(err))
+        else:
+            store_health = StoreHealthOut(ok=True, detail=None)
+        worker_health = [
+            WorkerHealthOut(client_id=w.config.client_id, connected=w.connected.is_set())
+            for w in workers
+        ]
+        ok = store_health.ok and all(w.connected for w in worker_health)
+        if not ok:
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return HealthOut(
+            status="ok" if ok else "unavailable", store=store_health, workers=worker_health
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Metrics"}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus text exposition: worker counters and table row counts."""
+        now = time.monotonic()
+        if now - collector.counts_at >= counts_max_age_s:
+            try:
+                collector.counts = await asyncio.wait_for(store.counts(), health_timeout_s)
+            except (StorageError, TimeoutError):
+                collector.counts, collector.store_up = None, False
+            else:
+                collector.store_up = True
+            collector.counts_at = now
+        # The text format Prometheus asks for (OpenMetrics when it says so), as
+        # prometheus_client's own exporters negotiate it.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(registry), headers={"Content-Type": content_type})
+
+    return app

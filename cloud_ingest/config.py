@@ -1,0 +1,261 @@
+"""The ingest service's settings: a TOML file, then ``FLEET_INGEST_*`` environment overrides.
+
+Precedence, lowest first: the defaults below, the TOML file (``--config``, else
+``$FLEET_INGEST_CONFIG``, else :data:`DEFAULT_CONFIG` when it exists), then one
+environment variable per key. Everything is validated at start; a mistake (an unknown
+key, a misspelt variable, a port out of range) is a :class:`~cloud_ingest.errors.ConfigError`
+that names where the value came from, never a surprise later.
+
+TOML layout (every key optional)::
+
+    workers = 2                        # MQTT consumers on the shared subscription
+    max_message_bytes = 262144         # larger uplink messages are quarantined
+
+    [database]
+    url = "sqlite:////var/lib/fleet-ingest/ingest.sqlite3"   # or "postgresql://host/db"
+
+    [mqtt]
+    host = "broker.example.com"
+    port = 8883
+    group = "ingest"                   # $share/{group}/fleet/v1/+/...
+    client_id = "ingest-a"             # worker i connects as "{client_id}-{i}"
+    tls_ca = "/etc/fleet-ingest/ca.pem"
+    tls_cert = "/etc/fleet-ingest/ingest.pem"
+    tls_key = "/etc/fleet-ingest/ingest.key"
+
+    [http]
+    host = "127.0.0.1"
+    port = 8080
+    access_log = false
+
+Environment: ``FLEET_INGEST_`` + the key path in capitals joined by ``_``:
+``FLEET_INGEST_WORKERS``, ``FLEET_INGEST_DATABASE_URL``, ``FLEET_INGEST_MQTT_PORT``,
+``FLEET_INGEST_HTTP_PORT``, ... (:func:`environment_variables` lists them all).
+
+Secrets never go into the file or the environment (DESIGN.md): a database URL with a
+password is refused (use libpq's password file, ``~/.pgpass`` or ``PGPASSFILE``), and
+TLS keys are named by path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cloud_ingest.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/fleet-ingest/ingest.toml")
+ENV_PREFIX = "FLEET_INGEST_"
+# Names the file itself, so it is not a setting.
+CONFIG_ENV = "FLEET_INGEST_CONFIG"
+SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_MQTT_FORBIDDEN = frozenset("/+#\x00")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Backend = Literal["sqlite", "postgresql"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    """``url``: ``sqlite:///PATH`` (SQLAlchemy's spelling: ``sqlite:///ingest.db`` is
+    relative to the working directory, ``sqlite:////var/lib/x.db`` absolute) or
+    ``postgresql://[user@]host[:port]/dbname[?param=...]`` (any libpq URI)."""
+
+    url: str = "sqlite:///fleet-ingest.sqlite3"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if url.startswith(SQLITE_PREFIX):
+            if not url.removeprefix(SQLITE_PREFIX):
+                raise ValueError("sqlite:/// needs a file path after it")
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in _POSTGRES_SCHEMES:
+            raise ValueError(
+                "must start with sqlite:/// or postgresql:// "
+                f"(got {url.split(':', 1)[0] + ':' if ':' in url else 'no scheme'})"
+            )
+        if parts.password is not None or "password=" in parts.query:
+            raise ValueError(
+                "holds a password: keep it out of files and the environment; use libpq's "
+                "password file (~/.pgpass or PGPASSFILE) instead"
+            )
+        return url
+
+    @property
+    def backend(self) -> Backend:
+        return "sqlite" if self.url.startswith(SQLITE_PREFIX) else "postgresql"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file (``ValueError`` for a PostgreSQL URL)."""
+        if self.backend != "sqlite":
+            raise ValueError("not a SQLite URL")
+        return Path(self.url.removeprefix(SQLITE_PREFIX))
+
+    def describe(self) -> str:
+        """Where the database is, for messages: the URL without credentials or query."""
+        if self.backend == "sqlite":
+            return str(self.sqlite_path)
+        parts = urlsplit(self.url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{host}{port}{parts.path}"
+
+
+class MqttSettings(_Section):
+    """The broker the workers consume from. ``client_id``: the prefix of the workers'
+    MQTT client ids (worker i is ``{client_id}-{i}``); it must differ between processes
+    on one broker, which the default (the host name) does for one process per host."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: Port = 1883
+    group: str = Field(default="ingest", min_length=1, max_length=64)
+    client_id: str = Field(
+        default_factory=lambda: f"fleet-ingest-{socket.gethostname()}", min_length=1, max_length=60
+    )
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @field_validator("group", "client_id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        bad = _MQTT_FORBIDDEN & set(value)
+        if bad:
+            raise ValueError(f"must not contain {' '.join(sorted(map(repr, bad)))}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Self:
+        if (self.tls_cert is not None or self.tls_key is not None) and self.tls_ca is None:
+            raise ValueError("tls_cert and tls_key need tls_ca (TLS to the broker)")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None
+
+
+class HttpSettings(_Section):
+    """Where the HTTP API listens; ``access_log``: one log line per request."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: Port = 8080
+    access_log: bool = False
+
+
+class IngestConfig(_Section):
+    """Every setting of ``fleet-ingest`` (see the module doc)."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from _leaves(kind, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def environment_variables() -> dict[str, tuple[str, ...]]:
+    """Every ``FLEET_INGEST_*`` variable a setting reads, and the key path it sets."""
+    return {ENV_PREFIX + "_".join(path).upper(): path for path in _leaves(IngestConfig)}
+
+
+def _set(tree: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+    for key in path[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            # The file has a scalar where a table belongs: validation names it.
+            return
+        tree = node
+    tree[path[-1]] = value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config {path} is not valid TOML: {err}") from err
+
+
+def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: ``explicit``, else ``$FLEET_INGEST_CONFIG``, else
+    :data:`DEFAULT_CONFIG` when it exists, else none (defaults and environment only)."""
+    if explicit is not None:
+        return explicit
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[tuple[str, ...], object] | None = None,
+) -> IngestConfig:
+    """The validated settings from ``path`` (see :func:`config_path`), the environment
+    and ``overrides`` (key path -> value, e.g. from command-line flags), in that order.
+
+    :class:`ConfigError` for an unreadable file, an unknown key or variable, or a value
+    out of range; the message says which file or variable held it.
+    """
+    environ = os.environ if environ is None else environ
+    file = config_path(path, environ)
+    tree: dict[str, Any] = _read_toml(file) if file is not None else {}
+    sources: dict[tuple[str, ...], str] = {}
+    known = environment_variables()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name != CONFIG_ENV and name not in known
+    )
+    if unknown:
+        raise ConfigError(
+            f"unknown environment variable(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}, {CONFIG_ENV}"
+        )
+    for name, key_path in known.items():
+        if name in environ:
+            _set(tree, key_path, environ[name])
+            sources[key_path] = f"environment variable {name}"
+    for key_path, value in (overrides or {}).items():
+        _set(tree, key_path, value)
+        sources[key_path] = "the command line"
+    try:
+        return IngestConfig.model_validate(tree)
+    except ValidationError as err:
+        where = f"config {file}" if file is not None else "defaults"
+        problems = []
+        for e in err.errors():
+            loc = tuple(str(p) for p in e["loc"])
+            origin = sources.get(loc) or ", ".join(
+                sorted({s for k, s in sources.items() if k[: len(loc)] == loc}) or [where]
+            )
+            problems.append(f"{'.'.join(loc) or '(top level)'}: {e['msg']} (from {origin})")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,215 @@
+"""Running the ingest service: N MQTT workers and the HTTP API in one event loop.
+
+:func:`serve` opens the store (and migrates it), starts ``workers`` :class:`IngestWorker`
+tasks and the uvicorn server as named tasks of one :class:`asyncio.TaskGroup`, and
+runs until SIGTERM or SIGINT (or ``stop``): then the HTTP server stops accepting and
+finishes its requests, the workers are cancelled (a batch cut short is resent by the
+vans: they delete records only on ingest's ack, which follows the commit), and the
+store is closed. A task that fails takes the others down with it and :func:`serve`
+raises: the process exits non-zero and systemd restarts it.
+
+Stores: SQLite has one writer, so workers and API share one store (one connection, one
+thread). PostgreSQL serves many connections, so each worker gets its own store and
+the API another: a slow query of the API never holds up ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from cloud_ingest.config import DatabaseSettings, IngestConfig
+from cloud_ingest.errors import ConfigError, IngestError
+from cloud_ingest.store.base import Store
+
+# The HTTP stack and the MQTT client load only for `serve`: the other commands of
+# fleet-ingest (migrate, device ...) open a store and should start fast.
+if TYPE_CHECKING:
+    import uvicorn
+
+    from cloud_ingest.worker import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+# How long the HTTP server lets running requests finish after a stop signal.
+GRACEFUL_SHUTDOWN_S = 5
+
+
+class ServiceError(IngestError, OSError):
+    """The service cannot start (the HTTP address is taken, ...)."""
+
+
+def make_store(url: str) -> Store:
+    """An unopened store for a database URL (see :class:`DatabaseSettings`):
+    :class:`~cloud_ingest.store.sqlite.SqliteStore` or
+    :class:`~cloud_ingest.store.postgres.PostgresStore`. :class:`ConfigError` for a
+    URL neither takes."""
+    try:
+        settings = DatabaseSettings(url=url)
+    except ValidationError as err:
+        raise ConfigError(f"database URL: {err.errors()[0]['msg']}") from None
+    if settings.backend == "sqlite":
+        from cloud_ingest.store.sqlite import SqliteStore  # noqa: PLC0415 (only what is used)
+
+        return SqliteStore(settings.sqlite_path)
+    from cloud_ingest.store.postgres import PostgresStore  # noqa: PLC0415
+
+    return PostgresStore(url)
+
+
+@asynccontextmanager
+async def open_store(url: str, *, migrate: bool = True) -> AsyncIterator[Store]:
+    """``async with open_store(url) as store``: opened, migrated (unless ``migrate`` is
+    false), closed on the way out. :class:`~cloud_ingest.errors.StorageError` if the
+    database cannot be used, :class:`~cloud_ingest.store.base.MigrationError` if its
+    schema is newer than this code."""
+    async with make_store(url) as store:
+        if migrate:
+            applied = await store.migrate()
+            if applied:
+                log.info("database migrated to version %d", max(applied))
+        yield store
+
+
+def worker_configs(config: IngestConfig) -> list[WorkerConfig]:
+    """One :class:`WorkerConfig` per worker of ``config``."""
+    from cloud_ingest.worker import WorkerConfig  # noqa: PLC0415
+    from firmware_agent.uplink.mqtt import TlsConfig  # noqa: PLC0415
+
+    mqtt = config.mqtt
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(mqtt, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"mqtt.{name}: {path} is not a readable file")
+    tls = (
+        TlsConfig(ca_file=mqtt.tls_ca, cert_file=mqtt.tls_cert, key_file=mqtt.tls_key)
+        if mqtt.tls_ca is not None
+        else None
+    )
+    return [
+        WorkerConfig(
+            host=mqtt.host,
+            port=mqtt.port,
+            client_id=f"{mqtt.client_id}-{i}",
+            group=mqtt.group,
+            max_message_bytes=config.max_message_bytes,
+            tls=tls,
+        )
+        for i in range(1, config.workers + 1)
+    ]
+
+
+def _http_server(config: uvicorn.Config) -> uvicorn.Server:
+    import uvicorn  # noqa: PLC0415
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The service owns SIGTERM and SIGINT (they stop the workers too). uvicorn's
+            # own handlers would raise the signal again after its shutdown, killing the
+            # process with it instead of letting it exit 0.
+            yield
+
+    return Server(config)
+
+
+async def _listen(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as err:
+        raise ServiceError(f"http.host {host!r}: {err}") from err
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ServiceError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+    return sock
+
+
+async def serve(
+    config: IngestConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Run the service until SIGTERM/SIGINT (``handle_signals``) or ``stop`` is set.
+
+    Returns after a clean shutdown. Raises :class:`ConfigError`, :class:`ServiceError`
+    or :class:`~cloud_ingest.errors.StorageError` when it cannot start, and whatever
+    made a task fail (in an :class:`ExceptionGroup`) when one does.
+    """
+    import uvicorn  # noqa: PLC0415
+
+    from cloud_ingest import contract  # noqa: PLC0415
+    from cloud_ingest.api import create_app  # noqa: PLC0415
+    from cloud_ingest.worker import IngestWorker  # noqa: PLC0415
+
+    stop = stop or asyncio.Event()
+    configs = worker_configs(config)
+    # The schemas are package files read on first use: read them now, off the loop,
+    # rather than in a worker's first batch.
+    await asyncio.to_thread(contract.kinds)
+    url = config.database.url
+    sock = await _listen(config.http.host, config.http.port)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    try:
+        async with AsyncExitStack() as stack:
+            store = await stack.enter_async_context(open_store(url))
+            workers = []
+            for wc in configs:
+                worker_store = store
+                if config.database.backend == "postgresql":
+                    worker_store = await stack.enter_async_context(open_store(url, migrate=False))
+                workers.append(IngestWorker(worker_store, wc))
+            app = create_app(store, workers=workers)
+            server = _http_server(
+                uvicorn.Config(
+                    app,
+                    lifespan="off",
+                    log_config=None,
+                    access_log=config.http.access_log,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                )
+            )
+            for sig in signals:
+                loop.add_signal_handler(sig, stop.set)
+            log.info(
+                "fleet-ingest: %d worker(s) on %s:%d, database %s, HTTP on %s:%d",
+                len(workers),
+                config.mqtt.host,
+                config.mqtt.port,
+                config.database.describe(),
+                config.http.host,
+                config.http.port,
+            )
+            async with asyncio.TaskGroup() as tg:
+                http = tg.create_task(server.serve(sockets=[sock]), name="http-api")
+                http.add_done_callback(lambda _: stop.set())
+                tasks = [
+                    tg.create_task(w.run(), name=f"ingest-worker-{w.config.client_id}")
+                    for w in workers
+                ]
+                await stop.wait()
+                log.info("fleet-ingest: stopping")
+                server.should_exit = True
+                await asyncio.wait([http])
+                for task in tasks:
+                    task.cancel()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        sock.close()
+    log.info("fleet-ingest: stopped")
