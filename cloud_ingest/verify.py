@@ -37,11 +37,14 @@ on the device (:mod:`cloud_ingest.store.podlinks`): with N workers, a POD and it
 predecessor may be checked at the same moment by two of them, neither seeing the other.
 
 A :class:`Rejected` carries ``covered`` when the message came from a known, enabled
-device on its own topic with a readable envelope, and retrying it can never succeed:
-the store counts those seqs as received (the payload is quarantined, so nothing is
-lost) and the device's ack moves on instead of it resending the message forever. A
-message from an unknown or disabled device never moves an ack: it waits in the
-device's outbox until the device is enrolled or enabled.
+device on its own topic with a readable envelope, retrying it can never succeed, and
+(for a POD) its signature verified with the device's key: the store counts those seqs
+as received (the payload is quarantined, so nothing is lost) and the device's ack moves
+on instead of it resending the message forever. A POD whose JWS does not verify
+settles nothing: anyone able to publish on the van's topic could otherwise move its
+pod ack past a genuine POD not yet delivered. A message from an unknown or disabled
+device never moves an ack: it waits in the device's outbox until the device is
+enrolled or enabled.
 """
 
 from __future__ import annotations
@@ -386,9 +389,13 @@ def _check_pod(env: RecordEnvelope, device: Device) -> Checked:
         reason: Reason = (
             "malformed" if err.reason in ("malformed", "bad_payload") else "bad_signature"
         )
-        return Rejected(reason, f"jws: {err}", device_id, settles)
+        # Unauthenticated: whoever could publish on the van's topic must not move the
+        # van's pod ack (its next genuine POD would be acked before it was delivered).
+        # The cost: a van whose POD is really corrupt stalls its pod ack there, visible
+        # as a gap plus the quarantined payload, until an operator acts.
+        return Rejected(reason, f"jws: {err}", device_id)
     except ValueError as err:  # a registered key that is no Ed25519 point
-        return Rejected("bad_signature", f"device key unusable: {err}", device_id, settles)
+        return Rejected("bad_signature", f"device key unusable: {err}", device_id)
     pod_seq, prev = claims.get("seq"), claims.get("prev")
     faults = []
     if claims.get("v") != POD_VERSION:

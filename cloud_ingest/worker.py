@@ -243,7 +243,9 @@ class IngestWorker:
         out += [(stream_topic(e.device_id, "event"), _event(e)) for e in result.new_events]
         out += [
             (stream_topic(pod.device_id, "pod"), _pod(pod))
-            for pod in result.new_pods
+            # A POD relinked by this write (pending -> ok) is said again with its new
+            # status: on the stream, the last message per (device_id, seq) wins.
+            for pod in (*result.new_pods, *result.relinked)
             if pod.chain_status != "broken"
         ]
         await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in out))

@@ -60,8 +60,21 @@ def plan_pods(incoming: Sequence[Pod], stored: Iterable[Pod]) -> PodPlan:
     inserted: dict[int, Pod] = {}
     relinked: dict[int, Pod] = {}
     for candidate in sorted(incoming, key=lambda p: (p.pod_seq, p.seq)):
-        if candidate.seq in by_seq:
-            plan.duplicates += 1
+        held = by_seq.get(candidate.seq)
+        if held is not None:
+            if held.jws == candidate.jws:
+                plan.duplicates += 1
+            else:  # another POD under a stored envelope seq: evidence, not a duplicate
+                plan.refused.append(
+                    (
+                        candidate,
+                        Rejected(
+                            "replayed_pod",
+                            f"envelope seq {candidate.seq} already holds POD {held.pod_seq}",
+                            candidate.device_id,
+                        ),
+                    )
+                )
             continue
         replayed = check_replay(candidate, by_pod_seq.get(candidate.pod_seq))
         if replayed is not None:
