@@ -601,13 +601,13 @@ def test_quarantine_and_gaps(make_store: StoreFactory) -> None:
         await ingest(api.store, van.telemetry(21, 30))  # 11..20 never arrived
         await ingest(api.store, van.arrival(1, "S001", minute=5))
         await ingest(api.store, van.arrival(4, "S004", minute=9))  # 2, 3 missing
-        forged = forger.pod()  # signed by another key: bad_signature, settles seq 1
+        forged = forger.pod()  # signed by another key: bad_signature, settles nothing
         await ingest(api.store, forged)
 
         gaps = (await c.get("/v1/devices/van-7/gaps")).json()
         assert gaps == {
             "device_id": "van-7",
-            "acks": {"telemetry": 10, "events": 1, "pod": 1},
+            "acks": {"telemetry": 10, "events": 1, "pod": 0},
             "gaps": [
                 {"stream": "telemetry", "first_seq": 11, "last_seq": 20},
                 {"stream": "events", "first_seq": 2, "last_seq": 3},
@@ -622,7 +622,7 @@ def test_quarantine_and_gaps(make_store: StoreFactory) -> None:
         )
         assert q["payload_text"] == forged[1].decode()
         assert q["received_at"] == "2026-11-21T09:30:00.000Z"
-        assert q["covered"] == {"stream": "pod", "first_seq": 1, "last_seq": 1}
+        assert q["covered"] is None
         junk = ("fleet/v1/van-7/events", b"\xff\x00not json")
         await ingest(api.store, junk)
         newest, oldest = (await c.get("/v1/quarantine?limit=2")).json()
