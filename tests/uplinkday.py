@@ -185,9 +185,12 @@ class ObservedWorker(IngestWorker):
     processed: int = 0
 
     async def process(self, client: aiomqtt.Client, received: list[Any]) -> WriteResult:
-        result = await super().process(client, received)
-        self.processed += len(received)
-        return result
+        try:
+            return await super().process(client, received)
+        finally:
+            # Done with, stored or not: a batch cut short by the broker's death is
+            # resent by the van (no ack came), and counts again when it arrives.
+            self.processed += len(received)
 
     async def finished(self, count: int, *, timeout_s: float = 30.0) -> None:
         """Return once ``count`` messages have been processed in all."""
