@@ -70,7 +70,9 @@ from firmware_agent.errors import CodecError
 from firmware_agent.pod.chain import GENESIS_PREV, POD_VERSION, is_hex_digest, pod_digest
 from firmware_agent.pod.jws import POD_TYP, JwsError, verify_compact
 from firmware_agent.uplink.codec import (
+    VERSION,
     RecordEnvelope,
+    TelemetryBatch,
     decode_batch,
     decode_record,
     decode_status,
@@ -288,12 +290,26 @@ def _device_mismatch(payload_device: str, topic_device: str) -> Rejected:
     )
 
 
+def _header(batch: TelemetryBatch) -> dict[str, Any]:
+    return {
+        "v": VERSION,
+        "device_id": batch.device_id,
+        "first_seq": batch.first_seq,
+        "last_seq": batch.last_seq,
+        "historical": batch.historical,
+        "fixes": [],
+    }
+
+
 def _check_telemetry(device_id: str, payload: bytes) -> Checked:
     try:
         batch = decode_batch(payload)
     except CodecError as err:
         return Rejected("malformed", str(err), device_id)
-    rejected = _schema("telemetry-batch", batch.to_json(), device_id)
+    # The header only: every fix is what decode_batch rebuilt from range-checked wire
+    # integers, inside the bounds the schema's fix states (a property test holds every
+    # decodable batch valid), and validating each fix was most of ingest's CPU time.
+    rejected = _schema("telemetry-batch", _header(batch), device_id)
     if rejected is not None:
         return rejected
     if batch.device_id != device_id:

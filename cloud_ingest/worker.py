@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,6 +122,10 @@ class IngestWorker:
                     protocol=aiomqtt.ProtocolVersion.V5,
                     max_inflight_messages=c.max_inflight,
                     tls_context=tls,
+                    # A batch's acks and republished records are many small writes
+                    # awaiting PUBACKs: with Nagle's algorithm a burst waits for the
+                    # broker's delayed ACK (the broker needs set_tcp_nodelay true too).
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                 ) as client:
                     client.pending_calls_threshold = 10 * c.max_inflight
                     self.counts.connects += 1
@@ -238,7 +243,7 @@ class IngestWorker:
             (downlink_topic(device_id, "ack"), encode_ack(device_id, dict(acks), time=now))
             for device_id, acks in result.acks.items()
         ]
-        await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in acks))
+        await self._publish_all(client, acks)
         out = [(stream_topic(p.device_id, "position"), _position(p)) for p in result.new_positions]
         out += [(stream_topic(e.device_id, "event"), _event(e)) for e in result.new_events]
         out += [
@@ -248,7 +253,19 @@ class IngestWorker:
             for pod in (*result.new_pods, *result.relinked)
             if pod.chain_status != "broken"
         ]
-        await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in out))
+        await self._publish_all(client, out)
+
+    async def _publish_all(self, client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
+        """Publish at QoS 1 with at most ``max_inflight`` calls pending: aiomqtt lists
+        every pending call at each publish, so a batch's thousands handed over at once
+        cost quadratic time (and a warning per publish past its threshold)."""
+        window = asyncio.Semaphore(self.config.max_inflight)
+
+        async def one(topic: str, payload: bytes) -> None:
+            async with window:
+                await client.publish(topic, payload, qos=1)
+
+        await asyncio.gather(*(one(t, p) for t, p in messages))
 
 
 def _topic_device(topic: str) -> str | None:

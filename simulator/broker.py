@@ -47,6 +47,7 @@ class Mosquitto:
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {directory}/",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",  # acks and PUBACKs are small writes: no Nagle delay
             "log_dest stderr",
             "log_type error",
             "log_type warning",
