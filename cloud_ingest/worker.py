@@ -41,7 +41,7 @@ from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
 from firmware_agent.backoff import Backoff
 from firmware_agent.gnss.fix import format_utc
 from firmware_agent.uplink.codec import encode_ack
-from firmware_agent.uplink.mqtt import TlsConfig, broker_error
+from firmware_agent.uplink.mqtt import TlsConfig, being_cancelled, broker_error
 from firmware_agent.uplink.topics import downlink_topic, shared_subscriptions, stream_topic
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ class IngestWorker:
                     log.info("ingest %s: consuming from %s:%d", c.client_id, c.host, c.port)
                     await self._consume(client)
             except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                if being_cancelled():
+                    raise asyncio.CancelledError from caught
                 err = broker_error(caught)
                 if err is None:
                     self.counts.store_errors += 1

@@ -331,3 +331,35 @@ def test_gnss_clock_follows_the_system_clock_unless_it_is_wrong() -> None:
     # A Pi without RTC booted at its last shutdown time: a day behind GNSS.
     clock.observe(now + dt.timedelta(days=1))
     assert abs((clock.now() - (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))).total_seconds()) < 1
+
+
+class _RacingUplink(Uplink):
+    """An uplink whose downlink reader fails as it is cancelled, as aiomqtt's message
+    iterator can ("Disconnected during message iteration") while the client closes."""
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        try:
+            await super()._receive(client)
+        except asyncio.CancelledError:
+            raise aiomqtt.MqttError("Disconnected during message iteration") from None
+
+
+def test_cancelling_the_uplink_stops_it_even_when_a_child_fails_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # A task group cancelled while a child fails raises the child's error, not
+    # CancelledError: the reconnect loop must not take it for a lost broker.
+    async def main(broker: Mosquitto) -> None:
+        async with AsyncOutbox(tmp_path / "outbox.db") as outbox:
+            uplink = _RacingUplink(UplinkConfig(device_id=DEVICE, port=broker.port), outbox)
+            task = asyncio.create_task(uplink.run())
+            async with asyncio.timeout(10):
+                await uplink.connected.wait()
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert done, "the uplink swallowed its cancellation and kept reconnecting"
+            assert task.cancelled()
+            assert uplink.counts.connects == 1
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        asyncio.run(main(broker))

@@ -175,6 +175,8 @@ class Uplink:
                     backoff.reset()
                     await self._session(client)
             except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                if being_cancelled():
+                    raise asyncio.CancelledError from caught
                 err = broker_error(caught)
                 if err is None:
                     raise
@@ -362,6 +364,18 @@ class Uplink:
                 window.release()
 
         publishes.create_task(publish(), name=f"publish-{stream}")
+
+
+def being_cancelled() -> bool:
+    """Whether the current task has a cancellation pending.
+
+    A task group cancelled while one of its children fails raises the child's error
+    instead of CancelledError; a reconnect loop that took that for a lost broker would
+    swallow the cancellation and reconnect forever (seen: ``fleet-agent run
+    --exit-when-drained`` hanging after its last ack). Such loops check this first.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def broker_error(err: BaseException) -> aiomqtt.MqttError | None:
