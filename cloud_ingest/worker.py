@@ -41,7 +41,12 @@ from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
 from firmware_agent.backoff import Backoff
 from firmware_agent.gnss.fix import format_utc
 from firmware_agent.uplink.codec import encode_ack
-from firmware_agent.uplink.mqtt import TlsConfig, being_cancelled, broker_error
+from firmware_agent.uplink.mqtt import (
+    TlsConfig,
+    being_cancelled,
+    broker_error,
+    until_one_ends,
+)
 from firmware_agent.uplink.topics import downlink_topic, shared_subscriptions, stream_topic
 
 log = logging.getLogger(__name__)
@@ -159,9 +164,9 @@ class IngestWorker:
             async for message in client.messages:
                 queue.put_nowait(self._received(message))
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(pump(), name="ingest-receive")
-            tg.create_task(self._batches(client, queue), name="ingest-store")
+        await until_one_ends(
+            {"ingest-receive": pump(), "ingest-store": self._batches(client, queue)}
+        )
 
     async def _batches(self, client: aiomqtt.Client, queue: asyncio.Queue[_Received]) -> None:
         c = self.config

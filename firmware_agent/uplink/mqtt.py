@@ -20,7 +20,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,9 +238,9 @@ class Uplink:
         )
         self.connected.set()
         log.info("uplink: connected to %s:%d as %s", self.config.host, self.config.port, device)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._receive(client), name="uplink-downlink")
-            tg.create_task(self._send(client), name="uplink-send")
+        await until_one_ends(
+            {"uplink-downlink": self._receive(client), "uplink-send": self._send(client)}
+        )
 
     # -- downlink ----------------------------------------------------------------
 
@@ -373,9 +373,28 @@ def being_cancelled() -> bool:
     instead of CancelledError; a reconnect loop that took that for a lost broker would
     swallow the cancellation and reconnect forever (seen: ``fleet-agent run
     --exit-when-drained`` hanging after its last ack). Such loops check this first.
+    It is exact only if no task group ran directly in the task: Python 3.11's
+    TaskGroup leaves its own cancel request counted after a child fails, hence
+    :func:`until_one_ends` for the connection's tasks.
     """
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def until_one_ends(coros: dict[str, Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` as named tasks until the first ends; cancel and await the others;
+    re-raise what ended the first (an error, or nothing). A cancellation of the caller
+    propagates as CancelledError, never wrapped in an exception group."""
+    tasks = [asyncio.create_task(c, name=name) for name, c in coros.items()]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            t.result()
 
 
 def broker_error(err: BaseException) -> aiomqtt.MqttError | None:
