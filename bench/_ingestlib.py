@@ -82,12 +82,12 @@ from firmware_agent.uplink.codec import FixRecord, encode_batch, encode_record, 
 from firmware_agent.uplink.topics import shared_subscriptions, uplink_topic
 from firmware_agent.van import Message as VanMessage
 from firmware_agent.van import VanPipeline
+from simulator.broker import MOSQUITTO, Mosquitto
 from simulator.manifest import build_manifest
 from simulator.nmea_writer import epoch_bytes
 from simulator.scans import build_scan_log
 from simulator.scenario import DEFAULT_START, ScenarioConfig, generate
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 PG_ADMIN_DSN = os.environ.get(
     "FLEET_BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -165,77 +165,19 @@ class CpuMeter:
 # --- Mosquitto ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A private Mosquitto for one measurement: ``with Broker(directory) as broker``.
-
-    ``nodelay``: ``set_tcp_nodelay true`` (Mosquitto's default is false)."""
+class Broker(Mosquitto):
+    """A private Mosquitto for one measurement (:class:`simulator.broker.Mosquitto`):
+    no persistence, no limit on a subscriber's queue (a worker behind by more than the
+    default 1000 would silently lose QoS 1 messages), Nagle's algorithm as Mosquitto's
+    default unless ``nodelay``; plus the broker's CPU time."""
 
     def __init__(self, directory: Path, *, nodelay: bool = False) -> None:
-        if not Path(MOSQUITTO).exists():
-            raise SystemExit(f"mosquitto is not installed ({MOSQUITTO})")
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.log = directory / "mosquitto.log"
-        self.config = directory / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence false",
-            # Default 1000: a worker behind by more would silently lose QoS 1 messages.
-            "max_queued_messages 0",
-            # Mosquitto's default is false: Nagle's algorithm on the broker's sockets.
-            f"set_tcp_nodelay {'true' if nodelay else 'false'}",
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            # Run as root, mosquitto would switch to the "mosquitto" user.
-            "user root" if os.geteuid() == 0 else "",
-        ]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Broker:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            except OSError:
-                time.sleep(0.05)
-            else:
-                return self
-        raise RuntimeError(f"mosquitto did not listen on {self.port}")
+        super().__init__(directory, persistence=False, max_queued_messages=0, nodelay=nodelay)
 
     def cpu_s(self) -> float:
         """The broker's user + system CPU time so far."""
         assert self.process is not None
         return process_cpu_s(self.process.pid)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.process = None
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -31,9 +32,20 @@ class BrokerError(RuntimeError):
 
 class Mosquitto:
     """One broker process. ``persistence``: keep sessions and queued messages across a
-    restart (as a production broker does), in ``directory``."""
+    restart (as a production broker does), in ``directory``. ``max_queued_messages``
+    per client (0: no limit; Mosquitto's default of 1000 drops QoS 1 messages for a
+    subscriber that falls further behind). ``nodelay``: ``set_tcp_nodelay`` (acks and
+    PUBACKs are small writes; Mosquitto's default leaves Nagle's algorithm on)."""
 
-    def __init__(self, directory: Path, *, persistence: bool = True, extra: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistence: bool = True,
+        max_queued_messages: int = 100_000,
+        nodelay: bool = True,
+        extra: str = "",
+    ) -> None:
         if not Path(MOSQUITTO).exists():
             raise BrokerError(f"mosquitto is not installed ({MOSQUITTO}); ./run installs it")
         self.directory = directory
@@ -46,8 +58,8 @@ class Mosquitto:
             "allow_anonymous true",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {directory}/",
-            "max_queued_messages 100000",
-            "set_tcp_nodelay true",  # acks and PUBACKs are small writes: no Nagle delay
+            f"max_queued_messages {max_queued_messages}",
+            f"set_tcp_nodelay {'true' if nodelay else 'false'}",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -93,7 +105,7 @@ class Mosquitto:
                 self.process.wait(10)
         self.process = None
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
