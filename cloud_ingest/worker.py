@@ -41,12 +41,7 @@ from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
 from firmware_agent.backoff import Backoff
 from firmware_agent.gnss.fix import format_utc
 from firmware_agent.uplink.codec import encode_ack
-from firmware_agent.uplink.mqtt import (
-    TlsConfig,
-    being_cancelled,
-    broker_error,
-    until_one_ends,
-)
+from firmware_agent.uplink.mqtt import TlsConfig, stay_connected, until_one_ends
 from firmware_agent.uplink.topics import downlink_topic, shared_subscriptions, stream_topic
 
 log = logging.getLogger(__name__)
@@ -116,43 +111,39 @@ class IngestWorker:
 
     async def run(self) -> None:
         c = self.config
-        backoff = Backoff(c.backoff_initial_s, c.backoff_max_s)
         tls = None if c.tls is None else await asyncio.to_thread(c.tls.context)
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    c.host,
-                    c.port,
-                    identifier=c.client_id,
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    max_inflight_messages=c.max_inflight,
-                    tls_context=tls,
-                    # A batch's acks and republished records are many small writes
-                    # awaiting PUBACKs: with Nagle's algorithm a burst waits for the
-                    # broker's delayed ACK (the broker needs set_tcp_nodelay true too).
-                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                ) as client:
-                    client.pending_calls_threshold = 10 * c.max_inflight
-                    self.counts.connects += 1
-                    for topic in shared_subscriptions(c.group):
-                        await client.subscribe(topic, qos=1)
-                    self.connected.set()
-                    backoff.reset()
-                    log.info("ingest %s: consuming from %s:%d", c.client_id, c.host, c.port)
-                    await self._consume(client)
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                if being_cancelled():
-                    raise asyncio.CancelledError from caught
-                err = broker_error(caught)
-                if err is None:
-                    self.counts.store_errors += 1
-                    raise
-                self.connected.clear()
-                delay_s = backoff.next_delay_s()
-                log.warning(
-                    "ingest %s: broker lost (%s); retry in %.1f s", c.client_id, err, delay_s
-                )
-                await asyncio.sleep(delay_s)
+
+        async def connection(backoff: Backoff) -> None:
+            async with aiomqtt.Client(
+                c.host,
+                c.port,
+                identifier=c.client_id,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                max_inflight_messages=c.max_inflight,
+                tls_context=tls,
+                # A batch's acks and republished records are many small writes
+                # awaiting PUBACKs: with Nagle's algorithm a burst waits for the
+                # broker's delayed ACK (the broker needs set_tcp_nodelay true too).
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            ) as client:
+                client.pending_calls_threshold = 10 * c.max_inflight
+                self.counts.connects += 1
+                for topic in shared_subscriptions(c.group):
+                    await client.subscribe(topic, qos=1)
+                self.connected.set()
+                backoff.reset()
+                log.info("ingest %s: consuming from %s:%d", c.client_id, c.host, c.port)
+                await self._consume(client)
+
+        def lost(err: aiomqtt.MqttError) -> None:
+            self.connected.clear()
+            log.warning("ingest %s: broker lost (%s); reconnecting", c.client_id, err)
+
+        try:
+            await stay_connected(connection, Backoff(c.backoff_initial_s, c.backoff_max_s), lost)
+        except Exception:
+            self.counts.store_errors += 1  # not the broker: the store (systemd restarts us)
+            raise
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         # One task only moves messages into our queue: cancelling a wait on aiomqtt's

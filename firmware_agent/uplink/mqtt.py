@@ -164,35 +164,22 @@ class Uplink:
     async def run(self) -> None:
         """Connect, send, reconnect; forever (cancel to stop)."""
         c = self.config
-        backoff = Backoff(c.backoff_initial_s, c.backoff_max_s)
         tls = None if c.tls is None else await asyncio.to_thread(c.tls.context)
-        while True:
-            try:
-                async with self._client(tls) as client:
-                    # The window bounds our publishes; aiomqtt would warn past 10.
-                    client.pending_calls_threshold = 2 * c.window
-                    self.counts.connects += 1
-                    backoff.reset()
-                    await self._session(client)
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                if being_cancelled():
-                    raise asyncio.CancelledError from caught
-                err = broker_error(caught)
-                if err is None:
-                    raise
-                self.connected.clear()
-                self.counts.disconnects += 1
-                self._fault("broker", f"MQTT connection to {c.host}:{c.port}: {err}")
-                await asyncio.sleep(backoff.next_delay_s())
 
-    async def stop(self, client: aiomqtt.Client) -> None:
-        """Say offline (retained) before a clean disconnect: the will is not sent then."""
-        await client.publish(
-            status_topic(self.config.device_id),
-            encode_status(self.config.device_id, "offline", time=self._clock()),
-            qos=1,
-            retain=True,
-        )
+        async def connection(backoff: Backoff) -> None:
+            async with self._client(tls) as client:
+                # The window bounds our publishes; aiomqtt would warn past 10.
+                client.pending_calls_threshold = 2 * c.window
+                self.counts.connects += 1
+                backoff.reset()
+                await self._session(client)
+
+        def lost(err: aiomqtt.MqttError) -> None:
+            self.connected.clear()
+            self.counts.disconnects += 1
+            self._fault("broker", f"MQTT connection to {c.host}:{c.port}: {err}")
+
+        await stay_connected(connection, Backoff(c.backoff_initial_s, c.backoff_max_s), lost)
 
     # -- connection --------------------------------------------------------------
 
@@ -379,6 +366,31 @@ def being_cancelled() -> bool:
     """
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def stay_connected(
+    connection: Callable[[Backoff], Awaitable[None]],
+    backoff: Backoff,
+    lost: Callable[[aiomqtt.MqttError], None],
+) -> None:
+    """The reconnect loop of every MQTT client here (the uplink, ingest's workers).
+
+    Runs ``connection(backoff)`` (which resets ``backoff`` once connected) until it
+    fails; a lost broker is reported to ``lost`` and retried after the backoff's next
+    delay, anything else propagates, and so does a cancellation, whatever error a task
+    group wrapped around it (:func:`being_cancelled`).
+    """
+    while True:
+        try:
+            await connection(backoff)
+        except (aiomqtt.MqttError, ExceptionGroup) as caught:
+            if being_cancelled():
+                raise asyncio.CancelledError from caught
+            err = broker_error(caught)
+            if err is None:
+                raise
+            lost(err)
+            await asyncio.sleep(backoff.next_delay_s())
 
 
 async def until_one_ends(coros: dict[str, Coroutine[Any, Any, None]]) -> None:
