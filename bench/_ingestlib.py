@@ -518,10 +518,10 @@ class _TimedStore:
         self._store = store
         self._report = report
 
-    async def write(self, batch: WriteBatch) -> WriteResult:
+    async def write(self, batch: WriteBatch, **kwargs: Any) -> WriteResult:
         started = time.perf_counter()
         try:
-            return await self._store.write(batch)
+            return await self._store.write(batch, **kwargs)
         finally:
             self._report.write_s += time.perf_counter() - started
 
@@ -543,9 +543,7 @@ class _TimedWorker(IngestWorker):
 
     async def _publish(self, client: Any, result: WriteResult) -> None:
         started = time.perf_counter()
-        self.report.stream_messages += (
-            len(result.new_positions) + len(result.new_events) + len(result.new_pods)
-        )
+        self.report.stream_messages += len(result.stream)
         try:
             await super()._publish(client, result)
         finally:

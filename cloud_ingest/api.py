@@ -476,6 +476,13 @@ class IngestCollector(Collector):
         batches = counter("batches", "Store transactions (one per batch of messages)")
         connects = counter("broker_connects", "Successful connections to the broker")
         store_errors = counter("store_errors", "Batches the store failed to write")
+        published = counter(
+            "stream_messages_published", "fleetstream/v1 messages published and PUBACKed"
+        )
+        reclaimed = counter(
+            "stream_messages_reclaimed",
+            "fleetstream/v1 messages taken over from the outbox after their writer's lease",
+        )
         connected = GaugeMetricFamily(
             "fleet_ingest_worker_connected", "1 while the worker is subscribed", labels=["worker"]
         )
@@ -489,8 +496,11 @@ class IngestCollector(Collector):
             batches.add_metric([name], c.batches)
             connects.add_metric([name], c.connects)
             store_errors.add_metric([name], c.store_errors)
+            published.add_metric([name], c.stream_published)
+            reclaimed.add_metric([name], c.stream_reclaimed)
             connected.add_metric([name], 1 if w.connected.is_set() else 0)
         yield from (received, stored, duplicates, quarantined, batches, connects, store_errors)
+        yield from (published, reclaimed)
         yield connected
         yield GaugeMetricFamily(
             "fleet_ingest_store_up", "1 when the last row count succeeded", value=self.store_up

@@ -6,18 +6,22 @@ change. Each worker gathers what arrives for up to ``batch_wait_s`` (at most
 ``batch_max`` messages), checks every message (:func:`cloud_ingest.verify.check_message`;
 a refused one goes to quarantine with its reason, never stops the worker), stores the
 batch in one transaction, and only then publishes each device's cumulative ``ack`` and
-the new records on ``fleetstream/v1/{device_id}/{kind}``.
+the new records on ``fleetstream/v1/{device_id}/{kind}`` (:mod:`cloud_ingest.fleetstream`).
 
 A worker killed mid-batch loses nothing: the broker considers messages delivered once
 the client has received them, but the vans delete records only on ingest's ``ack``,
 which follows the commit, so they send the lost batch again (and the store ignores
-whatever had been stored already).
+whatever had been stored already). The normalized stream cannot count on that resend
+(the resent copies are duplicates, announced by nobody), so the batch's transaction
+also stores its stream messages in the store's outbox, leased to this worker: it
+publishes them and deletes them once PUBACKed (with its next write, or after
+``stream_sweep_s`` idle); every ``stream_sweep_s`` each worker also claims and
+publishes messages whose lease ran out, those of a worker that died in between.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -28,21 +32,13 @@ from typing import Any
 
 import aiomqtt
 
-from cloud_ingest.store.base import (
-    Device,
-    Pod,
-    Position,
-    StopEvent,
-    Store,
-    WriteBatch,
-    WriteResult,
-)
+from cloud_ingest import contract
+from cloud_ingest.store.base import STREAM_LEASE_S, Device, Store, WriteBatch, WriteResult
 from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
 from firmware_agent.backoff import Backoff
-from firmware_agent.gnss.fix import format_utc
 from firmware_agent.uplink.codec import encode_ack
 from firmware_agent.uplink.mqtt import TlsConfig, stay_connected, until_one_ends
-from firmware_agent.uplink.topics import downlink_topic, shared_subscriptions, stream_topic
+from firmware_agent.uplink.topics import downlink_topic, shared_subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +62,12 @@ class WorkerConfig:
     backoff_max_s: float = 30.0
     # Mutual TLS to the broker (the same settings as a van's).
     tls: TlsConfig | None = None
+    # A batch's stream messages are this worker's to publish for this long; after it any
+    # worker's sweep (every stream_sweep_s) takes them over.
+    stream_lease_s: float = STREAM_LEASE_S
+    stream_sweep_s: float = 1.0
+    # Batches in hand at once: one checked while the one before is being written.
+    pipeline_batches: int = 2
 
 
 @dataclass
@@ -77,6 +79,8 @@ class WorkerCounts:
     batches: int = 0
     connects: int = 0
     store_errors: int = 0
+    stream_published: int = 0  # fleetstream messages PUBACKed
+    stream_reclaimed: int = 0  # of which taken over from the outbox after their lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +112,17 @@ class IngestWorker:
         self.connected = asyncio.Event()
         self.stored = asyncio.Event()
         self._devices: dict[str, tuple[float, Device | None]] = {}
+        # Outbox ids of stream messages published and PUBACKed, not deleted yet.
+        self._streamed: list[int] = []
+        self._last_write = time.monotonic()
+        # A batch writes, then publishes, in turn: see process().
+        self._write_turn = asyncio.Lock()
+        self._publish_turn = asyncio.Lock()
 
     async def run(self) -> None:
         c = self.config
         tls = None if c.tls is None else await asyncio.to_thread(c.tls.context)
+        await asyncio.to_thread(contract.prepare)
 
         async def connection(backoff: Backoff) -> None:
             async with aiomqtt.Client(
@@ -156,26 +167,80 @@ class IngestWorker:
                 queue.put_nowait(self._received(message))
 
         await until_one_ends(
-            {"ingest-receive": pump(), "ingest-store": self._batches(client, queue)}
+            {
+                "ingest-receive": pump(),
+                "ingest-store": self._batches(client, queue),
+                "ingest-stream-sweep": self._sweep(client),
+            }
         )
 
-    async def _batches(self, client: aiomqtt.Client, queue: asyncio.Queue[_Received]) -> None:
+    async def _sweep(self, client: aiomqtt.Client) -> None:
+        """Delete what was published while no batch came to do it; publish the outbox
+        messages whose lease ran out (their worker died between commit and PUBACK)."""
         c = self.config
         while True:
-            batch = [await queue.get()]
-            deadline = time.monotonic() + c.batch_wait_s
-            while len(batch) < c.batch_max:
-                if queue.empty():
-                    remaining_s = deadline - time.monotonic()
-                    if remaining_s <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(queue.get(), remaining_s))
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(queue.get_nowait())
-            await self.process(client, batch)
+            if self._streamed and time.monotonic() - self._last_write >= c.stream_sweep_s:
+                ids, self._streamed = self._streamed, []
+                await self.store.stream_done(ids)
+            while claimed := await self.store.claim_stream(
+                stream_lease_s=c.stream_lease_s, limit=c.batch_max
+            ):
+                log.info(
+                    "ingest %s: publishing %d orphaned stream messages", c.client_id, len(claimed)
+                )
+                await self._publish_all(client, [(m.topic, m.payload) for m in claimed])
+                self._streamed += (m.id for m in claimed)
+                self.counts.stream_published += len(claimed)
+                self.counts.stream_reclaimed += len(claimed)
+            await asyncio.sleep(c.stream_sweep_s)
+
+    async def _batches(self, client: aiomqtt.Client, queue: asyncio.Queue[_Received]) -> None:
+        """Cut the queue into batches and process them, up to ``pipeline_batches`` at
+        once: the next batch is checked on the loop while the last one's transaction
+        runs in the store (a thread or the database server)."""
+        c = self.config
+        inflight: set[asyncio.Task[WriteResult]] = set()
+        try:
+            while True:
+                batch = [await self._next(queue, inflight)]
+                deadline = time.monotonic() + c.batch_wait_s
+                while len(batch) < c.batch_max:
+                    if queue.empty():
+                        remaining_s = deadline - time.monotonic()
+                        if remaining_s <= 0:
+                            break
+                        try:
+                            batch.append(await asyncio.wait_for(queue.get(), remaining_s))
+                        except TimeoutError:
+                            break
+                    else:
+                        batch.append(queue.get_nowait())
+                while len(inflight) >= max(1, c.pipeline_batches):
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    _reap(inflight)
+                inflight.add(asyncio.create_task(self.process(client, batch), name="ingest-batch"))
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    @staticmethod
+    async def _next(
+        queue: asyncio.Queue[_Received], inflight: set[asyncio.Task[WriteResult]]
+    ) -> _Received:
+        """The next message; meanwhile a batch that failed raises here (a lost broker,
+        a store error), not only when more traffic comes."""
+        if not inflight:
+            return await queue.get()
+        get = asyncio.ensure_future(queue.get())
+        try:
+            while True:
+                await asyncio.wait({get, *inflight}, return_when=asyncio.FIRST_COMPLETED)
+                _reap(inflight)
+                if get.done():
+                    return get.result()
+        finally:
+            get.cancel()  # Queue.get gives nothing up when cancelled
 
     def _received(self, message: aiomqtt.Message) -> _Received:
         payload = message.payload
@@ -197,7 +262,8 @@ class IngestWorker:
         return device
 
     async def process(self, client: aiomqtt.Client, received: list[_Received]) -> WriteResult:
-        """Check, store (one transaction), then ack and republish: one batch."""
+        """Check, store (one transaction), then ack and announce: one batch. Batches
+        may be checked at once; they write one at a time and publish in write order."""
         items: list[Any] = []
         for r in received:
             self.counts.received += 1
@@ -219,39 +285,50 @@ class IngestWorker:
                     self.status[item.device_id] = item
                 else:
                     items.append(item)
-        batch = WriteBatch.of(items)
-        result = await self.store.write(batch) if batch else WriteResult()
-        self.counts.batches += 1
-        self.counts.stored += (
-            len(result.new_positions) + len(result.new_events) + len(result.new_pods)
-        )
-        self.counts.duplicates += result.duplicates
-        for q in result.quarantined:
-            self.counts.quarantined[q.reason] = self.counts.quarantined.get(q.reason, 0) + 1
-            log.info("ingest: quarantined %s from %s: %s", q.reason, q.topic, q.detail)
-        await self._publish(client, result)
+        async with self._write_turn:
+            streamed, self._streamed = self._streamed, []
+            batch = WriteBatch.of(items, streamed=streamed)
+            try:
+                result = (
+                    await self.store.write(batch, stream_lease_s=self.config.stream_lease_s)
+                    if batch
+                    else WriteResult()
+                )
+            except BaseException:
+                self._streamed[:0] = streamed  # not deleted: say them again next time
+                raise
+            # Publishing goes in commit order (a later batch's acks are never sent
+            # before an earlier one's: acks on the wire never go down): the publish
+            # turn is taken before the next batch may write.
+            await self._publish_turn.acquire()
+        try:
+            self._last_write = time.monotonic()
+            self.counts.batches += 1
+            self.counts.stored += (
+                len(result.new_positions) + len(result.new_events) + len(result.new_pods)
+            )
+            self.counts.duplicates += result.duplicates
+            for q in result.quarantined:
+                self.counts.quarantined[q.reason] = self.counts.quarantined.get(q.reason, 0) + 1
+                log.info("ingest: quarantined %s from %s: %s", q.reason, q.topic, q.detail)
+            await self._publish(client, result)
+        finally:
+            self._publish_turn.release()
         self.stored.set()
         return result
 
     async def _publish(self, client: aiomqtt.Client, result: WriteResult) -> None:
-        """Acks first (they free the vans' outboxes), then the normalized stream; all
-        in flight at once (paho bounds what is on the wire), not one round trip each."""
+        """Acks first (they free the vans' outboxes), then the batch's stream messages;
+        all in flight at once (paho bounds what is on the wire), not one round trip each."""
         now = self._clock()
         acks = [
             (downlink_topic(device_id, "ack"), encode_ack(device_id, dict(acks), time=now))
             for device_id, acks in result.acks.items()
         ]
         await self._publish_all(client, acks)
-        out = [(stream_topic(p.device_id, "position"), _position(p)) for p in result.new_positions]
-        out += [(stream_topic(e.device_id, "event"), _event(e)) for e in result.new_events]
-        out += [
-            (stream_topic(pod.device_id, "pod"), _pod(pod))
-            # A POD relinked by this write (pending -> ok) is said again with its new
-            # status: on the stream, the last message per (device_id, seq) wins.
-            for pod in (*result.new_pods, *result.relinked)
-            if pod.chain_status != "broken"
-        ]
-        await self._publish_all(client, out)
+        await self._publish_all(client, [(m.topic, m.payload) for m in result.stream])
+        self._streamed += (m.id for m in result.stream)
+        self.counts.stream_published += len(result.stream)
 
     async def _publish_all(self, client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
         """Publish at QoS 1 with at most ``max_inflight`` calls pending: aiomqtt lists
@@ -266,47 +343,13 @@ class IngestWorker:
         await asyncio.gather(*(one(t, p) for t, p in messages))
 
 
+def _reap(tasks: set[asyncio.Task[WriteResult]]) -> None:
+    """Drop the finished tasks; raise what the first failed one raised."""
+    for task in [t for t in tasks if t.done()]:
+        tasks.discard(task)
+        task.result()
+
+
 def _topic_device(topic: str) -> str | None:
     parts = topic.split("/")
     return parts[2] if len(parts) == 4 and parts[0] == "fleet" else None
-
-
-def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _position(p: Position) -> bytes:
-    return _dumps(
-        {
-            "device_id": p.device_id,
-            "seq": p.seq,
-            "time": format_utc(p.time),
-            "lat": p.lat,
-            "lon": p.lon,
-            "speed_mps": p.speed_mps,
-            "course_deg": p.course_deg,
-            "hdop": p.hdop,
-            "historical": p.historical,
-        }
-    )
-
-
-def _event(e: StopEvent) -> bytes:
-    return _dumps({**e.record, "device_id": e.device_id, "seq": e.seq, "historical": e.historical})
-
-
-def _pod(pod: Pod) -> bytes:
-    return _dumps(
-        {
-            "device_id": pod.device_id,
-            "seq": pod.seq,
-            "historical": pod.historical,
-            "parcel": pod.parcel,
-            "stop_id": pod.stop_id,
-            "time": format_utc(pod.time),
-            "verdict": pod.verdict,
-            "jws": pod.jws,
-            "verified": True,
-            "chain": pod.chain_status,
-        }
-    )

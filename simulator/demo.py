@@ -57,19 +57,21 @@ async def _watch(port: int, out: TextIO, ready: asyncio.Event) -> None:
         async for message in client.messages:
             if not isinstance(message.payload, bytes):
                 continue
-            m = json.loads(message.payload)
-            kind = m.get("type", "pod")
-            where = m.get("stop_id") or ""
-            if kind == "pod":
-                detail = f"parcel {m['parcel']} {m['verdict']}, signature verified"
-            elif kind == "scan_rejected":
-                detail = f"scan rejected: {m.get('reason')}"
-            else:
-                detail = ", ".join(
-                    f"{k}={m[k]}" for k in ("visit", "kind", "by_s", "distance_m") if k in m
-                )
-            out.write(f"  {m.get('time', '')[11:19]}  {kind:<14} {where:<6} {detail}\n")
+            for m in json.loads(message.payload)["records"]:
+                out.write(_stream_line(m))
             out.flush()
+
+
+def _stream_line(m: dict[str, Any]) -> str:
+    kind = m.get("type", "pod")
+    where = m.get("stop_id") or ""
+    if kind == "pod":
+        detail = f"parcel {m['parcel']} {m['verdict']}, signature verified"
+    elif kind == "scan_rejected":
+        detail = f"scan rejected: {m.get('reason')}"
+    else:
+        detail = ", ".join(f"{k}={m[k]}" for k in ("visit", "kind", "by_s", "distance_m") if k in m)
+    return f"  {m.get('time', '')[11:19]}  {kind:<14} {where:<6} {detail}\n"
 
 
 def _truth(path: Path) -> dict[str, datetime]:

@@ -1,7 +1,7 @@
 """One ingest worker in a process of its own, so that a test can SIGKILL it mid-batch.
 
     python -m tests.ingest_proc --port P (--sqlite FILE | --dsn DSN)
-        [--hold-s S --hold-at before|after]
+        [--hold-s S --hold-at before|after] [--stream-lease-s S]
 
 It prints ``connected`` once subscribed, and with ``--hold-s`` one line per batch:
 ``writing N`` and then a pause of S seconds before the batch's transaction (``before``:
@@ -36,13 +36,15 @@ class HoldingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def write(self, batch: WriteBatch) -> WriteResult:
+    async def write(self, batch: WriteBatch, **kwargs: Any) -> WriteResult:
         n = len(batch.positions) + len(batch.events) + len(batch.pods)
+        if n == 0:  # only outbox bookkeeping (a batch of status messages): no pause
+            return await self.inner.write(batch, **kwargs)
         if self.at == "before":
             _say(f"writing {n}")
             await asyncio.sleep(self.hold_s)
-            return await self.inner.write(batch)
-        result = await self.inner.write(batch)
+            return await self.inner.write(batch, **kwargs)
+        result = await self.inner.write(batch, **kwargs)
         _say(f"committed {n}")
         await asyncio.sleep(self.hold_s)
         return result
@@ -61,7 +63,12 @@ async def main(args: argparse.Namespace) -> None:
         )
         worker = IngestWorker(
             store,
-            WorkerConfig(port=args.port, client_id=args.client_id, backoff_max_s=0.5),
+            WorkerConfig(
+                port=args.port,
+                client_id=args.client_id,
+                backoff_max_s=0.5,
+                stream_lease_s=args.stream_lease_s,
+            ),
         )
         task = asyncio.create_task(worker.run(), name="ingest")
         connected = asyncio.create_task(worker.connected.wait())
@@ -81,5 +88,7 @@ if __name__ == "__main__":
     parser.add_argument("--client-id", default="ingest-proc")
     parser.add_argument("--hold-s", type=float, default=0.0)
     parser.add_argument("--hold-at", dest="at", choices=("before", "after"), default="before")
+    # Short, so that a test sees a killed worker's stream messages taken over quickly.
+    parser.add_argument("--stream-lease-s", type=float, default=2.0)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     asyncio.run(main(parser.parse_args()))

@@ -261,12 +261,14 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("model", 0, "data_b64", "AAAA", "$"),  # both url and data_b64
         ("model", 0, "format", "onnx", "$.format"),
         ("manifest", 0, "stops.0.lat", 95, "$.stops[0].lat"),
-        ("fleetstreamPosition", 0, "hdop", "1", "$.hdop"),
-        ("fleetstreamPosition", 0, "sats", 9, "$"),
-        ("fleetstreamEvent", 0, "seq", ..., "$"),
-        ("fleetstreamEvent", 0, "stop_id", 7, "$.stop_id"),
-        ("fleetstreamEvent", 0, "bogus", 1, "$"),
-        ("fleetstreamPod", 0, "verified", False, "$.verified"),
+        ("fleetstreamPosition", 0, "records.1.hdop", "1", "$.records[1].hdop"),
+        ("fleetstreamPosition", 0, "records.0.sats", 9, "$.records[0]"),
+        ("fleetstreamPosition", 0, "records", [], "$.records"),
+        ("fleetstreamPosition", 0, "seq", 1, "$"),
+        ("fleetstreamEvent", 0, "records.0.seq", ..., "$.records[0]"),
+        ("fleetstreamEvent", 0, "records.0.stop_id", 7, "$.records[0].stop_id"),
+        ("fleetstreamEvent", 0, "records.0.bogus", 1, "$.records[0]"),
+        ("fleetstreamPod", 0, "records.0.verified", False, "$.records[0].verified"),
     ],
 )
 def test_broken_examples_are_rejected_at_the_right_place(
@@ -400,22 +402,29 @@ def check_envelopes(payloads: dict[str, list[bytes]]) -> Counter[str]:
                 **env.record,
             }
             if stream == "events":
-                contract.validate("fleetstream-event", normalized)
+                contract.validate(
+                    "fleetstream-event", {"device_id": env.device_id, "records": [normalized]}
+                )
             else:
                 r = env.record
                 contract.validate(
                     "fleetstream-pod",
                     {
                         "device_id": env.device_id,
-                        "seq": env.seq,
-                        "historical": env.historical,
-                        "parcel": r["parcel"],
-                        "stop_id": r["stop_id"],
-                        "time": r["time"],
-                        "verdict": r["verdict"],
-                        "jws": r["jws"],
-                        "verified": True,
-                        "chain": "ok",
+                        "records": [
+                            {
+                                "device_id": env.device_id,
+                                "seq": env.seq,
+                                "historical": env.historical,
+                                "parcel": r["parcel"],
+                                "stop_id": r["stop_id"],
+                                "time": r["time"],
+                                "verdict": r["verdict"],
+                                "jws": r["jws"],
+                                "verified": True,
+                                "chain": "ok",
+                            }
+                        ],
                     },
                 )
             reason = env.record.get("reason")
@@ -486,7 +495,9 @@ def test_telemetry_of_a_simulated_day_fits_the_contract() -> None:
                     for k in ("seq", "time", "lat", "lon", "speed_mps", "course_deg", "hdop")
                 },
             }
-            contract.validate("fleetstream-position", position)
+            contract.validate(
+                "fleetstream-position", {"device_id": batch.device_id, "records": [position]}
+            )
 
 
 def test_status_and_ack_of_the_codec_fit_the_contract() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloud_ingest.errors import StorageError
+from cloud_ingest.store import postgres as postgres_module
+from cloud_ingest.store import sqlite as sqlite_module
 from cloud_ingest.store.base import (
     Covered,
     Device,
@@ -200,8 +203,9 @@ def test_migrations_are_idempotent_and_recorded(backend: Backend) -> None:
     assert play(backend, first) == ([], [])
     assert play(backend, scenario) == []
     rows = backend.sql("SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "initial schema")]
+    assert rows == [(1, "initial schema"), (2, "fleetstream outbox")]
     tables = {
+        "stream_outbox",
         "devices",
         "positions",
         "stop_events",
@@ -224,7 +228,30 @@ def test_fresh_store_applies_every_migration(backend: Backend) -> None:
         async with backend.make() as store:
             return await store.migrate()
 
-    assert asyncio.run(scenario()) == [1]
+    assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_a_version_1_database_is_upgraded_in_place(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database created before the stream outbox keeps its data and gains it."""
+    module = sqlite_module if backend.name == "sqlite" else postgres_module
+    everything = module.MIGRATIONS
+
+    async def old(store: Store) -> None:
+        await store.register_device("van-7", raw_key())
+
+    monkeypatch.setattr(module, "MIGRATIONS", everything[:1])
+    play(backend, old)
+    monkeypatch.setattr(module, "MIGRATIONS", everything)
+
+    async def upgraded() -> tuple[list[int], int, int]:
+        async with backend.make() as store:
+            applied = await store.migrate()
+            result = await store.write(WriteBatch(positions=[position("van-7", 1)]))
+            return applied, (await store.counts()).devices, len(result.stream)
+
+    assert asyncio.run(upgraded()) == ([2], 1, 1)
 
 
 def test_a_newer_schema_is_refused(backend: Backend) -> None:
@@ -314,6 +341,134 @@ def test_write_is_idempotent(backend: Backend) -> None:
     play(backend, scenario)
     # telemetry 1..3 and 5, events 1, pod 1..2
     assert backend.sql("SELECT count(*) FROM stream_ranges") == [(4,)]
+
+
+def stream_records(messages: Any) -> list[tuple[str, int, str | None]]:
+    """(topic, seq, chain) of every record the stream messages carry, in order."""
+    return [
+        (m.topic, r["seq"], r.get("chain"))
+        for m in messages
+        for r in json.loads(m.payload)["records"]
+    ]
+
+
+def test_a_write_stores_its_stream_messages_in_the_same_transaction(backend: Backend) -> None:
+    """The outbox rows are the write's: announced once, deleted by a later batch's
+    ``streamed`` (or stream_done), and a duplicate write announces nothing."""
+    van = Van("van-7")
+    p1, p2, p3 = van.issue(3)
+    batch = WriteBatch(
+        positions=[position("van-7", 1), position("van-7", 2), position("van-8", 1)],
+        events=[event("van-7", 1)],
+        pods=[p1, p3],
+    )
+
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+        await store.register_device("van-8", raw_key())
+        first = await store.write(batch)
+        assert stream_records(first.stream) == [
+            ("fleetstream/v1/van-7/position", 1, None),
+            ("fleetstream/v1/van-7/position", 2, None),
+            ("fleetstream/v1/van-8/position", 1, None),
+            ("fleetstream/v1/van-7/event", 1, None),
+            ("fleetstream/v1/van-7/pod", 1, "ok"),
+            ("fleetstream/v1/van-7/pod", 3, "pending"),
+        ]
+        # One message per device and kind, ids increasing in publishing order.
+        assert len(first.stream) == 4
+        ids = [m.id for m in first.stream]
+        assert ids == sorted(set(ids))
+        assert await store.stream_pending() == 4
+
+        again = await store.write(batch)
+        assert again.stream == ()
+        # The predecessor relinks p3: both said, p3 with its new status.
+        linked = await store.write(WriteBatch(pods=[p2], streamed=ids[:2]))
+        assert stream_records(linked.stream) == [
+            ("fleetstream/v1/van-7/pod", 2, "ok"),
+            ("fleetstream/v1/van-7/pod", 3, "ok"),
+        ]
+        assert await store.stream_pending() == 3
+        await store.stream_done([*ids[2:], linked.stream[0].id, 10**9])
+        assert await store.stream_pending() == 0
+        # An id is never reused: a late stream_done cannot delete a newer message.
+        newer = await store.write(WriteBatch(positions=[position("van-7", 3)]))
+        assert newer.stream[0].id > linked.stream[0].id
+
+    play(backend, scenario)
+
+
+def test_a_failed_write_leaves_no_stream_message(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", raw_key())
+        with pytest.raises(UnknownDeviceError):
+            await store.write(
+                WriteBatch(positions=[position("van-7", 1), position("van-unknown", 1)])
+            )
+        assert await store.stream_pending() == 0
+
+    play(backend, scenario)
+
+
+def test_stream_messages_are_claimed_once_their_lease_ran_out(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", raw_key())
+        leased = await store.write(
+            WriteBatch(positions=[position("van-7", 1)]), stream_lease_s=60.0
+        )
+        orphan = await store.write(WriteBatch(positions=[position("van-7", 2)]), stream_lease_s=0)
+        other = await store.write(WriteBatch(events=[event("van-7", 1)]), stream_lease_s=0)
+        # Still leased to its writer: not claimable; the expired ones, oldest first.
+        claimed = await store.claim_stream(stream_lease_s=60.0, limit=10)
+        assert claimed == [*orphan.stream, *other.stream]
+        assert leased.stream[0] not in claimed
+        # Claimed means leased again: a second sweeper finds nothing.
+        assert await store.claim_stream(stream_lease_s=60.0) == []
+        await store.stream_done([m.id for m in claimed])
+        assert await store.stream_pending() == 1
+
+        more = [
+            await store.write(WriteBatch(positions=[position("van-7", s)]), stream_lease_s=0)
+            for s in range(3, 8)
+        ]
+        first = await store.claim_stream(stream_lease_s=0, limit=2)
+        assert first == [more[0].stream[0], more[1].stream[0]]
+        # A lease of 0 expires at once: claimed again, in id order.
+        again = await store.claim_stream(stream_lease_s=0, limit=10)
+        assert again == [m.stream[0] for m in more]
+
+    play(backend, scenario)
+
+
+def test_concurrent_sweepers_never_claim_the_same_message(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        await store.register_device("van-7", raw_key())
+        for s in range(1, 41):
+            await store.write(WriteBatch(positions=[position("van-7", s)]), stream_lease_s=0)
+
+    play(backend, scenario)
+
+    async def sweepers() -> list[list[int]]:
+        stores = [backend.make() for _ in range(4)]
+        for st_ in stores:
+            await st_.open()
+        try:
+
+            async def sweep(st_: Store) -> list[int]:
+                got: list[int] = []
+                while batch := await st_.claim_stream(stream_lease_s=60.0, limit=3):
+                    got += [m.id for m in batch]
+                return got
+
+            return list(await asyncio.gather(*(sweep(st_) for st_ in stores)))
+        finally:
+            for st_ in stores:
+                await st_.close()
+
+    claimed = asyncio.run(sweepers())
+    every = [i for ids in claimed for i in ids]
+    assert len(every) == len(set(every)) == 40
 
 
 def test_cumulative_ack_with_gaps_and_thinned_ranges(backend: Backend) -> None:

@@ -10,6 +10,11 @@ tree, an editable install or a wheel. A kind is a schema's file name without
 
 The schemas check the shape of a message; what a schema cannot say (a batch's seq
 ranges, a POD's signature and hash chain) is the codec's and ingest's job.
+
+:func:`validate` first asks a compiled validator (jsonschema-rs) whether the message is
+valid, which is fast; only when it says no does :mod:`jsonschema`, the reference
+implementation, look at the message, and its verdict (and error message) is the one that
+counts.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from importlib.resources import files
 from typing import Any, Final
 from urllib.parse import urldefrag, urljoin
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
@@ -67,16 +73,55 @@ def _registry() -> Registry[Any]:
 
 
 @cache
-def _validator(kind: str) -> Draft202012Validator:
-    # Validated against the schema with its $refs inlined: jsonschema resolves a $ref
-    # (URL join, registry lookup) at every use, which made validation of a telemetry
-    # batch cost ~0.3 ms per fix. The registry stays for a $ref left in place (a cycle).
+def _inlined(kind: str) -> dict[str, Any]:
+    # The schema with its $refs inlined: jsonschema resolves a $ref (URL join, registry
+    # lookup) at every use, which made validation of a telemetry batch cost ~0.3 ms per
+    # fix. Shared by both validators; neither changes it.
     doc = schema(kind)
+    inlined: dict[str, Any] = _inline_refs(
+        doc, doc["$id"], {d["$id"]: d for d in _documents().values()}, ()
+    )
+    return inlined
+
+
+@cache
+def _validator(kind: str) -> Draft202012Validator:
+    # The reference. The registry stays for a $ref left in place (a cycle).
     return Draft202012Validator(
-        _inline_refs(doc, doc["$id"], {d["$id"]: d for d in _documents().values()}, ()),
+        _inlined(kind),
         registry=_registry(),
         format_checker=Draft202012Validator.FORMAT_CHECKER,
     )
+
+
+# Profiling the ingest worker found ~1.4 ms per message in jsonschema's iter_errors,
+# mostly unevaluatedProperties, even for valid messages. So a message first goes to a
+# validator compiled by jsonschema-rs, from the same inlined schema, and one it holds
+# valid is accepted at once. jsonschema stays the reference: the compiled validator is
+# only a fast accept, and whatever it rejects (or cannot read) goes through jsonschema,
+# which then reports the error or, finding none, accepts the message after all. The
+# compiled one must never be the laxer of the two (tests/test_contract_fast.py holds
+# them to that). It checks formats, so it is at least as strict on date-time and uri,
+# which jsonschema skips without their optional checkers installed; it is stricter on
+# NaN and infinity, and its ECMA-262 "$" does not match before a final newline as
+# Python's does. It reads JSON values only: a tuple it would take for an array, an Enum
+# for its value, jsonschema for neither.
+@cache
+def _fast_validator(kind: str) -> jsonschema_rs.Validator | None:
+    """The compiled validator of ``kind``; ``None`` when the inlined schema still holds
+    a ``$ref`` (a cycle), which jsonschema-rs would try to fetch over the network."""
+    inlined = _inlined(kind)
+    if _holds_ref(inlined):
+        return None
+    return jsonschema_rs.validator_for(inlined, validate_formats=True)
+
+
+def _holds_ref(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_holds_ref(item) for item in node)
+    if isinstance(node, dict):
+        return "$ref" in node or any(_holds_ref(v) for v in node.values())
+    return False
 
 
 def _inline_refs(node: Any, base: str, by_id: dict[str, Any], seen: tuple[str, ...]) -> Any:
@@ -104,6 +149,14 @@ def _inline_refs(node: Any, base: str, by_id: dict[str, Any], seen: tuple[str, .
     return {**out, "allOf": [*out.get("allOf", []), inlined]}
 
 
+def prepare() -> None:
+    """Build every kind's validators now (tens of ms of CPU): a long-running consumer
+    calls it at start, off its event loop, so that no first message pays for it."""
+    for kind in kinds():
+        _validator(kind)
+        _fast_validator(kind)
+
+
 def validate(kind: str, message: Any) -> None:
     """Return if ``message`` (a JSON value) fits the schema of ``kind``.
 
@@ -111,12 +164,22 @@ def validate(kind: str, message: Any) -> None:
     (``events: $.record.stop_id: '1' is not of type 'integer'``), the most telling of
     the errors when there are several. :class:`UnknownSchemaError` for an unknown kind.
     """
+    fast = _fast_validator(kind)
+    if fast is not None and _fast_accepts(fast, message):
+        return
     error = _most_telling(_validator(kind).iter_errors(message))
     if error is not None:
         reason = error.message
         if len(reason) > _REASON_MAX_CHARS:
             reason = reason[: _REASON_MAX_CHARS - 3] + "..."
         raise SchemaError(kind, error.json_path, reason)
+
+
+def _fast_accepts(fast: jsonschema_rs.Validator, message: Any) -> bool:
+    try:
+        return fast.is_valid(message)
+    except ValueError:  # no JSON value (bytes, a key not a string): jsonschema says why
+        return False
 
 
 def _most_telling(errors: Iterable[ValidationError]) -> ValidationError | None:

@@ -18,6 +18,13 @@ backend:
   not stored yet is kept with ``chain_status`` "pending" and upgraded to "ok" in the
   transaction that stores the predecessor (or marked "broken" if the predecessor's
   digest is not its ``prev``). See :func:`cloud_ingest.store.podlinks.plan_pods`.
+- The normalized stream (:mod:`cloud_ingest.fleetstream`) has an outbox: the messages
+  announcing a write's new records are stored by that same transaction, leased to the
+  writer for ``stream_lease_s``. The writer publishes them and names them in a later
+  batch's ``streamed`` (or :meth:`Store.stream_done`), which deletes them; a message
+  whose writer died before that is claimed again by any worker once its lease ran out
+  (:meth:`Store.claim_stream`). So a record stored is announced at least once, even if
+  the worker is killed between its commit and its publishes.
 - Times are UTC-aware datetimes; naive ones are refused when a record is built.
 
 Backends open their connection in :meth:`Store.open` (or ``async with``), create or
@@ -234,6 +241,18 @@ class Quarantined:
 
 Item = Position | StopEvent | Pod | Covered | Quarantined
 
+# How long a stream message stays its writer's to publish before any worker may claim it.
+STREAM_LEASE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """A normalized-stream message waiting in the store's outbox (``id``: its row)."""
+
+    id: int
+    topic: str
+    payload: bytes
+
 
 @dataclass(frozen=True, slots=True)
 class WriteBatch:
@@ -244,9 +263,11 @@ class WriteBatch:
     pods: Sequence[Pod] = ()
     covered: Sequence[Covered] = ()
     quarantined: Sequence[Quarantined] = ()
+    # Outbox ids of stream messages published (PUBACKed) since: deleted by this write.
+    streamed: Sequence[int] = ()
 
     @classmethod
-    def of(cls, items: Iterable[Item]) -> WriteBatch:
+    def of(cls, items: Iterable[Item], *, streamed: Sequence[int] = ()) -> WriteBatch:
         """A batch of ``items`` (what :func:`cloud_ingest.verify.check_message` accepts)."""
         positions: list[Position] = []
         events: list[StopEvent] = []
@@ -266,10 +287,24 @@ class WriteBatch:
                 quarantined.append(item)
             else:
                 raise TypeError(f"not a storable item: {type(item).__name__}")
-        return cls(tuple(positions), tuple(events), tuple(pods), tuple(covered), tuple(quarantined))
+        return cls(
+            tuple(positions),
+            tuple(events),
+            tuple(pods),
+            tuple(covered),
+            tuple(quarantined),
+            tuple(streamed),
+        )
 
     def __bool__(self) -> bool:
-        return bool(self.positions or self.events or self.pods or self.covered or self.quarantined)
+        return bool(
+            self.positions
+            or self.events
+            or self.pods
+            or self.covered
+            or self.quarantined
+            or self.streamed
+        )
 
     def device_ids(self) -> list[str]:
         """The devices whose streams this batch touches (quarantine without a range aside)."""
@@ -293,6 +328,8 @@ class WriteResult:
     store itself refused (``replayed_pod``, ``broken_chain``: see
     :func:`cloud_ingest.store.podlinks.plan_pods`). ``relinked``: PODs stored earlier whose
     chain status this write changed (pending to ok or broken), with the new status.
+    ``stream``: the outbox messages this write stored, announcing the new and relinked
+    records (:func:`cloud_ingest.fleetstream.messages`), leased to the caller.
     """
 
     acks: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -302,6 +339,7 @@ class WriteResult:
     duplicates: int = 0
     quarantined: tuple[Quarantined, ...] = ()
     relinked: tuple[Pod, ...] = ()
+    stream: tuple[StreamMessage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +422,14 @@ class Store(Protocol):
     async def list_devices(self) -> list[Device]:
         """Every registered device, by device id."""
 
-    async def write(self, batch: WriteBatch) -> WriteResult:
+    async def write(
+        self, batch: WriteBatch, *, stream_lease_s: float = STREAM_LEASE_S
+    ) -> WriteResult:
         """Store ``batch`` in one transaction; see the module doc and :class:`WriteResult`.
+
+        The same transaction stores the stream messages announcing what it changed
+        (``WriteResult.stream``, leased to the caller for ``stream_lease_s``) and
+        deletes the outbox rows ``batch.streamed`` names.
 
         The chain status of each POD is decided here, under a per-device lock, from
         what is stored (:func:`cloud_ingest.store.podlinks.plan_pods`): the status a
@@ -395,6 +439,19 @@ class Store(Protocol):
         Every device a record or range refers to must be registered
         (:class:`UnknownDeviceError` otherwise, and nothing is written).
         """
+
+    async def stream_done(self, ids: Sequence[int]) -> None:
+        """Delete these stream messages from the outbox (published); unknown ids are
+        ignored (another worker may have published and deleted a reclaimed one)."""
+
+    async def claim_stream(
+        self, *, stream_lease_s: float = STREAM_LEASE_S, limit: int = 100
+    ) -> list[StreamMessage]:
+        """Up to ``limit`` outbox messages whose lease has run out, oldest first, leased
+        to the caller for ``stream_lease_s`` (so no other worker claims them meanwhile)."""
+
+    async def stream_pending(self) -> int:
+        """How many stream messages wait in the outbox (published or not)."""
 
     async def acks(self, device_id: str) -> dict[str, int]:
         """The cumulative ack of each stream of ``device_id`` (0 for nothing yet)."""

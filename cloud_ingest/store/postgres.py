@@ -27,16 +27,18 @@ import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
 
 import psycopg
 
+from cloud_ingest import fleetstream
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
     MAX_SEQ,
     PUBLIC_KEY_BYTES,
+    STREAM_LEASE_S,
     STREAMS,
     ChainStatus,
     Counts,
@@ -51,6 +53,7 @@ from cloud_ingest.store.base import (
     Quarantined,
     StopEvent,
     Stream,
+    StreamMessage,
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
@@ -145,6 +148,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "fleetstream outbox",
+        (
+            """CREATE TABLE stream_outbox (
+                id bigserial PRIMARY KEY,
+                topic text NOT NULL,
+                payload bytea NOT NULL,
+                leased_until timestamptz NOT NULL
+            )""",
+            "CREATE INDEX stream_outbox_by_lease ON stream_outbox (leased_until, id)",
+        ),
+    ),
 )
 
 _POSITION_COLUMNS = "device_id, seq, time, lat, lon, speed_mps, course_deg, hdop, sats, historical"
@@ -213,6 +229,21 @@ _DELETE_RANGES = """
 _INSERT_RANGES = """
     INSERT INTO stream_ranges (device_id, stream, first_seq, last_seq)
     SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+"""
+# Ids drawn first (in order) so that each message knows its row without relying on the
+# order of RETURNING.
+_STREAM_IDS = "SELECT nextval('stream_outbox_id_seq') FROM generate_series(1, %s)"
+_INSERT_STREAM = """
+    INSERT INTO stream_outbox (id, topic, payload, leased_until)
+    SELECT i, t, p, %s FROM unnest(%s::bigint[], %s::text[], %s::bytea[]) AS u(i, t, p)
+"""
+_DELETE_STREAMED = "DELETE FROM stream_outbox WHERE id = ANY(%s)"
+# SKIP LOCKED: two workers sweeping at once take different messages instead of waiting.
+_CLAIM_STREAM = """
+    UPDATE stream_outbox SET leased_until = %s
+    WHERE id IN (SELECT id FROM stream_outbox WHERE leased_until <= %s
+                 ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+    RETURNING id, topic, payload
 """
 _RELINK_PODS = """
     UPDATE pods AS p SET chain_status = u.status
@@ -422,10 +453,35 @@ class PostgresStore:
 
     # --- writing ----------------------------------------------------------------------
 
-    async def write(self, batch: WriteBatch) -> WriteResult:
+    async def write(
+        self, batch: WriteBatch, *, stream_lease_s: float = STREAM_LEASE_S
+    ) -> WriteResult:
         now = datetime.now(UTC)
         async with self._session() as conn, conn.transaction(), conn.cursor() as cur:
-            return await _write(cur, batch, now)
+            return await _write(cur, batch, now, stream_lease_s)
+
+    async def stream_done(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        async with self._session() as conn, conn.transaction():
+            await conn.execute(_DELETE_STREAMED, (list(ids),))
+
+    async def claim_stream(
+        self, *, stream_lease_s: float = STREAM_LEASE_S, limit: int = 100
+    ) -> list[StreamMessage]:
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=max(0.0, stream_lease_s))
+        async with self._session() as conn, conn.transaction():
+            cur = await conn.execute(_CLAIM_STREAM, (until, now, limit))
+            rows = await cur.fetchall()
+        return sorted((StreamMessage(r[0], r[1], bytes(r[2])) for r in rows), key=lambda m: m.id)
+
+    async def stream_pending(self) -> int:
+        async with self._session() as conn:
+            cur = await conn.execute("SELECT count(*) FROM stream_outbox")
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def acks(self, device_id: str) -> dict[str, int]:
         async with self._session() as conn, conn.cursor() as cur:
@@ -603,7 +659,11 @@ async def _write_pods(
     return new, relinked, refused, duplicates
 
 
-async def _write(cur: _Cursor, batch: WriteBatch, now: datetime) -> WriteResult:
+async def _write(
+    cur: _Cursor, batch: WriteBatch, now: datetime, stream_lease_s: float
+) -> WriteResult:
+    if batch.streamed:
+        await cur.execute(_DELETE_STREAMED, (list(batch.streamed),))
     device_ids = batch.device_ids()
     if device_ids:
         await cur.execute(
@@ -682,6 +742,17 @@ async def _write(cur: _Cursor, batch: WriteBatch, now: datetime) -> WriteResult:
         if additions:
             await cur.execute(_INSERT_RANGES, _columns(additions, 4))
 
+    stream: list[StreamMessage] = []
+    announce = fleetstream.messages(new_positions, new_events, (*new_pods, *relinked))
+    if announce:
+        await cur.execute(_STREAM_IDS, (len(announce),))
+        ids = [i for (i,) in await cur.fetchall()]
+        stream = [StreamMessage(i, t, p) for i, (t, p) in zip(ids, announce, strict=True)]
+        until = now + timedelta(seconds=max(0.0, stream_lease_s))
+        await cur.execute(
+            _INSERT_STREAM, (until, *_columns([(m.id, m.topic, m.payload) for m in stream], 3))
+        )
+
     duplicates = (
         len(batch.positions) - len(new_positions) + len(batch.events) - len(new_events)
     ) + pod_duplicates
@@ -693,4 +764,5 @@ async def _write(cur: _Cursor, batch: WriteBatch, now: datetime) -> WriteResult:
         duplicates=duplicates,
         quarantined=tuple(quarantined),
         relinked=tuple(relinked),
+        stream=tuple(stream),
     )

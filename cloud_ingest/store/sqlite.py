@@ -28,10 +28,12 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
+from cloud_ingest import fleetstream
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
     MAX_SEQ,
     PUBLIC_KEY_BYTES,
+    STREAM_LEASE_S,
     STREAMS,
     ChainStatus,
     Counts,
@@ -46,6 +48,7 @@ from cloud_ingest.store.base import (
     Quarantined,
     StopEvent,
     Stream,
+    StreamMessage,
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
@@ -135,6 +138,21 @@ MIGRATIONS: tuple[Migration, ...] = (
                 last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
                 PRIMARY KEY (device_id, stream, first_seq)
             ) STRICT, WITHOUT ROWID""",
+        ),
+    ),
+    Migration(
+        2,
+        "fleetstream outbox",
+        (
+            # AUTOINCREMENT: an id is never reused, so a late stream_done of a deleted
+            # row can never delete a newer message.
+            """CREATE TABLE stream_outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                topic TEXT NOT NULL,
+                payload BLOB NOT NULL,
+                leased_until_us INTEGER NOT NULL
+            ) STRICT""",
+            "CREATE INDEX stream_outbox_by_lease ON stream_outbox (leased_until_us, id)",
         ),
     ),
 )
@@ -380,9 +398,53 @@ class SqliteStore:
 
     # --- writing ----------------------------------------------------------------------
 
-    async def write(self, batch: WriteBatch) -> WriteResult:
+    async def write(
+        self, batch: WriteBatch, *, stream_lease_s: float = STREAM_LEASE_S
+    ) -> WriteResult:
         now = datetime.now(UTC)
-        return await self._call(lambda conn: _write(conn, batch, now))
+        return await self._call(lambda conn: _write(conn, batch, now, stream_lease_s))
+
+    async def stream_done(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _delete_streamed(conn, ids)
+
+        await self._call(run)
+
+    async def claim_stream(
+        self, *, stream_lease_s: float = STREAM_LEASE_S, limit: int = 100
+    ) -> list[StreamMessage]:
+        now_us = _us(datetime.now(UTC))
+
+        def run(conn: sqlite3.Connection) -> list[StreamMessage]:
+            # Looked at first without the write lock: a sweep finds nothing nearly always.
+            if not conn.execute(
+                "SELECT 1 FROM stream_outbox WHERE leased_until_us <= ? LIMIT 1", (now_us,)
+            ).fetchone():
+                return []
+            with _transaction(conn):
+                rows = conn.execute(
+                    "SELECT id, topic, payload FROM stream_outbox WHERE leased_until_us <= ? "
+                    "ORDER BY id LIMIT ?",
+                    (now_us, limit),
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE stream_outbox SET leased_until_us = ? WHERE id = ?",
+                    [(now_us + _lease_us(stream_lease_s), r[0]) for r in rows],
+                )
+            return [StreamMessage(r[0], r[1], bytes(r[2])) for r in rows]
+
+        return await self._call(run)
+
+    async def stream_pending(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            (n,) = conn.execute("SELECT count(*) FROM stream_outbox").fetchone()
+            return int(n)
+
+        return await self._call(run)
 
     async def acks(self, device_id: str) -> dict[str, int]:
         return (await self._call(lambda conn: _acks(conn, [device_id])))[device_id]
@@ -632,8 +694,23 @@ def _write_pods(
     return new, relinked, refused, duplicates
 
 
-def _write(conn: sqlite3.Connection, batch: WriteBatch, now: datetime) -> WriteResult:
+def _lease_us(stream_lease_s: float) -> int:
+    return max(0, round(stream_lease_s * 1_000_000))
+
+
+def _delete_streamed(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    conn.execute(
+        "DELETE FROM stream_outbox WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(ids)),),
+    )
+
+
+def _write(
+    conn: sqlite3.Connection, batch: WriteBatch, now: datetime, stream_lease_s: float
+) -> WriteResult:
     with _transaction(conn):
+        if batch.streamed:
+            _delete_streamed(conn, batch.streamed)
         device_ids = batch.device_ids()
         if device_ids:
             found = {
@@ -729,6 +806,22 @@ def _write(conn: sqlite3.Connection, batch: WriteBatch, now: datetime) -> WriteR
                 [(device_id, stream, first, last) for first, last in add],
             )
 
+        leased_until_us = _us(now) + _lease_us(stream_lease_s)
+        announced = [
+            StreamMessage(
+                conn.execute(
+                    "INSERT INTO stream_outbox (topic, payload, leased_until_us) VALUES (?, ?, ?)",
+                    (topic, payload, leased_until_us),
+                ).lastrowid
+                or 0,
+                topic,
+                payload,
+            )
+            for topic, payload in fleetstream.messages(
+                new_positions, new_events, (*new_pods, *relinked)
+            )
+        ]
+
         duplicates = (
             len(batch.positions)
             - len(new_positions)
@@ -744,4 +837,5 @@ def _write(conn: sqlite3.Connection, batch: WriteBatch, now: datetime) -> WriteR
             duplicates=duplicates,
             quarantined=tuple(quarantined),
             relinked=tuple(relinked),
+            stream=tuple(announced),
         )

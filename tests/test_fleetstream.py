@@ -1,0 +1,112 @@
+"""The normalized stream's encoding (pure): grouping, order, chunking, the contract."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from cloud_ingest import contract, fleetstream
+from cloud_ingest.store.base import Pod, Position, StopEvent
+
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+KINDS = {"position": "fleetstream-position", "event": "fleetstream-event", "pod": "fleetstream-pod"}
+
+
+def position(device_id: str, seq: int) -> Position:
+    return Position(
+        device_id, seq, T0 + timedelta(seconds=seq), 48.1, 11.5, 4.25, 90.5, 1.1, 9, seq % 2 == 0
+    )
+
+
+def event(device_id: str, seq: int) -> StopEvent:
+    record = {"type": "arrival", "time": "2026-11-21T09:01:00.000Z", "stop_id": "S001"}
+    record |= {"detected_at": "2026-11-21T09:01:30.000Z", "lat": 48.1, "lon": 11.5}
+    record |= {"visit": 1, "confirmed_by": "dwell"}
+    return StopEvent(device_id, seq, "arrival", T0, "S001", None, False, record)
+
+
+def pod(device_id: str, seq: int, chain: str = "ok") -> Pod:
+    jws = "eyJhbGciOiJFZERTQSJ9." + "eyJ2IjoxfQ." + "A" * 86
+    return Pod(
+        device_id=device_id,
+        seq=seq,
+        pod_seq=seq,
+        parcel="106141412345678908",
+        stop_id="S001",
+        time=T0,
+        verdict="inside",
+        jws=jws,
+        digest="0" * 64,
+        prev="0" * 64,
+        chain_status=chain,  # type: ignore[arg-type]
+        historical=False,
+    )
+
+
+def decoded(messages: list[tuple[str, bytes]]) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+    return [(topic, json.loads(payload)) for topic, payload in messages]
+
+
+def test_one_message_per_device_and_kind_in_record_order() -> None:
+    out = decoded(
+        fleetstream.messages(
+            [position("van-7", 3), position("van-8", 1), position("van-7", 2)],
+            [event("van-7", 1)],
+            [pod("van-7", 1), pod("van-7", 2, "pending")],
+        )
+    )
+    assert [(t, [r["seq"] for r in m["records"]]) for t, m in out] == [
+        ("fleetstream/v1/van-7/position", [3, 2]),
+        ("fleetstream/v1/van-8/position", [1]),
+        ("fleetstream/v1/van-7/event", [1]),
+        ("fleetstream/v1/van-7/pod", [1, 2]),
+    ]
+    for topic, message in out:
+        device_id, leaf = topic.split("/")[2:]
+        contract.validate(KINDS[leaf], message)
+        assert message["device_id"] == device_id
+        assert {r["device_id"] for r in message["records"]} == {device_id}
+    assert [r["chain"] for r in out[3][1]["records"]] == ["ok", "pending"]
+    assert out[0][1]["records"][0] == {
+        "device_id": "van-7",
+        "seq": 3,
+        "time": "2026-11-21T09:00:03.000Z",
+        "lat": 48.1,
+        "lon": 11.5,
+        "speed_mps": 4.25,
+        "course_deg": 90.5,
+        "hdop": 1.1,
+        "historical": False,
+    }
+    assert out[2][1]["records"][0] == {
+        **event("van-7", 1).record,
+        "device_id": "van-7",
+        "seq": 1,
+        "historical": False,
+    }
+
+
+def test_broken_pods_are_not_announced_and_nothing_gives_no_message() -> None:
+    assert fleetstream.messages(pods=[pod("van-7", 1, "broken")]) == []
+    assert fleetstream.messages() == []
+
+
+def test_a_big_batch_is_cut_at_max_records() -> None:
+    n = 2 * fleetstream.MAX_RECORDS + 5
+    out = decoded(fleetstream.messages([position("van-7", s) for s in range(1, n + 1)]))
+    assert [len(m["records"]) for _, m in out] == [
+        fleetstream.MAX_RECORDS,
+        fleetstream.MAX_RECORDS,
+        5,
+    ]
+    assert [r["seq"] for _, m in out for r in m["records"]] == list(range(1, n + 1))
+    for _, message in out:
+        contract.validate("fleetstream-position", message)
+
+
+def test_records_with_unknown_values_fit_the_contract() -> None:
+    p = replace(position("van-7", 1), speed_mps=None, course_deg=None, hdop=None, sats=None)
+    ((_, message),) = decoded(fleetstream.messages([p]))
+    contract.validate("fleetstream-position", message)
+    assert message["records"][0]["speed_mps"] is None
