@@ -6,10 +6,15 @@ pure :class:`~firmware_agent.van.VanPipeline`; every message it returns is commi
 to the durable outbox (``telemetry``, ``events`` or ``pod``) before anything else
 happens to it; the :class:`~firmware_agent.uplink.mqtt.Uplink` drains the outbox to
 the broker and deletes what ingest acknowledges. Downlink: a new manifest (retained)
-replaces the stored one and the pipeline's, keeping visited stops' state.
+replaces the stored one and the pipeline's, keeping visited stops' state; a config
+(retained, :mod:`firmware_agent.remote_config`) of a higher revision overrides the
+sampling, batching, geofence and scan settings of the running pipeline and uplink, and
+an empty one returns them to the agent's own. Status health reports the running
+config's revision (``config_revision``, 0 on defaults) at every connect and at once
+when it changes.
 
 State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 0600),
-``pod-chain.json``, ``manifest.json``, ``outbox.db``.
+``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db``.
 
 The POD chain state is saved after the POD is in the outbox; at start, a pending POD in
 the outbox newer than the saved state wins (a crash between the two), so the chain
@@ -27,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from firmware_agent.errors import CodecError, ConfigError
+from firmware_agent.errors import CodecError, ConfigError, RemoteConfigError
 from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.fix import Fix, FixMode
@@ -36,13 +41,21 @@ from firmware_agent.manifest import Manifest, ManifestError, ManifestStore, pars
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.pod.keys import load_or_create_device_key
 from firmware_agent.pod.state import ChainStateStore, recover_state
+from firmware_agent.remote_config import (
+    RemoteConfig,
+    RemoteConfigStore,
+    admit,
+    apply_config,
+    parse_config,
+    running_revision,
+)
 from firmware_agent.scan.log import read_scan_log
 from firmware_agent.scan.serial_reader import ScannerConfig, SerialScanner
 from firmware_agent.scan.types import Scan
 from firmware_agent.uplink.codec import fix_record, pack_fix
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
 from firmware_agent.uplink.queue import AsyncOutbox
-from firmware_agent.van import Message, VanPipeline
+from firmware_agent.van import Message, VanConfig, VanPipeline
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,8 @@ _FILE_CHUNK = 64 * 1024
 class AgentConfig:
     state_dir: Path
     uplink: UplinkConfig
+    # The pipeline's own settings; a remote config overrides them while it runs.
+    van: VanConfig = field(default_factory=VanConfig)
     gnss: ReaderConfig | None = None
     scanner: ScannerConfig | None = None
     # Simulator / test inputs instead of hardware.
@@ -77,6 +92,9 @@ class AgentCounts:
     scans: int = 0
     records: dict[str, int] = field(default_factory=lambda: {"telemetry": 0, "events": 0, "pod": 0})
     manifests: int = 0
+    # Remote configs applied (a clear included), and refused (invalid or stale).
+    configs: int = 0
+    configs_refused: int = 0
 
 
 class GnssClock:
@@ -127,6 +145,9 @@ class Agent:
         self.counts = AgentCounts()
         self.manifests = ManifestStore(config.state_dir / "manifest.json")
         self.chain_store = ChainStateStore(config.state_dir / "pod-chain.json")
+        self.config_store = RemoteConfigStore(config.state_dir / "config.json")
+        # The remote config running, None on the agent's own settings.
+        self.remote_config: RemoteConfig | None = None
         self.pipeline: VanPipeline | None = None
         self.uplink: Uplink | None = None
         self.input_done = asyncio.Event()
@@ -169,19 +190,41 @@ class Agent:
             )
         return manifest
 
+    async def _stored_config(self) -> tuple[VanConfig, UplinkConfig]:
+        """The settings to start on: the stored remote config over the agent's own.
+
+        A stored config that no longer validates (say, after a downgrade) is logged and
+        left alone, and the agent starts on its own settings: they work, and the broker
+        delivers the retained config again on connect.
+        """
+        c = self.config
+        try:
+            stored = await asyncio.to_thread(self.config_store.load)
+            van, uplink = apply_config(stored, van=c.van, uplink=c.uplink)
+        except RemoteConfigError as err:
+            log.warning(
+                "stored config %s refused, running on defaults: %s", self.config_store.path, err
+            )
+            return c.van, c.uplink
+        self.remote_config = stored
+        if stored is not None:
+            log.info("config revision %d loaded from %s", stored.revision, self.config_store.path)
+        return van, uplink
+
     # -- running -----------------------------------------------------------------
 
     async def run(self) -> None:
         c = self.config
-        c.state_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(c.state_dir.mkdir, parents=True, exist_ok=True)
         async with AsyncOutbox(
             c.state_dir / "outbox.db", budget_bytes=c.outbox_budget_bytes
         ) as outbox:
             self._outbox = outbox
             chain = await self._chain(outbox, c.uplink.device_id)
-            self.pipeline = VanPipeline(await self._manifest(), pods=chain)
+            van, uplink = await self._stored_config()
+            self.pipeline = VanPipeline(await self._manifest(), pods=chain, config=van)
             self.uplink = Uplink(
-                c.uplink,
+                uplink,
                 outbox,
                 on_downlink=self._downlink,
                 health=self.health,
@@ -281,6 +324,9 @@ class Agent:
             self.counts.records[stream] += 1
 
     async def _downlink(self, kind: str, payload: bytes) -> None:
+        if kind == "config":
+            await self._config(payload)
+            return
         if kind != "manifest":
             log.info("downlink %s (%d bytes): not handled yet", kind, len(payload))
             return
@@ -299,11 +345,53 @@ class Agent:
         self.counts.manifests += 1
         log.info("manifest %s adopted: %d stops", manifest.route_id, len(manifest.stops))
 
+    async def _config(self, payload: bytes) -> None:
+        """Apply a config downlink to the running pipeline and uplink, and store it.
+
+        Refused (:class:`RemoteConfigError`, which the uplink counts and logs once per
+        kind), keeping the running config: an invalid payload, a revision not above the
+        running one, settings the agent cannot take. The running config offered again
+        (the retained copy, at every reconnect) is no error and changes nothing. The
+        new settings replace the running ones only once stored, so a restart runs what
+        the van last reported.
+        """
+        assert self.pipeline is not None
+        assert self.uplink is not None
+        running = self.remote_config
+        try:
+            offered = parse_config(payload)
+            if not admit(running, offered):
+                log.debug("config revision %d again: already running", running_revision(running))
+                return
+            van, uplink = apply_config(offered, van=self.config.van, uplink=self.config.uplink)
+        except RemoteConfigError:
+            self.counts.configs_refused += 1
+            raise
+        if offered is None:
+            await asyncio.to_thread(self.config_store.clear)
+        else:
+            await asyncio.to_thread(self.config_store.save, offered)
+        self.pipeline.reconfigure(van)
+        # The uplink reads its batching settings per batch; nothing else of it changes.
+        self.uplink.config = uplink
+        self.remote_config = offered
+        self.counts.configs += 1
+        self.uplink.announce()  # the dispatcher sees the revision now, not at reconnect
+        if offered is None:
+            log.info("config cleared: running on defaults")
+        else:
+            log.info(
+                "config revision %d applied%s",
+                offered.revision,
+                f" (ignored: {', '.join(offered.ignored)})" if offered.ignored else "",
+            )
+
     def health(self) -> dict[str, Any]:
         counts: dict[str, Any] = {
             "fixes": self.counts.fixes,
             "scans": self.counts.scans,
             **{f"records_{k}": v for k, v in self.counts.records.items()},
+            "config_revision": running_revision(self.remote_config),
         }
         if self.pipeline is not None:
             counts["pods"] = self.pipeline.counts["pods"]

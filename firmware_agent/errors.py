@@ -52,3 +52,19 @@ class OutboxStorageError(OutboxError, OSError):
     def __init__(self, message: str, *, sqlite_errorname: str | None = None) -> None:
         super().__init__(message)
         self.sqlite_errorname = sqlite_errorname
+
+
+class RemoteConfigError(CodecError):
+    """A ``config`` downlink (or the stored ``config.json``) is refused.
+
+    It does not hold to ``config.schema.json`` (not JSON, a wrong ``v``, a setting of
+    the wrong type or not > 0), its revision is not above the running one, or the
+    agent's settings refuse the combination it asks for. ``where`` names the field
+    (``geofence.border_m``, ``revision``); the running config stays. A
+    :class:`CodecError`, so the uplink counts it as a refused downlink.
+    """
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.where = where
+        self.problem = problem

@@ -105,6 +105,20 @@ class VanPipeline:
         self._parcels = manifest.parcel_index()
         self.engine.load_manifest(manifest)
 
+    def reconfigure(self, config: VanConfig) -> None:
+        """Run on ``config`` from the next fix or scan on, keeping every state.
+
+        Stops keep their geofence phase and visits, the sampler its last sent fix, the
+        de-duplicator the parcels it accepted (judged against the new window). The
+        geofence's indexes are rebuilt, as their cell size and reach are settings.
+        """
+        self.config = config
+        self.engine.config = config.geofence
+        self.engine.load_manifest(self._manifest)
+        if self._telemetry is not None:
+            self._telemetry.config = config.telemetry
+        self._dedup.window_s = config.dedup_window_s
+
     def on_fix(self, fix: Fix) -> list[Message]:
         self.counts["fixes"] += 1
         messages = [self._stop_message(event) for event in self.engine.update(fix)]

@@ -129,6 +129,7 @@ class Uplink:
         self.config = config
         self.outbox = outbox
         self._on_downlink = on_downlink
+        self._status_due = asyncio.Event()
         self._health = health
         self._clock = clock
         self.counts = UplinkCounts()
@@ -216,17 +217,37 @@ class Uplink:
             self._sent[stream] = self._acked[stream]  # resend whatever was not acked
         for kind in DOWNLINK:
             await client.subscribe(downlink_topic(device, kind), qos=1)
+        self._status_due.clear()
+        await self._publish_status(client)
+        self.connected.set()
+        log.info("uplink: connected to %s:%d as %s", self.config.host, self.config.port, device)
+        await until_one_ends(
+            {
+                "uplink-downlink": self._receive(client),
+                "uplink-send": self._send(client),
+                "uplink-status": self._status(client),
+            }
+        )
+
+    def announce(self) -> None:
+        """Publish the retained ``status`` again, with fresh health, as soon as connected
+        (after a change a dispatcher should see, such as a new config revision)."""
+        self._status_due.set()
+
+    async def _status(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._status_due.wait()
+            self._status_due.clear()
+            await self._publish_status(client)
+
+    async def _publish_status(self, client: aiomqtt.Client) -> None:
+        device = self.config.device_id
         health = dict(self._health()) if self._health is not None else None
         await client.publish(
             status_topic(device),
             encode_status(device, "online", time=self._clock(), health=health),
             qos=1,
             retain=True,
-        )
-        self.connected.set()
-        log.info("uplink: connected to %s:%d as %s", self.config.host, self.config.port, device)
-        await until_one_ends(
-            {"uplink-downlink": self._receive(client), "uplink-send": self._send(client)}
         )
 
     # -- downlink ----------------------------------------------------------------

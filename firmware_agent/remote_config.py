@@ -1,0 +1,361 @@
+"""The remote configuration dispatch retains on ``fleet/v1/{device_id}/config``.
+
+The contract is ``config.schema.json`` (docs/asyncapi.yaml, message ``config``): a
+JSON object with ``v`` (1), ``revision`` (an integer >= 1, increasing with every
+change), an optional ``issued_at`` and one object per section overriding the agent's
+defaults. A setting left out keeps its default; an empty payload clears the config
+(back to defaults); unknown sections and keys are allowed and ignored, so a newer
+config never stops an older agent.
+
+Every section of the schema has a runtime counterpart here, and each is applied over
+the agent's own settings (shipped defaults and /etc), never over a previous remote
+config, so a setting dropped from a later revision returns to its default:
+
+- ``telemetry``: :class:`~firmware_agent.telemetry.TelemetryConfig` (smart sampling);
+- ``uplink``: ``batch_max_fixes`` and ``batch_max_age_s`` of
+  :class:`~firmware_agent.uplink.mqtt.UplinkConfig` (telemetry batching);
+- ``geofence``: :class:`~firmware_agent.geofence.config.GeofenceConfig`;
+- ``van``: ``dedup_window_s`` and ``max_fix_age_s`` of
+  :class:`~firmware_agent.van.VanConfig` (scanning and POD).
+
+Anything else (a section or key this agent does not know) is ignored and listed in
+:attr:`RemoteConfig.ignored` for the log.
+
+Validation is written out, as :mod:`firmware_agent.manifest` does, rather than with a
+schema library: the van package does not depend on ``cloud_ingest``, whose package
+holds the schemas. :func:`parse_config`, :func:`admit` and :func:`apply_config` are
+pure; :class:`RemoteConfigStore` keeps the running config in the state directory
+(blocking file I/O: call it off the event loop).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+
+from firmware_agent.errors import ConfigError, RemoteConfigError
+from firmware_agent.pod.keys import fsync_directory, make_private_dirs, write_file_atomically
+from firmware_agent.van import VanConfig
+
+if TYPE_CHECKING:
+    # Only for the annotation: this module stays importable without the MQTT client.
+    from firmware_agent.uplink.mqtt import UplinkConfig
+
+VERSION: Final = 1
+# A config is a few hundred bytes; the cap bounds what a hostile publisher can make
+# the agent parse and store (unknown sections are kept in the stored copy).
+MAX_CONFIG_BYTES: Final = 64 * 1024
+
+Overrides = Mapping[str, int | float]
+
+# config.schema.json's utc definition: UTC only, at most microseconds.
+_UTC_PATTERN: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|\+00:00)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    """One setting the agent takes: a number > 0, an integer if ``integer``."""
+
+    integer: bool = False
+    maximum: int | None = None
+
+
+_NUMBER: Final = _Setting()
+_COUNT: Final = _Setting(integer=True)
+
+# The settings this agent applies, per section, as config.schema.json defines them.
+SETTINGS: Final[Mapping[str, Mapping[str, _Setting]]] = {
+    "telemetry": dict.fromkeys(
+        (
+            "moving_period_s",
+            "parked_period_s",
+            "min_period_s",
+            "distance_m",
+            "heading_change_deg",
+            "speed_change_mps",
+            "moving_speed_mps",
+        ),
+        _NUMBER,
+    ),
+    "uplink": {
+        "batch_max_fixes": _Setting(integer=True, maximum=4096),
+        "batch_max_age_s": _NUMBER,
+    },
+    "geofence": {
+        **dict.fromkeys(
+            (
+                "max_hdop",
+                "border_m",
+                "depart_confirm_s",
+                "slow_speed_mps",
+                "confirm_dwell_s",
+                "revisit_dwell_s",
+                "max_gap_s",
+                "order_slack_m",
+                "halt_after_s",
+                "moving_speed_mps",
+                "deviation_m",
+                "deviation_after_s",
+                "deviation_clear_m",
+                "index_cell_m",
+            ),
+            _NUMBER,
+        ),
+        "confirm_min_fixes": _COUNT,
+    },
+    "van": {"dedup_window_s": _NUMBER, "max_fix_age_s": _NUMBER},
+}
+_TOP_LEVEL: Final = frozenset({"v", "revision", "issued_at"})
+
+
+def _frozen(overrides: dict[str, int | float]) -> Overrides:
+    return MappingProxyType(overrides)
+
+
+def _no_overrides() -> Overrides:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteConfig:
+    """A validated config: its revision and, per section, the settings it overrides.
+
+    Integer settings (``batch_max_fixes``, ``confirm_min_fixes``) are ``int``, every
+    other one a ``float``. ``raw`` is the payload as received, for storage; ``ignored``
+    names the sections and keys this agent does not know (``model``,
+    ``telemetry.foo_s``). Neither takes part in equality: two payloads that ask for the
+    same settings are the same config.
+    """
+
+    revision: int
+    issued_at: datetime | None = None
+    telemetry: Overrides = field(default_factory=_no_overrides)
+    uplink: Overrides = field(default_factory=_no_overrides)
+    geofence: Overrides = field(default_factory=_no_overrides)
+    van: Overrides = field(default_factory=_no_overrides)
+    ignored: tuple[str, ...] = field(default=(), compare=False)
+    raw: bytes = field(default=b"", compare=False, repr=False)
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are Python's JSON extensions, not JSON.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _decode(data: bytes) -> Any:
+    if len(data) > MAX_CONFIG_BYTES:
+        raise RemoteConfigError("", f"larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise RemoteConfigError("", f"not valid UTF-8 JSON: {err}") from err
+
+
+def _shown(value: Any) -> str:
+    # Bounded: the message goes to the log, and the value to it from anyone who can
+    # publish on the topic.
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass; true is never a period.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any, where: str, minimum: int, maximum: int | None = None) -> int:
+    # JSON Schema counts 3.0 as an integer; so do we.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RemoteConfigError(where, f"must be an integer, got {_shown(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"within [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise RemoteConfigError(where, f"must be {bound}, got {_shown(value)}")
+    return value
+
+
+def _setting(value: Any, where: str, setting: _Setting) -> int | float:
+    if setting.integer:
+        return _integer(value, where, 1, setting.maximum)
+    if not _is_number(value):
+        raise RemoteConfigError(where, f"must be a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise RemoteConfigError(where, f"must be > 0 and finite, got {_shown(value)}")
+    return number
+
+
+def _issued_at(value: Any) -> datetime:
+    if not isinstance(value, str) or _UTC_PATTERN.fullmatch(value) is None:
+        raise RemoteConfigError(
+            "issued_at",
+            f"must be an ISO 8601 UTC time (2026-11-20T18:00:00.000Z), got {_shown(value)}",
+        )
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError as err:  # matches the pattern, yet 2026-02-30
+        raise RemoteConfigError("issued_at", f"not a valid time: {_shown(value)}") from err
+
+
+def parse_config(data: bytes) -> RemoteConfig | None:
+    """Validate a ``config`` payload; ``None`` for the empty payload, which clears it.
+
+    Only a payload of zero bytes clears (what a retained-message delete delivers);
+    anything else must be a config object. :class:`RemoteConfigError` names the first
+    offending field (``uplink.batch_max_fixes: must be within [1, 4096], got 5000``).
+    """
+    if not data:
+        return None
+    doc = _decode(data)
+    if not isinstance(doc, dict):
+        raise RemoteConfigError("", "a config must be a JSON object")
+    if "v" not in doc:
+        raise RemoteConfigError("v", "missing")
+    v = doc["v"]
+    if not _is_number(v) or v != VERSION:
+        raise RemoteConfigError("v", f"must be {VERSION}, got {_shown(v)}")
+    if "revision" not in doc:
+        raise RemoteConfigError("revision", "missing")
+    revision = _integer(doc["revision"], "revision", 1)
+    issued_at = _issued_at(doc["issued_at"]) if "issued_at" in doc else None
+    ignored = [key for key in doc if key not in _TOP_LEVEL and key not in SETTINGS]
+    sections: dict[str, Overrides] = {}
+    for section, settings in SETTINGS.items():
+        if section not in doc:
+            continue
+        raw_section = doc[section]
+        if not isinstance(raw_section, dict):
+            raise RemoteConfigError(section, f"must be an object, got {_shown(raw_section)}")
+        overrides: dict[str, int | float] = {}
+        for key, value in raw_section.items():
+            setting = settings.get(key)
+            if setting is None:
+                ignored.append(f"{section}.{key}")
+                continue
+            overrides[key] = _setting(value, f"{section}.{key}", setting)
+        sections[section] = _frozen(overrides)
+    return RemoteConfig(
+        revision=revision,
+        issued_at=issued_at,
+        ignored=tuple(ignored),
+        raw=bytes(data),
+        **sections,
+    )
+
+
+def running_revision(config: RemoteConfig | None) -> int:
+    """The revision status health reports: 0 when running on defaults."""
+    return 0 if config is None else config.revision
+
+
+def admit(running: RemoteConfig | None, offered: RemoteConfig | None) -> bool:
+    """Whether ``offered`` (``None``: the clearing empty payload) replaces ``running``.
+
+    True for a revision higher than the running one, and for a clear while a config
+    runs. False for the running config offered again: the broker re-sends the retained
+    config at every reconnect, which is nothing to do and nothing wrong (and a clear
+    while on defaults). :class:`RemoteConfigError` (``revision``) for any other revision
+    not above the running one. The schema is silent on a repeated revision that asks
+    for different settings; it is refused like an older one, as a publisher that
+    reuses a revision has made a mistake the van cannot settle.
+    """
+    if offered is None:
+        return running is not None
+    current = running_revision(running)
+    if offered.revision > current:
+        return True
+    if offered == running:
+        return False
+    raise RemoteConfigError(
+        "revision", f"{offered.revision} is not above the running {current}; keeping it"
+    )
+
+
+def _changes(overrides: Overrides) -> dict[str, Any]:
+    # For dataclasses.replace, whose plugin wants each keyword's type: every key is one
+    # of SETTINGS, which the tests hold to the target dataclasses' fields.
+    return dict(overrides)
+
+
+def apply_config(
+    config: RemoteConfig | None, *, van: VanConfig, uplink: UplinkConfig
+) -> tuple[VanConfig, UplinkConfig]:
+    """The agent's settings with ``config``'s overrides; ``None`` returns them as given.
+
+    ``van`` and ``uplink`` are the agent's own settings (not a previous remote config's
+    result), so that every setting ``config`` leaves out is the agent's own. Settings
+    that a section does not name keep their values; only ``batch_max_fixes`` and
+    ``batch_max_age_s`` of ``uplink`` can change. :class:`RemoteConfigError` when the
+    settings refuse the combination (``geofence.deviation_clear_m`` above
+    ``deviation_m``).
+    """
+    if config is None:
+        return van, uplink
+    try:
+        geofence = replace(van.geofence, **_changes(config.geofence))
+    except ConfigError as err:
+        raise RemoteConfigError("geofence", str(err).removeprefix("geofence ")) from err
+    new_van = replace(
+        van,
+        geofence=geofence,
+        telemetry=replace(van.telemetry, **_changes(config.telemetry)),
+        **_changes(config.van),
+    )
+    return new_van, replace(uplink, **_changes(config.uplink))
+
+
+class RemoteConfigStore:
+    """The running config on disk (``config.json`` in the agent's state directory).
+
+    The payload is stored as received. :meth:`save` writes a temporary file, fsyncs it
+    and renames it over the old one (:func:`~firmware_agent.pod.keys.
+    write_file_atomically`), so a power cut leaves the old config or the new one, never
+    a torn one; :meth:`clear` removes it and fsyncs the directory. Blocking: call these
+    with :func:`asyncio.to_thread`.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"RemoteConfigStore({str(self.path)!r})"
+
+    def load(self) -> RemoteConfig | None:
+        """The stored config, or None when there is none.
+
+        :class:`RemoteConfigError` if the file no longer validates; other
+        :class:`OSError` (permissions, I/O) propagate.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return parse_config(data)
+
+    def save(self, config: RemoteConfig) -> None:
+        """Durably replace the stored config with ``config.raw``."""
+        make_private_dirs(self.path.parent)
+        write_file_atomically(self.path, config.raw, overwrite=True)
+
+    def clear(self) -> None:
+        """Durably remove the stored config (back to defaults); no file is fine."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_directory(self.path.parent)
