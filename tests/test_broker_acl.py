@@ -1,0 +1,669 @@
+"""The shipped broker configuration (docs/mosquitto/fleet.conf, fleet.acl and
+fleet-services.acl) in a real Mosquitto: mutual TLS with the certificate's CN as
+username, and ACLs under which a van can neither publish as another van nor read
+another van's downlink. Two listeners: the vans' (client id forced to the CN, so no van
+can push another off) and the services' (its own ACL and client ids: ingest workers
+share a CN).
+
+The broker of each test loads fleet.conf itself, its listeners and file paths pointed
+at the test's ports, certificates and the repository's ACLs (:func:`shipped_config`).
+
+What Mosquitto 2.0.11 does with a refusal (MQTT 5), as these tests assert:
+
+- an unauthorized QoS 1 PUBLISH is answered with PUBACK 0x87 (Not authorized) and
+  dropped;
+- a SUBSCRIBE is always granted (SUBACK 0x01): acl_file does not judge subscriptions,
+  it checks "read" on each message before delivering it (retained ones included), so a
+  forbidden subscription is granted and stays silent;
+- a last will on a topic the van may not write is dropped, silently, when it falls due.
+
+"Never receives" is proved with a sentinel: a message the subscriber may read,
+published after the forbidden one was answered. Mosquitto handles one message at a
+time and queues a subscriber's messages in order, so had the forbidden one been
+delivered it would have arrived before the sentinel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from firmware_agent.uplink.topics import (
+    DOWNLINK_KINDS,
+    STREAMS,
+    downlink_topic,
+    shared_subscriptions,
+    status_topic,
+    stream_topic,
+    uplink_topic,
+)
+from tests.broker import Mosquitto, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+FLEET_CONF = REPO / "docs" / "mosquitto" / "fleet.conf"
+FLEET_ACL = REPO / "docs" / "mosquitto" / "fleet.acl"
+FLEET_SERVICES_ACL = REPO / "docs" / "mosquitto" / "fleet-services.acl"
+
+VAN, OTHER_VAN = "van-1", "van-2"
+ROLES = ("ingest", "backend", "dispatcher")
+
+SUCCESS = 0x00
+NO_MATCHING_SUBSCRIBERS = 0x10  # accepted (and retained, if so flagged); nobody to tell
+GRANTED_QOS1 = 0x01
+NOT_AUTHORIZED = 0x87
+TIMEOUT_S = 5.0
+
+# The largest payload ingest accepts (WorkerConfig.max_message_bytes).
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+# -- certificates (as tests/test_uplink_mqtt.py) -------------------------------------
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _issue(
+    cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    san_ip: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    issuer_name, issuer_key = issuer if issuer is not None else (_name(cn), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san_ip:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(
+    directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> None:
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, the broker's certificate (for 127.0.0.1), two vans' and the three roles'."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _issue("fleet test CA", ca_key, None, ca=True)
+    _write(d, "ca", ca, ca_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write(d, "broker", _issue("127.0.0.1", key, (ca.subject, ca_key), san_ip=True), key)
+    for cn in (VAN, OTHER_VAN, *ROLES):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(d, cn, _issue(cn, key, (ca.subject, ca_key)), key)
+    return d
+
+
+# -- the shipped configuration ---------------------------------------------------------
+
+
+class Ports(NamedTuple):
+    vans: int
+    services: int
+
+
+def shipped_config(pki: Path, ports: Ports) -> str:
+    """fleet.conf as shipped, but for a test: its two listeners on ``ports`` of
+    127.0.0.1, its certificates the test's, its ACLs the repository's."""
+    text = FLEET_CONF.read_text()
+    replacements = {
+        "listener 8883\n": (f"listener {ports.vans} 127.0.0.1\n", 1),
+        "listener 8884\n": (f"listener {ports.services} 127.0.0.1\n", 1),
+        "/etc/mosquitto/certs/fleet-ca.pem": (str(pki / "ca.pem"), 2),
+        "/etc/mosquitto/certs/broker.pem": (str(pki / "broker.pem"), 2),
+        "/etc/mosquitto/certs/broker.key": (str(pki / "broker.key"), 2),
+        "/etc/mosquitto/fleet.acl": (str(FLEET_ACL), 1),
+        "/etc/mosquitto/fleet-services.acl": (str(FLEET_SERVICES_ACL), 1),
+    }
+    for old, (new, count) in replacements.items():
+        assert text.count(old) == count, f"fleet.conf should hold {old!r} {count} times"
+        text = text.replace(old, new)
+    listeners = [line for line in text.splitlines() if line.startswith("listener")]
+    assert len(listeners) == 2, listeners
+    return text
+
+
+def _wait_listening(port: int) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            return
+
+
+@pytest.fixture
+def broker(pki: Path, tmp_path: Path) -> Iterator[Ports]:
+    """A Mosquitto running the shipped fleet.conf; yields its two listeners' ports.
+
+    :class:`Mosquitto` writes its own ``listener {port} 127.0.0.1`` and ``allow_anonymous
+    true`` first, then ``extra``. fleet.conf cannot simply follow as ``extra``: it opens
+    with ``per_listener_settings true``, which Mosquitto refuses once a security setting
+    (that ``allow_anonymous``) has been read. And a plain, anonymous listener next to the
+    shipped two would not be the shipped broker. So the config Mosquitto wrote is
+    rewritten before it starts: those two lines dropped (what remains, persistence, logs,
+    queue limit, TCP_NODELAY, user, holds no security setting), fleet.conf appended with
+    the vans' listener on Mosquitto's own port. Sound, since that port was only ever
+    picked by Mosquitto and used by :meth:`Mosquitto.start` to see the broker up: a TCP
+    connect, which a TLS listener takes (and drops) like any other. The services' port
+    is waited for as well: Mosquitto opens its listeners one after the other.
+    """
+    mosquitto = Mosquitto(tmp_path / "broker")
+    ports = Ports(vans=mosquitto.port, services=free_port())
+    own = [f"listener {mosquitto.port} 127.0.0.1", "allow_anonymous true"]
+    lines = mosquitto.config.read_text().splitlines()
+    assert lines[: len(own)] == own, f"Mosquitto's config has changed: {lines[:2]}"
+    config = [*lines[len(own) :], shipped_config(pki, ports)]
+    mosquitto.config.write_text("\n".join(config) + "\n")
+    with mosquitto:
+        _wait_listening(ports.services)
+        yield ports
+
+
+# -- clients -------------------------------------------------------------------------
+
+
+class Message(NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Will(NamedTuple):
+    topic: str
+    payload: bytes
+
+
+class Peer:
+    """One MQTT 5 client over mutual TLS with ``cn``'s certificate (paho, its network
+    loop in a thread; client id ``client_id``, else the CN, as the agent does).
+    :meth:`publish` (QoS 1) returns the PUBACK's reason code, :meth:`subscribe` the
+    SUBACK's; what arrives queues in :attr:`inbox`, the reason code of each time the
+    broker disconnected it in :attr:`disconnects`."""
+
+    def __init__(
+        self,
+        port: int,
+        pki: Path,
+        cn: str,
+        *,
+        client_id: str | None = None,
+        will: Will | None = None,
+    ) -> None:
+        self.cn = cn
+        self.client_id = client_id or cn
+        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.disconnects: list[int] = []
+        self._acks: dict[int, list[ReasonCode]] = {}
+        self._connack: ReasonCode | None = None
+        self._changed = threading.Condition()
+        self._gone = False
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+        )
+        client.tls_set(
+            ca_certs=str(pki / "ca.pem"),
+            certfile=str(pki / f"{cn}.pem"),
+            keyfile=str(pki / f"{cn}.key"),
+        )
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._connack is not None, TIMEOUT_S), (
+                f"{cn}: no CONNACK"
+            )
+        assert self._connack == SUCCESS, f"{cn}: CONNACK {self._connack}"
+
+    # paho's network thread
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        with self._changed:
+            self._connack = rc
+            self._changed.notify_all()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        with self._changed:
+            self._acks[mid] = [rc]
+            self._changed.notify_all()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        with self._changed:
+            self._acks[mid] = rcs
+            self._changed.notify_all()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self.inbox.put(Message(message.topic, bytes(message.payload), message.retain))
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        with self._changed:
+            if not self._gone:
+                self.disconnects.append(rc.value)
+            self._changed.notify_all()
+
+    # the test's thread
+
+    def _ack(self, mid: int) -> list[int]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: mid in self._acks, TIMEOUT_S), (
+                f"{self.cn}: no ack for mid {mid}"
+            )
+            return [rc.value for rc in self._acks.pop(mid)]
+
+    def publish(self, topic: str, payload: bytes = b"x", *, retain: bool = False) -> int:
+        (rc,) = self._ack(self._client.publish(topic, payload, qos=1, retain=retain).mid)
+        return rc
+
+    def subscribe(self, topic: str) -> int:
+        result, mid = self._client.subscribe(topic, qos=1)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        assert mid is not None
+        (rc,) = self._ack(mid)
+        return rc
+
+    def disconnected(self) -> list[int]:
+        """Waits until the broker has disconnected this client; the reason codes paho
+        reported. A client pushed off by another with its client id: Mosquitto 2.0.11
+        closes the connection without the DISCONNECT 0x8E (Session taken over) reaching
+        it, so paho reports 0x80 (a lost connection)."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.disconnects, TIMEOUT_S), (
+                f"{self.cn}: still connected"
+            )
+            return list(self.disconnects)
+
+    def receive(self) -> Message:
+        try:
+            return self.inbox.get(timeout=TIMEOUT_S)
+        except queue.Empty:
+            raise AssertionError(f"{self.cn}: nothing received") from None
+
+    def until(self, sentinel: str) -> list[Message]:
+        """Everything received before the first message on topic ``sentinel``."""
+        before: list[Message] = []
+        while (message := self.receive()).topic != sentinel:
+            before.append(message)
+        return before
+
+    def power_gone(self) -> None:
+        """Vanish without a DISCONNECT, as a van losing power: the broker sends the will."""
+        self._gone = True
+        self._client.loop_stop()
+        sock = self._client.socket()
+        assert sock is not None
+        sock.close()
+
+    def leave_with_will(self) -> None:
+        """DISCONNECT with reason 0x04: the broker publishes the will as if the van died."""
+        self._gone = True
+        self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=0x04))
+        self._client.loop_stop()
+
+    def close(self) -> None:
+        if not self._gone:
+            self._gone = True
+            self._client.disconnect()
+            self._client.loop_stop()
+
+
+Connect = Callable[..., Peer]
+
+
+@pytest.fixture
+def connect(broker: Ports, pki: Path) -> Iterator[Connect]:
+    """``connect(cn, client_id=None, will=None, port=None)``: a connected :class:`Peer`,
+    closed after the test; on the services' listener if ``cn`` is a role's, else on the
+    vans' (``port``: another)."""
+    peers: list[Peer] = []
+
+    def make(
+        cn: str,
+        *,
+        client_id: str | None = None,
+        will: Will | None = None,
+        port: int | None = None,
+    ) -> Peer:
+        if port is None:
+            port = broker.services if cn in ROLES else broker.vans
+        peer = Peer(port, pki, cn, client_id=client_id, will=will)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.close()
+
+
+# -- tests ---------------------------------------------------------------------------
+
+
+def test_a_van_publishes_its_uplink_to_ingest_via_the_shared_subscription(
+    connect: Connect,
+) -> None:
+    ingest = connect("ingest")
+    for subscription in shared_subscriptions("ingest"):
+        assert ingest.subscribe(subscription) == GRANTED_QOS1
+    van = connect(VAN)
+    sent = [uplink_topic(VAN, stream) for stream in STREAMS]
+    for topic in sent:
+        assert van.publish(topic, topic.encode()) == SUCCESS
+    assert van.publish(status_topic(VAN), b"online", retain=True) == SUCCESS
+    received = [ingest.receive() for _ in range(len(sent) + 1)]
+    assert [(m.topic, m.payload) for m in received] == [
+        *((t, t.encode()) for t in sent),
+        (status_topic(VAN), b"online"),
+    ]
+
+
+def test_the_largest_payload_ingest_accepts_passes_the_broker(connect: Connect) -> None:
+    ingest = connect("ingest")
+    assert ingest.subscribe(shared_subscriptions("ingest")[0]) == GRANTED_QOS1
+    van = connect(VAN)
+    payload = bytes(MAX_MESSAGE_BYTES)
+    assert van.publish(uplink_topic(VAN, "telemetry"), payload) == SUCCESS
+    assert ingest.receive().payload == payload
+
+
+def test_a_van_cannot_publish_as_another_van(connect: Connect) -> None:
+    ingest = connect("ingest")
+    for subscription in shared_subscriptions("ingest"):
+        assert ingest.subscribe(subscription) == GRANTED_QOS1
+    van = connect(VAN)
+    forged = [uplink_topic(OTHER_VAN, stream) for stream in STREAMS]
+    for topic in forged:
+        assert van.publish(topic) == NOT_AUTHORIZED, topic
+    assert van.publish(status_topic(OTHER_VAN), b"offline", retain=True) == NOT_AUTHORIZED
+    sentinel = uplink_topic(VAN, "telemetry")
+    assert van.publish(sentinel) == SUCCESS
+    assert ingest.until(sentinel) == []
+
+
+def test_a_van_cannot_read_another_vans_downlink(connect: Connect) -> None:
+    dispatcher, ingest = connect("dispatcher"), connect("ingest")
+    # Retained before the van subscribes (delivered on subscribing) ...
+    manifest = downlink_topic(OTHER_VAN, "manifest")
+    assert dispatcher.publish(manifest, retain=True) == NO_MATCHING_SUBSCRIBERS
+    van = connect(VAN)
+    forbidden = [
+        downlink_topic(OTHER_VAN, "ack"),
+        downlink_topic(OTHER_VAN, "manifest"),
+        f"$share/vans/{downlink_topic(OTHER_VAN, 'ack')}",
+        "fleet/v1/+/manifest",
+        "#",
+    ]
+    for subscription in forbidden:
+        # Mosquitto 2.0 grants the subscription and withholds every message: a broker
+        # that refuses it (0x87) is stricter still, and needs this assertion updated.
+        assert van.subscribe(subscription) == GRANTED_QOS1, subscription
+    own_manifest = downlink_topic(VAN, "manifest")
+    assert van.subscribe(own_manifest) == GRANTED_QOS1
+    # ... and live after.
+    assert ingest.publish(downlink_topic(OTHER_VAN, "ack")) == SUCCESS
+    assert dispatcher.publish(downlink_topic(OTHER_VAN, "manifest"), retain=True) == SUCCESS
+    assert dispatcher.publish(downlink_topic(OTHER_VAN, "config"), retain=True) == SUCCESS
+    assert dispatcher.publish(own_manifest, b"mine", retain=True) == SUCCESS
+    # Its own manifest arrives once per matching subscription (its own, "+", "#").
+    assert van.until(own_manifest) == []
+
+
+def test_a_van_receives_its_own_retained_downlinks_from_the_dispatcher(
+    connect: Connect,
+) -> None:
+    dispatcher = connect("dispatcher")
+    for kind in ("manifest", "config", "model"):
+        topic = downlink_topic(VAN, kind)
+        assert dispatcher.publish(topic, kind.encode(), retain=True) == NO_MATCHING_SUBSCRIBERS
+    van = connect(VAN)
+    for kind in DOWNLINK_KINDS:
+        assert van.subscribe(downlink_topic(VAN, kind)) == GRANTED_QOS1
+    received = [van.receive() for _ in range(3)]
+    assert received == [
+        Message(downlink_topic(VAN, kind), kind.encode(), retain=True)
+        for kind in ("manifest", "config", "model")
+    ]
+
+
+def test_a_van_cannot_publish_downlinks_nor_on_fleetstream(connect: Connect) -> None:
+    backend, dispatcher = connect("backend"), connect("dispatcher")
+    assert backend.subscribe("fleetstream/v1/#") == GRANTED_QOS1
+    van = connect(VAN)
+    own_downlinks = [downlink_topic(VAN, kind) for kind in DOWNLINK_KINDS]
+    for topic in own_downlinks:
+        assert van.subscribe(topic) == GRANTED_QOS1
+    forbidden = [
+        *own_downlinks,
+        downlink_topic(OTHER_VAN, "manifest"),
+        stream_topic(VAN, "position"),
+        stream_topic(OTHER_VAN, "pod"),
+    ]
+    for topic in forbidden:
+        assert van.publish(topic, b"forged", retain=True) == NOT_AUTHORIZED, topic
+    manifest = downlink_topic(VAN, "manifest")
+    assert dispatcher.publish(manifest, b"real", retain=True) == SUCCESS
+    assert van.until(manifest) == []
+    ingest = connect("ingest")
+    position = stream_topic(VAN, "position")
+    assert ingest.publish(position) == SUCCESS
+    assert backend.until(position) == []
+    # Nothing forged was retained either: reconnected, the van gets only the real manifest.
+    van.close()
+    late = connect(VAN)
+    for topic in own_downlinks:
+        assert late.subscribe(topic) == GRANTED_QOS1
+    assert late.receive() == Message(manifest, b"real", retain=True)
+    assert late.inbox.empty()
+
+
+def test_backend_reads_fleetstream_only(connect: Connect) -> None:
+    backend = connect("backend")
+    assert backend.subscribe("fleetstream/v1/#") == GRANTED_QOS1
+    assert backend.subscribe("fleet/v1/#") == GRANTED_QOS1  # granted, and silent
+    ingest, dispatcher, van = connect("ingest"), connect("dispatcher"), connect(VAN)
+    assert van.publish(uplink_topic(VAN, "telemetry")) == SUCCESS
+    assert van.publish(status_topic(VAN), b"online", retain=True) == SUCCESS
+    assert dispatcher.publish(downlink_topic(VAN, "manifest"), retain=True) == SUCCESS
+    assert ingest.publish(downlink_topic(VAN, "ack")) == SUCCESS
+    assert backend.publish(stream_topic(VAN, "event"), b"forged") == NOT_AUTHORIZED
+    assert backend.publish(downlink_topic(VAN, "manifest")) == NOT_AUTHORIZED
+    position = stream_topic(VAN, "position")
+    assert ingest.publish(position, b"normalized") == SUCCESS
+    assert backend.until(position) == []
+
+
+def test_the_dispatcher_cannot_publish_uplink_acks_nor_fleetstream(connect: Connect) -> None:
+    ingest, backend = connect("ingest"), connect("backend")
+    for subscription in shared_subscriptions("ingest"):
+        assert ingest.subscribe(subscription) == GRANTED_QOS1
+    assert backend.subscribe("fleetstream/v1/#") == GRANTED_QOS1
+    van = connect(VAN)
+    assert van.subscribe(downlink_topic(VAN, "ack")) == GRANTED_QOS1
+    dispatcher = connect("dispatcher")
+    forbidden = [
+        uplink_topic(VAN, "telemetry"),
+        uplink_topic(VAN, "pod"),
+        status_topic(VAN),
+        downlink_topic(VAN, "ack"),
+        stream_topic(VAN, "position"),
+        # The %u patterns are in the vans' ACL only: the dispatcher is no van here.
+        uplink_topic("dispatcher", "telemetry"),
+    ]
+    for topic in forbidden:
+        assert dispatcher.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+    sentinel = uplink_topic(VAN, "telemetry")
+    assert van.publish(sentinel) == SUCCESS
+    assert ingest.until(sentinel) == []
+    ack = downlink_topic(VAN, "ack")
+    assert ingest.publish(ack) == SUCCESS
+    assert van.until(ack) == []
+    position = stream_topic(VAN, "position")
+    assert ingest.publish(position) == SUCCESS
+    assert backend.until(position) == []
+
+
+def test_a_vans_retained_status_and_last_will_land_and_a_forged_will_does_not(
+    connect: Connect,
+) -> None:
+    status = status_topic(VAN)
+    dispatcher = connect("dispatcher")
+    assert dispatcher.subscribe("fleet/v1/+/status") == GRANTED_QOS1
+    # van-2's will names van-1's status: accepted at CONNECT, dropped when due.
+    forger = connect(OTHER_VAN, will=Will(status, b"forged offline"))
+    van = connect(VAN, will=Will(status, b"offline"))
+    assert van.publish(status, b"online", retain=True) == SUCCESS
+    assert dispatcher.receive() == Message(status, b"online", retain=False)
+    # The broker handles the forger's leaving well before the van's power cut (each
+    # takes it microseconds), so a forged will it published would arrive first.
+    forger.leave_with_will()
+    time.sleep(0.2)
+    van.power_gone()
+    assert dispatcher.receive() == Message(status, b"offline", retain=False)
+    assert dispatcher.inbox.empty()
+    # And it stays, retained, for whoever looks later.
+    dispatcher.close()
+    later = connect("dispatcher")
+    assert later.subscribe("fleet/v1/+/status") == GRANTED_QOS1
+    assert later.receive() == Message(status, b"offline", retain=True)
+    assert later.inbox.empty()
+
+
+# -- the two listeners ---------------------------------------------------------------
+
+
+def test_a_van_cannot_push_another_van_off_by_taking_its_client_id(connect: Connect) -> None:
+    victim = connect(OTHER_VAN)
+    van = connect(VAN)
+    impostor = connect(VAN, client_id=OTHER_VAN)
+    # The broker named the impostor after its certificate, "van-1", not "van-2": the
+    # connection it pushed off is van-1's own earlier one ...
+    assert van.disconnected()
+    van.close()  # before paho reconnects it and it pushes the impostor off in turn
+    # ... and van-2 is still on its first connection. A round trip on it proves it: the
+    # broker closes a pushed-off connection before it answers the new CONNECT, so paho
+    # would have seen van-2's closed before this PUBACK (sent again after reconnecting).
+    assert victim.publish(status_topic(OTHER_VAN), b"on", retain=True) == NO_MATCHING_SUBSCRIBERS
+    assert victim.disconnects == []
+    # The impostor holds van-1's rights, no more.
+    assert impostor.publish(uplink_topic(OTHER_VAN, "telemetry")) == NOT_AUTHORIZED
+    assert impostor.publish(uplink_topic(VAN, "telemetry")) == NO_MATCHING_SUBSCRIBERS
+    assert impostor.disconnects == []
+
+
+def test_ingest_workers_sharing_the_cn_keep_their_own_client_ids(connect: Connect) -> None:
+    workers = [connect("ingest", client_id=f"ingest-{i}") for i in (1, 2)]
+    for worker in workers:
+        for subscription in shared_subscriptions("ingest"):
+            assert worker.subscribe(subscription) == GRANTED_QOS1
+    van = connect(VAN)
+    ack = downlink_topic(VAN, "ack")
+    assert van.subscribe(ack) == GRANTED_QOS1
+    sent = [str(i).encode() for i in range(4)]
+    for payload in sent:
+        assert van.publish(uplink_topic(VAN, "telemetry"), payload) == SUCCESS
+    # Both still connected: the share group gives each its turn (Mosquitto 2.0 takes
+    # the group's members round-robin).
+    received: list[list[bytes]] = [[], []]
+    deadline = time.monotonic() + TIMEOUT_S
+    while sum(map(len, received)) < len(sent) and time.monotonic() < deadline:
+        for worker, inbox in zip(workers, received, strict=True):
+            with contextlib.suppress(queue.Empty):
+                inbox.append(worker.inbox.get(timeout=0.05).payload)
+    assert all(received), received
+    assert sorted(received[0] + received[1]) == sent
+    for worker in workers:
+        assert worker.publish(ack, worker_id := worker.client_id.encode()) == SUCCESS
+        assert van.receive() == Message(ack, worker_id, retain=False)
+        assert worker.disconnects == []
+
+
+def test_each_listener_grants_by_its_own_acl_only(connect: Connect, broker: Ports) -> None:
+    # Not the id "ingest": the misplaced client below gets that one, and would push this
+    # one off (client ids are broker-wide).
+    ingest = connect("ingest", client_id="ingest-1")
+    for subscription in shared_subscriptions("ingest"):
+        assert ingest.subscribe(subscription) == GRANTED_QOS1
+    # An "ingest" certificate on the vans' listener gets the van patterns for that name,
+    # not ingest's rights (nor would a van with that CN): it reads no uplink, writes no
+    # ack. Its client id there is "ingest", whatever it sent.
+    misplaced = connect("ingest", client_id="ingest-9", port=broker.vans)
+    assert misplaced.subscribe("$share/other/fleet/v1/+/telemetry") == GRANTED_QOS1
+    assert misplaced.subscribe(downlink_topic("ingest", "ack")) == GRANTED_QOS1
+    assert misplaced.publish(downlink_topic(VAN, "ack")) == NOT_AUTHORIZED
+    # A van certificate on the services' listener: no rights at all.
+    stray = connect(OTHER_VAN, port=broker.services)
+    assert stray.publish(uplink_topic(OTHER_VAN, "telemetry")) == NOT_AUTHORIZED
+    assert stray.publish(status_topic(OTHER_VAN), b"online", retain=True) == NOT_AUTHORIZED
+    van = connect(VAN)
+    telemetry = uplink_topic(VAN, "telemetry")
+    assert van.publish(telemetry) == SUCCESS
+    assert ingest.receive().topic == telemetry
+    # What the misplaced client may read (the ack pattern, for "ingest"), as a sentinel.
+    own_ack = downlink_topic("ingest", "ack")
+    assert ingest.publish(own_ack) == SUCCESS
+    assert misplaced.until(own_ack) == []
+    assert ingest.inbox.empty()
+
+
+def test_a_van_that_reaches_the_services_listener_chooses_its_client_id(
+    connect: Connect, broker: Ports
+) -> None:
+    """Why the README firewalls 8884 to the cloud network: client ids are broker-wide,
+    and on the services' listener a client keeps the one it sends."""
+    victim = connect(OTHER_VAN)
+    connect(VAN, client_id=OTHER_VAN, port=broker.services)
+    assert victim.disconnected()
+    victim.close()  # before paho reconnects it
