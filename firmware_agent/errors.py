@@ -68,3 +68,25 @@ class RemoteConfigError(CodecError):
         super().__init__(f"{where}: {problem}" if where else problem)
         self.where = where
         self.problem = problem
+
+
+class ModelError(AgentError, ValueError):
+    """A model file cannot be used: not a TFLite flatbuffer, truncated, or not the shape
+    the agent expects (one float32 ``[batch, n]`` input and output, readable metadata).
+
+    The file is at fault, not the van: the agent keeps (or rolls back to) the previous
+    model. Raised by :mod:`firmware_agent.eta.interpreter`, with the interpreter's own
+    ``ValueError``/``RuntimeError`` as ``__cause__`` when it was the one to refuse.
+    """
+
+
+class ModelUnavailableError(AgentError, ImportError):
+    """No TFLite interpreter is installed (neither ai-edge-litert nor tflite-runtime).
+
+    Not a :class:`ModelError`: the model may be fine, this van just cannot run it. The
+    agent publishes the baseline ETA and says why in its status, and keeps the model.
+    """
+
+
+class FeatureError(AgentError, ValueError):
+    """Inputs the ETA features cannot use: a naive datetime, a served mask of the wrong size."""
