@@ -13,6 +13,15 @@ an empty one returns them to the agent's own. Status health reports the running
 config's revision (``config_revision``, 0 on defaults) at every connect and at once
 when it changes.
 
+ETAs: at start, off the event loop, the agent loads the ETA model (``AgentConfig.
+eta_model``, else the default shipped in the package, ``firmware_agent/eta/models/
+default.tflite``) and hands it to the pipeline, which then publishes ``eta`` and
+``late_risk`` events. Without a model, an interpreter, or with a file the agent refuses,
+it publishes the baseline ETA and says why; it never fails to start over a model.
+Status health says what runs: ``eta_model`` (the model's version, ``"baseline"``, or
+``"off"`` with ``AgentConfig.eta`` false), ``eta_backend`` (the interpreter, or null)
+and, on the baseline, ``eta_unavailable`` (why).
+
 State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 0600),
 ``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db``.
 
@@ -26,13 +35,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from firmware_agent.errors import CodecError, ConfigError, RemoteConfigError
+from firmware_agent.errors import (
+    CodecError,
+    ConfigError,
+    ModelError,
+    ModelUnavailableError,
+    RemoteConfigError,
+)
+from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.fix import Fix, FixMode
@@ -60,6 +78,9 @@ from firmware_agent.van import Message, VanConfig, VanPipeline
 log = logging.getLogger(__name__)
 
 _FILE_CHUNK = 64 * 1024
+# The default ETA model, package data of firmware_agent.eta (trained by fleet-ingest
+# train-eta); a build without it runs on the baseline.
+SHIPPED_MODEL: tuple[str, str, str] = ("firmware_agent.eta", "models", "default.tflite")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +99,9 @@ class AgentConfig:
     outbox_budget_bytes: int = 100 * 1024 * 1024
     # With file input: stop once the file is done and ingest acknowledged everything.
     exit_when_drained: bool = False
+    # On-device ETAs; the model file, None for the one shipped in the package.
+    eta: bool = True
+    eta_model: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.gnss is None) == (self.nmea_file is None):
@@ -116,6 +140,56 @@ class GnssClock:
         return datetime.now(UTC) + self._offset
 
 
+def load_eta_predictor(model: Path | None = None) -> EtaPredictor:
+    """The ETA predictor to run: ``model``, else the shipped default.
+
+    Blocking (reads the file, builds the interpreter, one trial invoke): call it with
+    :func:`asyncio.to_thread`. Raises nothing for what can go wrong with a model on a
+    van: no shipped model, a file that cannot be read or that breaks the model contract
+    (:class:`ModelError`), no interpreter here; each gives the baseline predictor with
+    the reason in ``unavailable`` (logged as a warning, but for no shipped model).
+    """
+    started = time.perf_counter()
+    if model is None:
+        package, *parts = SHIPPED_MODEL
+        resource = files(package).joinpath(*parts)
+        name = f"shipped model {'/'.join(parts)}"
+        try:
+            if not resource.is_file():
+                # A build without the model is a choice, not a fault: INFO, not WARNING.
+                log.info("ETA on the baseline: no model shipped")
+                return EtaPredictor.baseline("no model shipped")
+            data = resource.read_bytes()
+        except OSError as err:
+            return _baseline(f"cannot read the {name}: {err}")
+    else:
+        name = f"model {model}"
+        try:
+            data = model.read_bytes()
+        except OSError as err:
+            return _baseline(f"cannot read {name}: {err.strerror or err}")
+    try:
+        predictor = EtaPredictor.load(data)
+    except (ModelError, ModelUnavailableError) as err:
+        return _baseline(f"{name} refused: {err}")
+    if predictor.model_version is None:
+        log.warning("ETA on the baseline: %s", predictor.unavailable)
+    else:
+        log.info(
+            "ETA model %s loaded on %s in %.1f ms (%d bytes)",
+            predictor.model_version,
+            predictor.backend,
+            (time.perf_counter() - started) * 1e3,
+            len(data),
+        )
+    return predictor
+
+
+def _baseline(reason: str) -> EtaPredictor:
+    log.warning("ETA on the baseline: %s", reason)
+    return EtaPredictor.baseline(reason)
+
+
 def stream_of(message: Message) -> str:
     kind = message["type"]
     return "pod" if kind == "pod" else "telemetry" if kind == "telemetry" else "events"
@@ -150,6 +224,8 @@ class Agent:
         self.remote_config: RemoteConfig | None = None
         self.pipeline: VanPipeline | None = None
         self.uplink: Uplink | None = None
+        # The ETA predictor loaded at start (None before, or with ETAs off).
+        self.eta_predictor: EtaPredictor | None = None
         self.input_done = asyncio.Event()
         self._outbox: AsyncOutbox | None = None
 
@@ -211,6 +287,13 @@ class Agent:
             log.info("config revision %d loaded from %s", stored.revision, self.config_store.path)
         return van, uplink
 
+    async def load_eta(self) -> EtaPredictor | None:
+        """Load the ETA predictor off the event loop (None with ETAs off), as
+        :func:`load_eta_predictor`: a model problem gives the baseline, never an error."""
+        if self.config.eta:
+            self.eta_predictor = await asyncio.to_thread(load_eta_predictor, self.config.eta_model)
+        return self.eta_predictor
+
     # -- running -----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -222,7 +305,9 @@ class Agent:
             self._outbox = outbox
             chain = await self._chain(outbox, c.uplink.device_id)
             van, uplink = await self._stored_config()
-            self.pipeline = VanPipeline(await self._manifest(), pods=chain, config=van)
+            self.pipeline = VanPipeline(
+                await self._manifest(), pods=chain, config=van, eta=await self.load_eta()
+            )
             self.uplink = Uplink(
                 uplink,
                 outbox,
@@ -395,7 +480,25 @@ class Agent:
         }
         if self.pipeline is not None:
             counts["pods"] = self.pipeline.counts["pods"]
+        counts.update(self._eta_health())
         return counts
+
+    def _eta_health(self) -> dict[str, Any]:
+        if not self.config.eta:
+            return {"eta_model": "off"}
+        tracker = self.pipeline.eta_tracker if self.pipeline is not None else None
+        # The tracker's predictor, once running: it falls back to the baseline if the
+        # model fails at run time.
+        predictor = tracker.predictor if tracker is not None else self.eta_predictor
+        if predictor is None:
+            return {}  # not loaded yet
+        health: dict[str, Any] = {
+            "eta_model": predictor.model_version or "baseline",
+            "eta_backend": predictor.backend,
+        }
+        if predictor.model_version is None:
+            health["eta_unavailable"] = predictor.unavailable
+        return health
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:

@@ -1,4 +1,10 @@
-"""``fleet-agent replay``: files in, JSON lines out (the I/O edge of :mod:`.replay`)."""
+"""``fleet-agent replay``: files in, JSON lines out (the I/O edge of :mod:`.replay`).
+
+The replay predicts ETAs as the van does, with the same model (the one shipped in the
+package, or ``--eta-model``; the baseline where neither loads), so its output holds the
+``eta`` and ``late_risk`` events the van would publish; ``--no-eta`` leaves them out.
+Which model ran is said on stderr.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.faults import FaultCounter, format_counts
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.filters import FilterConfig
@@ -31,6 +38,34 @@ from firmware_agent.van import Message, VanPipeline
 def _fail(message: str) -> int:
     print(f"fleet-agent replay: {message}", file=sys.stderr)
     return 2
+
+
+def _eta_predictor(args: argparse.Namespace) -> EtaPredictor | None:
+    # getattr: callers that build their own Namespace (older scripts) need not know the
+    # ETA options.
+    if getattr(args, "no_eta", False):
+        return None
+    from firmware_agent.agent import load_eta_predictor  # noqa: PLC0415 (lazy: fast --help)
+
+    model = getattr(args, "eta_model", None)
+    return load_eta_predictor(Path(model) if model else None)
+
+
+def _eta_line(pipeline: VanPipeline) -> str:
+    tracker = pipeline.eta_tracker
+    if tracker is None:
+        return "replay: ETA off"
+    p = tracker.predictor
+    which = (
+        f"model {p.model_version} on {p.backend}"
+        if p.model_version is not None
+        else f"the baseline ({p.unavailable})"
+    )
+    c = tracker.counts
+    return (
+        f"replay: ETA by {which}: {c['predictions']} predictions, "
+        f"{c['eta']} eta and {c['late_risk']} late_risk events"
+    )
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -60,10 +95,12 @@ def run_replay(args: argparse.Namespace) -> int:
         else FilterConfig(max_speed_mps=args.max_speed_mps, max_lag_s=args.max_lag_s)
     )
     decoder = GnssDecoder(filters=filters)
+    predictor = _eta_predictor(args)
     pipeline = VanPipeline(
         manifest,
         pods=PodChain(manifest.device_id, key),
         telemetry=not args.no_telemetry,
+        eta=predictor,
     )
     try:
         nmea = sys.stdin.buffer if args.nmea == "-" else open(args.nmea, "rb")  # noqa: SIM115
@@ -87,6 +124,7 @@ def run_replay(args: argparse.Namespace) -> int:
         return 0
     print(summary.line(), file=sys.stderr)
     print(decoder.summary(), file=sys.stderr)
+    print(_eta_line(pipeline), file=sys.stderr)
     faults = {**scan_faults.counts, **pipeline.faults.counts}
     if faults:
         print(f"replay: input faults: {format_counts(faults)}", file=sys.stderr)

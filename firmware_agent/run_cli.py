@@ -20,6 +20,9 @@ TOML layout (every key optional except ``device_id``)::
     baud = 9600
     [scanner]
     port = "/dev/fleet/scanner"
+    [eta]
+    enabled = true      # on-device ETAs (FLEET_ETA=0, --no-eta: off)
+    model = "/var/lib/fleet-agent/eta.tflite"   # default: the model shipped in the package
 """
 
 from __future__ import annotations
@@ -51,13 +54,18 @@ _SETTINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("gnss_port", ("gnss", "port"), "FLEET_GNSS_PORT"),
     ("gnss_baud", ("gnss", "baud"), "FLEET_GNSS_BAUD"),
     ("scanner_port", ("scanner", "port"), "FLEET_SCANNER_PORT"),
+    ("eta", ("eta", "enabled"), "FLEET_ETA"),
+    ("eta_model", ("eta", "model"), "FLEET_ETA_MODEL"),
 )
 _DEFAULTS: dict[str, Any] = {
     "state_dir": "/var/lib/fleet-agent",
     "mqtt_host": "127.0.0.1",
     "mqtt_port": 1883,
     "gnss_baud": 9600,
+    "eta": True,
 }
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,6 +87,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--gnss-port", help="GNSS receiver serial device")
     p.add_argument("--gnss-baud", type=int)
     p.add_argument("--scanner-port", help="serial barcode scanner")
+    p.add_argument(
+        "--no-eta",
+        dest="eta",
+        action="store_const",
+        const=False,
+        help="publish no ETA events (default: on, with the model shipped in the package)",
+    )
+    p.add_argument("--eta-model", type=Path, help="ETA model (.tflite) instead of the shipped one")
     sim = p.add_argument_group("simulator and test inputs (instead of hardware)")
     sim.add_argument("--nmea-file", type=Path, help="play this NMEA log as the receiver")
     sim.add_argument("--scans-file", type=Path, help="scan log played with it (docs/scan-log.md)")
@@ -145,6 +161,7 @@ def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
             key_file=Path(values["tls_key"]) if values.get("tls_key") else None,
         )
     gnss_port = values.get("gnss_port")
+    eta_model = values.get("eta_model")
     return AgentConfig(
         state_dir=Path(values["state_dir"]),
         uplink=UplinkConfig(device_id=device_id, host=str(values["mqtt_host"]), port=port, tls=tls),
@@ -158,7 +175,21 @@ def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
         scans_file=args.scans_file,
         speed=args.speed,
         exit_when_drained=args.exit_when_drained,
+        eta=_flag(values["eta"], "eta enabled (FLEET_ETA)"),
+        eta_model=Path(eta_model) if eta_model else None,
     )
+
+
+def _flag(value: Any, what: str) -> bool:
+    """A TOML boolean, or an environment variable's 1/0, true/false, yes/no, on/off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{what} must be true or false, got {value!r}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

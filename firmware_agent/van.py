@@ -22,6 +22,12 @@ What a scan leads to:
   or ``no_fix`` (no good fix within ``max_fix_age_s``), feedback "recorded" or "no
   GNSS fix". A scan of a parcel of a stop whose fence the van has entered confirms that
   stop's arrival first.
+
+Given a predictor (``eta=``), the pipeline also keeps the day's ETAs
+(:class:`~firmware_agent.eta.tracker.EtaTracker`, built from the manifest and rebuilt
+with it): every fix feeds it, every arrival serves a stop, and its ``eta`` and
+``late_risk`` records go out among the events, after the arrival that caused them.
+Without one (the default) the pipeline publishes no ETAs.
 """
 
 from __future__ import annotations
@@ -29,9 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from firmware_agent.eta.predictor import EtaPredictor
+from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
 from firmware_agent.feedback import Signal
 from firmware_agent.geofence import GeofenceConfig, GeofenceEngine, GeofenceEvent
+from firmware_agent.geofence.events import Arrival
 from firmware_agent.gnss.fix import Fix, format_utc
 from firmware_agent.manifest import Manifest, Stop
 from firmware_agent.pod.chain import PodChain
@@ -56,6 +65,8 @@ class VanConfig:
     dedup_window_s: float = 10.0
     # A POD takes the last good fix if it is at most this old; else its verdict is no_fix.
     max_fix_age_s: float = 10.0
+    # When ETAs are predicted and published (used only with a predictor).
+    eta: EtaConfig = field(default_factory=EtaConfig)
 
 
 def printable(raw: str) -> str:
@@ -65,7 +76,11 @@ def printable(raw: str) -> str:
 
 
 class VanPipeline:
-    """One van's pure decision core. Feed it in time order; it returns messages."""
+    """One van's pure decision core. Feed it in time order; it returns messages.
+
+    ``eta`` is the predictor for on-device ETAs (None: no ETA records); ``eta_tracker``
+    is the tracker built from it, None without one.
+    """
 
     def __init__(
         self,
@@ -75,6 +90,7 @@ class VanPipeline:
         config: VanConfig | None = None,
         feedback: FeedbackSink | None = None,
         telemetry: bool = True,
+        eta: EtaPredictor | None = None,
     ) -> None:
         self.config = config or VanConfig()
         self.engine = GeofenceEngine(manifest, self.config.geofence)
@@ -86,6 +102,7 @@ class VanPipeline:
         self._delivered: dict[str, int] = {}  # parcel code -> POD seq
         self._manifest = manifest
         self._parcels = manifest.parcel_index()
+        self.eta_tracker = EtaTracker(manifest, eta, self.config.eta) if eta is not None else None
         self.faults = FaultCounter()
         self.counts: dict[str, int] = {
             "fixes": 0,
@@ -100,10 +117,31 @@ class VanPipeline:
         return self._manifest
 
     def load_manifest(self, manifest: Manifest) -> None:
-        """Adopt a new manifest; stops kept by id keep their geofence state."""
+        """Adopt a new manifest; stops kept by id keep their geofence state.
+
+        The ETA tracker is rebuilt on the new plan, carrying on the day (speed history,
+        published ETAs of stops kept by id); a stop the van has visited stays served.
+        """
         self._manifest = manifest
         self._parcels = manifest.parcel_index()
         self.engine.load_manifest(manifest)
+        if self.eta_tracker is not None:
+            served = [s.id for s in manifest.stops if self.engine.visits(s.id) > 0]
+            self.eta_tracker = self.eta_tracker.for_manifest(manifest, served)
+
+    def use_predictor(self, predictor: EtaPredictor | None) -> None:
+        """Predict with ``predictor`` from now on (None: stop publishing ETAs).
+
+        A tracker already running keeps its day (served stops, published ETAs) and
+        only changes model; a new one starts from the current manifest.
+        """
+        if predictor is None:
+            self.eta_tracker = None
+        elif self.eta_tracker is not None:
+            self.eta_tracker.predictor = predictor
+        else:
+            served = [s.id for s in self._manifest.stops if self.engine.visits(s.id) > 0]
+            self.eta_tracker = EtaTracker(self._manifest, predictor, self.config.eta, served=served)
 
     def reconfigure(self, config: VanConfig) -> None:
         """Run on ``config`` from the next fix or scan on, keeping every state.
@@ -118,10 +156,16 @@ class VanPipeline:
         if self._telemetry is not None:
             self._telemetry.config = config.telemetry
         self._dedup.window_s = config.dedup_window_s
+        if self.eta_tracker is not None:
+            self.eta_tracker.config = config.eta
 
     def on_fix(self, fix: Fix) -> list[Message]:
         self.counts["fixes"] += 1
-        messages = [self._stop_message(event) for event in self.engine.update(fix)]
+        events = self.engine.update(fix)
+        messages = [self._stop_message(event) for event in events]
+        if self.eta_tracker is not None:
+            arrived = [e.stop_id for e in events if isinstance(e, Arrival)]
+            messages += self.eta_tracker.on_fix(fix, arrived=arrived)
         if self._telemetry is not None and self._telemetry.select(fix):
             messages.append(telemetry_message(fix))
         return messages
@@ -160,7 +204,7 @@ class VanPipeline:
             position is not None
             and abs((scan.time - position.time).total_seconds()) <= self.config.max_fix_age_s
         )
-        messages = [self._stop_message(e) for e in self._confirm(stop.id, scan)] if fresh else []
+        messages = self._confirmed(stop.id, scan) if fresh else []
         outside_m: float | None = None
         if position is not None and fresh:
             outside_m = engine.outside_m(stop.id, position.lat, position.lon)
@@ -217,8 +261,15 @@ class VanPipeline:
             message["route_id"] = self._manifest.route_id
         return message
 
-    def _confirm(self, stop_id: str, scan: Scan) -> list[GeofenceEvent]:
-        return self.engine.confirm_by_scan(stop_id, scan.time)
+    def _confirmed(self, stop_id: str, scan: Scan) -> list[Message]:
+        """The messages of a scan's confirming ``stop_id``: its arrival, and the ETAs
+        that follow it."""
+        messages = []
+        for event in self.engine.confirm_by_scan(stop_id, scan.time):
+            messages.append(self._stop_message(event))
+            if isinstance(event, Arrival) and self.eta_tracker is not None:
+                messages += self.eta_tracker.on_arrival(event.stop_id, event.detected_at)
+        return messages
 
     def _reject(self, scan: Scan, reason: str, signal: Signal, **fields: Any) -> list[Message]:
         self.counts["rejected"] += 1

@@ -1,0 +1,813 @@
+"""The van's running ETAs: when the tracker predicts, what it publishes, and the wiring.
+
+The publishing rules are tested with a scripted predictor (the test says each stop's
+predicted arrival) on tests/vanday.py's straight street; the baseline and a real tiny
+.tflite model then show what the records carry; a simulated day through the pipeline
+shows the whole: an ETA for every stop before it is reached, none after, all of it
+valid under the events schema. Last, the agent's status and ``fleet-agent replay``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_ingest import contract
+from cloud_ingest.eta.tflite_export import Dense, export_mlp
+from cloud_ingest.store.base import Device, StopEvent
+from cloud_ingest.verify import Accepted, check_message
+from firmware_agent.agent import Agent, AgentConfig, load_eta_predictor
+from firmware_agent.cli import build_parser
+from firmware_agent.errors import ConfigError, ModelError
+from firmware_agent.eta.features import FEATURES_VERSION, N_FEATURES, FeatureMatrix
+from firmware_agent.eta.interpreter import available_backend
+from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, EtaPredictor, Prediction
+from firmware_agent.eta.tracker import EtaConfig, EtaTracker
+from firmware_agent.gnss.fix import Fix, format_utc
+from firmware_agent.manifest import Manifest, parse_manifest
+from firmware_agent.pod.chain import PodChain
+from firmware_agent.replay import replay
+from firmware_agent.replay_cli import run_replay
+from firmware_agent.run_cli import build_config, register, settings
+from firmware_agent.scan.types import Scan
+from firmware_agent.uplink.codec import decode_record, decode_status, encode_record
+from firmware_agent.uplink.mqtt import UplinkConfig
+from firmware_agent.van import VanConfig, VanPipeline
+from simulator.manifest import build_manifest
+from simulator.nmea_writer import epoch_bytes
+from simulator.scans import build_scan_log, parse_scan_time
+from simulator.scenario import ScenarioConfig, generate
+from tests.broker import Mosquitto
+from tests.vanday import T0, drive, fix_at, manifest, route_line, stop
+
+Record = dict[str, Any]
+STOPS_X = (1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0)
+IDS = tuple(f"S{i + 1}" for i in range(len(STOPS_X)))
+
+
+def street(**windows: tuple[str, str]) -> Manifest:
+    """Eight stops a kilometre apart east of the van; ``S3=(start, end)`` adds a window."""
+    stops = []
+    for stop_id, x in zip(IDS, STOPS_X, strict=True):
+        extra: dict[str, Any] = {}
+        if stop_id in windows:
+            extra = {"window_start": windows[stop_id][0], "window_end": windows[stop_id][1]}
+        stops.append(stop(stop_id, x, **extra))
+    return manifest(stops, route=route_line([-500.0, 9000.0]))
+
+
+class Scripted(EtaPredictor):
+    """A predictor whose answer the test sets: ``arrivals[stop_id]`` is the predicted
+    arrival (a datetime) and ``now`` the time of the fix being fed."""
+
+    def __init__(self, version: str = "scripted-1") -> None:
+        super().__init__(None)
+        self.model_version = version
+        self.now = T0
+        self.arrivals: dict[str, datetime] = {}
+        self.calls = 0
+        self.fail: Exception | None = None
+
+    def predict(self, features: FeatureMatrix) -> Prediction:
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        baseline = features.column("naive_eta_s").astype(np.float64)
+        eta = np.array([(self.arrivals[s] - self.now).total_seconds() for s in features.stop_ids])
+        return Prediction(features.stop_ids, eta, baseline, self.model_version)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def feed(
+    tracker: EtaTracker,
+    predictor: Scripted,
+    t_s: float,
+    x: float = 0.0,
+    *,
+    arrived: Iterable[str] = (),
+) -> list[Record]:
+    predictor.now = at(t_s)
+    return tracker.on_fix(fix_at(at(t_s), x, speed_mps=10.0), arrived=arrived)
+
+
+def by_stop(records: Sequence[Record], kind: str = "eta") -> dict[str, Record]:
+    out = {r["stop_id"]: r for r in records if r["type"] == kind}
+    assert len(out) == sum(r["type"] == kind for r in records), "one record per stop"
+    return out
+
+
+def scripted_tracker(
+    config: EtaConfig | None = None, m: Manifest | None = None
+) -> tuple[EtaTracker, Scripted]:
+    predictor = Scripted()
+    tracker = EtaTracker(m or street(), predictor, config)
+    # Stop k (1-based) due k x 10 minutes after T0 unless a test says otherwise.
+    predictor.arrivals = {s: at(600.0 * (i + 1)) for i, s in enumerate(IDS)}
+    return tracker, predictor
+
+
+# -- the publishing rules -----------------------------------------------------------
+
+
+def test_the_first_prediction_publishes_every_stop_then_a_steady_eta_stays_quiet() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    first = feed(tracker, predictor, 0.0)
+    assert [r["stop_id"] for r in first] == list(IDS)
+    assert {r["trigger"] for r in first} == {"first"}
+    r = first[2]
+    assert r == {
+        "type": "eta",
+        "time": format_utc(T0),
+        "stop_id": "S3",
+        "route_id": "R1",
+        "eta": format_utc(at(1800.0)),
+        "eta_baseline": r["eta_baseline"],
+        "horizon_s": 1800.0,
+        "model": "scripted-1",
+        "trigger": "first",
+    }
+    # The same arrivals predicted again and again: nothing to say for an hour.
+    for t in range(10, 3600, 10):
+        assert feed(tracker, predictor, float(t)) == []
+    assert tracker.counts["predictions"] == 360
+
+
+@pytest.mark.parametrize(
+    ("stop_id", "due_s", "move_s", "published"),
+    [
+        # 10 % of the time remaining is below 60 s: the floor holds.
+        ("S1", 300.0, 59.0, False),
+        ("S1", 300.0, 61.0, True),
+        ("S1", 300.0, -61.0, True),
+        # 10 % of ~2000 s remaining is ~200 s: a 150 s move is not news, 250 s is.
+        ("S3", 2000.0, 150.0, False),
+        ("S3", 2000.0, 250.0, True),
+        ("S3", 2000.0, -250.0, True),
+    ],
+)
+def test_a_stop_is_republished_when_its_eta_moves_beyond_max_60s_or_10_percent(
+    stop_id: str, due_s: float, move_s: float, published: bool
+) -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    predictor.arrivals[stop_id] = at(due_s)
+    feed(tracker, predictor, 0.0)
+    predictor.arrivals[stop_id] = at(due_s + move_s)
+    records = feed(tracker, predictor, 10.0)
+    if published:
+        assert [(r["stop_id"], r["trigger"]) for r in records] == [(stop_id, "moved")]
+        assert records[0]["eta"] == format_utc(at(due_s + move_s))
+    else:
+        assert records == []
+
+
+def test_the_threshold_is_against_the_eta_last_published_not_the_last_predicted() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    feed(tracker, predictor, 0.0)
+    # A slow drift, 20 s per prediction, each step below the threshold: the fourth step
+    # (80 s from what was published) is news.
+    published = []
+    for step in range(1, 5):
+        predictor.arrivals["S1"] = at(600.0 + 20.0 * step)
+        published += feed(tracker, predictor, 10.0 * step)
+    assert [(r["stop_id"], r["time"]) for r in published] == [("S1", format_utc(at(40.0)))]
+
+
+def test_the_heartbeat_republishes_the_next_five_stops_every_five_minutes() -> None:
+    tracker, predictor = scripted_tracker()
+    feed(tracker, predictor, 0.0)
+    beats: list[tuple[float, list[str]]] = []
+    for t in range(10, 901, 10):
+        records = feed(tracker, predictor, float(t))
+        if records:
+            assert {r["trigger"] for r in records} == {"heartbeat"}
+            beats.append((float(t), [r["stop_id"] for r in records]))
+    assert beats == [(300.0, list(IDS[:5])), (600.0, list(IDS[:5])), (900.0, list(IDS[:5]))]
+
+
+def test_a_heartbeat_does_not_repeat_a_stop_the_same_update_carries() -> None:
+    tracker, predictor = scripted_tracker()
+    feed(tracker, predictor, 0.0)
+    predictor.arrivals["S2"] = at(1500.0)  # 300 s later than published: moved
+    records = feed(tracker, predictor, 300.0)
+    assert [(r["stop_id"], r["trigger"]) for r in records] == [
+        ("S1", "heartbeat"),
+        ("S2", "moved"),
+        ("S3", "heartbeat"),
+        ("S4", "heartbeat"),
+        ("S5", "heartbeat"),
+    ]
+
+
+def test_an_arrival_predicts_at_once_and_republishes_what_changed_and_the_next_stop() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    feed(tracker, predictor, 0.0)
+    feed(tracker, predictor, 10.0)
+    # The van reaches S1 3 s after the last prediction: no waiting for the cadence.
+    # S2 unchanged (published anyway: it is next), S3 moved by 5 s (below the threshold,
+    # but it changed), S4 by 0.5 s (noise), the rest unchanged.
+    predictor.arrivals["S3"] = at(1805.0)
+    predictor.arrivals["S4"] = at(2400.5)
+    records = feed(tracker, predictor, 13.0, arrived=["S1"])
+    assert [(r["stop_id"], r["trigger"]) for r in records] == [
+        ("S2", "arrival"),
+        ("S3", "arrival"),
+    ]
+    assert "S1" in tracker.served
+    assert tracker.counts["predictions"] == 3
+    # The reached stop never gets another ETA.
+    for t in range(20, 1200, 10):
+        assert all(r["stop_id"] != "S1" for r in feed(tracker, predictor, float(t)))
+
+
+def test_an_arrival_confirmed_by_a_scan_publishes_from_the_last_position() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    assert tracker.on_arrival("S1", T0) == []  # no position yet: waits for a fix
+    first = feed(tracker, predictor, 0.0)
+    assert [r["stop_id"] for r in first] == list(IDS[1:])
+    predictor.now = at(4.0)
+    records = tracker.on_arrival("S2", at(4.0))
+    assert [(r["stop_id"], r["time"]) for r in records] == [("S3", format_utc(at(4.0)))]
+    assert tracker.on_arrival("S2", at(5.0)) == []  # already served
+    assert tracker.on_arrival("nowhere", at(5.0)) == []
+
+
+def test_once_every_stop_is_served_nothing_more_is_published_or_predicted() -> None:
+    tracker, predictor = scripted_tracker()
+    feed(tracker, predictor, 0.0)
+    feed(tracker, predictor, 10.0, arrived=IDS[:-1])
+    assert feed(tracker, predictor, 20.0, arrived=[IDS[-1]]) == []
+    calls = predictor.calls
+    for t in range(30, 2000, 10):
+        assert feed(tracker, predictor, float(t)) == []
+    assert predictor.calls == calls
+
+
+def test_a_day_without_stops_predicts_nothing() -> None:
+    tracker = EtaTracker(manifest([]), EtaPredictor.baseline("none"))
+    assert drive_east(tracker, 30) == []
+    assert tracker.counts["predictions"] == 0
+
+
+def test_at_10_hz_the_tracker_predicts_at_most_once_per_predict_every_s() -> None:
+    tracker, predictor = scripted_tracker()
+    for tick in range(6000):  # ten minutes at 10 Hz
+        predictor.now = at(tick / 10)
+        tracker.on_fix(fix_at(at(tick / 10), tick / 10, speed_mps=10.0))
+    assert predictor.calls == tracker.counts["predictions"] == 60
+    # ... and every fix still reached the speed history.
+    assert tracker.history.stats(at(599.9)).speed_known
+
+
+def test_fixes_without_position_or_time_or_out_of_order_only_feed_the_history() -> None:
+    tracker, predictor = scripted_tracker()
+    assert tracker.on_fix(Fix(time=None, tod_s=0.0)) == []
+    assert tracker.on_fix(fix_at(T0, 0.0, valid=False)) == []
+    assert predictor.calls == 0
+    feed(tracker, predictor, 20.0)
+    assert feed(tracker, predictor, 35.0) == []  # not due (nothing changed either)
+    assert tracker.on_fix(fix_at(at(10.0), 0.0)) == []  # back in time
+    assert predictor.calls == 2
+
+
+# -- late_risk ----------------------------------------------------------------------
+
+
+def test_late_risk_once_when_the_eta_passes_the_window_and_again_after_recovery() -> None:
+    m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0), m)
+    window_end = at(1800.0)
+
+    def late_risks(t_s: float, s2_s: float) -> list[Record]:
+        predictor.arrivals["S2"] = at(s2_s)
+        return [r for r in feed(tracker, predictor, t_s) if r["type"] == "late_risk"]
+
+    assert late_risks(0.0, 1200.0) == []
+    [first] = late_risks(10.0, 1900.0)  # 100 s after the window closes
+    assert first == {
+        "type": "late_risk",
+        "time": format_utc(at(10.0)),
+        "stop_id": "S2",
+        "route_id": "R1",
+        "eta": format_utc(at(1900.0)),
+        "eta_baseline": first["eta_baseline"],
+        "window_end": format_utc(window_end),
+        "late_by_s": 100.0,
+        "model": "scripted-1",
+    }
+    assert late_risks(20.0, 2500.0) == []  # later still: already said
+    # Back just inside (less than max(60 s, 10 % of ~1780 s) before the end) and out
+    # again: a wobble, not a recovery.
+    assert late_risks(30.0, 1790.0) == []
+    assert late_risks(40.0, 1810.0) == []
+    # A real recovery (200 s inside), then late again: said again.
+    assert late_risks(50.0, 1600.0) == []
+    [again] = late_risks(60.0, 1830.0)
+    assert again["late_by_s"] == 30.0
+    assert tracker.counts["late_risk"] == 2
+
+
+def test_no_late_risk_for_stops_without_a_window_or_once_served() -> None:
+    m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0), m)
+    for s in IDS:
+        predictor.arrivals[s] = at(7200.0)  # everyone two hours out
+    records = feed(tracker, predictor, 0.0, arrived=["S2"])
+    assert [r for r in records if r["type"] == "late_risk"] == []
+
+
+# -- robustness ---------------------------------------------------------------------
+
+
+def test_a_model_failing_at_run_time_falls_back_to_the_baseline_for_good() -> None:
+    tracker, predictor = scripted_tracker()
+    feed(tracker, predictor, 0.0)
+    predictor.fail = ModelError("the interpreter fell over")
+    records = feed(tracker, predictor, 10.0)
+    assert tracker.counts["model_errors"] == 1
+    assert tracker.predictor is not predictor
+    assert tracker.predictor.model_version is None
+    assert "scripted-1 failed: the interpreter fell over" in str(tracker.predictor.unavailable)
+    assert all(r["model"] == "baseline" for r in records)
+    assert all(r["eta"] == r["eta_baseline"] for r in records if r["type"] == "eta")
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match="predict_every_s"):
+        EtaConfig(predict_every_s=-1.0)
+    with pytest.raises(ConfigError, match="heartbeat_s"):
+        EtaConfig(heartbeat_s=0.0)
+    with pytest.raises(ConfigError, match="heartbeat_stops"):
+        EtaConfig(heartbeat_stops=-1)
+    with pytest.raises(ConfigError, match="min_move_fraction"):
+        EtaConfig(min_move_fraction=math.nan)
+
+
+def test_a_new_manifest_carries_the_day_on_without_a_burst() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    feed(tracker, predictor, 0.0)
+    feed(tracker, predictor, 10.0, arrived=["S1"])
+    # S8 dropped, S9 added at the end.
+    new = manifest(
+        [stop(s, x) for s, x in zip(IDS[:-1], STOPS_X[:-1], strict=True)] + [stop("S9", 9000.0)],
+        route=route_line([-500.0, 9500.0]),
+    )
+    tracker = tracker.for_manifest(new, served=["S1"])
+    predictor.arrivals["S9"] = at(6000.0)
+    records = feed(tracker, predictor, 20.0)
+    assert [(r["stop_id"], r["trigger"]) for r in records] == [("S9", "first")]
+    assert tracker.served == {"S1"}
+    assert tracker.counts["predictions"] == 3  # the counts carry on too
+
+
+# -- what the records carry -----------------------------------------------------------
+
+
+def drive_east(tracker: EtaTracker, seconds: int, *, speed_mps: float = 10.0) -> list[Record]:
+    records: list[Record] = []
+    for t in range(seconds):
+        records += tracker.on_fix(fix_at(at(float(t)), speed_mps * t, speed_mps=speed_mps))
+    return records
+
+
+def test_the_baseline_publishes_the_naive_eta_as_both_and_says_so() -> None:
+    tracker = EtaTracker(street(), EtaPredictor.baseline("no model shipped"))
+    records = drive_east(tracker, 120)
+    assert records
+    for r in records:
+        assert r["model"] == "baseline"
+        assert r["eta"] == r["eta_baseline"]
+        issued = datetime.fromisoformat(r["time"])
+        eta = datetime.fromisoformat(r["eta"])
+        assert abs((eta - issued).total_seconds() - r["horizon_s"]) <= 0.051
+    assert tracker.model == "baseline"
+
+
+def tiny_model(bias: float, version: str) -> bytes:
+    """A real .tflite file: no weights, one bias, so its log-ratio output is ``bias``."""
+    layer = Dense(weights=np.zeros((1, N_FEATURES), np.float32), bias=np.array([bias], np.float32))
+    metadata = {
+        "features_version": FEATURES_VERSION,
+        "model_version": version,
+        "output": OUTPUT_LOG_RATIO,
+    }
+    return export_mlp([layer], batch=256, metadata=metadata)
+
+
+needs_interpreter = pytest.mark.skipif(
+    available_backend() is None, reason="no TFLite interpreter installed"
+)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("bias", [0.0, 0.5, -0.25])
+def test_a_real_model_corrects_the_baseline_by_its_log_ratio(bias: float) -> None:
+    predictor = EtaPredictor.load(tiny_model(bias, f"tiny-{bias}"))
+    tracker = EtaTracker(street(), predictor)
+    records = [r for r in drive_east(tracker, 120) if r["type"] == "eta"]
+    assert len(records) >= len(IDS)
+    for r in records:
+        assert r["model"] == f"tiny-{bias}"
+        issued = datetime.fromisoformat(r["time"])
+        eta_s = (datetime.fromisoformat(r["eta"]) - issued).total_seconds()
+        naive_s = (datetime.fromisoformat(r["eta_baseline"]) - issued).total_seconds()
+        # eta = (naive + 60) e^b - 60, to the wire's millisecond (both sides rounded).
+        assert eta_s == pytest.approx((naive_s + 60.0) * math.exp(bias) - 60.0, abs=0.005)
+        if bias == 0.0:
+            assert r["eta"] == r["eta_baseline"]
+
+
+# -- through the pipeline -------------------------------------------------------------
+
+
+def envelopes_validate(messages: Iterable[Record]) -> int:
+    """Every events record, wrapped as the uplink does, fits the events schema (and the
+    normalized form ingest republishes); returns how many."""
+    n = 0
+    for m in messages:
+        if m["type"] in {"telemetry", "pod"}:
+            continue
+        n += 1
+        payload = encode_record("van-0001", "events", n, m, historical=False, sent_at=T0)
+        contract.validate("events", json.loads(payload))
+        env = decode_record(payload, stream="events")
+        assert env.record == m
+        normalized = {"device_id": env.device_id, "seq": n, "historical": False, **m}
+        contract.validate("fleetstream-event", {"device_id": "van-0001", "records": [normalized]})
+    return n
+
+
+def test_every_kind_of_record_fits_the_events_schema() -> None:
+    m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
+    tracker, predictor = scripted_tracker(m=m)
+    records = feed(tracker, predictor, 0.0)
+    predictor.arrivals["S2"] = at(2000.0)
+    records += feed(tracker, predictor, 10.0)  # moved + late_risk
+    records += feed(tracker, predictor, 20.0, arrived=["S1"])
+    records += feed(tracker, predictor, 400.0)  # heartbeat
+    kinds = {(r["type"], r.get("trigger")) for r in records}
+    assert kinds == {
+        ("eta", "first"),
+        ("eta", "moved"),
+        ("late_risk", None),
+        ("eta", "arrival"),
+        ("eta", "heartbeat"),
+    }
+    assert envelopes_validate(records) == len(records)
+
+
+def test_ingest_accepts_eta_and_late_risk_records_as_stop_events() -> None:
+    m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
+    tracker, predictor = scripted_tracker(m=m)
+    predictor.arrivals["S2"] = at(2000.0)
+    records = feed(tracker, predictor, 0.0)
+    device = Device("van-1", b"\0" * 32, True, T0 - timedelta(days=30))
+    kinds = set()
+    for seq, record in enumerate(records, start=1):
+        payload = encode_record("van-1", "events", seq, record, historical=False, sent_at=T0)
+        checked = check_message("fleet/v1/van-1/events", payload, received_at=T0, device=device)
+        assert isinstance(checked, Accepted), checked
+        [event] = checked.items
+        assert isinstance(event, StopEvent)
+        assert (event.type, event.stop_id, event.route_id) == (
+            record["type"],
+            record["stop_id"],
+            "R1",
+        )
+        assert event.time == T0
+        assert event.record == record
+        kinds.add(event.type)
+    assert kinds == {"eta", "late_risk"}
+
+
+@pytest.fixture(scope="module")
+def simulated_day() -> dict[str, Any]:
+    """A generated day replayed through the decoder and the pipeline, with a real
+    model where an interpreter is installed (the baseline otherwise)."""
+    config = ScenarioConfig(seed=23, n_stops=10, rate_hz=1)
+    scenario = generate(config)
+    doc = build_manifest(scenario, seed=23)
+    nmea = b"".join(epoch_bytes(e, config.talker) for e in scenario.epochs())
+    predictor = (
+        EtaPredictor.load(tiny_model(0.1, "tiny-day"))
+        if available_backend() is not None
+        else EtaPredictor.baseline("no interpreter")
+    )
+    van = VanPipeline(
+        parse_manifest(doc),
+        pods=PodChain(doc["device_id"], Ed25519PrivateKey.generate()),
+        eta=predictor,
+    )
+    log = build_scan_log(scenario, doc, seed=23)
+    scans = [Scan(time=parse_scan_time(s["time"]), raw=s["raw"], source=s["source"]) for s in log]
+    messages: list[Record] = []
+    summary = replay(io.BytesIO(nmea), scans, van, messages.append)
+    return {"doc": doc, "messages": messages, "summary": summary, "van": van}
+
+
+def test_a_simulated_day_has_fresh_etas_for_every_stop_before_it_is_reached(
+    simulated_day: dict[str, Any],
+) -> None:
+    messages: list[Record] = simulated_day["messages"]
+    stop_ids = [s["id"] for s in simulated_day["doc"]["stops"]]
+    arrived_at: dict[str, int] = {}
+    for i, m in enumerate(messages):
+        if m["type"] == "arrival":
+            arrived_at.setdefault(m["stop_id"], i)
+    assert sorted(arrived_at) == sorted(stop_ids)
+    for stop_id in stop_ids:
+        reached = arrived_at[stop_id]
+        detected = datetime.fromisoformat(messages[reached]["detected_at"])
+        etas = [i for i, m in enumerate(messages) if m["type"] == "eta" and m["stop_id"] == stop_id]
+        before = [i for i in etas if i < reached]
+        assert before, f"{stop_id}: no ETA before its arrival"
+        assert all(i < reached for i in etas), f"{stop_id}: an ETA after its arrival"
+        # The heartbeat (300 s) and the arrival rule keep the next stop's ETA fresh.
+        last = datetime.fromisoformat(messages[before[-1]]["time"])
+        assert (detected - last).total_seconds() <= 300.0 + 10.0 + 1.0, stop_id
+    # After the day's last arrival the van has nothing left to predict.
+    last_arrival = max(arrived_at.values())
+    assert not [m for m in messages[last_arrival:] if m["type"] in {"eta", "late_risk"}]
+    assert simulated_day["summary"].messages["eta"] > len(stop_ids)
+
+
+def test_every_message_of_the_simulated_day_fits_the_contract(
+    simulated_day: dict[str, Any],
+) -> None:
+    messages: list[Record] = simulated_day["messages"]
+    model = "tiny-day" if available_backend() is not None else "baseline"
+    assert {m["model"] for m in messages if m["type"] in {"eta", "late_risk"}} == {model}
+    assert envelopes_validate(messages) > 0
+
+
+def test_the_pipeline_keeps_served_stops_across_a_new_manifest_and_takes_new_settings(
+    simulated_day: dict[str, Any],
+) -> None:
+    van: VanPipeline = simulated_day["van"]
+    assert van.eta_tracker is not None
+    served = van.eta_tracker.served
+    van.load_manifest(parse_manifest(simulated_day["doc"]))
+    assert van.eta_tracker.served == served
+    van.reconfigure(VanConfig(eta=EtaConfig(predict_every_s=2.0)))
+    assert van.eta_tracker.config.predict_every_s == 2.0
+    van.use_predictor(None)
+    assert van.eta_tracker is None
+
+
+def test_an_arrival_a_scan_confirms_is_followed_by_the_next_stops_eta() -> None:
+    sscc = "106141412345678908"
+    m = manifest(
+        [stop("S1", 0.0, parcels=[sscc]), stop("S2", 1000.0), stop("S3", 2000.0)],
+        route=route_line([-500.0, 2500.0]),
+    )
+    van = VanPipeline(
+        m,
+        pods=PodChain("van-1", Ed25519PrivateKey.generate()),
+        telemetry=False,
+        eta=EtaPredictor.baseline("test"),
+    )
+    # Approach S1 and stop in its fence: 5 s later the dwell has not confirmed it yet.
+    out = []
+    for f in drive([(36, 10.0), (4, 1.0), (5, 0.0)], x0=-364):
+        out += van.on_fix(f)
+    assert {m["stop_id"] for m in out if m["type"] == "eta"} == {"S1", "S2", "S3"}
+    assert not [m for m in out if m["type"] == "arrival"]
+    scanned = van.on_scan(Scan(time=at(45.0), raw="]C100" + sscc, source="serial"))
+    types = [(m["type"], m.get("stop_id")) for m in scanned]
+    assert types[0] == ("arrival", "S1")
+    assert types[-1] == ("pod", "S1")
+    assert ("eta", "S2") in types[1:-1]
+    assert all(stop_id != "S1" for kind, stop_id in types if kind == "eta")
+    assert scanned[0]["confirmed_by"] == "scan"
+    assert next(m for m in scanned if m["type"] == "eta")["time"] == format_utc(at(45.0))
+
+
+def test_without_a_predictor_the_pipeline_publishes_no_eta() -> None:
+    van = VanPipeline(street(), pods=PodChain("van-1", Ed25519PrivateKey.generate()))
+    messages = []
+    for t in range(60):
+        messages += van.on_fix(fix_at(at(float(t)), 10.0 * t, speed_mps=10.0))
+    assert van.eta_tracker is None
+    assert not [m for m in messages if m["type"] in {"eta", "late_risk"}]
+
+
+# -- the agent and the command lines ---------------------------------------------------
+
+
+def agent_with(tmp_path: Path, **eta: Any) -> Agent:
+    nmea = tmp_path / "day.nmea"
+    nmea.write_bytes(b"")
+    return Agent(
+        AgentConfig(
+            state_dir=tmp_path / "state",
+            uplink=UplinkConfig(device_id="van-1", port=0),
+            nmea_file=nmea,
+            **eta,
+        )
+    )
+
+
+def health_after_load(agent: Agent) -> dict[str, Any]:
+    asyncio.run(agent.load_eta())
+    return agent.health()
+
+
+@needs_interpreter
+@pytest.mark.usefixtures("no_blocking")
+def test_the_agent_loads_its_model_off_the_loop_and_reports_it(tmp_path: Path) -> None:
+    model = tmp_path / "eta.tflite"
+    model.write_bytes(tiny_model(0.0, "tiny-agent"))
+    health = health_after_load(agent_with(tmp_path, eta_model=model))
+    assert health["eta_model"] == "tiny-agent"
+    assert health["eta_backend"] == available_backend()
+    assert "eta_unavailable" not in health
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot read model"),
+        (b"not a model", "refused"),
+    ],
+)
+def test_a_missing_or_broken_model_runs_the_baseline_and_says_why(
+    tmp_path: Path, content: bytes | None, reason: str
+) -> None:
+    model = tmp_path / "eta.tflite"
+    if content is not None:
+        model.write_bytes(content)
+    health = health_after_load(agent_with(tmp_path, eta_model=model))
+    assert health["eta_model"] == "baseline"
+    assert health["eta_backend"] is None
+    assert reason in health["eta_unavailable"]
+    assert str(model) in health["eta_unavailable"]
+
+
+def test_the_shipped_model_or_the_baseline_and_eta_off(tmp_path: Path) -> None:
+    # The default model may or may not be in this build: either way the agent says.
+    predictor = load_eta_predictor()
+    health = health_after_load(agent_with(tmp_path))
+    if predictor.model_version is None:
+        assert health["eta_model"] == "baseline"
+        assert health["eta_unavailable"] == predictor.unavailable
+    else:
+        assert health["eta_model"] == predictor.model_version
+    off = agent_with(tmp_path, eta=False)
+    health = health_after_load(off)
+    assert health["eta_model"] == "off"
+    assert "eta_backend" not in health
+    assert off.eta_predictor is None
+
+
+def run_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["run", *argv])
+
+
+@pytest.mark.parametrize(
+    ("argv", "toml", "environ", "expected"),
+    [
+        ((), "", {}, (True, None)),
+        (("--no-eta",), "", {}, (False, None)),
+        ((), "[eta]\nenabled = false\n", {}, (False, None)),
+        ((), "[eta]\nmodel = 'm.tflite'\n", {}, (True, Path("m.tflite"))),
+        ((), "[eta]\nenabled = false\n", {"FLEET_ETA": "1"}, (True, None)),
+        (("--eta-model", "x.tflite"), "", {"FLEET_ETA": "off"}, (False, Path("x.tflite"))),
+    ],
+)
+def test_fleet_agent_run_takes_the_eta_settings(
+    tmp_path: Path,
+    argv: tuple[str, ...],
+    toml: str,
+    environ: dict[str, str],
+    expected: tuple[bool, Path | None],
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("device_id = 'van-1'\n" + toml)
+    nmea = tmp_path / "day.nmea"
+    nmea.write_bytes(b"")
+    args = run_args("--config", str(config), "--nmea-file", str(nmea), *argv)
+    built = build_config(args, settings(args, environ))
+    assert (built.eta, built.eta_model) == expected
+
+
+def test_fleet_agent_run_refuses_a_malformed_eta_flag(tmp_path: Path) -> None:
+    nmea = tmp_path / "day.nmea"
+    nmea.write_bytes(b"")
+    args = run_args("--device-id", "van-1", "--nmea-file", str(nmea))
+    with pytest.raises(ConfigError, match="FLEET_ETA"):
+        build_config(args, settings(args, {"FLEET_ETA": "maybe"}))
+
+
+def test_fleet_agent_replay_writes_the_eta_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def kinds(messages: Sequence[Record]) -> set[str]:
+        return {m["type"] for m in messages}
+
+    with_eta = replay_lines(tmp_path / "a", capsys)
+    assert {"eta", "arrival"} <= kinds(with_eta[0])
+    assert "replay: ETA by " in with_eta[1]
+    without = replay_lines(tmp_path / "b", capsys, no_eta=True)
+    assert "eta" not in kinds(without[0])
+    assert "replay: ETA off" in without[1]
+
+    def strip(messages: Sequence[Record]) -> list[Record]:
+        return [m for m in messages if m["type"] not in {"eta", "late_risk", "pod"}]
+
+    assert strip(with_eta[0]) == strip(without[0])
+
+
+def replay_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], **options: Any
+) -> tuple[list[Record], str]:
+    tmp_path.mkdir()
+    config = ScenarioConfig(seed=29, n_stops=4, rate_hz=1)
+    scenario = generate(config)
+    doc = build_manifest(scenario, seed=29)
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    (tmp_path / "day.nmea").write_bytes(
+        b"".join(epoch_bytes(e, config.talker) for e in scenario.epochs())
+    )
+    out = tmp_path / "out.jsonl"
+    argv = ["replay", "--nmea", str(tmp_path / "day.nmea"), "--manifest",
+            str(tmp_path / "manifest.json"), "--out", str(out), "--no-telemetry"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    for name, value in options.items():
+        setattr(args, name, value)  # options the replay parser may not have yet
+    assert run_replay(args) == 0
+    messages = [json.loads(line) for line in out.read_text().splitlines()]
+    return messages, capsys.readouterr().err
+
+
+@needs_interpreter
+@pytest.mark.slow
+def test_a_running_agent_publishes_etas_and_its_model_in_the_status(tmp_path: Path) -> None:
+    """The agent on a real broker: the retained status names the model, and the eta
+    records it publishes on the events topic fit the contract."""
+    config = ScenarioConfig(seed=31, n_stops=4, rate_hz=1)
+    scenario = generate(config)
+    doc = build_manifest(scenario, seed=31)
+    device = str(doc["device_id"])
+    state = tmp_path / "van"
+    state.mkdir()
+    (state / "manifest.json").write_text(json.dumps(doc))
+    nmea = tmp_path / "day.nmea"
+    nmea.write_bytes(b"".join(epoch_bytes(e, config.talker) for e in scenario.epochs()))
+    model = tmp_path / "eta.tflite"
+    model.write_bytes(tiny_model(0.0, "tiny-e2e"))
+
+    async def run(port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        agent = Agent(
+            AgentConfig(
+                state_dir=state,
+                uplink=UplinkConfig(device_id=device, port=port),
+                nmea_file=nmea,
+                eta_model=model,
+            )
+        )
+        health: dict[str, Any] = {}
+        etas: list[dict[str, Any]] = []
+        async with aiomqtt.Client("127.0.0.1", port) as client:
+            await client.subscribe(f"fleet/v1/{device}/status", qos=1)
+            await client.subscribe(f"fleet/v1/{device}/events", qos=1)
+            task = asyncio.create_task(agent.run())
+            try:
+                async with asyncio.timeout(30):
+                    async for message in client.messages:
+                        assert isinstance(message.payload, bytes)
+                        if message.topic.matches(f"fleet/v1/{device}/status"):
+                            health = dict(decode_status(message.payload).health or {})
+                        else:
+                            contract.validate("events", json.loads(message.payload))
+                            record = decode_record(message.payload, stream="events").record
+                            if record["type"] == "eta":
+                                etas.append(record)
+                        if health and len(etas) >= len(doc["stops"]):
+                            break
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return health, etas
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        health, etas = asyncio.run(run(broker.port))
+    assert health["eta_model"] == "tiny-e2e"
+    assert health["eta_backend"] == available_backend()
+    assert {r["model"] for r in etas} == {"tiny-e2e"}
+    assert {r["stop_id"] for r in etas} == {s["id"] for s in doc["stops"]}
