@@ -6,12 +6,16 @@
   van with the public key it printed (``fleet-agent pod pubkey --key ...``; PEM or JWK).
 - ``fleet-ingest device enable ID`` / ``device disable ID`` / ``device list [--json]``.
 - ``fleet-ingest config``: the effective settings, as JSON.
+- ``fleet-ingest train-eta --out FILE [--sim-seeds 1000-1059] [--sim-stops 25]
+  [--from-store]``: build the ETA training set from simulator days and/or the stored
+  history, train the model and write the .tflite file the vans run (docs/eta.md).
 
 Every command takes ``--config FILE`` (TOML; see :mod:`cloud_ingest.config`) and
 ``--database-url URL`` (over the file and ``FLEET_INGEST_DATABASE_URL``).
 
 Exit status: 0 success; 1 the command failed (unknown device, key conflict, database
-unreachable, a task of the service died); 2 bad usage, settings or key file.
+unreachable, a task of the service died, no training data); 2 bad usage, settings or
+key file.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+# The simulator days the shipped ETA model was trained on (docs/eta.md); the
+# evaluation (bench/eta_eval.py) uses other seeds.
+DEFAULT_TRAIN_SEEDS = "1000-1059"
 
 log = logging.getLogger("cloud_ingest")
 
@@ -106,7 +114,63 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("list", parents=[common], help="list enrolled devices")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_device_list)
+
+    p = sub.add_parser(
+        "train-eta",
+        parents=[common],
+        help="train the ETA model on simulator days and/or the stored history",
+        description="Build ETA training rows from simulator days (--sim-seeds) and/or "
+        "the configured database's history (--from-store), train the MLP with numpy and "
+        "write the .tflite file the vans run. See docs/eta.md.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
+    p.add_argument(
+        "--sim-seeds",
+        type=_seed_list,
+        default=None,
+        metavar="SEEDS",
+        help=f"simulator days, e.g. 1000-1039 or 1,5,9-12; 'none' for none "
+        f"(default {DEFAULT_TRAIN_SEEDS})",
+    )
+    p.add_argument(
+        "--sim-stops", type=_positive_int, default=25, help="stops per simulator day (25)"
+    )
+    p.add_argument(
+        "--from-store",
+        action="store_true",
+        help="also learn from the configured database's arrivals and tracks",
+    )
+    p.add_argument("--model-version", help="the model's name (default eta-YYYYMMDD-<weights hash>)")
+    p.add_argument("--epochs", type=_positive_int, default=60, help="at most this many epochs (60)")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and minibatch order (0)")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=2,
+        help="processes building simulator days (2)",
+    )
+    p.add_argument("--record", type=Path, help="also write the training record (JSON) to this file")
+    p.set_defaults(func=_cmd_train_eta)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed_list(text: str) -> list[int]:
+    from cloud_ingest.eta.dataset import parse_seeds  # noqa: PLC0415 (numpy: only here)
+
+    try:
+        return parse_seeds(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _config(args: argparse.Namespace) -> IngestConfig:
@@ -243,6 +307,98 @@ def _cmd_device_list(args: argparse.Namespace) -> int:
     if not devices and not args.json:
         print("no devices enrolled", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_train_eta(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from cloud_ingest.eta import dataset, train  # noqa: PLC0415 (numpy, tflite: only here)
+
+    def progress(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    if args.sim_seeds is None:
+        args.sim_seeds = dataset.parse_seeds(DEFAULT_TRAIN_SEEDS)
+    parts = []
+    sources: dict[str, Any] = {}
+    if args.sim_seeds:
+        print(
+            f"simulating {len(args.sim_seeds)} days of {args.sim_stops} stops "
+            f"({args.jobs} processes)...",
+            file=sys.stderr,
+        )
+        parts.append(
+            dataset.simulator_dataset(
+                args.sim_seeds, args.sim_stops, jobs=args.jobs, progress=progress
+            )
+        )
+        sources["simulator"] = {
+            "seeds": dataset.format_seeds(args.sim_seeds),
+            "n_stops": args.sim_stops,
+            "rows": len(parts[-1]),
+        }
+    if args.from_store:
+        days = _with_store(args, dataset.store_days)
+        stored = dataset.build_dataset(days)
+        print(f"stored history: {len(days)} routes, {len(stored)} rows", file=sys.stderr)
+        parts.append(stored)
+        sources["store"] = {
+            "database": _config(args).database.describe(),
+            "routes": len(days),
+            "rows": len(stored),
+        }
+    if not parts:
+        return _error("nothing to learn from: give --sim-seeds and/or --from-store", EXIT_USAGE)
+    rows = dataset.EtaDataset.concat(parts)
+    config = train.TrainConfig(max_epochs=args.epochs, seed=args.seed)
+    print(f"training on {len(rows)} rows...", file=sys.stderr)
+    result = train.train(rows, config)
+    trained_at = datetime.now(UTC)
+    version = args.model_version or train.default_model_version(result.layers, trained_at)
+    record = train.training_record(
+        result,
+        model_version=version,
+        trained_at=trained_at,
+        sources=sources,
+        command=_train_command(args, dataset.format_seeds(args.sim_seeds)),
+    )
+    model = train.export_model(result, record)
+    try:
+        args.out.write_bytes(model)
+        if args.record is not None:
+            args.record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        return _error(f"cannot write the model: {err}", EXIT_FAILED)
+    print(f"wrote {args.out} ({len(model)} bytes), model_version {version}")
+    print(
+        f"rows: {result.n_train} training ({_days(result.train_days)}), "
+        f"{result.n_val} validation ({_days(result.val_days)}); "
+        f"{result.epochs} epochs (best {result.best_epoch}) in {result.train_time_s:.1f} s"
+    )
+    print(
+        f"validation MAE: model {result.val_model.mae_s:.1f} s, baseline "
+        f"{result.val_baseline.mae_s:.1f} s (ratio {result.val_ratio:.2f}); p90: model "
+        f"{result.val_model.p90_s:.1f} s, baseline {result.val_baseline.p90_s:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _days(names: Sequence[str]) -> str:
+    return f"{len(names)} day{'' if len(names) == 1 else 's'}"
+
+
+def _train_command(args: argparse.Namespace, seeds: str) -> str:
+    """The command line that repeats this training."""
+    import shlex  # noqa: PLC0415
+
+    words = ["fleet-ingest", "train-eta", "--sim-seeds", seeds or "none"]
+    words += ["--sim-stops", str(args.sim_stops), "--epochs", str(args.epochs)]
+    words += ["--seed", str(args.seed)]
+    if args.from_store:
+        words.append("--from-store")
+    if args.model_version:
+        words += ["--model-version", args.model_version]
+    return shlex.join([*words, "--out", str(args.out)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

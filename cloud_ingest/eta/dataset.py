@@ -1,0 +1,544 @@
+"""Training rows for the ETA model: simulator days, real trips and ingest's history.
+
+Every source becomes a :class:`Day` (the manifest the van drove, the fixes it saw in
+time order, and when each stop was really reached) and every day goes through the same
+pure core, :func:`day_rows`, which plays the fixes the way the agent does: each fix
+into :class:`~firmware_agent.eta.features.SpeedHistory`, each position through
+:meth:`~firmware_agent.eta.features.RoutePlan.project`, and every ``sample_every_s``
+the :func:`~firmware_agent.eta.features.eta_features` of the remaining stops. So the
+model learns from the very numbers the van will compute.
+
+A row is one (sample time, unserved stop) pair: ``x`` its feature row, ``actual_s`` the
+seconds from the sample time to the stop's real arrival, ``naive_s`` the baseline
+(the ``naive_eta_s`` column) and ``y_target`` the model's target,
+:func:`~firmware_agent.eta.predictor.log_ratio_target`. ``groups`` names the day of each
+row, so that validation and evaluation hold out whole days (rows of one day are highly
+correlated; a random row split would flatter the model).
+
+Which stops are served at a sample time
+    The agent knows from its geofence which stops it has reached. Here the served stops
+    are those whose real arrival is at or before the sample time: the truth stands in
+    for the geofence, which is fine for training (the geofence confirms an arrival
+    within seconds, see bench/arrivals.py) and keeps detection errors out of the labels.
+
+Sources
+    - :func:`simulator_day`: a generated day (:func:`sim_day_plan`: the seed also draws
+      the start time and weekday, and whether the manifest keeps its windows and stop
+      types), rendered to NMEA and decoded by the agent's own decoder, as
+      ``bench/arrivals.py`` does: the noisy receiver output, jumps and outages
+      included. The labels are the simulator's true arrivals.
+    - :func:`trip_day`: a recorded position CSV (the Liverpool bus runs), its stops
+      where the vehicle really halted (:func:`simulator.trips.find_dwells`, the manifest
+      of :func:`simulator.trips.trip_manifest`), interpolated to 1 Hz and decoded like
+      a simulated day. The labels are the first sample of each halt.
+    - :func:`store_days`: ingest's stored history (:mod:`cloud_ingest.store`). The store
+      keeps no manifests, so each route's stop list is rebuilt from its arrival events
+      (first visit of each ``stop_id``, in arrival order, at the ``lat``/``lon`` where
+      the van stood), every stop typed ``other`` with no parcels (neither is stored),
+      and the route is the stored track itself. The positions are the telemetry the
+      van sent (smart-sampled: every 5 s moving, 60 s parked), fed as they are; the
+      labels are the arrival events' ``time``. See :func:`store_days` for the limits.
+
+Simulator imports are deferred to the functions that need them: ``train-eta
+--from-store`` runs on an ingest install without the simulator's extras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_ingest.errors import ConfigError
+from firmware_agent.eta.features import (
+    N_FEATURES,
+    PlanPosition,
+    RoutePlan,
+    SpeedHistory,
+    eta_features,
+)
+from firmware_agent.eta.predictor import NAIVE_COLUMN, log_ratio_target
+from firmware_agent.gnss.decoder import GnssDecoder
+from firmware_agent.gnss.fix import Fix, FixMode
+from firmware_agent.manifest import Manifest, parse_manifest
+
+if TYPE_CHECKING:
+    from cloud_ingest.store.base import Position, StopEvent, Store
+    from simulator.scenario import ScenarioConfig
+
+SAMPLE_EVERY_S: Final = 30.0
+"""How often a day is sampled: the agent's ETA update rate is higher, but rows 30 s
+apart are already strongly correlated; more would only cost time."""
+
+DEFAULT_SIM_STOPS: Final = 25
+
+# Store history: how far before a route's first arrival its track may start, and the
+# silence (agent off) that marks the start of the day within that window.
+STORE_DAY_LEAD_S: Final = 4 * 3600.0
+STORE_DAY_GAP_S: Final = 30 * 60.0
+STORE_STOP_RADIUS_M: Final = 30.0
+STORE_MAX_ARRIVALS: Final = 1_000_000
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US: Final = timedelta(microseconds=1)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1000-1039``, ``1,5,9-12`` or ``none``: the seeds in the order given
+    (:class:`~cloud_ingest.errors.ConfigError`, a ``ValueError``, for anything else)."""
+    if text.strip().lower() in {"", "none"}:
+        return []
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        try:
+            lo, hi = int(first), int(last) if sep else int(first)
+        except ValueError:
+            raise ConfigError(f"seeds must look like 1000-1039 or 1,5,9-12, got {text!r}") from None
+        if hi < lo:
+            raise ConfigError(f"empty seed range {part.strip()!r}")
+        seeds.extend(range(lo, hi + 1))
+    return seeds
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``, the inverse of :func:`parse_seeds`."""
+    out: list[str] = []
+    i = 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        out.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _us(t: datetime) -> int:
+    """Microseconds since the epoch: integer labels are exact to the microsecond."""
+    return (t - _EPOCH) // _ONE_US
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One day to learn from or evaluate on.
+
+    ``manifest`` is the plan the van had; ``fixes`` what it saw, in time order (fixes
+    without a time are skipped); ``arrivals`` when each stop was really reached (UTC-
+    aware). A stop missing from ``arrivals`` still counts as unserved in the features
+    but gives no rows (there is no label).
+    """
+
+    name: str
+    manifest: Manifest
+    fixes: Sequence[Fix]
+    arrivals: Mapping[str, datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class EtaDataset:
+    """Rows of (sample time, unserved stop), every source in one format.
+
+    ``x`` float32 ``(n, N_FEATURES)`` in :data:`~firmware_agent.eta.features.FEATURE_NAMES`
+    order; ``y_target``, ``actual_s``, ``naive_s`` float64 ``(n,)``; ``groups`` int64
+    ``(n,)``, the index in ``day_names`` of each row's day. For checks and per-stop
+    analysis, int64 ``(n,)``: ``issued_us``, the sample time (microseconds since the
+    epoch, UTC), and ``stop_index``, the stop's index in its day's manifest.
+    """
+
+    x: npt.NDArray[np.float32]
+    y_target: FloatArray
+    actual_s: FloatArray
+    naive_s: FloatArray
+    groups: npt.NDArray[np.int64]
+    day_names: tuple[str, ...]
+    issued_us: npt.NDArray[np.int64]
+    stop_index: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @classmethod
+    def empty(cls) -> EtaDataset:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(
+            np.zeros((0, N_FEATURES), dtype=np.float32),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros(0),
+            none,
+            (),
+            none,
+            none,
+        )
+
+    @classmethod
+    def concat(cls, parts: Iterable[EtaDataset]) -> EtaDataset:
+        """The rows of ``parts`` in order; their days renumbered one after another."""
+        parts = list(parts)
+        if not parts:
+            return cls.empty()
+        offsets = np.cumsum([0] + [len(p.day_names) for p in parts[:-1]])
+        return cls(
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.y_target for p in parts]),
+            np.concatenate([p.actual_s for p in parts]),
+            np.concatenate([p.naive_s for p in parts]),
+            np.concatenate([p.groups + off for p, off in zip(parts, offsets, strict=True)]),
+            tuple(name for p in parts for name in p.day_names),
+            np.concatenate([p.issued_us for p in parts]),
+            np.concatenate([p.stop_index for p in parts]),
+        )
+
+    def select(self, rows: npt.NDArray[np.bool_] | npt.NDArray[np.intp]) -> EtaDataset:
+        """The rows picked by a mask or index array (``day_names`` unchanged)."""
+        return EtaDataset(
+            self.x[rows],
+            self.y_target[rows],
+            self.actual_s[rows],
+            self.naive_s[rows],
+            self.groups[rows],
+            self.day_names,
+            self.issued_us[rows],
+            self.stop_index[rows],
+        )
+
+    def days(self, names: Iterable[str]) -> EtaDataset:
+        """The rows of the named days."""
+        keep = set(names)
+        wanted = [i for i, name in enumerate(self.day_names) if name in keep]
+        return self.select(np.isin(self.groups, wanted))
+
+
+# =====================================================================================
+# The core: one day's fixes to rows
+# =====================================================================================
+
+
+def day_rows(day: Day, *, sample_every_s: float = SAMPLE_EVERY_S) -> EtaDataset:
+    """Play ``day`` as the agent would and sample it (module doc); pure.
+
+    Samples fall on a grid every ``sample_every_s`` from the first timed fix, each at
+    the first fix at or after its grid time (with 1 Hz fixes: on the grid). A sample
+    needs the van placed on the plan at least once. At a sample, the served stops are
+    those with a real arrival at or before it; every unserved stop with a known arrival
+    gives a row, labelled with its arrival minus the sample time, so labels are > 0.
+    """
+    if sample_every_s <= 0:
+        raise ConfigError(f"sample_every_s must be > 0, got {sample_every_s}")
+    plan = RoutePlan.from_manifest(day.manifest)
+    arrival_us = np.array(
+        [_us(day.arrivals[s]) if s in day.arrivals else 0 for s in plan.stop_ids],
+        dtype=np.int64,
+    ).reshape(plan.n_stops)
+    known = np.array([s in day.arrivals for s in plan.stop_ids], dtype=np.bool_).reshape(
+        plan.n_stops
+    )
+    step_us = round(sample_every_s * 1e6)
+    history = SpeedHistory()
+    position: PlanPosition | None = None
+    next_sample_us: int | None = None
+    blocks: list[npt.NDArray[np.float32]] = []
+    labels: list[FloatArray] = []
+    issued: list[npt.NDArray[np.int64]] = []
+    stops: list[npt.NDArray[np.intp]] = []
+    for fix in day.fixes:
+        if fix.time is None:
+            continue
+        history.update(fix)
+        now = fix.time
+        now_us = _us(now)
+        served = known & (arrival_us <= now_us)
+        if fix.lat is not None and fix.lon is not None:
+            position = plan.project(fix.lat, fix.lon, now, served, since=position)
+        if next_sample_us is None:
+            next_sample_us = now_us
+        if position is None or now_us < next_sample_us:
+            continue
+        next_sample_us += step_us * ((now_us - next_sample_us) // step_us + 1)
+        features = eta_features(now, plan, position, served, history)
+        idx = np.array([plan.index[s] for s in features.stop_ids], dtype=np.intp)
+        keep = known[idx]
+        if not keep.any():
+            continue
+        blocks.append(features.values[keep])
+        labels.append((arrival_us[idx[keep]] - now_us) / 1e6)
+        issued.append(np.full(int(keep.sum()), now_us, dtype=np.int64))
+        stops.append(idx[keep])
+    if not blocks:
+        return dataclasses.replace(EtaDataset.empty(), day_names=(day.name,))
+    x = np.concatenate(blocks)
+    actual_s = np.concatenate(labels)
+    naive_s = x[:, NAIVE_COLUMN].astype(np.float64)
+    return EtaDataset(
+        x,
+        log_ratio_target(actual_s, naive_s),
+        actual_s,
+        naive_s,
+        np.zeros(len(x), dtype=np.int64),
+        (day.name,),
+        np.concatenate(issued),
+        np.concatenate(stops).astype(np.int64),
+    )
+
+
+def build_dataset(days: Iterable[Day], *, sample_every_s: float = SAMPLE_EVERY_S) -> EtaDataset:
+    """The rows of every day, in order (:func:`day_rows`)."""
+    return EtaDataset.concat(day_rows(d, sample_every_s=sample_every_s) for d in days)
+
+
+def decode_nmea(chunks: Iterable[bytes]) -> list[Fix]:
+    """The fixes the agent's decoder makes of an NMEA byte stream (its filters on)."""
+    decoder = GnssDecoder()
+    fixes: list[Fix] = []
+    for chunk in chunks:
+        fixes.extend(decoder.feed(chunk))
+    fixes.extend(decoder.flush())
+    return fixes
+
+
+# =====================================================================================
+# Simulator days and real trips
+# =====================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class SimDay:
+    """What a simulator day is made of, all drawn from its seed (:func:`sim_day_plan`)."""
+
+    config: ScenarioConfig
+    windows: bool  # the manifest keeps its promised windows
+    stop_types: bool  # the manifest keeps its stop types (else every stop is "other")
+
+
+def sim_day_plan(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> SimDay:
+    """Simulator day ``seed``: its town, stops and receiver noise are the seed's, and so
+    are the variations a fleet's days have that one generated day lacks:
+
+    - the start, 05:00 to 19:00 UTC on any weekday (the simulator's traffic follows the
+      hour, and the model sees the time of day);
+    - one day in three without promised windows (not every customer gets one, and then
+      ``late_known`` is 0);
+    - one day in four with every stop typed ``other`` (a dispatch system that does not
+      say), so the model learns what an unknown type means rather than never seeing one;
+    - the talker (GPS alone or GPS + GLONASS), alternating.
+
+    The same seed always gives the same day.
+    """
+    from simulator.rng import stream as random_stream  # noqa: PLC0415 (module doc)
+    from simulator.scenario import DEFAULT_START, ScenarioConfig  # noqa: PLC0415
+
+    rng = random_stream("eta-day", seed)
+    day = DEFAULT_START.replace(hour=0, minute=0) + timedelta(days=rng.randrange(7))
+    start = day + timedelta(minutes=rng.randrange(5 * 60, 19 * 60))
+    config = ScenarioConfig(
+        seed=seed, n_stops=n_stops, start=start, rate_hz=1, talker="GN" if seed % 2 else "GP"
+    )
+    return SimDay(config, windows=rng.random() >= 1 / 3, stop_types=rng.random() >= 1 / 4)
+
+
+def simulator_day(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> Day:
+    """Simulator day ``seed`` (:func:`sim_day_plan`) as the agent sees it (module doc)."""
+    from simulator.manifest import build_manifest  # noqa: PLC0415 (module doc)
+    from simulator.nmea_writer import epoch_bytes  # noqa: PLC0415
+    from simulator.scenario import generate  # noqa: PLC0415
+
+    plan = sim_day_plan(seed, n_stops)
+    scenario = generate(plan.config)
+    doc = build_manifest(scenario, seed=seed)
+    for stop in doc["stops"]:
+        if not plan.windows:
+            stop.pop("window_start", None)
+            stop.pop("window_end", None)
+        if not plan.stop_types:
+            stop["type"] = "other"
+    fixes = decode_nmea(epoch_bytes(e, plan.config.talker) for e in scenario.epochs())
+    arrivals = {s.id: s.arrival for s in scenario.stops}
+    return Day(f"sim-{seed}", parse_manifest(doc), fixes, arrivals)
+
+
+def _sim_rows(seed: int, n_stops: int, sample_every_s: float) -> EtaDataset:
+    return day_rows(simulator_day(seed, n_stops), sample_every_s=sample_every_s)
+
+
+def simulator_dataset(
+    seeds: Sequence[int],
+    n_stops: int = DEFAULT_SIM_STOPS,
+    *,
+    sample_every_s: float = SAMPLE_EVERY_S,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> EtaDataset:
+    """The rows of simulator days ``seeds``, in seed order, built in ``jobs`` processes
+    (a 25-stop day takes about 3 s of CPU: decoding its NMEA and projecting every fix).
+    The result does not depend on ``jobs``."""
+    seeds = list(seeds)
+    parts: list[EtaDataset] = []
+
+    def done(part: EtaDataset) -> None:
+        parts.append(part)
+        if progress is not None:
+            progress(f"simulator day {len(parts)}/{len(seeds)}: {len(part)} rows")
+
+    if jobs <= 1 or len(seeds) <= 1:
+        for seed in seeds:
+            done(_sim_rows(seed, n_stops, sample_every_s))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for part in pool.map(
+                _sim_rows, seeds, [n_stops] * len(seeds), [sample_every_s] * len(seeds)
+            ):
+                done(part)
+    return EtaDataset.concat(parts)
+
+
+def trip_day(csv_path: Path, *, name: str | None = None) -> Day:
+    """A recorded trip (``timestamp_utc,lat,lon`` CSV) as a day: stops where the vehicle
+    really halted, fixes at 1 Hz interpolated between the samples and decoded from NMEA,
+    exactly as ``fleet-sim trip`` writes it (:mod:`simulator.trips`).
+
+    Raises :class:`simulator.errors.TraceFileError` for a bad CSV.
+    """
+    from simulator.nmea_writer import epoch_bytes  # noqa: PLC0415 (module doc)
+    from simulator.trace import read_trace_csv, trace_epochs  # noqa: PLC0415
+    from simulator.trips import find_dwells, trip_manifest  # noqa: PLC0415
+
+    points = read_trace_csv(csv_path)
+    dwells = find_dwells(points)
+    manifest = parse_manifest(trip_manifest(points, dwells))
+    fixes = decode_nmea(epoch_bytes(e, "GP") for e in trace_epochs(points, rate_hz=1))
+    arrivals = {stop.id: dwell.arrival for stop, dwell in zip(manifest.stops, dwells, strict=True)}
+    return Day(name or csv_path.stem, manifest, fixes, arrivals)
+
+
+# =====================================================================================
+# Ingest's stored history
+# =====================================================================================
+
+
+def position_fix(position: Position) -> Fix:
+    """A stored position as the fix the van had (it sent only fixes with a position)."""
+    t = position.time.astimezone(UTC)
+    midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return Fix(
+        time=t,
+        tod_s=(t - midnight).total_seconds(),
+        lat=position.lat,
+        lon=position.lon,
+        speed_mps=position.speed_mps,
+        course_deg=position.course_deg,
+        mode=FixMode.FIX_3D,
+        hdop=position.hdop,
+        sats_used=position.sats,
+    )
+
+
+def store_route_day(
+    device_id: str,
+    route_id: str,
+    arrivals: Sequence[StopEvent],
+    positions: Sequence[Position],
+) -> Day | None:
+    """One stored route as a day; pure. ``None`` when it cannot make one (no arrival
+    with a position, or fewer than two positions at or before its last arrival).
+
+    Stops: the first visit of each ``stop_id`` in arrival order, at the arrival's
+    ``lat``/``lon``, type ``other``, no parcels, radius :data:`STORE_STOP_RADIUS_M`.
+    The track starts after the last silence of :data:`STORE_DAY_GAP_S` before the first
+    arrival (the agent was off: the day had not begun); it is the route as well. The
+    manifest's date is the first position's UTC date (a stored route has no service day).
+    """
+    first_visit: dict[str, StopEvent] = {}
+    for event in sorted(arrivals, key=lambda e: e.time):
+        record = event.record
+        lat, lon = record.get("lat"), record.get("lon")
+        if event.stop_id is None or event.stop_id in first_visit:
+            continue
+        if not _finite_number(lat) or not _finite_number(lon):
+            continue
+        first_visit[event.stop_id] = event
+    if not first_visit:
+        return None
+    events = list(first_visit.values())
+    first_us, last_us = _us(events[0].time), _us(events[-1].time)
+    track = sorted((p for p in positions if _us(p.time) <= last_us), key=lambda p: p.time)
+    start = 0
+    for i in range(1, len(track)):
+        gap_us = _us(track[i].time) - _us(track[i - 1].time)
+        if _us(track[i].time) <= first_us and gap_us > STORE_DAY_GAP_S * 1e6:
+            start = i
+    track = track[start:]
+    if len(track) < 2:
+        return None
+    doc: dict[str, Any] = {
+        "route_id": route_id,
+        "device_id": device_id,
+        "date": track[0].time.astimezone(UTC).date().isoformat(),
+        "stops": [
+            {
+                "id": e.stop_id,
+                "lat": e.record["lat"],
+                "lon": e.record["lon"],
+                "radius_m": STORE_STOP_RADIUS_M,
+                "type": "other",
+                "parcels": [],
+            }
+            for e in events
+        ],
+        "route": {
+            "type": "LineString",
+            "coordinates": [[p.lon, p.lat] for p in track],
+        },
+    }
+    return Day(
+        f"store-{device_id}-{route_id}",
+        parse_manifest(doc),
+        [position_fix(p) for p in track],
+        {e.stop_id: e.time for e in events if e.stop_id is not None},
+    )
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+async def store_days(store: Store, *, max_arrivals: int = STORE_MAX_ARRIVALS) -> list[Day]:
+    """Every stored route of every device as a day (:func:`store_route_day`).
+
+    A route is the arrival events of one device with one ``route_id`` (events without
+    one are grouped by UTC date). Its track is read from :data:`STORE_DAY_LEAD_S` before
+    its first arrival (not before the device's previous route ended) to its last.
+    Limits, because the store keeps no manifests: stop types and parcels are unknown,
+    the stop is where the van stood (not the door), the planned route is the driven
+    track, and the labels are geofence arrivals (the first fix inside the fence), not
+    a simulator's truth.
+    """
+    days: list[Day] = []
+    for device in await store.list_devices():
+        events = await store.arrivals(device_id=device.device_id, limit=max_arrivals)
+        routes: dict[str, list[StopEvent]] = {}
+        for event in sorted(events, key=lambda e: e.time):
+            key = event.route_id or f"{event.time.astimezone(UTC).date().isoformat()}"
+            routes.setdefault(key, []).append(event)
+        previous_end: datetime | None = None
+        for route_id, route_events in sorted(routes.items(), key=lambda kv: kv[1][0].time):
+            first, last = route_events[0].time, route_events[-1].time
+            start = first - timedelta(seconds=STORE_DAY_LEAD_S)
+            if previous_end is not None and previous_end > start:
+                start = previous_end
+            positions = await store.track(device.device_id, start, last + _ONE_US)
+            day = store_route_day(device.device_id, route_id, route_events, positions)
+            if day is not None:
+                days.append(day)
+            previous_end = last + _ONE_US
+    return days

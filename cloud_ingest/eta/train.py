@@ -1,0 +1,511 @@
+"""Training the ETA model with numpy alone, and writing it as the agent's .tflite file.
+
+The model predicts the contract's output column (:mod:`firmware_agent.eta.predictor`):
+the log ratio of the real time to arrival to the naive baseline's, both plus 60 s. So
+it learns a correction of the baseline, one that is as good at 2 minutes as at 2 hours.
+It is the average of three small ReLU MLPs (features -> 16 -> 16 -> 1 each, by default),
+exported as one fully connected network of a few tens of KB.
+
+How it is trained, and why:
+
+- Inputs are standardized with the training rows' mean and standard deviation and
+  clipped to their 1st-99th percentiles (:attr:`TrainConfig.clip_quantile`): a van on
+  a day unlike the training days (a bus route, a traffic jam) gets the answer for the
+  nearest thing the model has seen, not an extrapolation of ReLUs. Both are folded into
+  the exported layers (:func:`_fold`), so the van feeds raw features (the contract). A
+  column that never varies in training gets zero weights: the model has learnt nothing
+  from it, and an unseen value on a van must not move the answer.
+- Loss: Huber on the log ratio (quadratic within :attr:`TrainConfig.huber_delta`,
+  linear beyond: a stop whose arrival the day's events pushed far out does not dominate),
+  each row weighted by its real time to arrival plus 60 s, which makes an error in the
+  log ratio cost about what it costs in seconds, the unit the evaluation counts in.
+- Adam, minibatches, at most :attr:`TrainConfig.max_epochs`, and early stopping on the
+  validation days' MAE in seconds (whole days held out: rows of one day are strongly
+  correlated, a random row split would flatter the model); the best epoch's weights
+  are kept. Each ensemble member is trained so, from its own seed; their average
+  answers more steadily than any one of them on days unlike the training days.
+- Everything random (initial weights, minibatch order) draws from numpy generators
+  seeded from :attr:`TrainConfig.seed`, the held-out days from
+  :attr:`TrainConfig.split_seed`: the same rows and config give the same weights.
+
+:func:`train` returns the layers ready for :func:`~cloud_ingest.eta.tflite_export.export_mlp`
+and the validation figures; :func:`export_model` writes the file with the contract's
+metadata and the training's record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_ingest.errors import ConfigError, IngestError
+from cloud_ingest.eta.dataset import EtaDataset
+from cloud_ingest.eta.tflite_export import Dense, export_mlp, mlp_forward
+from firmware_agent.eta.features import FEATURE_NAMES, FEATURES_VERSION
+from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, eta_from_log_ratio
+
+FloatArray = npt.NDArray[np.float64]
+
+EXPORT_BATCH: Final = 256
+"""Rows per invoke in the exported file: a 150-stop route is one invoke."""
+
+# A standard deviation below this (relative to the mean's size) is a constant column.
+_CONSTANT_RELATIVE_STD: Final = 1e-9
+_ADAM_BETAS: Final = (0.9, 0.999)
+_ADAM_EPS: Final = 1e-8
+
+
+class TrainingError(IngestError, ValueError):
+    """The rows cannot train a model (fewer than two days, an empty split)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    """Settings of :func:`train`; every field ends up in the model's metadata.
+    :class:`~cloud_ingest.errors.ConfigError` for a value out of range."""
+
+    hidden: tuple[int, ...] = (16, 16)
+    max_epochs: int = 60
+    patience: int = 15  # epochs without a better validation MAE before stopping
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5  # L2 on the weights (not the biases), per step
+    huber_delta: float = 0.1  # in log-ratio units: ~10 % of (time to arrival + 60 s)
+    # Inputs are clipped to the training rows' [q, 1 - q] quantiles (None: not clipped).
+    clip_quantile: float | None = 0.01
+    val_fraction: float = 0.2  # share of the days held out for early stopping
+    seed: int = 0  # initial weights and minibatch order
+    split_seed: int = 0  # which days are held out
+    # MLPs trained from different seeds and averaged (exported as one wider MLP): an
+    # ensemble answers more steadily on days unlike the training days.
+    ensemble: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError("hidden must list at least one layer size >= 1")
+        if min(self.max_epochs, self.patience, self.batch_size, self.ensemble) < 1:
+            raise ConfigError("max_epochs, patience, batch_size and ensemble must be >= 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("val_fraction must be in (0, 1)")
+        if self.learning_rate <= 0 or self.huber_delta <= 0 or self.weight_decay < 0:
+            raise ConfigError("learning_rate and huber_delta must be > 0, weight_decay >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStats:
+    """Absolute errors of predicted arrival times, in seconds (and MAPE in percent)."""
+
+    n: int
+    mae_s: float
+    mape_pct: float
+    p90_s: float
+
+    @classmethod
+    def of(cls, predicted_s: FloatArray, actual_s: FloatArray) -> ErrorStats:
+        """MAE, MAPE and p90 of ``|predicted - actual|``; MAPE over the actual times to
+        arrival (floored at 60 s: a stop 3 s away would make any error a huge percent)."""
+        if len(actual_s) == 0:
+            return cls(0, math.nan, math.nan, math.nan)
+        err = np.abs(np.asarray(predicted_s) - np.asarray(actual_s))
+        return cls(
+            len(err),
+            float(err.mean()),
+            float(100.0 * (err / np.maximum(actual_s, 60.0)).mean()),
+            float(np.percentile(err, 90)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """A trained model: ``layers`` take raw features (normalization folded in)."""
+
+    layers: tuple[Dense, ...]
+    config: TrainConfig
+    train_days: tuple[str, ...]
+    val_days: tuple[str, ...]
+    n_train: int
+    n_val: int
+    epochs: int  # epochs run
+    best_epoch: int
+    val_model: ErrorStats
+    val_baseline: ErrorStats
+    train_time_s: float
+    history: tuple[float, ...] = field(default=())  # validation MAE (s) per epoch
+
+    @property
+    def val_ratio(self) -> float:
+        """Validation MAE of the model over the baseline's (below 1: better)."""
+        return self.val_model.mae_s / self.val_baseline.mae_s
+
+    def predict_s(self, x: npt.ArrayLike, naive_s: npt.ArrayLike) -> FloatArray:
+        """Seconds to arrival for feature rows, as the agent computes them (float64)."""
+        return eta_from_log_ratio(naive_s, mlp_forward(self.layers, x)[:, 0])
+
+
+def split_days(
+    dataset: EtaDataset, val_fraction: float, seed: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training days, validation days): a seeded draw of whole days, at least one each
+    (:class:`TrainingError` with fewer than two days)."""
+    names = sorted({dataset.day_names[g] for g in np.unique(dataset.groups)})
+    if len(names) < 2:
+        raise TrainingError(f"training needs rows from at least two days, got {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names))))
+    val = tuple(sorted(names[i] for i in order[:n_val]))
+    return tuple(sorted(set(names) - set(val))), val
+
+
+class _Mlp:
+    """The MLP during training: float64 weights on standardized inputs."""
+
+    def __init__(self, sizes: Sequence[int], rng: np.random.Generator) -> None:
+        self.weights = [
+            rng.normal(0.0, math.sqrt(2.0 / n_in), (n_out, n_in))
+            for n_in, n_out in itertools.pairwise(sizes)
+        ]
+        self.biases = [np.zeros(n_out) for n_out in sizes[1:]]
+
+    @property
+    def params(self) -> list[FloatArray]:
+        return [*self.weights, *self.biases]
+
+    def forward(self, x: FloatArray) -> tuple[FloatArray, list[FloatArray]]:
+        """The output column and every layer's input (for the backward pass)."""
+        inputs = []
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            inputs.append(h)
+            h = h @ w.T + b
+            if i < last:
+                h = np.maximum(h, 0.0)
+        return h[:, 0], inputs
+
+    def backward(self, grad_out: FloatArray, inputs: list[FloatArray]) -> list[FloatArray]:
+        """Gradients of the loss, in :attr:`params` order, from d loss / d output."""
+        g = grad_out[:, None]
+        grads_w: list[FloatArray] = []
+        grads_b: list[FloatArray] = []
+        for i in range(len(self.weights) - 1, -1, -1):
+            grads_w.append(g.T @ inputs[i])
+            grads_b.append(g.sum(axis=0))
+            if i > 0:
+                # ReLU: the layer's input is the previous layer's output after ReLU.
+                g = (g @ self.weights[i]) * (inputs[i] > 0.0)
+        return [*reversed(grads_w), *reversed(grads_b)]
+
+
+class _Adam:
+    """Adam (Kingma & Ba, 2015) updating ``params`` in place."""
+
+    def __init__(self, params: list[FloatArray], learning_rate: float) -> None:
+        self.params = params
+        self.learning_rate = learning_rate
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, grads: Sequence[FloatArray]) -> None:
+        beta1, beta2 = _ADAM_BETAS
+        self.t += 1
+        for i, g in enumerate(grads):
+            self.m[i] = beta1 * self.m[i] + (1.0 - beta1) * g
+            self.v[i] = beta2 * self.v[i] + (1.0 - beta2) * g * g
+            m_hat = self.m[i] / (1.0 - beta1**self.t)
+            v_hat = self.v[i] / (1.0 - beta2**self.t)
+            # In place: the MLP holds the same arrays.
+            self.params[i] -= self.learning_rate * m_hat / (np.sqrt(v_hat) + _ADAM_EPS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """How raw features become the MLP's inputs: ``clip((x - mean) / scale, lo, hi)``,
+    zero for columns that never varied in training."""
+
+    mean: FloatArray
+    scale: FloatArray
+    varies: npt.NDArray[np.bool_]
+    lo: FloatArray | None  # standardized clip bounds, or None
+    hi: FloatArray | None
+
+    @classmethod
+    def fit(cls, x: FloatArray, clip_quantile: float | None) -> _Inputs:
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        varies = std > _CONSTANT_RELATIVE_STD * np.maximum(1.0, np.abs(mean))
+        scale = np.where(varies, std, 1.0)
+        if clip_quantile is None:
+            return cls(mean, scale, varies, None, None)
+        z = (x - mean) / scale
+        lo = np.quantile(z, clip_quantile, axis=0)
+        hi = np.quantile(z, 1.0 - clip_quantile, axis=0)
+        return cls(mean, scale, varies, lo, np.maximum(hi, lo))
+
+    def __call__(self, x: npt.ArrayLike) -> FloatArray:
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        if self.lo is not None and self.hi is not None:
+            z = np.clip(z, self.lo, self.hi)
+        return np.where(self.varies, z, 0.0)
+
+
+def train(
+    dataset: EtaDataset,
+    config: TrainConfig | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train on ``dataset`` (module doc): deterministic for a config and dataset.
+
+    ``log``, if given, is called with one line per epoch. Raises :class:`TrainingError`
+    for fewer than two days or an empty training or validation split.
+    """
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    train_days, val_days = split_days(dataset, config.val_fraction, config.split_seed)
+    tr, va = dataset.days(train_days), dataset.days(val_days)
+    if len(tr) == 0 or len(va) == 0:
+        raise TrainingError("the training or validation days have no rows")
+
+    x_tr = tr.x.astype(np.float64)
+    prepare = _Inputs.fit(x_tr, config.clip_quantile)
+    varies = prepare.varies
+    z_tr = prepare(x_tr)
+    z_va = prepare(va.x)
+
+    members: list[_Fit] = []
+    for k, member_seed in enumerate(np.random.SeedSequence(config.seed).spawn(config.ensemble)):
+        member_log = log
+        if log is not None and config.ensemble > 1:
+            member_log = _prefixed(log, f"member {k + 1}/{config.ensemble}: ")
+        rng = np.random.default_rng(member_seed)
+        members.append(
+            _fit_member(z_tr, tr, z_va, va, varies=varies, config=config, rng=rng, log=member_log)
+        )
+    mlp = _average(m.mlp for m in members)
+    layers = _fold(mlp, prepare)
+    predicted = eta_from_log_ratio(va.naive_s, mlp_forward(layers, va.x)[:, 0])
+    return TrainResult(
+        layers=layers,
+        config=config,
+        train_days=train_days,
+        val_days=val_days,
+        n_train=len(tr),
+        n_val=len(va),
+        epochs=max(m.epochs for m in members),
+        best_epoch=max(m.best_epoch for m in members),
+        val_model=ErrorStats.of(predicted, va.actual_s),
+        val_baseline=ErrorStats.of(va.naive_s, va.actual_s),
+        train_time_s=time.perf_counter() - started,
+        history=tuple(members[0].history),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    mlp: _Mlp
+    epochs: int
+    best_epoch: int
+    history: tuple[float, ...]
+
+
+def _prefixed(log: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    return lambda line: log(prefix + line)
+
+
+def _fit_member(
+    z_tr: FloatArray,
+    tr: EtaDataset,
+    z_va: FloatArray,
+    va: EtaDataset,
+    *,
+    varies: npt.NDArray[np.bool_],
+    config: TrainConfig,
+    rng: np.random.Generator,
+    log: Callable[[str], None] | None,
+) -> _Fit:
+    """One MLP trained with Adam and early stopping (module doc); the best epoch's."""
+    y_tr = tr.y_target
+    weight_tr = (tr.actual_s + 60.0) / (tr.actual_s + 60.0).mean()
+    mlp = _Mlp([z_tr.shape[1], *config.hidden, 1], rng)
+    mlp.weights[0] *= varies  # constant columns carry nothing: no weight, ever
+    # Start near "the baseline times the typical correction": a full-size random last
+    # layer would start minutes off, and a small data set may never climb back.
+    mlp.weights[-1] *= 0.1
+    mlp.biases[-1][:] = float(np.median(y_tr))
+    params = mlp.params
+    adam = _Adam(params, config.learning_rate)
+    decayed = len(mlp.weights)  # weight decay on the weights, not the biases
+
+    def val_mae() -> float:
+        out, _ = mlp.forward(z_va)
+        return float(np.abs(eta_from_log_ratio(va.naive_s, out) - va.actual_s).mean())
+
+    best = val_mae()
+    best_params = [p.copy() for p in params]
+    best_epoch = 0
+    history: list[float] = []
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
+        order = rng.permutation(len(z_tr))
+        for lo in range(0, len(order), config.batch_size):
+            rows = order[lo : lo + config.batch_size]
+            out, inputs = mlp.forward(z_tr[rows])
+            residual = out - y_tr[rows]
+            # Huber's derivative, weighted; the mean over the batch.
+            grad = np.clip(residual, -config.huber_delta, config.huber_delta)
+            grad *= weight_tr[rows] / len(rows)
+            grads = mlp.backward(grad, inputs)
+            for i in range(decayed):
+                grads[i] = grads[i] + config.weight_decay * params[i]
+            adam.step(grads)
+            mlp.weights[0] *= varies
+        mae = val_mae()
+        history.append(mae)
+        if log is not None:
+            log(f"epoch {epoch:3d}: validation MAE {mae:7.1f} s (best {min(best, mae):7.1f} s)")
+        if mae < best:
+            best, best_epoch = mae, epoch
+            best_params = [p.copy() for p in params]
+        elif epoch - best_epoch >= config.patience:
+            break
+    for p, kept in zip(params, best_params, strict=True):
+        p[...] = kept
+    return _Fit(mlp, epoch, best_epoch, tuple(history))
+
+
+def _average(mlps: Iterable[_Mlp]) -> _Mlp:
+    """One MLP whose output is the mean of ``mlps``' (all of the same shape): their
+    hidden layers side by side (block-diagonal), the last layer averaging."""
+    mlps = list(mlps)
+    if len(mlps) == 1:
+        return mlps[0]
+    n = len(mlps)
+    out = _Mlp.__new__(_Mlp)
+    depth = len(mlps[0].weights)
+    out.weights, out.biases = [], []
+    for i in range(depth):
+        ws = [m.weights[i] for m in mlps]
+        bs = [m.biases[i] for m in mlps]
+        if i == 0:
+            w = np.vstack(ws)
+        elif i == depth - 1:
+            w = np.hstack(ws) / n
+        else:
+            w = np.zeros((sum(x.shape[0] for x in ws), sum(x.shape[1] for x in ws)))
+            r = c = 0
+            for x in ws:
+                w[r : r + x.shape[0], c : c + x.shape[1]] = x
+                r, c = r + x.shape[0], c + x.shape[1]
+        out.weights.append(w)
+        out.biases.append(np.mean(bs, axis=0) if i == depth - 1 else np.concatenate(bs))
+    return out
+
+
+def _fold(mlp: _Mlp, inputs: _Inputs) -> tuple[Dense, ...]:
+    """The MLP on raw features, in fully connected layers only.
+
+    Standardizing: ``W (x - mean) / scale + b`` is ``(W / scale) x + b'``. Clipping
+    ``z`` to ``[lo, hi]`` is ``lo + relu(z - lo) - relu(z - hi)``: one more ReLU layer
+    (two units per varying column), whose linear recombination folds into the first
+    layer's weights ``[W, -W]`` and bias ``b + W lo``.
+    """
+    w_z = mlp.weights[0] * inputs.varies  # on standardized inputs
+    rest = list(zip(mlp.weights[1:], mlp.biases[1:], strict=True))
+    layers: list[tuple[FloatArray, FloatArray]] = []
+    if inputs.lo is None or inputs.hi is None:
+        w0 = w_z / inputs.scale
+        layers.append((w0, mlp.biases[0] - w0 @ inputs.mean))
+    else:
+        cols = np.flatnonzero(inputs.varies)
+        n_in = len(inputs.mean)
+        standardize = np.zeros((len(cols), n_in))
+        standardize[np.arange(len(cols)), cols] = 1.0 / inputs.scale[cols]
+        offset = -inputs.mean[cols] / inputs.scale[cols]
+        lo, hi = inputs.lo[cols], inputs.hi[cols]
+        clip_w = np.vstack([standardize, standardize])
+        clip_b = np.concatenate([offset - lo, offset - hi])
+        w = w_z[:, cols]
+        layers.append((clip_w, clip_b))
+        layers.append((np.hstack([w, -w]), mlp.biases[0] + w @ lo))
+    layers.extend(rest)
+    last = len(layers) - 1
+    return tuple(
+        Dense(w.astype(np.float32), b.astype(np.float32), "relu" if i < last else "none")
+        for i, (w, b) in enumerate(layers)
+    )
+
+
+def weights_digest(layers: Sequence[Dense]) -> str:
+    """SHA-256 (hex) of the layers' float32 weights and biases, in order."""
+    h = hashlib.sha256()
+    for layer in layers:
+        h.update(layer.weights.astype("<f4").tobytes())
+        h.update(layer.bias.astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def default_model_version(layers: Sequence[Dense], trained_at: datetime) -> str:
+    """``eta-YYYYMMDD-<first 10 hex of the weights' SHA-256>``: the date says when, the
+    hash tells two models of one day apart and is the same for the same weights."""
+    return f"eta-{trained_at.astimezone(UTC):%Y%m%d}-{weights_digest(layers)[:10]}"
+
+
+def training_record(
+    result: TrainResult,
+    *,
+    model_version: str,
+    trained_at: datetime,
+    sources: Mapping[str, Any],
+    command: str | None = None,
+) -> dict[str, Any]:
+    """What the model file (metadata ``training``) and ``default.json`` say about how
+    it was made: sources (seeds, store), sizes, settings, validation figures, date."""
+    return {
+        "model_version": model_version,
+        "features_version": FEATURES_VERSION,
+        "output": OUTPUT_LOG_RATIO,
+        "trained_at": trained_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "sources": dict(sources),
+        "architecture": [len(FEATURE_NAMES), *result.config.hidden, 1],
+        "exported_layers": [[layer.n_in, layer.n_out] for layer in result.layers],
+        "config": asdict(result.config),
+        "weights_sha256": weights_digest(result.layers),
+        "n_train_rows": result.n_train,
+        "n_val_rows": result.n_val,
+        "train_days": list(result.train_days),
+        "val_days": list(result.val_days),
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "train_time_s": round(result.train_time_s, 1),
+        "val_mae_model_s": round(result.val_model.mae_s, 1),
+        "val_mae_baseline_s": round(result.val_baseline.mae_s, 1),
+        "val_mae_ratio": round(result.val_ratio, 3),
+        "val_p90_model_s": round(result.val_model.p90_s, 1),
+        "val_p90_baseline_s": round(result.val_baseline.p90_s, 1),
+    }
+
+
+def export_model(result: TrainResult, record: Mapping[str, Any]) -> bytes:
+    """The .tflite file of ``result`` (batch :data:`EXPORT_BATCH`) with the contract's
+    metadata (``features_version``, ``model_version``, ``output``), the feature names,
+    and ``training``: ``record`` as JSON."""
+    metadata = {
+        "features_version": FEATURES_VERSION,
+        "model_version": str(record["model_version"]),
+        "output": OUTPUT_LOG_RATIO,
+        "features": json.dumps(list(FEATURE_NAMES)),
+        "training": json.dumps(record, sort_keys=True),
+    }
+    return export_mlp(result.layers, batch=EXPORT_BATCH, metadata=metadata)

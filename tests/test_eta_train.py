@@ -1,0 +1,380 @@
+"""Training the ETA model: rows from simulator days and from ingest's history, numpy
+training, the exported .tflite file, ``fleet-ingest train-eta`` and the shipped model.
+
+The rows are checked against the simulator's truth directly (labels to the microsecond,
+only unserved stops); the trained model must beat the baseline on held-out days of a
+small run (a real comparison: it can fail); the interpreter must agree with the numpy
+forward pass within 1e-4 (issue 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_ingest.cli import main as ingest_main
+from cloud_ingest.eta.dataset import (
+    Day,
+    EtaDataset,
+    build_dataset,
+    day_rows,
+    simulator_dataset,
+    simulator_day,
+    store_days,
+)
+from cloud_ingest.eta.tflite_export import mlp_forward
+from cloud_ingest.eta.train import (
+    EXPORT_BATCH,
+    TrainConfig,
+    TrainingError,
+    default_model_version,
+    export_model,
+    train,
+    training_record,
+)
+from cloud_ingest.store.base import Position, StopEvent, WriteBatch
+from cloud_ingest.store.sqlite import SqliteStore
+from firmware_agent.eta.features import (
+    FEATURE_NAMES,
+    FEATURES_VERSION,
+    N_FEATURES,
+    FeatureMatrix,
+)
+from firmware_agent.eta.interpreter import TfliteRunner, available_backend, read_metadata
+from firmware_agent.eta.models import default_model_bytes, default_training_record
+from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, EtaPredictor, log_ratio_target
+from firmware_agent.manifest import Manifest
+from firmware_agent.pod.chain import PodChain
+from firmware_agent.van import VanPipeline
+
+MAX_ABS_ERROR = 1e-4
+DEVICE = "van-0007"
+STOPS_COL = FEATURE_NAMES.index("stops_before")
+# A small, quick training run: enough for a real comparison with the baseline.
+SMALL = TrainConfig(
+    hidden=(16, 16), max_epochs=40, patience=8, batch_size=128, ensemble=2, val_fraction=0.25
+)
+
+needs_interpreter = pytest.mark.skipif(
+    available_backend() is None, reason="no TFLite interpreter installed"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_day() -> Day:
+    return simulator_day(7, n_stops=3)
+
+
+@pytest.fixture(scope="module")
+def small_set() -> EtaDataset:
+    """Twelve simulator days of eight stops (seeds never used elsewhere in this file)."""
+    return simulator_dataset(range(300, 312), n_stops=8, jobs=2)
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+
+def test_rows_are_the_unserved_stops_labelled_with_the_true_arrival(tiny_day: Day) -> None:
+    rows = day_rows(tiny_day)
+    stops = tiny_day.manifest.stops
+    arrivals = [tiny_day.arrivals[s.id] for s in stops]
+    assert len(rows) > 0
+    assert rows.x.shape == (len(rows), N_FEATURES)
+    assert rows.x.dtype == np.float32
+    issued = np.unique(rows.issued_us)
+    # One sample per 30 s grid step, at the first fix at or after the grid time: on it,
+    # unless the receiver had no fix then (a tunnel, an outage).
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    first = next(f.time for f in tiny_day.fixes if f.time is not None)
+    origin_us = (first - epoch) // timedelta(microseconds=1)
+    grid_step, late_us = np.divmod(issued - origin_us, 30_000_000)
+    assert (np.diff(grid_step) >= 1).all()
+    assert (late_us < 10_000_000).all()
+    assert (late_us == 0).mean() > 0.8
+    for t_us in issued:
+        now = epoch + timedelta(microseconds=int(t_us))
+        at = np.flatnonzero(rows.issued_us == t_us)
+        got_stops = rows.stop_index[at].tolist()
+        # Exactly the stops not reached yet, in stop order.
+        assert got_stops == [i for i, t in enumerate(arrivals) if t > now]
+        # The next stop's label is its true arrival minus now, to the microsecond.
+        nxt = got_stops[0]
+        assert rows.actual_s[at[0]] == (arrivals[nxt] - now).total_seconds()
+        assert rows.x[at, STOPS_COL].tolist() == list(range(len(at)))
+    assert (rows.actual_s > 0).all()
+    np.testing.assert_array_equal(rows.naive_s, rows.x[:, FEATURE_NAMES.index("naive_eta_s")])
+    np.testing.assert_allclose(rows.y_target, log_ratio_target(rows.actual_s, rows.naive_s))
+
+
+def test_a_stop_without_a_known_arrival_gives_no_rows_but_stays_unserved(tiny_day: Day) -> None:
+    last = tiny_day.manifest.stops[-1].id
+    partial = replace(tiny_day, arrivals={k: v for k, v in tiny_day.arrivals.items() if k != last})
+    rows = day_rows(partial)
+    full = day_rows(tiny_day)
+    assert 2 not in rows.stop_index.tolist()
+    # The other stops' rows are unchanged: the features still count the last stop.
+    keep = full.stop_index != 2
+    np.testing.assert_array_equal(rows.x, full.x[keep])
+    np.testing.assert_array_equal(rows.actual_s, full.actual_s[keep])
+
+
+def test_datasets_concatenate_with_their_days_renumbered(tiny_day: Day) -> None:
+    one = day_rows(tiny_day)
+    both = build_dataset([tiny_day, replace(tiny_day, name="again")])
+    assert len(both) == 2 * len(one)
+    assert both.day_names == (tiny_day.name, "again")
+    assert set(both.groups.tolist()) == {0, 1}
+    assert len(both.days(["again"])) == len(one)
+
+
+# -- ingest's history ---------------------------------------------------------------------
+
+
+def _fill_store(path: Path, day: Day) -> list[dict[str, object]]:
+    """Run the van pipeline over ``day`` and store what ingest would have received:
+    the telemetry positions and the events. Returns the arrival messages."""
+    manifest = day.manifest
+    pipeline = VanPipeline(manifest, pods=PodChain(DEVICE, Ed25519PrivateKey.generate()))
+    positions: list[Position] = []
+    events: list[StopEvent] = []
+    arrivals: list[dict[str, object]] = []
+    for fix in day.fixes:
+        for m in pipeline.on_fix(fix):
+            t = datetime.fromisoformat(m["time"])
+            if m["type"] == "telemetry":
+                positions.append(
+                    Position(
+                        DEVICE,
+                        len(positions) + 1,
+                        t,
+                        m["lat"],
+                        m["lon"],
+                        m["speed_mps"],
+                        m["course_deg"],
+                        m["hdop"],
+                        m["sats"],
+                        historical=False,
+                    )
+                )
+            else:
+                events.append(
+                    StopEvent(
+                        DEVICE,
+                        len(events) + 1,
+                        m["type"],
+                        t,
+                        m.get("stop_id"),
+                        m.get("route_id"),
+                        historical=False,
+                        record=m,
+                    )
+                )
+                if m["type"] == "arrival":
+                    arrivals.append(m)
+
+    async def write() -> None:
+        async with SqliteStore(path) as store:
+            await store.migrate()
+            await store.register_device(DEVICE, bytes(32))
+            await store.write(WriteBatch(positions=positions, events=events))
+
+    asyncio.run(write())
+    return arrivals
+
+
+def _stored_days(path: Path) -> list[Day]:
+    async def read() -> list[Day]:
+        async with SqliteStore(path) as store:
+            return await store_days(store)
+
+    return asyncio.run(read())
+
+
+def test_stored_history_gives_rows_in_the_same_format(tmp_path: Path) -> None:
+    sim = simulator_day(11, n_stops=4)
+    arrivals = _fill_store(tmp_path / "ingest.sqlite3", sim)
+    assert len(arrivals) == 4
+
+    (day,) = _stored_days(tmp_path / "ingest.sqlite3")
+    manifest: Manifest = day.manifest
+    # The stop list is rebuilt from the arrivals, in arrival order, where the van stood.
+    assert [s.id for s in manifest.stops] == [m["stop_id"] for m in arrivals]
+    assert [(s.lat, s.lon) for s in manifest.stops] == [(m["lat"], m["lon"]) for m in arrivals]
+    assert {s.type for s in manifest.stops} == {"other"}
+    assert manifest.route is not None
+    assert manifest.route_id == arrivals[0]["route_id"]
+
+    rows = day_rows(day)
+    sim_rows = day_rows(sim)
+    assert len(rows) > 0
+    for name in ("x", "y_target", "actual_s", "naive_s", "groups", "issued_us", "stop_index"):
+        got, want = getattr(rows, name), getattr(sim_rows, name)
+        assert (got.dtype, got.shape[1:]) == (want.dtype, want.shape[1:]), name
+    # Labels are the stored arrival times minus the sample time.
+    arrival_us = {
+        m["stop_id"]: (datetime.fromisoformat(str(m["time"])) - datetime(1970, 1, 1, tzinfo=UTC))
+        // timedelta(microseconds=1)
+        for m in arrivals
+    }
+    stop_ids = [s.id for s in manifest.stops]
+    want_s = [
+        (arrival_us[stop_ids[k]] - t) / 1e6
+        for k, t in zip(rows.stop_index, rows.issued_us, strict=True)
+    ]
+    np.testing.assert_array_equal(rows.actual_s, want_s)
+    # The geofence's arrivals are within seconds of the truth: the labels agree.
+    for m in arrivals:
+        truth = sim.arrivals[str(m["stop_id"])]
+        assert abs((datetime.fromisoformat(str(m["time"])) - truth).total_seconds()) < 30
+
+
+# -- training -----------------------------------------------------------------------------
+
+
+def test_training_is_deterministic_for_a_seed(small_set: EtaDataset) -> None:
+    config = replace(SMALL, max_epochs=3, ensemble=2)
+    a, b = train(small_set, config), train(small_set, config)
+    c = train(small_set, replace(config, seed=1))
+    assert a.val_days == b.val_days
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        np.testing.assert_array_equal(la.weights, lb.weights)
+        np.testing.assert_array_equal(la.bias, lb.bias)
+    assert not np.array_equal(a.layers[1].weights, c.layers[1].weights)
+
+
+def test_the_model_beats_the_baseline_on_held_out_days(small_set: EtaDataset) -> None:
+    result = train(small_set, SMALL)
+    assert set(result.val_days).isdisjoint(result.train_days)
+    assert result.n_val > 0
+    assert result.val_model.mae_s < result.val_baseline.mae_s, (
+        f"model {result.val_model.mae_s:.1f} s, baseline {result.val_baseline.mae_s:.1f} s"
+    )
+
+
+def test_training_needs_two_days(tiny_day: Day) -> None:
+    with pytest.raises(TrainingError, match="two days"):
+        train(day_rows(tiny_day), SMALL)
+
+
+@needs_interpreter
+def test_the_exported_model_runs_as_trained(small_set: EtaDataset) -> None:
+    result = train(small_set, replace(SMALL, max_epochs=3))
+    trained_at = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    version = default_model_version(result.layers, trained_at)
+    record = training_record(
+        result, model_version=version, trained_at=trained_at, sources={"test": True}
+    )
+    model = export_model(result, record)
+
+    metadata = read_metadata(model)
+    assert metadata["features_version"] == FEATURES_VERSION
+    assert metadata["output"] == OUTPUT_LOG_RATIO
+    assert metadata["model_version"] == version
+    assert version.startswith("eta-20261121-")
+    assert json.loads(metadata["training"]) == json.loads(json.dumps(record))
+    assert json.loads(metadata["features"]) == list(FEATURE_NAMES)
+
+    runner = TfliteRunner.open(model)
+    assert (runner.batch, runner.n_inputs, runner.n_outputs) == (EXPORT_BATCH, N_FEATURES, 1)
+    # Real rows, and rows pushed beyond the training range (the clip layer at work).
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [small_set.x, small_set.x[:500] * rng.uniform(0.0, 3.0, (500, N_FEATURES))]
+    ).astype(np.float32)
+    got = runner.predict(x)[:, 0]
+    want = mlp_forward(result.layers, x)[:, 0]
+    assert np.abs(got - want).max() <= MAX_ABS_ERROR
+    # The agent's path (EtaPredictor) answers what training measured.
+    predictor = EtaPredictor.load(model)
+    assert predictor.model_version == version
+    rows = small_set.x[:EXPORT_BATCH]
+    prediction = predictor.predict(FeatureMatrix(rows, ("",) * len(rows)))
+    np.testing.assert_allclose(
+        prediction.eta_s + 60.0,
+        result.predict_s(rows, small_set.naive_s[:EXPORT_BATCH]) + 60.0,
+        rtol=1e-3,
+    )
+
+
+# -- the command --------------------------------------------------------------------------
+
+
+@needs_interpreter
+def test_train_eta_end_to_end_writes_a_model_the_agent_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "ingest.sqlite3"
+    _fill_store(db, simulator_day(12, n_stops=3))
+    out, record = tmp_path / "model.tflite", tmp_path / "model.json"
+    code = ingest_main(
+        [
+            "train-eta",
+            "--database-url",
+            f"sqlite:///{db}",
+            "--from-store",
+            "--sim-seeds",
+            "401-403",
+            "--sim-stops",
+            "3",
+            "--epochs",
+            "2",
+            "--jobs",
+            "1",
+            "--model-version",
+            "eta-test-1",
+            "--out",
+            str(out),
+            "--record",
+            str(record),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "model_version eta-test-1" in printed
+    assert "validation MAE: model" in printed
+    predictor = EtaPredictor.load(out.read_bytes())
+    assert predictor.model_version == "eta-test-1"
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    assert saved["sources"]["simulator"]["seeds"] == "401-403"
+    assert saved["sources"]["store"]["routes"] == 1
+    assert json.loads(read_metadata(out.read_bytes())["training"]) == saved
+
+
+def test_train_eta_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "m.tflite")
+    assert ingest_main(["train-eta", "--sim-seeds", "none", "--out", out]) == 2
+    assert "nothing to learn from" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        ingest_main(["train-eta", "--sim-seeds", "5-1", "--out", out])
+    assert exc.value.code == 2
+    # One day cannot be split into training and validation days: the command fails.
+    assert ingest_main(["train-eta", "--sim-seeds", "9", "--sim-stops", "2", "--out", out]) == 1
+    assert "two days" in capsys.readouterr().err
+
+
+# -- the shipped model --------------------------------------------------------------------
+
+
+def test_the_shipped_model_loads_and_matches_its_record() -> None:
+    model = default_model_bytes()
+    record = default_training_record()
+    metadata = read_metadata(model)
+    assert metadata["model_version"] == record["model_version"]
+    assert metadata["features_version"] == FEATURES_VERSION == record["features_version"]
+    assert metadata["output"] == OUTPUT_LOG_RATIO
+    assert json.loads(metadata["training"]) == record
+    assert record["val_mae_model_s"] < record["val_mae_baseline_s"]
+    # Trained on seeds the evaluation (bench/eta_eval.py, seeds 1-40) never uses.
+    assert record["sources"]["simulator"]["seeds"] == "1000-1059"
+    predictor = EtaPredictor.load(model)
+    if available_backend() is not None:
+        assert predictor.model_version == record["model_version"]
+    else:
+        assert predictor.unavailable
