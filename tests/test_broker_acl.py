@@ -26,8 +26,6 @@ delivered it would have arrived before the sentinel.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import queue
 import socket
 import threading
@@ -38,10 +36,7 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
@@ -56,6 +51,7 @@ from firmware_agent.uplink.topics import (
     uplink_topic,
 )
 from tests.broker import Mosquitto, free_port
+from tests.pki import issue, write_pair
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET_CONF = REPO / "docs" / "mosquitto" / "fleet.conf"
@@ -75,52 +71,7 @@ TIMEOUT_S = 5.0
 MAX_MESSAGE_BYTES = 256 * 1024
 
 
-# -- certificates (as tests/test_uplink_mqtt.py) -------------------------------------
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    san_ip: bool = False,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, issuer_key = issuer if issuer is not None else (_name(cn), key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san_ip:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(
-    directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> None:
-    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+# -- certificates (tests/pki.py) ------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +79,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, the broker's certificate (for 127.0.0.1), two vans' and the three roles'."""
     d = tmp_path_factory.mktemp("pki")
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("fleet test CA", ca_key, None, ca=True)
-    _write(d, "ca", ca, ca_key)
+    ca = issue("fleet test CA", ca_key, None, ca=True)
+    write_pair(d, "ca", ca, ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
-    _write(d, "broker", _issue("127.0.0.1", key, (ca.subject, ca_key), san_ip=True), key)
+    write_pair(d, "broker", issue("127.0.0.1", key, (ca.subject, ca_key), san_ip=True), key)
     for cn in (VAN, OTHER_VAN, *ROLES):
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(d, cn, _issue(cn, key, (ca.subject, ca_key)), key)
+        write_pair(d, cn, issue(cn, key, (ca.subject, ca_key)), key)
     return d
 
 

@@ -16,10 +16,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
@@ -29,6 +26,7 @@ from firmware_agent.uplink.mqtt import TlsConfig, Uplink, UplinkConfig
 from firmware_agent.uplink.queue import AsyncOutbox
 from tests.broker import Mosquitto
 from tests.nmea import line
+from tests.pki import issue, write_pair
 from tests.vanday import T0
 
 DEVICE = "van-0042"
@@ -37,69 +35,20 @@ DEVICE = "van-0042"
 # -- certificates --------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    san_ip: bool = False,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, issuer_key = issuer if issuer is not None else (_name(cn), key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san_ip:
-        import ipaddress  # noqa: PLC0415
-
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(
-    directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> None:
-    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
     """A CA, the broker's certificate (for 127.0.0.1) and a van's client certificate."""
     d = tmp_path / "pki"
     d.mkdir()
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("fleet test CA", ca_key, None, ca=True)
-    _write(d, "ca", ca, ca_key)
+    ca = issue("fleet test CA", ca_key, None, ca=True)
+    write_pair(d, "ca", ca, ca_key)
     for name, san in (("broker", True), (DEVICE, False), ("ingest", False)):
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(
+        write_pair(
             d,
             name,
-            _issue(
-                name if name != "broker" else "127.0.0.1", key, (ca.subject, ca_key), san_ip=san
-            ),
+            issue(name if name != "broker" else "127.0.0.1", key, (ca.subject, ca_key), san_ip=san),
             key,
         )
     return d
