@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from firmware_agent.pod import chain as podchain
+
 
 def fields(n: int) -> dict[str, Any]:
     return {
@@ -20,3 +22,19 @@ def fields(n: int) -> dict[str, Any]:
         "distance_m": 0.0,
         "source": "serial",
     }
+
+
+def pod_record(pod: podchain.Pod, **changes: Any) -> dict[str, Any]:
+    """The van's pod message for ``pod`` (firmware_agent/van.py), with ``changes``."""
+    c = pod.claims
+    record = {
+        "type": "pod",
+        "time": c["scan_time"],
+        "stop_id": c["stop_id"],
+        "parcel": c["parcel"],
+        "seq": c["seq"],
+        "verdict": c["verdict"],
+        "distance_m": c["distance_m"],
+        "jws": pod.token,
+    }
+    return record | changes

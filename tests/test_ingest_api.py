@@ -45,7 +45,7 @@ from firmware_agent.pod.keys import key_thumbprint, public_key_pem
 from firmware_agent.uplink.codec import FixRecord, encode_batch, encode_record
 from tests.broker import Mosquitto
 from tests.pg import ADMIN_DSN, fresh_database
-from tests.pods import fields
+from tests.pods import fields, pod_record
 
 T = TypeVar("T")
 # The contract's schemas are files read on first use; read them here, off the loop that
@@ -122,17 +122,7 @@ class Van:
         """The next POD of the chain as the van's pod message, in its envelope."""
         issued = self.chain.issue({**fields(self.chain.state.seq + 1), **changes})
         self.issued.append(issued)
-        c = issued.claims
-        record = {
-            "type": "pod",
-            "time": c["scan_time"],
-            "stop_id": c["stop_id"],
-            "parcel": c["parcel"],
-            "seq": c["seq"],
-            "verdict": c["verdict"],
-            "distance_m": c["distance_m"],
-            "jws": issued.token,
-        }
+        record = pod_record(issued)
         payload = encode_record(
             self.device_id, "pod", issued.seq, record, historical=False, sent_at=RECEIVED
         )

@@ -29,7 +29,7 @@ from firmware_agent.pod.chain import GENESIS_PREV, PodChain, pod_digest
 from firmware_agent.pod.jws import b64url_decode, b64url_encode, sign_compact
 from firmware_agent.pod.keys import key_thumbprint
 from firmware_agent.uplink.codec import FixRecord, encode_batch, encode_record, encode_status
-from tests.pods import fields
+from tests.pods import fields, pod_record
 
 RECEIVED = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 SENT = datetime(2026, 11, 21, 9, 29, 59, tzinfo=UTC)
@@ -53,22 +53,6 @@ VAN7 = device()
 def issue(n: int = 1, *, device_id: str = "van-7", key: Ed25519PrivateKey = KEY) -> list[Any]:
     chain = PodChain(device_id, key)
     return [chain.issue(fields(i)) for i in range(1, n + 1)]
-
-
-def pod_record(pod: podchain.Pod, **changes: Any) -> dict[str, Any]:
-    """The van's pod message for ``pod`` (firmware_agent/van.py), with ``changes``."""
-    c = pod.claims
-    record = {
-        "type": "pod",
-        "time": c["scan_time"],
-        "stop_id": c["stop_id"],
-        "parcel": c["parcel"],
-        "seq": c["seq"],
-        "verdict": c["verdict"],
-        "distance_m": c["distance_m"],
-        "jws": pod.token,
-    }
-    return record | changes
 
 
 def pod_payload(
