@@ -5,7 +5,8 @@
 - ``fleet-agent gnss watch --port DEV``: read a live receiver (serial device or pty),
   print each fix as it is decoded; survives the receiver being unplugged.
 - ``fleet-agent replay --nmea LOG --manifest M [--scans S] [--out OUT]``: the whole van
-  pipeline over recorded input, every message it would publish as JSON lines.
+  pipeline over recorded input, every message it would publish as JSON lines (ETAs
+  included: ``--eta-model FILE`` or the shipped model, ``--no-eta`` for none).
 - ``fleet-agent pod verify FILE --pubkey KEY``: check POD signatures and the hash chain.
 - ``fleet-agent scan parse CODE`` / ``scan watch``: the scanner's view of a barcode.
 """
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         help="run the van pipeline over recorded input",
         description="Run the whole van pipeline (geofences, exceptions, scans, PODs, "
-        "telemetry) over an NMEA log, a manifest and a scan log, as fast as the CPU "
+        "telemetry, ETAs) over an NMEA log, a manifest and a scan log, as fast as the CPU "
         "allows, with time taken from the fixes; write every message the van would "
         "publish as one JSON object per line (docs/replay-output.md).",
     )
@@ -195,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--pubkey-out", help="also write the signing public key (PEM) here")
     rep.add_argument("--no-telemetry", action="store_true", help="omit telemetry messages")
+    eta = rep.add_mutually_exclusive_group()
+    eta.add_argument(
+        "--eta-model",
+        metavar="FILE",
+        help="predict ETAs with this .tflite model (default: the shipped one; the baseline "
+        "where it cannot load, with the reason on stderr)",
+    )
+    eta.add_argument(
+        "--no-eta", action="store_true", help="predict no ETAs: no eta or late_risk events"
+    )
     filter_options(rep)
     rep.set_defaults(func=_cmd_replay)
 

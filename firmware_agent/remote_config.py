@@ -16,7 +16,9 @@ config, so a setting dropped from a later revision returns to its default:
   :class:`~firmware_agent.uplink.mqtt.UplinkConfig` (telemetry batching);
 - ``geofence``: :class:`~firmware_agent.geofence.config.GeofenceConfig`;
 - ``van``: ``dedup_window_s`` and ``max_fix_age_s`` of
-  :class:`~firmware_agent.van.VanConfig` (scanning and POD).
+  :class:`~firmware_agent.van.VanConfig` (scanning and POD);
+- ``eta``: :class:`~firmware_agent.eta.tracker.EtaConfig` (when the van predicts its
+  ETAs and which ``eta`` and ``late_risk`` events it publishes).
 
 Anything else (a section or key this agent does not know) is ignored and listed in
 :attr:`RemoteConfig.ignored` for the log.
@@ -63,13 +65,16 @@ _UTC_PATTERN: Final = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class _Setting:
-    """One setting the agent takes: a number > 0, an integer if ``integer``."""
+    """One setting the agent takes: a number > 0 (>= 0 if ``zero``: 0 turns something
+    off), an integer if ``integer``."""
 
     integer: bool = False
     maximum: int | None = None
+    zero: bool = False
 
 
 _NUMBER: Final = _Setting()
+_NUMBER_OR_0: Final = _Setting(zero=True)
 _COUNT: Final = _Setting(integer=True)
 
 # The settings this agent applies, per section, as config.schema.json defines them.
@@ -113,6 +118,25 @@ SETTINGS: Final[Mapping[str, Mapping[str, _Setting]]] = {
         "confirm_min_fixes": _COUNT,
     },
     "van": {"dedup_window_s": _NUMBER, "max_fix_age_s": _NUMBER},
+    "eta": {
+        **dict.fromkeys(
+            ("predict_every_s", "far_horizon_s", "heartbeat_s", "late_horizon_s"), _NUMBER
+        ),
+        **dict.fromkeys(
+            (
+                "min_move_s",
+                "min_move_fraction",
+                "move_confirm_s",
+                "far_min_move_s",
+                "far_move_confirm_s",
+                "late_confirm_s",
+                "late_clear_s",
+                "late_clear_fraction",
+            ),
+            _NUMBER_OR_0,
+        ),
+        "heartbeat_stops": _Setting(integer=True, zero=True),
+    },
 }
 _TOP_LEVEL: Final = frozenset({"v", "revision", "issued_at"})
 
@@ -129,10 +153,10 @@ def _no_overrides() -> Overrides:
 class RemoteConfig:
     """A validated config: its revision and, per section, the settings it overrides.
 
-    Integer settings (``batch_max_fixes``, ``confirm_min_fixes``) are ``int``, every
-    other one a ``float``. ``raw`` is the payload as received, for storage; ``ignored``
-    names the sections and keys this agent does not know (``model``,
-    ``telemetry.foo_s``). Neither takes part in equality: two payloads that ask for the
+    Integer settings (``batch_max_fixes``, ``confirm_min_fixes``, ``heartbeat_stops``)
+    are ``int``, every other one a ``float``. ``raw`` is the payload as received, for
+    storage; ``ignored`` names the sections and keys this agent does not know
+    (``model``, ``telemetry.foo_s``). Neither takes part in equality: two payloads that ask for the
     same settings are the same config.
     """
 
@@ -142,6 +166,7 @@ class RemoteConfig:
     uplink: Overrides = field(default_factory=_no_overrides)
     geofence: Overrides = field(default_factory=_no_overrides)
     van: Overrides = field(default_factory=_no_overrides)
+    eta: Overrides = field(default_factory=_no_overrides)
     ignored: tuple[str, ...] = field(default=(), compare=False)
     raw: bytes = field(default=b"", compare=False, repr=False)
 
@@ -186,15 +211,16 @@ def _integer(value: Any, where: str, minimum: int, maximum: int | None = None) -
 
 def _setting(value: Any, where: str, setting: _Setting) -> int | float:
     if setting.integer:
-        return _integer(value, where, 1, setting.maximum)
+        return _integer(value, where, 0 if setting.zero else 1, setting.maximum)
     if not _is_number(value):
         raise RemoteConfigError(where, f"must be a number, got {_shown(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer beyond any float
         number = math.inf
-    if not math.isfinite(number) or number <= 0:
-        raise RemoteConfigError(where, f"must be > 0 and finite, got {_shown(value)}")
+    if not math.isfinite(number) or number < 0 or (number == 0 and not setting.zero):
+        bound = ">= 0" if setting.zero else "> 0"
+        raise RemoteConfigError(where, f"must be {bound} and finite, got {_shown(value)}")
     return number
 
 
@@ -300,7 +326,8 @@ def apply_config(
     that a section does not name keep their values; only ``batch_max_fixes`` and
     ``batch_max_age_s`` of ``uplink`` can change. :class:`RemoteConfigError` when the
     settings refuse the combination (``geofence.deviation_clear_m`` above
-    ``deviation_m``).
+    ``deviation_m``) or a value (``eta``: what :class:`~firmware_agent.eta.tracker.
+    EtaConfig` refuses).
     """
     if config is None:
         return van, uplink
@@ -308,10 +335,15 @@ def apply_config(
         geofence = replace(van.geofence, **_changes(config.geofence))
     except ConfigError as err:
         raise RemoteConfigError("geofence", str(err).removeprefix("geofence ")) from err
+    try:
+        eta = replace(van.eta, **_changes(config.eta))
+    except ConfigError as err:
+        raise RemoteConfigError("eta", str(err).removeprefix("eta ")) from err
     new_van = replace(
         van,
         geofence=geofence,
         telemetry=replace(van.telemetry, **_changes(config.telemetry)),
+        eta=eta,
         **_changes(config.van),
     )
     return new_van, replace(uplink, **_changes(config.uplink))

@@ -147,8 +147,10 @@ class VanPipeline:
         """Run on ``config`` from the next fix or scan on, keeping every state.
 
         Stops keep their geofence phase and visits, the sampler its last sent fix, the
-        de-duplicator the parcels it accepted (judged against the new window). The
-        geofence's indexes are rebuilt, as their cell size and reach are settings.
+        de-duplicator the parcels it accepted (judged against the new window), the ETA
+        tracker its day (published ETAs, runs, standing late_risks: its next prediction
+        judges them on ``config.eta``). The geofence's indexes are rebuilt, as their
+        cell size and reach are settings.
         """
         self.config = config
         self.engine.config = config.geofence

@@ -123,9 +123,24 @@ def scripted_tracker(
 
 # -- the publishing rules -----------------------------------------------------------
 
+QUIET = EtaConfig(heartbeat_s=36000.0)  # no heartbeat within a test
+
+
+def play(
+    tracker: EtaTracker, predictor: Scripted, t0_s: float, t1_s: float, step_s: float = 10.0
+) -> list[tuple[float, list[tuple[str, str]]]]:
+    """Feed a fix every ``step_s`` from ``t0_s`` to ``t1_s`` (both included); returns
+    the updates that published anything: (time, [(stop, trigger or type)])."""
+    out = []
+    for t in np.arange(t0_s, t1_s + step_s / 2, step_s):
+        records = feed(tracker, predictor, float(t))
+        if records:
+            out.append((float(t), [(r["stop_id"], r.get("trigger", r["type"])) for r in records]))
+    return out
+
 
 def test_the_first_prediction_publishes_every_stop_then_a_steady_eta_stays_quiet() -> None:
-    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    tracker, predictor = scripted_tracker(QUIET)
     first = feed(tracker, predictor, 0.0)
     assert [r["stop_id"] for r in first] == list(IDS)
     assert {r["trigger"] for r in first} == {"first"}
@@ -142,91 +157,120 @@ def test_the_first_prediction_publishes_every_stop_then_a_steady_eta_stays_quiet
         "trigger": "first",
     }
     # The same arrivals predicted again and again: nothing to say for an hour.
-    for t in range(10, 3600, 10):
-        assert feed(tracker, predictor, float(t)) == []
+    assert play(tracker, predictor, 10.0, 3590.0) == []
     assert tracker.counts["predictions"] == 360
 
 
 @pytest.mark.parametrize(
     ("stop_id", "due_s", "move_s", "published"),
     [
-        # 10 % of the time remaining is below 60 s: the floor holds.
-        ("S1", 300.0, 59.0, False),
-        ("S1", 300.0, 61.0, True),
-        ("S1", 300.0, -61.0, True),
-        # 10 % of ~2000 s remaining is ~200 s: a 150 s move is not news, 250 s is.
-        ("S3", 2000.0, 150.0, False),
-        ("S3", 2000.0, 250.0, True),
-        ("S3", 2000.0, -250.0, True),
+        # 20 % of ~300 s remaining is below 120 s: the floor holds.
+        ("S1", 300.0, 110.0, False),
+        ("S1", 300.0, 130.0, True),
+        ("S1", 300.0, -130.0, True),
+        # 20 % of ~2000 s remaining is ~400 s: a 350 s move is not news, 550 s is.
+        ("S3", 2000.0, 350.0, False),
+        ("S3", 2000.0, 550.0, True),
+        ("S3", 2000.0, -550.0, True),
     ],
 )
-def test_a_stop_is_republished_when_its_eta_moves_beyond_max_60s_or_10_percent(
+def test_a_near_stop_is_republished_when_its_eta_moves_beyond_max_120s_or_20_percent(
     stop_id: str, due_s: float, move_s: float, published: bool
 ) -> None:
-    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    tracker, predictor = scripted_tracker(QUIET)
     predictor.arrivals[stop_id] = at(due_s)
     feed(tracker, predictor, 0.0)
     predictor.arrivals[stop_id] = at(due_s + move_s)
-    records = feed(tracker, predictor, 10.0)
-    if published:
-        assert [(r["stop_id"], r["trigger"]) for r in records] == [(stop_id, "moved")]
-        assert records[0]["eta"] == format_utc(at(due_s + move_s))
-    else:
-        assert records == []
+    updates = play(tracker, predictor, 10.0, 100.0)
+    # Seen beyond the threshold from t=10 s on, it has lasted move_confirm_s at t=40 s.
+    assert updates == ([(40.0, [(stop_id, "moved")])] if published else [])
+
+
+def test_a_move_must_last_30_s_and_one_back_within_the_threshold_starts_it_over() -> None:
+    tracker, predictor = scripted_tracker(QUIET)
+    feed(tracker, predictor, 0.0)
+    # S2 (due at 1200 s) 400 s later for 20 s, then as published: a spike, not news.
+    predictor.arrivals["S2"] = at(1600.0)
+    assert play(tracker, predictor, 10.0, 30.0) == []
+    predictor.arrivals["S2"] = at(1200.0)
+    assert play(tracker, predictor, 40.0, 50.0) == []
+    # Later again from t=60 s: news 30 s after that, not at once.
+    predictor.arrivals["S2"] = at(1600.0)
+    assert play(tracker, predictor, 60.0, 200.0) == [(90.0, [("S2", "moved")])]
 
 
 def test_the_threshold_is_against_the_eta_last_published_not_the_last_predicted() -> None:
-    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=36000.0, move_confirm_s=0.0))
     feed(tracker, predictor, 0.0)
-    # A slow drift, 20 s per prediction, each step below the threshold: the fourth step
-    # (80 s from what was published) is news.
+    # A slow drift, 40 s per prediction, each step below the threshold: the fourth step
+    # (160 s from what was published) is news.
     published = []
     for step in range(1, 5):
-        predictor.arrivals["S1"] = at(600.0 + 20.0 * step)
+        predictor.arrivals["S1"] = at(600.0 + 40.0 * step)
         published += feed(tracker, predictor, 10.0 * step)
     assert [(r["stop_id"], r["time"]) for r in published] == [("S1", format_utc(at(40.0)))]
 
 
-def test_the_heartbeat_republishes_the_next_five_stops_every_five_minutes() -> None:
-    tracker, predictor = scripted_tracker()
+def test_a_far_stop_is_not_republished_for_a_move_below_30_min() -> None:
+    # Without the wait for a far move to last, so that only the floor is tested.
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=36000.0, far_move_confirm_s=0.0))
+    predictor.arrivals["S8"] = at(4000.0)  # beyond the far horizon (1 h) until t=1600 s
     feed(tracker, predictor, 0.0)
-    beats: list[tuple[float, list[str]]] = []
-    for t in range(10, 901, 10):
-        records = feed(tracker, predictor, float(t))
-        if records:
-            assert {r["trigger"] for r in records} == {"heartbeat"}
-            beats.append((float(t), [r["stop_id"] for r in records]))
-    assert beats == [(300.0, list(IDS[:5])), (600.0, list(IDS[:5])), (900.0, list(IDS[:5]))]
+    # 20 min later: news for a near stop (20 % of ~87 min is ~17 min), not a far one.
+    predictor.arrivals["S8"] = at(5200.0)
+    assert play(tracker, predictor, 10.0, 1590.0) == []
 
 
-def test_a_heartbeat_does_not_repeat_a_stop_the_same_update_carries() -> None:
+def test_a_far_stop_is_republished_for_a_move_that_lasts_30_min() -> None:
+    tracker, predictor = scripted_tracker(QUIET)
+    predictor.arrivals = {s: at(7200.0 + 60.0 * i) for i, s in enumerate(IDS)}
+    feed(tracker, predictor, 0.0)
+    # S1, two hours away, 40 min later (beyond 20 % of the time remaining, and 30 min).
+    predictor.arrivals["S1"] = at(9600.0)
+    assert play(tracker, predictor, 10.0, 3000.0, step_s=30.0) == [(1810.0, [("S1", "moved")])]
+
+
+def test_a_far_stop_that_comes_within_the_hour_is_judged_by_the_near_rule() -> None:
+    tracker, predictor = scripted_tracker(QUIET)
+    predictor.arrivals = {s: at(7200.0 + 60.0 * i) for i, s in enumerate(IDS)}
+    feed(tracker, predictor, 0.0)
+    # S1 15 min later: below the far floor while it is more than an hour away.
+    predictor.arrivals["S1"] = at(8100.0)
+    # Within the hour from t=4500 s on, where 15 min is beyond 20 %: news 30 s later.
+    assert play(tracker, predictor, 10.0, 4600.0) == [(4530.0, [("S1", "moved")])]
+
+
+def test_the_heartbeat_republishes_the_next_stop_when_its_eta_is_15_min_old() -> None:
     tracker, predictor = scripted_tracker()
     feed(tracker, predictor, 0.0)
-    predictor.arrivals["S2"] = at(1500.0)  # 300 s later than published: moved
-    records = feed(tracker, predictor, 300.0)
-    assert [(r["stop_id"], r["trigger"]) for r in records] == [
-        ("S1", "heartbeat"),
-        ("S2", "moved"),
-        ("S3", "heartbeat"),
-        ("S4", "heartbeat"),
-        ("S5", "heartbeat"),
+    updates = play(tracker, predictor, 10.0, 2000.0)
+    assert updates == [(900.0, [("S1", "heartbeat")]), (1800.0, [("S1", "heartbeat")])]
+
+
+def test_the_heartbeat_counts_from_each_stops_last_eta_whatever_sent_it() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=300.0, heartbeat_stops=2))
+    feed(tracker, predictor, 0.0)
+    predictor.arrivals["S2"] = at(1600.0)  # 400 s later: published at t=40 s
+    assert play(tracker, predictor, 10.0, 700.0) == [
+        (40.0, [("S2", "moved")]),
+        (300.0, [("S1", "heartbeat")]),
+        (340.0, [("S2", "heartbeat")]),
+        (600.0, [("S1", "heartbeat")]),
+        (640.0, [("S2", "heartbeat")]),
     ]
 
 
-def test_an_arrival_predicts_at_once_and_republishes_what_changed_and_the_next_stop() -> None:
-    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+def test_an_arrival_predicts_at_once_and_republishes_the_next_stop_only() -> None:
+    tracker, predictor = scripted_tracker(QUIET)
     feed(tracker, predictor, 0.0)
     feed(tracker, predictor, 10.0)
     # The van reaches S1 3 s after the last prediction: no waiting for the cadence.
-    # S2 unchanged (published anyway: it is next), S3 moved by 5 s (below the threshold,
-    # but it changed), S4 by 0.5 s (noise), the rest unchanged.
+    # S2 unchanged (published anyway: it is next); S3 5 s later, S4 200 s later (below
+    # the threshold: an arrival alone does not make them news).
     predictor.arrivals["S3"] = at(1805.0)
-    predictor.arrivals["S4"] = at(2400.5)
+    predictor.arrivals["S4"] = at(2600.0)
     records = feed(tracker, predictor, 13.0, arrived=["S1"])
-    assert [(r["stop_id"], r["trigger"]) for r in records] == [
-        ("S2", "arrival"),
-        ("S3", "arrival"),
-    ]
+    assert [(r["stop_id"], r["trigger"]) for r in records] == [("S2", "arrival")]
     assert "S1" in tracker.served
     assert tracker.counts["predictions"] == 3
     # The reached stop never gets another ETA.
@@ -234,8 +278,20 @@ def test_an_arrival_predicts_at_once_and_republishes_what_changed_and_the_next_s
         assert all(r["stop_id"] != "S1" for r in feed(tracker, predictor, float(t)))
 
 
+def test_a_move_that_has_lasted_by_an_arrival_goes_out_with_it() -> None:
+    tracker, predictor = scripted_tracker(QUIET)
+    feed(tracker, predictor, 0.0)
+    predictor.arrivals["S4"] = at(3100.0)  # 700 s later, beyond 20 %
+    assert play(tracker, predictor, 10.0, 30.0) == []
+    records = feed(tracker, predictor, 45.0, arrived=["S1"])
+    assert [(r["stop_id"], r["trigger"]) for r in records] == [
+        ("S2", "arrival"),
+        ("S4", "moved"),
+    ]
+
+
 def test_an_arrival_confirmed_by_a_scan_publishes_from_the_last_position() -> None:
-    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0))
+    tracker, predictor = scripted_tracker(QUIET)
     assert tracker.on_arrival("S1", T0) == []  # no position yet: waits for a fix
     first = feed(tracker, predictor, 0.0)
     assert [r["stop_id"] for r in first] == list(IDS[1:])
@@ -286,48 +342,84 @@ def test_fixes_without_position_or_time_or_out_of_order_only_feed_the_history() 
 
 # -- late_risk ----------------------------------------------------------------------
 
+WINDOWED = {"S2": ("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z")}  # ends at T0 + 1800 s
 
-def test_late_risk_once_when_the_eta_passes_the_window_and_again_after_recovery() -> None:
-    m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
-    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0), m)
-    window_end = at(1800.0)
 
-    def late_risks(t_s: float, s2_s: float) -> list[Record]:
-        predictor.arrivals["S2"] = at(s2_s)
-        return [r for r in feed(tracker, predictor, t_s) if r["type"] == "late_risk"]
+def late_tracker(config: EtaConfig = QUIET) -> tuple[EtaTracker, Scripted]:
+    return scripted_tracker(config, street(**WINDOWED))
 
-    assert late_risks(0.0, 1200.0) == []
-    [first] = late_risks(10.0, 1900.0)  # 100 s after the window closes
+
+def late_risks(tracker: EtaTracker, predictor: Scripted, t_s: float, s2_s: float) -> list[Record]:
+    predictor.arrivals["S2"] = at(s2_s)
+    return [r for r in feed(tracker, predictor, t_s) if r["type"] == "late_risk"]
+
+
+def test_late_risk_once_the_eta_has_been_past_the_window_for_60_s() -> None:
+    tracker, predictor = late_tracker()
+    assert late_risks(tracker, predictor, 0.0, 1200.0) == []
+    # 100 s after the window closes from t=10 s; a minute later it has lasted.
+    for t in range(10, 70, 10):
+        assert late_risks(tracker, predictor, float(t), 1900.0) == []
+    [first] = late_risks(tracker, predictor, 70.0, 1900.0)
     assert first == {
         "type": "late_risk",
-        "time": format_utc(at(10.0)),
+        "time": format_utc(at(70.0)),
         "stop_id": "S2",
         "route_id": "R1",
         "eta": format_utc(at(1900.0)),
         "eta_baseline": first["eta_baseline"],
-        "window_end": format_utc(window_end),
+        "window_end": format_utc(at(1800.0)),
         "late_by_s": 100.0,
         "model": "scripted-1",
     }
-    assert late_risks(20.0, 2500.0) == []  # later still: already said
-    # Back just inside (less than max(60 s, 10 % of ~1780 s) before the end) and out
-    # again: a wobble, not a recovery.
-    assert late_risks(30.0, 1790.0) == []
-    assert late_risks(40.0, 1810.0) == []
+    assert late_risks(tracker, predictor, 80.0, 2500.0) == []  # later still: already said
+    assert tracker.counts["late_risk"] == 1
+
+
+def test_a_late_prediction_that_does_not_last_a_minute_raises_nothing() -> None:
+    tracker, predictor = late_tracker()
+    late_risks(tracker, predictor, 0.0, 1200.0)
+    for t in range(10, 600, 60):  # late for 50 s, on time for 10 s, again and again
+        for dt in range(0, 50, 10):
+            assert late_risks(tracker, predictor, float(t + dt), 1900.0) == []
+        assert late_risks(tracker, predictor, float(t + 50), 1790.0) == []
+
+
+def test_no_late_risk_for_a_stop_more_than_an_hour_away() -> None:
+    tracker, predictor = late_tracker()
+    late_risks(tracker, predictor, 0.0, 1200.0)
+    # Predicted 5000 s from T0, late by 3200 s: said once it is within the hour
+    # (t=1400 s), a minute later.
+    raised = [t for t in range(10, 2000, 10) if late_risks(tracker, predictor, float(t), 5000.0)]
+    assert raised == [1460]
+
+
+def test_a_late_risk_is_raised_again_only_after_a_recovery_of_max_120_s_or_10_percent() -> None:
+    tracker, predictor = late_tracker(EtaConfig(heartbeat_s=36000.0, late_confirm_s=0.0))
+    assert late_risks(tracker, predictor, 0.0, 1900.0) != []
+    # Back inside by less than max(120 s, 10 % of the ~1700 s remaining) and out again:
+    # a wobble, not a recovery.
+    assert late_risks(tracker, predictor, 10.0, 1700.0) == []
+    assert late_risks(tracker, predictor, 20.0, 1810.0) == []
     # A real recovery (200 s inside), then late again: said again.
-    assert late_risks(50.0, 1600.0) == []
-    [again] = late_risks(60.0, 1830.0)
+    assert late_risks(tracker, predictor, 30.0, 1600.0) == []
+    [again] = late_risks(tracker, predictor, 40.0, 1830.0)
     assert again["late_by_s"] == 30.0
     assert tracker.counts["late_risk"] == 2
 
 
 def test_no_late_risk_for_stops_without_a_window_or_once_served() -> None:
-    m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
-    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=3600.0), m)
+    tracker, predictor = late_tracker(EtaConfig(heartbeat_s=36000.0, late_confirm_s=0.0))
     for s in IDS:
-        predictor.arrivals[s] = at(7200.0)  # everyone two hours out
+        predictor.arrivals[s] = at(2400.0)  # everyone after S2's window
     records = feed(tracker, predictor, 0.0, arrived=["S2"])
     assert [r for r in records if r["type"] == "late_risk"] == []
+    # The same without S2 served: its late_risk, and only its.
+    tracker, predictor = late_tracker(EtaConfig(heartbeat_s=36000.0, late_confirm_s=0.0))
+    for s in IDS:
+        predictor.arrivals[s] = at(2400.0)
+    records = feed(tracker, predictor, 0.0)
+    assert [r["stop_id"] for r in records if r["type"] == "late_risk"] == ["S2"]
 
 
 # -- robustness ---------------------------------------------------------------------
@@ -355,6 +447,22 @@ def test_config_is_checked() -> None:
         EtaConfig(heartbeat_stops=-1)
     with pytest.raises(ConfigError, match="min_move_fraction"):
         EtaConfig(min_move_fraction=math.nan)
+    with pytest.raises(ConfigError, match="far_move_confirm_s"):
+        EtaConfig(far_move_confirm_s=-30.0)
+    with pytest.raises(ConfigError, match="late_horizon_s"):
+        EtaConfig(late_horizon_s=math.inf)
+    with pytest.raises(ConfigError, match="late_confirm_s"):
+        EtaConfig(late_confirm_s=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="heartbeat_stops"):
+        EtaConfig(heartbeat_stops=1.0)  # type: ignore[arg-type]
+    # Zero turns a rule's part off: no floor, no waiting, no heartbeat.
+    EtaConfig(min_move_s=0.0, move_confirm_s=0.0, late_confirm_s=0.0, heartbeat_stops=0)
+
+
+def test_heartbeat_stops_0_turns_the_heartbeat_off() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=60.0, heartbeat_stops=0))
+    feed(tracker, predictor, 0.0)
+    assert play(tracker, predictor, 10.0, 600.0) == []
 
 
 def test_a_new_manifest_carries_the_day_on_without_a_burst() -> None:
@@ -372,6 +480,29 @@ def test_a_new_manifest_carries_the_day_on_without_a_burst() -> None:
     assert [(r["stop_id"], r["trigger"]) for r in records] == [("S9", "first")]
     assert tracker.served == {"S1"}
     assert tracker.counts["predictions"] == 3  # the counts carry on too
+
+
+def test_a_new_manifest_carries_on_the_runs_and_the_ages_of_kept_stops() -> None:
+    tracker, predictor = scripted_tracker(EtaConfig(heartbeat_s=300.0), street(**WINDOWED))
+    feed(tracker, predictor, 0.0)
+    # S2 700 s later, past its window, from t=10 s; at t=15 s a new manifest drops S8.
+    predictor.arrivals["S2"] = at(1900.0)
+    feed(tracker, predictor, 10.0)
+    window = dict(zip(("window_start", "window_end"), WINDOWED["S2"], strict=True))
+    new = manifest(
+        [stop(s, x, **(window if s == "S2" else {})) for s, x in zip(IDS, STOPS_X, strict=True)][
+            :-1
+        ],
+        route=route_line([-500.0, 9000.0]),
+    )
+    tracker = tracker.for_manifest(new, served=[])
+    # The move has lasted 30 s at t=40 s and the late prediction 60 s at t=70 s, both
+    # counted from t=10 s as if nothing happened; S1's ETA is 300 s old at t=300 s.
+    assert play(tracker, predictor, 20.0, 310.0) == [
+        (40.0, [("S2", "moved")]),
+        (70.0, [("S2", "late_risk")]),
+        (300.0, [("S1", "heartbeat")]),
+    ]
 
 
 # -- what the records carry -----------------------------------------------------------
@@ -453,7 +584,8 @@ def envelopes_validate(messages: Iterable[Record]) -> int:
 
 def test_every_kind_of_record_fits_the_events_schema() -> None:
     m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
-    tracker, predictor = scripted_tracker(m=m)
+    at_once = EtaConfig(move_confirm_s=0.0, late_confirm_s=0.0, heartbeat_s=300.0)
+    tracker, predictor = scripted_tracker(at_once, m)
     records = feed(tracker, predictor, 0.0)
     predictor.arrivals["S2"] = at(2000.0)
     records += feed(tracker, predictor, 10.0)  # moved + late_risk
@@ -472,7 +604,7 @@ def test_every_kind_of_record_fits_the_events_schema() -> None:
 
 def test_ingest_accepts_eta_and_late_risk_records_as_stop_events() -> None:
     m = street(S2=("2026-11-21T09:10:00Z", "2026-11-21T09:30:00Z"))
-    tracker, predictor = scripted_tracker(m=m)
+    tracker, predictor = scripted_tracker(EtaConfig(late_confirm_s=0.0), m)
     predictor.arrivals["S2"] = at(2000.0)
     records = feed(tracker, predictor, 0.0)
     device = Device("van-1", b"\0" * 32, True, T0 - timedelta(days=30))
@@ -536,9 +668,10 @@ def test_a_simulated_day_has_fresh_etas_for_every_stop_before_it_is_reached(
         before = [i for i in etas if i < reached]
         assert before, f"{stop_id}: no ETA before its arrival"
         assert all(i < reached for i in etas), f"{stop_id}: an ETA after its arrival"
-        # The heartbeat (300 s) and the arrival rule keep the next stop's ETA fresh.
+        # The arrival rule and the heartbeat keep the next stop's ETA fresh.
         last = datetime.fromisoformat(messages[before[-1]]["time"])
-        assert (detected - last).total_seconds() <= 300.0 + 10.0 + 1.0, stop_id
+        limit_s = EtaConfig().heartbeat_s + EtaConfig().predict_every_s + 1.0
+        assert (detected - last).total_seconds() <= limit_s, stop_id
     # After the day's last arrival the van has nothing left to predict.
     last_arrival = max(arrived_at.values())
     assert not [m for m in messages[last_arrival:] if m["type"] in {"eta", "late_risk"}]
@@ -723,7 +856,7 @@ def test_fleet_agent_replay_writes_the_eta_events(
     with_eta = replay_lines(tmp_path / "a", capsys)
     assert {"eta", "arrival"} <= kinds(with_eta[0])
     assert "replay: ETA by " in with_eta[1]
-    without = replay_lines(tmp_path / "b", capsys, no_eta=True)
+    without = replay_lines(tmp_path / "b", capsys, "--no-eta")
     assert "eta" not in kinds(without[0])
     assert "replay: ETA off" in without[1]
 
@@ -734,7 +867,7 @@ def test_fleet_agent_replay_writes_the_eta_events(
 
 
 def replay_lines(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], **options: Any
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
 ) -> tuple[list[Record], str]:
     tmp_path.mkdir()
     config = ScenarioConfig(seed=29, n_stops=4, rate_hz=1)
@@ -746,11 +879,9 @@ def replay_lines(
     )
     out = tmp_path / "out.jsonl"
     argv = ["replay", "--nmea", str(tmp_path / "day.nmea"), "--manifest",
-            str(tmp_path / "manifest.json"), "--out", str(out), "--no-telemetry"]  # fmt: skip
-    args = build_parser().parse_args(argv)
-    for name, value in options.items():
-        setattr(args, name, value)  # options the replay parser may not have yet
-    assert run_replay(args) == 0
+            str(tmp_path / "manifest.json"), "--out", str(out), "--no-telemetry",
+            *flags]  # fmt: skip
+    assert run_replay(build_parser().parse_args(argv)) == 0
     messages = [json.loads(line) for line in out.read_text().splitlines()]
     return messages, capsys.readouterr().err
 

@@ -22,6 +22,8 @@ from referencing import Registry, Resource
 
 from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.errors import CodecError, RemoteConfigError
+from firmware_agent.eta.predictor import EtaPredictor
+from firmware_agent.eta.tracker import EtaConfig
 from firmware_agent.geofence import GeofenceConfig
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.remote_config import (
@@ -175,6 +177,13 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("min fixes zero", _with(geofence={"confirm_min_fixes": 0}), "geofence.confirm_min_fixes"),
     ("van window negative", _with(van={"dedup_window_s": -5}), "van.dedup_window_s"),
     ("van fix age zero", _with(van={"max_fix_age_s": 0}), "van.max_fix_age_s"),
+    ("eta cadence zero", _with(eta={"predict_every_s": 0}), "eta.predict_every_s"),
+    ("eta heartbeat zero", _with(eta={"heartbeat_s": 0.0}), "eta.heartbeat_s"),
+    ("eta move negative", _with(eta={"min_move_s": -1}), "eta.min_move_s"),
+    ("eta fraction a string", _with(eta={"min_move_fraction": "0.2"}), "eta.min_move_fraction"),
+    ("eta stops negative", _with(eta={"heartbeat_stops": -1}), "eta.heartbeat_stops"),
+    ("eta stops fractional", _with(eta={"heartbeat_stops": 1.5}), "eta.heartbeat_stops"),
+    ("eta section a number", _with(eta=5), "eta"),
 ]
 
 
@@ -232,6 +241,8 @@ def test_the_agent_knows_exactly_the_settings_of_the_schema() -> None:
         for key, setting in settings.items():
             assert setting.integer == (keys[key]["type"] == "integer"), f"{section}.{key}"
             assert setting.maximum == keys[key].get("maximum"), f"{section}.{key}"
+            # 0 allowed: "minimum": 0; else > 0 ("exclusiveMinimum": 0, or "minimum": 1).
+            assert setting.zero == (keys[key].get("minimum") == 0), f"{section}.{key}"
 
 
 def test_every_setting_names_a_field_of_the_settings_it_overrides() -> None:
@@ -240,6 +251,7 @@ def test_every_setting_names_a_field_of_the_settings_it_overrides() -> None:
         "geofence": GeofenceConfig,
         "uplink": UplinkConfig,
         "van": VanConfig,
+        "eta": EtaConfig,
     }
     for section, settings in SETTINGS.items():
         names = {f.name for f in dataclasses.fields(targets[section])}
@@ -279,6 +291,30 @@ def test_apply_none_is_the_agents_own_settings() -> None:
     van, uplink = apply_config(None, van=own, uplink=BASE_UPLINK)
     assert van is own
     assert uplink is BASE_UPLINK
+
+
+def test_the_eta_section_takes_zero_where_zero_turns_a_rule_off() -> None:
+    doc = _with(eta={"move_confirm_s": 0, "heartbeat_stops": 0, "late_horizon_s": 5400})
+    assert SCHEMA.is_valid(doc)
+    parsed = parse_config(payload(doc))
+    assert parsed is not None
+    assert dict(parsed.eta) == {
+        "move_confirm_s": 0.0,
+        "heartbeat_stops": 0,
+        "late_horizon_s": 5400.0,
+    }
+    assert type(parsed.eta["heartbeat_stops"]) is int
+    van, _ = apply_config(parsed, van=VanConfig(), uplink=BASE_UPLINK)
+    assert van.eta == EtaConfig(move_confirm_s=0.0, heartbeat_stops=0, late_horizon_s=5400.0)
+    assert van.eta.min_move_s == EtaConfig().min_move_s  # left out: the default
+
+
+def test_apply_starts_the_eta_settings_from_the_agents_own() -> None:
+    own = VanConfig(eta=EtaConfig(heartbeat_s=600.0, min_move_s=90.0))
+    van, _ = apply_config(config(2, eta={"min_move_s": 150}), van=own, uplink=BASE_UPLINK)
+    assert (van.eta.min_move_s, van.eta.heartbeat_s) == (150.0, 600.0)
+    van, _ = apply_config(config(3), van=own, uplink=BASE_UPLINK)
+    assert van.eta == own.eta
 
 
 def test_apply_refuses_settings_the_geofence_cannot_take() -> None:
@@ -372,6 +408,42 @@ def test_reconfigure_changes_geofence_and_scan_settings_and_keeps_stop_state() -
     later = Scan(time=t + dt.timedelta(seconds=30), raw=SSCC, source="serial")
     assert van.on_scan(later) == []
     assert van.counts["duplicates"] == 1
+
+
+def test_reconfigure_gives_the_running_eta_tracker_its_new_settings_and_keeps_its_day() -> None:
+    m = manifest([stop("S1", 0.0), stop("S2", 1000.0)], route=route_line([-500.0, 1500.0]))
+    # The baseline's ETAs of a parked van drift as its speed history fills: this van
+    # publishes no moves, so that only the heartbeat speaks.
+    own = VanConfig(eta=EtaConfig(min_move_s=1e6, far_min_move_s=1e6))
+    van = VanPipeline(
+        m,
+        pods=PodChain("van-1", Ed25519PrivateKey.generate()),
+        config=own,
+        telemetry=False,
+        eta=EtaPredictor.baseline("test"),
+    )
+
+    def etas(first_s: int, seconds: int) -> list[tuple[int, str, str]]:
+        # Parked 500 m before S1.
+        return [
+            (t, msg["stop_id"], msg["trigger"])
+            for t in range(first_s, first_s + seconds)
+            for msg in van.on_fix(fix_at(T0 + dt.timedelta(seconds=t), -500.0))
+            if msg["type"] == "eta"
+        ]
+
+    assert [(t, trigger) for t, _, trigger in etas(0, 60)] == [(0, "first"), (0, "first")]
+    tracker = van.eta_tracker
+    new, _ = apply_config(
+        config(2, eta={"heartbeat_s": 120, "heartbeat_stops": 2}), van=own, uplink=BASE_UPLINK
+    )
+    van.reconfigure(new)
+    assert van.eta_tracker is tracker
+    assert tracker is not None
+    assert tracker.config == dataclasses.replace(own.eta, heartbeat_s=120.0, heartbeat_stops=2)
+    # No new "first": the published ETAs carry on; both stops' ETAs, published at t=0,
+    # are 120 s old at t=120 (the default heartbeat is 15 min).
+    assert etas(60, 70) == [(120, "S1", "heartbeat"), (120, "S2", "heartbeat")]
 
 
 def test_reconfigure_rebuilds_the_geofence_indexes_for_their_new_reach() -> None:

@@ -152,3 +152,39 @@ def test_garbage_inputs_are_refused_with_a_clear_error(day: dict[str, Any], tmp_
                day["tmp"] / "day/manifest.json", "--scans", scans)  # fmt: skip
     assert proc.stdout == ""
     assert "scan_log_bad_json" in proc.stderr
+
+
+def test_eta_events_come_by_default_and_the_flags_choose_the_model_or_drop_them(
+    day: dict[str, Any], tmp_path: Path
+) -> None:
+    agent, tmp = day["agent"], day["tmp"]
+    inputs = ("--nmea", tmp / "day/nmea.log", "--manifest", tmp / "day/manifest.json",
+              "--scans", tmp / "day/scans.jsonl", "--key", tmp / "keys/device.key")  # fmt: skip
+    etas = [m for m in day["messages"] if m["type"] == "eta"]
+    # The shipped model (or the baseline where no interpreter runs): a first ETA for
+    # every stop, and which model said on stderr.
+    assert {m["stop_id"] for m in etas} == {s["id"] for s in json.loads(
+        (tmp / "day/manifest.json").read_text())["stops"]}  # fmt: skip
+    assert "replay: ETA by " in day["stderr"]
+
+    def others(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [m for m in messages if m["type"] not in {"eta", "late_risk"}]
+
+    out = tmp_path / "no-eta.jsonl"
+    proc = run(agent, "replay", *inputs, "--out", out, "--no-eta")
+    without = [json.loads(line) for line in out.read_text().splitlines()]
+    assert others(without) == without == others(day["messages"])
+    assert "replay: ETA off" in proc.stderr
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a model")
+    out = tmp_path / "bad-model.jsonl"
+    proc = run(agent, "replay", *inputs, "--out", out, "--eta-model", bad)
+    messages = [json.loads(line) for line in out.read_text().splitlines()]
+    assert f"replay: ETA by the baseline (model {bad} refused" in proc.stderr
+    assert {m["model"] for m in messages if m["type"] in {"eta", "late_risk"}} == {"baseline"}
+    assert others(messages) == others(day["messages"])
+
+    proc = run(agent, "replay", *inputs, "--no-eta", "--eta-model", bad, check=False)
+    assert proc.returncode == 2
+    assert "not allowed with argument" in proc.stderr

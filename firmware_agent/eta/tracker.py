@@ -20,37 +20,71 @@ every 10 s. A prediction covers every unserved stop in one model invoke.
 
 What it publishes (``EtaConfig`` holds every number)
 ----------------------------------------------------
+Every record costs cellular data: an ``eta`` is about 370 bytes on the wire (the
+uplink sends each events record as one JSON envelope; bench/eta_events.py), and the
+van's whole telemetry costs about 6 kB an hour. Publishing every change (as a first
+version did: every stop that moved at all at each arrival, 5 stops every 5 minutes)
+cost 130-880 kB per van-hour on simulated days. The rules below keep what the backend
+needs: an ETA for every stop from the start, a fresh one for the next stop at every
+arrival, every lasting move of a near stop within half a minute, far stops corrected
+when the day really shifts, and one ``late_risk`` a customer can be told about. With
+the shipped model they cost about 19 kB per van-hour on 25-stop days and 31-33 kB on
+150-stop days (the baseline: 44-68 kB), at some 15 stops an hour: the first ETAs and
+the arrival rule alone are about 11 kB of that, and most of the rest is the model's
+ETAs of the next stops sliding while the van dwells (it does not know how long the
+dwell will last) and catching up at the next arrival.
+
+The settings can change while the tracker runs (the remote config's ``eta`` section,
+:meth:`~firmware_agent.van.VanPipeline.reconfigure`): the next prediction applies them
+to what the tracker remembers (published ETAs, runs, standing late_risks).
+
 Per unserved stop, an ``eta`` record when, at a prediction:
 
 - ``first``: the stop has no published ETA yet (the first prediction of the day, or a
   stop a new manifest added), so the backend has one for every stop at once;
-- ``moved``: its predicted arrival moved by more than ``max(min_move_s, min_move_fraction
-  x time remaining)`` (60 s, 10 %) since the ETA last published for it. The relative
-  part keeps a stop two hours away from being republished on every minute of drift; the
-  60 s floor keeps the next stop from being republished at every wobble;
-- ``arrival``: a stop was just reached: every remaining stop whose predicted arrival
-  moved at all (by at least ``arrival_min_move_s``, 1 s, below which it is float noise
-  at the wire's resolution) since its last published ETA, and always the next stop, so
-  the backend learns at once what the reached stop's dwell did to the rest of the day.
-  The reached stop gets no final ``eta``: its ``arrival`` event is the final word;
-- ``heartbeat``: every ``heartbeat_s`` (300 s, counted from the first prediction), the
-  next ``heartbeat_stops`` (5) unserved stops in stop order, unless the same update
-  already carries them. The heartbeat tells the backend the van still predicts (a
-  stable ETA is otherwise silent); the next five stops are those a customer is waiting
-  for, and leaving out the rest keeps cellular data small: 60 records an hour, not 1800.
+- ``moved``: its predicted arrival has been more than a threshold away from the ETA
+  last published for it at every prediction for a while. For a stop predicted at most
+  ``far_horizon_s`` (1 h) away the threshold is ``max(min_move_s, min_move_fraction x
+  time remaining)`` (120 s, 20 %: 2 min up to 10 min away, 6 min at 30 min) and the
+  while is ``move_confirm_s`` (30 s): what a customer waiting for a van half an hour
+  away notices, and still about the model's own error (bench, 25- and 150-stop days:
+  the published ETAs of stops 0-15 min away are 1-12 % worse than the van's latest
+  prediction). Waiting 30 s skips a spike of a few predictions (a red light, a GNSS
+  jump). Beyond the far horizon the floor is ``far_min_move_s`` (30 min) and the
+  while ``far_move_confirm_s`` (30 min): the model's ETAs for stops hours away swing
+  by tens of minutes with every stop-and-drive cycle (so does the baseline's
+  15-minute mean speed), which is noise to a backend, while a day that has really
+  slipped by half an hour shows as a lasting move. A far stop that comes within the
+  hour is judged by the near rule from then on, so a stop whose ETA has drifted is
+  refreshed about an hour ahead;
+- ``arrival``: a stop was just reached: the next stop (the first unserved one in stop
+  order), moved or not, so the backend has a fresh ETA for the stop the van now heads
+  for. Other stops are republished only under the ``moved`` rule: an arrival alone
+  does not make their ETAs news. The reached stop gets no final ``eta``: its
+  ``arrival`` event is the final word;
+- ``heartbeat``: any of the next ``heartbeat_stops`` (1) stops whose ETA was last
+  published ``heartbeat_s`` (15 min) ago or more. A stable ETA is otherwise silent;
+  this bounds the age of the next stop's ETA, so a backend can tell a van that stopped
+  predicting (no ETA for the next stop for more than 15 min while the van reports)
+  from a steady one. At a stop every few minutes it seldom fires: the arrival rule
+  refreshes the next stop first.
 
 A stop's trigger is the first of these that applies, in this order, and is on the
-record.
+record. A move "lasts" from the first prediction beyond the threshold to the first
+back within it; a published record ends it.
 
-``late_risk``: once, when a stop's predicted arrival passes its promised ``window_end``
-(manifest); again only after it has recovered, i.e. after a prediction has put the
-arrival at least ``max(late_clear_s, late_clear_fraction x time remaining)`` (60 s,
-10 %) before the window's end, and then passes it again. The margin, scaled like the
-``moved`` threshold, keeps a prediction wobbling around the window's end from alerting
-the customer at every update. It does not stop a far-off stop's ETA swinging by more
-than that (the baseline's does: a dwell lowers the 15-minute mean speed): on a
-simulated 150-stop day the baseline raised 359 late_risks for the 34 of 90 windowed
-stops it ever predicted late (5 were). A model's steadier ETAs are the remedy.
+``late_risk``: when a stop's predicted arrival has been after its promised
+``window_end`` (manifest) at every prediction for ``late_confirm_s`` (60 s) while the
+stop is predicted at most ``late_horizon_s`` (1 h) away: the time a customer can still
+rearrange their day, and as far ahead as the model is accurate enough to be believed
+(farther out its ETAs swing across the window's end: a 90-minute horizon doubled the
+false alerts on the bench's 150-stop days). Once raised it stands until a prediction
+puts the arrival at least ``max(late_clear_s, late_clear_fraction x time remaining)``
+(120 s, 10 %) before the window's end; only then can it be raised again. On the bench's
+simulated days the model raised a late_risk for every stop that really arrived late,
+a median 31-40 min before the window's end; one windowed stop in 28-44 that came on
+time had a false alert, and a stop alerted had 1.0-1.25 late_risks (docs/eta.md, "ETA
+events on the wire").
 
 Records
 -------
@@ -99,6 +133,8 @@ BASELINE_MODEL: Final = "baseline"
 TRIGGERS: Final = ("first", "moved", "arrival", "heartbeat")
 _FIRST, _MOVED, _ARRIVAL, _HEARTBEAT = range(len(TRIGGERS))
 _NONE: Final = len(TRIGGERS)
+# What EtaTracker remembers per stop (arrays indexed like the plan's stops).
+_PER_STOP: Final = ("_published_s", "_published_at_s", "_move_since_s", "_late_since_s", "_late")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,12 +143,17 @@ class EtaConfig:
     seconds, fractions of the time remaining to the stop, a number of stops."""
 
     predict_every_s: float = 10.0
-    min_move_s: float = 60.0
-    min_move_fraction: float = 0.10
-    arrival_min_move_s: float = 1.0
-    heartbeat_s: float = 300.0
-    heartbeat_stops: int = 5
-    late_clear_s: float = 60.0
+    min_move_s: float = 120.0
+    min_move_fraction: float = 0.20
+    move_confirm_s: float = 30.0
+    far_horizon_s: float = 3600.0
+    far_min_move_s: float = 1800.0
+    far_move_confirm_s: float = 1800.0
+    heartbeat_s: float = 900.0
+    heartbeat_stops: int = 1
+    late_horizon_s: float = 3600.0
+    late_confirm_s: float = 60.0
+    late_clear_s: float = 120.0
     late_clear_fraction: float = 0.10
 
     def __post_init__(self) -> None:
@@ -120,20 +161,29 @@ class EtaConfig:
             "predict_every_s",
             "min_move_s",
             "min_move_fraction",
-            "arrival_min_move_s",
+            "move_confirm_s",
+            "far_horizon_s",
+            "far_min_move_s",
+            "far_move_confirm_s",
             "heartbeat_s",
+            "late_horizon_s",
+            "late_confirm_s",
             "late_clear_s",
             "late_clear_fraction",
         ):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value >= 0
+            ):
                 raise ConfigError(f"eta {name} must be a finite number >= 0, got {value!r}")
         if self.heartbeat_s == 0:
             raise ConfigError("eta heartbeat_s must be > 0")
-        if not isinstance(self.heartbeat_stops, int) or self.heartbeat_stops < 0:
-            raise ConfigError(
-                f"eta heartbeat_stops must be an integer >= 0, got {self.heartbeat_stops!r}"
-            )
+        value = self.heartbeat_stops
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"eta heartbeat_stops must be an integer >= 0, got {value!r}")
 
 
 class EtaTracker:
@@ -168,14 +218,18 @@ class EtaTracker:
             i = self.plan.index.get(stop_id)
             if i is not None:
                 self._served[i] = True
-        # Per stop: the predicted arrival last published (POSIX seconds; NaN: none yet),
-        # and whether a late_risk stands (cleared once the stop recovers).
+        # Per stop, in POSIX seconds (NaN: none): the predicted arrival last published
+        # and when it was published; since when its prediction has been beyond the move
+        # threshold, and since when past its window's end within the late horizon; and
+        # whether a late_risk stands (until the stop recovers).
         self._published_s: npt.NDArray[np.float64] = np.full(n, np.nan)
+        self._published_at_s: npt.NDArray[np.float64] = np.full(n, np.nan)
+        self._move_since_s: npt.NDArray[np.float64] = np.full(n, np.nan)
+        self._late_since_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self._late = np.zeros(n, dtype=np.bool_)
         self._position: PlanPosition | None = None
         self._last_fix: tuple[datetime, float, float] | None = None
         self._last_predict: datetime | None = None
-        self._last_heartbeat: datetime | None = None
         self._arrived = False  # a stop was reached since the last prediction
         self.counts: dict[str, int] = {
             "predictions": 0,
@@ -207,10 +261,11 @@ class EtaTracker:
     def for_manifest(self, manifest: Manifest, served: Iterable[str]) -> EtaTracker:
         """A tracker for a new manifest that carries on this one's day.
 
-        The speed history, day start, predictor, config, the cadence and heartbeat
-        clocks and the last fix carry over; so do, for stops kept by id, the published
-        ETA and a standing late_risk (no burst of records for stops that did not
-        change). ``served`` comes from the caller (the geofence engine keeps visits by
+        The speed history, day start, predictor, config, the prediction cadence and the
+        last fix carry over; so does, for stops kept by id, what the rules remember (the
+        ETA published and when, the runs of predictions beyond the move threshold and
+        past the window, a standing late_risk): no burst of records for stops that did
+        not change. ``served`` comes from the caller (the geofence engine keeps visits by
         stop id). The van is placed afresh on the new plan at the next prediction.
         """
         new = EtaTracker(
@@ -224,11 +279,10 @@ class EtaTracker:
         for stop_id, i in self.plan.index.items():
             j = new.plan.index.get(stop_id)
             if j is not None:
-                new._published_s[j] = self._published_s[i]
-                new._late[j] = self._late[i]
+                for name in _PER_STOP:
+                    getattr(new, name)[j] = getattr(self, name)[i]
         new._last_fix = self._last_fix
         new._last_predict = self._last_predict
-        new._last_heartbeat = self._last_heartbeat
         new.counts = self.counts
         return new
 
@@ -276,7 +330,8 @@ class EtaTracker:
         if i is None or self._served[i]:
             return False
         self._served[i] = True
-        self._published_s[i] = np.nan
+        self._published_s[i] = self._published_at_s[i] = np.nan
+        self._move_since_s[i] = self._late_since_s[i] = np.nan
         self._late[i] = False
         self._arrived = True
         return True
@@ -314,30 +369,10 @@ class EtaTracker:
         if idx.size == 0:
             return []  # the day's stops are all served: nothing more to say
         prediction = self.predict(now, lat, lon)
-        cfg = self.config
         eta_s = prediction.eta_s
         now_s = now.timestamp()
         arrive_s = now_s + eta_s
-        previous = self._published_s[idx]
-        never = np.isnan(previous)
-        with np.errstate(invalid="ignore"):
-            moved_s = np.abs(arrive_s - previous)  # NaN where never published
-            threshold = np.maximum(cfg.min_move_s, cfg.min_move_fraction * eta_s)
-            trigger = np.full(idx.size, _NONE, dtype=np.int8)
-            if arrival:
-                changed = moved_s >= cfg.arrival_min_move_s
-                trigger[changed] = _ARRIVAL
-                trigger[0] = _ARRIVAL  # the next stop, changed or not
-            trigger[moved_s > threshold] = _MOVED
-        trigger[never] = _FIRST
-        heartbeat = (
-            self._last_heartbeat is None
-            or (now - self._last_heartbeat).total_seconds() >= cfg.heartbeat_s
-        )
-        if heartbeat:
-            self._last_heartbeat = now
-            head = trigger[: cfg.heartbeat_stops]
-            head[head == _NONE] = _HEARTBEAT
+        trigger = self._triggers(now_s, idx, eta_s, arrive_s, arrival=arrival)
 
         model = prediction.model_version or BASELINE_MODEL
         records: list[Record] = []
@@ -345,6 +380,8 @@ class EtaTracker:
         for k in np.flatnonzero(trigger != _NONE):
             i = int(idx[k])
             self._published_s[i] = arrive_s[k]
+            self._published_at_s[i] = now_s
+            self._move_since_s[i] = np.nan
             records.append(
                 {
                     "type": "eta",
@@ -362,6 +399,43 @@ class EtaTracker:
         records += self._late_risks(now, idx, prediction, arrive_s, model)
         return records
 
+    def _triggers(
+        self,
+        now_s: float,
+        idx: npt.NDArray[np.intp],
+        eta_s: npt.NDArray[np.float64],
+        arrive_s: npt.NDArray[np.float64],
+        *,
+        arrival: bool,
+    ) -> npt.NDArray[np.int8]:
+        """Per unserved stop (``idx``, in stop order), the index in :data:`TRIGGERS` of
+        why its ETA is sent now, or ``_NONE``; keeps each stop's move run up to date."""
+        cfg = self.config
+        previous = self._published_s[idx]
+        far = eta_s > cfg.far_horizon_s
+        threshold_s = np.maximum(
+            np.where(far, cfg.far_min_move_s, cfg.min_move_s), cfg.min_move_fraction * eta_s
+        )
+        with np.errstate(invalid="ignore"):  # NaN, never published: not beyond
+            beyond = np.abs(arrive_s - previous) > threshold_s
+        # A run starts at the first prediction beyond the threshold and ends at the
+        # first one back within it (NaN: no run): a move counts once it has lasted.
+        since_s = np.where(beyond, np.fmin(self._move_since_s[idx], now_s), np.nan)
+        self._move_since_s[idx] = since_s
+        with np.errstate(invalid="ignore"):
+            moved = now_s - since_s >= np.where(far, cfg.far_move_confirm_s, cfg.move_confirm_s)
+        # Lowest priority first: a later rule's trigger replaces an earlier one's.
+        trigger = np.full(idx.size, _NONE, dtype=np.int8)
+        head = idx[: cfg.heartbeat_stops]
+        with np.errstate(invalid="ignore"):
+            stale = now_s - self._published_at_s[head] >= cfg.heartbeat_s
+        trigger[: head.size][stale] = _HEARTBEAT
+        if arrival:
+            trigger[0] = _ARRIVAL  # the next stop, moved or not
+        trigger[moved] = _MOVED
+        trigger[np.isnan(previous)] = _FIRST
+        return trigger
+
     def _late_risks(
         self,
         now: datetime,
@@ -370,18 +444,23 @@ class EtaTracker:
         arrive_s: npt.NDArray[np.float64],
         model: str,
     ) -> list[Record]:
+        cfg = self.config
         window_end_s = self.plan.window_end_s[idx]  # NaN without a window: never late
+        now_s = now.timestamp()
         with np.errstate(invalid="ignore"):
-            late = arrive_s > window_end_s
-            margin_s = np.maximum(
-                self.config.late_clear_s, self.config.late_clear_fraction * prediction.eta_s
-            )
+            late = (arrive_s > window_end_s) & (prediction.eta_s <= cfg.late_horizon_s)
+            margin_s = np.maximum(cfg.late_clear_s, cfg.late_clear_fraction * prediction.eta_s)
             clear = arrive_s <= window_end_s - margin_s
+        # As for moves: late counts once it has lasted late_confirm_s, within the horizon.
+        since_s = np.where(late, np.fmin(self._late_since_s[idx], now_s), np.nan)
+        self._late_since_s[idx] = since_s
+        with np.errstate(invalid="ignore"):
+            confirmed = now_s - since_s >= cfg.late_confirm_s
         standing = self._late[idx]
         self._late[idx[clear]] = False
         records: list[Record] = []
         issued = format_utc(now)
-        for k in np.flatnonzero(late & ~standing):
+        for k in np.flatnonzero(confirmed & ~standing):
             i = int(idx[k])
             self._late[i] = True
             window_end = self._window_end[i]
