@@ -9,13 +9,22 @@
 - ``fleet-ingest train-eta --out FILE [--sim-seeds 1000-1059] [--sim-stops 25]
   [--from-store]``: build the ETA training set from simulator days and/or the stored
   history, train the model and write the .tflite file the vans run (docs/eta.md).
+- ``fleet-ingest model-key --out FILE [--pubkey-out FILE]``: create the fleet's
+  Ed25519 key that signs ETA models (0600, never overwritten) and its public key for
+  the vans (``[eta] model_keys``).
+- ``fleet-ingest sign-model --key KEY --model M.tflite --out M.signed [--device ID
+  ...]``: the signed ``model`` payload (:mod:`firmware_agent.eta.model_update`).
+- ``fleet-ingest publish-model (--signed FILE | --clear) (--device ID ... | --all)``:
+  publish it retained on each van's ``fleet/v1/{id}/model`` (``--all``: every enabled
+  enrolled device), or clear it (the vans go back to their shipped model).
 
-Every command takes ``--config FILE`` (TOML; see :mod:`cloud_ingest.config`) and
-``--database-url URL`` (over the file and ``FLEET_INGEST_DATABASE_URL``).
+Every command but ``model-key`` and ``sign-model`` takes ``--config FILE`` (TOML; see
+:mod:`cloud_ingest.config`) and ``--database-url URL`` (over the file and
+``FLEET_INGEST_DATABASE_URL``).
 
 Exit status: 0 success; 1 the command failed (unknown device, key conflict, database
-unreachable, a task of the service died, no training data); 2 bad usage, settings or
-key file.
+unreachable, a task of the service died, no training data, the broker refused or
+cannot be reached); 2 bad usage, settings, key or model file.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ EXIT_USAGE = 2
 # The simulator days the shipped ETA model was trained on (docs/eta.md); the
 # evaluation (bench/eta_eval.py) uses other seeds.
 DEFAULT_TRAIN_SEEDS = "1000-1059"
+# docs/mosquitto/fleet.conf's message_size_limit: a larger signed model is refused by
+# a broker run with the shipped settings.
+BROKER_MESSAGE_LIMIT_BYTES = 256 * 1024
 
 log = logging.getLogger("cloud_ingest")
 
@@ -151,6 +163,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--record", type=Path, help="also write the training record (JSON) to this file")
     p.set_defaults(func=_cmd_train_eta)
+
+    p = sub.add_parser(
+        "model-key",
+        help="create the fleet's Ed25519 key that signs ETA models",
+        description="Create the private key (PEM, 0600; never overwritten) that signs the "
+        "ETA models sent to vans, and write its public key for the vans' [eta] model_keys.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the private key file to create")
+    p.add_argument(
+        "--pubkey-out", type=Path, help="the public key file (default: OUT with .pub.pem)"
+    )
+    p.set_defaults(func=_cmd_model_key)
+
+    p = sub.add_parser(
+        "sign-model",
+        help="sign an ETA model (.tflite) for the vans' model topic",
+        description="Write the model topic's payload: a JWS (signed with the fleet's model "
+        "key) naming the model's version, size and SHA-256, a newline, then the model.",
+    )
+    p.add_argument("--key", type=Path, required=True, help="the fleet's model key (model-key)")
+    p.add_argument("--model", type=Path, required=True, help="the .tflite file (train-eta)")
+    p.add_argument("--out", type=Path, required=True, help="the signed payload to write")
+    p.add_argument(
+        "--device",
+        dest="devices",
+        action="append",
+        metavar="ID",
+        help="only for this van (repeat for several; default: every van)",
+    )
+    p.set_defaults(func=_cmd_sign_model)
+
+    p = sub.add_parser(
+        "publish-model",
+        parents=[common],
+        help="publish a signed ETA model to vans (retained), or clear it",
+        description="Publish retained at QoS 1 on fleet/v1/{ID}/model, with the MQTT "
+        "settings of --config (on a broker with the shipped ACLs, the dispatcher's "
+        "certificate). --clear deletes the retained model: the vans go back to their own.",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--signed", type=Path, metavar="FILE", help="the sign-model output")
+    what.add_argument("--clear", action="store_true", help="clear the retained model")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--device", dest="devices", action="append", metavar="ID", help="a van (repeatable)"
+    )
+    who.add_argument("--all", action="store_true", help="every enabled enrolled device")
+    p.set_defaults(func=_cmd_publish_model)
     return parser
 
 
@@ -380,6 +440,144 @@ def _cmd_train_eta(args: argparse.Namespace) -> int:
         f"{result.val_baseline.mae_s:.1f} s (ratio {result.val_ratio:.2f}); p90: model "
         f"{result.val_model.p90_s:.1f} s, baseline {result.val_baseline.p90_s:.1f} s"
     )
+    return EXIT_OK
+
+
+def _cmd_model_key(args: argparse.Namespace) -> int:
+    from firmware_agent.pod.keys import (  # noqa: PLC0415
+        KeyFileError,
+        create_key,
+        key_thumbprint,
+        public_key_pem,
+        write_file_atomically,
+    )
+
+    public_path: Path = args.pubkey_out or args.out.with_suffix(".pub.pem")
+    if public_path.resolve() == args.out.resolve():
+        return _error("--pubkey-out must differ from --out", EXIT_USAGE)
+    try:
+        key = create_key(args.out, what="model key")
+    except KeyFileError as err:
+        return _error(str(err), EXIT_FAILED)
+    if key is None:
+        return _error(f"{args.out} exists: a model key is never overwritten", EXIT_FAILED)
+    public = key.public_key()
+    try:
+        write_file_atomically(public_path, public_key_pem(public), overwrite=True, mode=0o644)
+    except OSError as err:
+        return _error(f"cannot write {public_path}: {err.strerror or err}", EXIT_FAILED)
+    print(f"private key: {args.out} (0600: keep it off the vans and the broker)")
+    print(f"public key: {public_path} (for the vans: [eta] model_keys)")
+    print(f"kid: {key_thumbprint(public)}")
+    return EXIT_OK
+
+
+def _cmd_sign_model(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
+    from firmware_agent.errors import ModelError, ModelUpdateError  # noqa: PLC0415
+    from firmware_agent.eta.model_update import read_unverified, sign_model  # noqa: PLC0415
+    from firmware_agent.eta.predictor import EtaPredictor  # noqa: PLC0415
+    from firmware_agent.gnss.fix import format_utc  # noqa: PLC0415
+    from firmware_agent.pod.keys import (  # noqa: PLC0415
+        KeyFileError,
+        key_thumbprint,
+        load_device_key,
+        write_file_atomically,
+    )
+
+    bad = [d for d in args.devices or () if not is_device_id(d)]
+    if bad:
+        return _error(f"invalid device id {bad[0]!r}", EXIT_USAGE)
+    try:
+        key = load_device_key(args.key, what="model key")
+    except KeyFileError as err:
+        return _error(str(err), EXIT_USAGE)
+    try:
+        model = args.model.read_bytes()
+    except OSError as err:
+        return _error(f"cannot read {args.model}: {err.strerror or err}", EXIT_USAGE)
+    try:
+        # What every van does before it takes a model (contract, trial invoke): a model
+        # they would all refuse is not worth a signature. Without an interpreter here
+        # only the file's metadata is checked (sign_model).
+        EtaPredictor.load(model)
+        payload = sign_model(model, key, issued=datetime.now(UTC), devices=args.devices)
+    except (ModelError, ModelUpdateError) as err:
+        return _error(f"{args.model}: the vans would refuse it: {err}", EXIT_USAGE)
+    try:
+        write_file_atomically(args.out, payload, overwrite=True, mode=0o644)
+    except OSError as err:
+        return _error(f"cannot write {args.out}: {err.strerror or err}", EXIT_FAILED)
+    claims, _ = read_unverified(payload)
+    devices = ", ".join(claims.devices) if claims.devices else "every van"
+    print(
+        f"wrote {args.out} ({len(payload)} bytes): model {claims.model_version}, "
+        f"{claims.size_bytes} bytes, sha256 {claims.sha256}"
+    )
+    print(
+        f"issued {format_utc(claims.issued)}, key {key_thumbprint(key.public_key())}, for {devices}"
+    )
+    if len(payload) > BROKER_MESSAGE_LIMIT_BYTES:
+        print(
+            f"note: over {BROKER_MESSAGE_LIMIT_BYTES} bytes, the message_size_limit of "
+            "docs/mosquitto/fleet.conf: raise it on the broker before publishing",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _cmd_publish_model(args: argparse.Namespace) -> int:
+    from cloud_ingest.downlink import publish_retained  # noqa: PLC0415 (paho: only here)
+    from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
+    from firmware_agent.errors import ModelUpdateError  # noqa: PLC0415
+    from firmware_agent.eta.model_update import read_unverified  # noqa: PLC0415
+    from firmware_agent.uplink.topics import downlink_topic  # noqa: PLC0415
+
+    payload = b""
+    allowed: tuple[str, ...] | None = None
+    what = "the model clear"
+    if args.signed is not None:
+        try:
+            payload = args.signed.read_bytes()
+        except OSError as err:
+            return _error(f"cannot read {args.signed}: {err.strerror or err}", EXIT_USAGE)
+        try:
+            # Unverified (the vans verify): a file that is not a signed model, or a
+            # model signed for other vans, is caught here rather than refused by each.
+            claims, _ = read_unverified(payload)
+        except ModelUpdateError as err:
+            return _error(f"{args.signed} is not a signed model: {err}", EXIT_USAGE)
+        allowed = claims.devices
+        what = f"model {claims.model_version} ({len(payload)} bytes)"
+    if args.all:
+        devices = _with_store(args, lambda store: store.list_devices())
+        targets = [d.device_id for d in devices if d.enabled]
+        if not targets:
+            return _error("no enabled device is enrolled: nothing to publish to", EXIT_FAILED)
+        if allowed is not None:
+            targets = [d for d in targets if d in allowed]
+    else:
+        targets = list(dict.fromkeys(args.devices))
+        bad = [d for d in targets if not is_device_id(d)]
+        if bad:
+            return _error(f"invalid device id {bad[0]!r}", EXIT_USAGE)
+        if allowed is not None and (others := [d for d in targets if d not in allowed]):
+            return _error(
+                f"{args.signed} is signed for {', '.join(allowed)} only; "
+                f"{', '.join(others)} would refuse it",
+                EXIT_USAGE,
+            )
+    if not targets:
+        return _error("no enabled device is one the model is signed for", EXIT_FAILED)
+    config = _config(args)
+    reasons = publish_retained(
+        config.mqtt, [(downlink_topic(device, "model"), payload) for device in targets]
+    )
+    for device, reason in zip(targets, reasons, strict=True):
+        print(f"{downlink_topic(device, 'model')}: {reason}")
+    print(f"published {what}, retained, to {len(targets)} device(s)")
     return EXIT_OK
 
 

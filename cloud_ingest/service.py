@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from cloud_ingest.config import DatabaseSettings, IngestConfig
+from cloud_ingest.config import DatabaseSettings, IngestConfig, MqttSettings
 from cloud_ingest.errors import ConfigError, IngestError
 from cloud_ingest.store.base import Store
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from cloud_ingest.worker import WorkerConfig
+    from firmware_agent.uplink.mqtt import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +80,27 @@ async def open_store(url: str, *, migrate: bool = True) -> AsyncIterator[Store]:
         yield store
 
 
-def worker_configs(config: IngestConfig) -> list[WorkerConfig]:
-    """One :class:`WorkerConfig` per worker of ``config``."""
-    from cloud_ingest.worker import WorkerConfig  # noqa: PLC0415
+def mqtt_tls(mqtt: MqttSettings) -> TlsConfig | None:
+    """The TLS settings of every MQTT client of ingest (its workers, ``fleet-ingest
+    publish-model``), None without TLS. :class:`ConfigError` for a file that is not
+    there, at start rather than at the first connection."""
     from firmware_agent.uplink.mqtt import TlsConfig  # noqa: PLC0415
 
-    mqtt = config.mqtt
     for name in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(mqtt, name)
         if path is not None and not path.is_file():
             raise ConfigError(f"mqtt.{name}: {path} is not a readable file")
-    tls = (
-        TlsConfig(ca_file=mqtt.tls_ca, cert_file=mqtt.tls_cert, key_file=mqtt.tls_key)
-        if mqtt.tls_ca is not None
-        else None
-    )
+    if mqtt.tls_ca is None:
+        return None
+    return TlsConfig(ca_file=mqtt.tls_ca, cert_file=mqtt.tls_cert, key_file=mqtt.tls_key)
+
+
+def worker_configs(config: IngestConfig) -> list[WorkerConfig]:
+    """One :class:`WorkerConfig` per worker of ``config``."""
+    from cloud_ingest.worker import WorkerConfig  # noqa: PLC0415
+
+    mqtt = config.mqtt
+    tls = mqtt_tls(mqtt)
     return [
         WorkerConfig(
             host=mqtt.host,

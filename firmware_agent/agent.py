@@ -19,11 +19,23 @@ default.tflite``) and hands it to the pipeline, which then publishes ``eta`` and
 ``late_risk`` events. Without a model, an interpreter, or with a file the agent refuses,
 it publishes the baseline ETA and says why; it never fails to start over a model.
 Status health says what runs: ``eta_model`` (the model's version, ``"baseline"``, or
-``"off"`` with ``AgentConfig.eta`` false), ``eta_backend`` (the interpreter, or null)
-and, on the baseline, ``eta_unavailable`` (why).
+``"off"`` with ``AgentConfig.eta`` false), ``eta_backend`` (the interpreter, or null),
+on the baseline ``eta_unavailable`` (why), ``eta_model_source`` (``"shipped"``,
+``"file"`` or ``"downlink"``) and ``models_refused`` (model downlinks refused since
+start).
+
+New models come down the retained ``model`` topic, signed with the fleet's model key
+(:mod:`firmware_agent.eta.model_update`; the public keys are ``AgentConfig.
+model_keys``). Off the event loop, the agent verifies one, loads it (contract, trial
+invoke), stores it (:mod:`firmware_agent.eta.model_store`: ``eta/current.model``, the
+model it replaces as ``eta/previous.model``) and only then hands it to the pipeline and
+re-publishes its status. Anything refused is counted and the running model stays. At
+start it runs ``eta/current.model`` if that verifies and loads, else the previous one
+(a rollback), else the shipped or configured model; an empty ``model`` payload returns
+it to that one and removes both files.
 
 State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 0600),
-``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db``.
+``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db``, ``eta/``.
 
 The POD chain state is saved after the POD is in the outbox; at start, a pending POD in
 the outbox newer than the saved state wins (a crash between the two), so the chain
@@ -43,17 +55,27 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from firmware_agent.errors import (
     CodecError,
     ConfigError,
     ModelError,
     ModelUnavailableError,
+    ModelUpdateError,
     RemoteConfigError,
+)
+from firmware_agent.eta.model_store import (
+    ModelStore,
+    RunningModel,
+    install_model,
+    load_model_keys,
+    start_model,
 )
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.fix import Fix, FixMode
+from firmware_agent.gnss.fix import Fix, FixMode, format_utc
 from firmware_agent.gnss.reader import GnssReader, ReaderConfig
 from firmware_agent.manifest import Manifest, ManifestError, ManifestStore, parse_manifest
 from firmware_agent.pod.chain import PodChain
@@ -102,6 +124,9 @@ class AgentConfig:
     # On-device ETAs; the model file, None for the one shipped in the package.
     eta: bool = True
     eta_model: Path | None = None
+    # The fleet's public keys (PEM or JWK files) that sign models sent on the `model`
+    # topic; none: every model downlink is refused.
+    model_keys: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.gnss is None) == (self.nmea_file is None):
@@ -119,6 +144,9 @@ class AgentCounts:
     # Remote configs applied (a clear included), and refused (invalid or stale).
     configs: int = 0
     configs_refused: int = 0
+    # Model downlinks installed (a clear included), and refused.
+    models: int = 0
+    models_refused: int = 0
 
 
 class GnssClock:
@@ -224,8 +252,12 @@ class Agent:
         self.remote_config: RemoteConfig | None = None
         self.pipeline: VanPipeline | None = None
         self.uplink: Uplink | None = None
-        # The ETA predictor loaded at start (None before, or with ETAs off).
+        # The ETA predictor handed to the pipeline (None before start, or with ETAs
+        # off), and what it is: its source and, when downlinked, the signed update.
         self.eta_predictor: EtaPredictor | None = None
+        self.eta_model: RunningModel | None = None
+        self.model_store = ModelStore(config.state_dir / "eta")
+        self._model_keys: tuple[Ed25519PublicKey, ...] = ()
         self.input_done = asyncio.Event()
         self._outbox: AsyncOutbox | None = None
 
@@ -288,11 +320,31 @@ class Agent:
         return van, uplink
 
     async def load_eta(self) -> EtaPredictor | None:
-        """Load the ETA predictor off the event loop (None with ETAs off), as
-        :func:`load_eta_predictor`: a model problem gives the baseline, never an error."""
-        if self.config.eta:
-            self.eta_predictor = await asyncio.to_thread(load_eta_predictor, self.config.eta_model)
+        """Load the fleet's model keys and the ETA predictor off the event loop (None
+        with ETAs off): the stored downlinked model, else the previous one, else the
+        configured or shipped model (:func:`~firmware_agent.eta.model_store.
+        start_model`). A model problem gives the baseline, never an error; a model key
+        file that cannot be used is a :class:`ConfigError`."""
+        c = self.config
+        if c.eta:
+            self._model_keys = await asyncio.to_thread(load_model_keys, c.model_keys)
+            running = await asyncio.to_thread(
+                start_model,
+                self.model_store,
+                self._model_keys,
+                device_id=c.uplink.device_id,
+                fallback=self._own_model,
+            )
+            self.eta_model = running
+            self.eta_predictor = running.predictor
         return self.eta_predictor
+
+    def _own_model(self) -> RunningModel:
+        """The agent's own model: ``eta_model``, else the shipped one. Blocking."""
+        model = self.config.eta_model
+        return RunningModel(
+            predictor=load_eta_predictor(model), source="shipped" if model is None else "file"
+        )
 
     # -- running -----------------------------------------------------------------
 
@@ -412,6 +464,9 @@ class Agent:
         if kind == "config":
             await self._config(payload)
             return
+        if kind == "model":
+            await self._model(payload)
+            return
         if kind != "manifest":
             log.info("downlink %s (%d bytes): not handled yet", kind, len(payload))
             return
@@ -471,6 +526,84 @@ class Agent:
                 f" (ignored: {', '.join(offered.ignored)})" if offered.ignored else "",
             )
 
+    async def _model(self, payload: bytes) -> None:
+        """Install a model downlink, or go back to the agent's own model on an empty one.
+
+        Refused (:class:`ModelUpdateError`, which the uplink counts and logs once per
+        kind), keeping the running model: a payload that does not verify against the
+        fleet keys, a model issued no later than the running downlinked one, a model
+        that does not load, a model that cannot be stored. The running model offered
+        again (the retained copy, at every reconnect) changes nothing. The new model
+        runs only once stored, so a restart runs what the van last reported. Every
+        step that reads or writes files or builds an interpreter runs off the loop.
+        """
+        assert self.pipeline is not None
+        assert self.uplink is not None
+        if not self.config.eta:
+            log.info("ETAs are off: model downlink (%d bytes) ignored", len(payload))
+            return
+        running = self.eta_model
+        assert running is not None
+        new: RunningModel | None
+        try:
+            if payload:
+                new = await asyncio.to_thread(
+                    install_model,
+                    self.model_store,
+                    payload,
+                    self._model_keys,
+                    device_id=self.config.uplink.device_id,
+                    running=running,
+                )
+            else:
+                new = await self._clear_model(running)
+        except ModelUpdateError:
+            self.counts.models_refused += 1
+            self.uplink.announce()  # models_refused is in the status health
+            raise
+        if new is None:
+            log.debug("ETA model offered again: already running")
+            return
+        self.eta_model = new
+        if new.predictor is not running.predictor:  # not so for a model signed again
+            self.eta_predictor = new.predictor
+            self.pipeline.use_predictor(new.predictor)
+        self.counts.models += 1
+        self.uplink.announce()  # the dispatcher sees the model now, not at reconnect
+        if new.signed is not None and new.predictor is running.predictor:
+            log.info(
+                "ETA model %s signed again (issued %s, key %s): signature stored",
+                new.signed.model_version,
+                format_utc(new.signed.issued),
+                new.signed.kid,
+            )
+        elif new.signed is not None:
+            log.info(
+                "ETA model %s installed (issued %s, key %s), replacing %s",
+                new.signed.model_version,
+                format_utc(new.signed.issued),
+                new.signed.kid,
+                running.predictor.model_version or "the baseline",
+            )
+        else:
+            log.info(
+                "ETA model cleared: back to the %s model %s",
+                new.source,
+                new.predictor.model_version or "(baseline)",
+            )
+
+    async def _clear_model(self, running: RunningModel) -> RunningModel | None:
+        """Remove the stored models; the agent's own model to run, None if it runs it."""
+        try:
+            await asyncio.to_thread(self.model_store.clear)
+        except OSError as err:
+            raise ModelUpdateError(
+                "storage", f"model clear: cannot remove the stored models: {err}"
+            ) from err
+        if running.source != "downlink":
+            return None
+        return await asyncio.to_thread(self._own_model)
+
     def health(self) -> dict[str, Any]:
         counts: dict[str, Any] = {
             "fixes": self.counts.fixes,
@@ -498,6 +631,9 @@ class Agent:
         }
         if predictor.model_version is None:
             health["eta_unavailable"] = predictor.unavailable
+        if self.eta_model is not None:
+            health["eta_model_source"] = self.eta_model.source
+        health["models_refused"] = self.counts.models_refused
         return health
 
 

@@ -58,7 +58,7 @@ class RemoteConfigError(CodecError):
     """A ``config`` downlink (or the stored ``config.json``) is refused.
 
     It does not hold to ``config.schema.json`` (not JSON, a wrong ``v``, a setting of
-    the wrong type or not > 0), its revision is not above the running one, or the
+    the wrong type or out of range), its revision is not above the running one, or the
     agent's settings refuse the combination it asks for. ``where`` names the field
     (``geofence.border_m``, ``revision``); the running config stays. A
     :class:`CodecError`, so the uplink counts it as a refused downlink.
@@ -68,6 +68,25 @@ class RemoteConfigError(CodecError):
         super().__init__(f"{where}: {problem}" if where else problem)
         self.where = where
         self.problem = problem
+
+
+class ModelUpdateError(CodecError):
+    """A ``model`` downlink (or the stored copy of one) is refused; the running model stays.
+
+    :attr:`reason` names the check that failed (:mod:`firmware_agent.eta.model_update`):
+    ``malformed`` (not a JWS, a newline and a model), ``no_key`` (no fleet model key
+    configured), ``unknown_key`` (signed by a key that is not one of them),
+    ``bad_signature``, ``bad_claims`` (signed claims missing or out of range),
+    ``mismatch`` (the file is not the one signed: size, SHA-256, version),
+    ``not_for_device`` (its ``devices`` leave this van out), ``not_a_model`` (signed,
+    but not a model this agent can run), ``stale`` (issued no later than the running
+    downlinked model: a replay), ``storage`` (verified but could not be stored). A
+    :class:`CodecError`, so the uplink counts it as a refused downlink.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ModelError(AgentError, ValueError):

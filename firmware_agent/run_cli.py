@@ -23,6 +23,12 @@ TOML layout (every key optional except ``device_id``)::
     [eta]
     enabled = true      # on-device ETAs (FLEET_ETA=0, --no-eta: off)
     model = "/var/lib/fleet-agent/eta.tflite"   # default: the model shipped in the package
+    # The fleet's public keys that sign models sent on the `model` topic (PEM or JWK;
+    # several during a key rotation). None: every model sent is refused.
+    model_keys = ["/etc/fleet-agent/fleet-model.pub.pem"]
+
+``FLEET_ETA_MODEL_KEYS`` lists model keys separated by ``:`` or ``,``; each
+``--eta-model-key`` flag adds one (flags replace the file's and environment's list).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -56,6 +63,7 @@ _SETTINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("scanner_port", ("scanner", "port"), "FLEET_SCANNER_PORT"),
     ("eta", ("eta", "enabled"), "FLEET_ETA"),
     ("eta_model", ("eta", "model"), "FLEET_ETA_MODEL"),
+    ("eta_model_keys", ("eta", "model_keys"), "FLEET_ETA_MODEL_KEYS"),
 )
 _DEFAULTS: dict[str, Any] = {
     "state_dir": "/var/lib/fleet-agent",
@@ -95,6 +103,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="publish no ETA events (default: on, with the model shipped in the package)",
     )
     p.add_argument("--eta-model", type=Path, help="ETA model (.tflite) instead of the shipped one")
+    p.add_argument(
+        "--eta-model-key",
+        dest="eta_model_keys",
+        action="append",
+        metavar="FILE",
+        help="a fleet public key (PEM or JWK) that signs models sent on the model topic "
+        "(repeat for several)",
+    )
     sim = p.add_argument_group("simulator and test inputs (instead of hardware)")
     sim.add_argument("--nmea-file", type=Path, help="play this NMEA log as the receiver")
     sim.add_argument("--scans-file", type=Path, help="scan log played with it (docs/scan-log.md)")
@@ -177,7 +193,24 @@ def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
         exit_when_drained=args.exit_when_drained,
         eta=_flag(values["eta"], "eta enabled (FLEET_ETA)"),
         eta_model=Path(eta_model) if eta_model else None,
+        model_keys=_paths(values.get("eta_model_keys"), "eta model_keys (FLEET_ETA_MODEL_KEYS)"),
     )
+
+
+def _paths(value: Any, what: str) -> tuple[Path, ...]:
+    """A TOML list of paths (or one path), or an environment variable's paths separated
+    by ``:`` (as PATH) or ``,``; empty entries are skipped."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items: list[Any] = re.split(r"[:,]", value)
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ConfigError(f"{what} must be a list of file paths, got {value!r}")
+    if not all(isinstance(item, str | Path) for item in items):
+        raise ConfigError(f"{what} must be a list of file paths, got {value!r}")
+    return tuple(Path(item) for item in items if str(item).strip())
 
 
 def _flag(value: Any, what: str) -> bool:

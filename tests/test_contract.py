@@ -257,9 +257,13 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("config", 0, "telemetry.moving_period_s", 0, "$.telemetry.moving_period_s"),
         ("config", 0, "uplink.batch_max_fixes", 5000, "$.uplink.batch_max_fixes"),
         ("model", 0, "sha256", "ABC", "$.sha256"),
-        ("model", 0, "url", "http://insecure.example/m.tflite", "$.url"),
-        ("model", 0, "data_b64", "AAAA", "$"),  # both url and data_b64
-        ("model", 0, "format", "onnx", "$.format"),
+        ("model", 0, "size_bytes", 0, "$.size_bytes"),
+        ("model", 0, "issued", "2026-11-21T19:00:00+01:00", "$.issued"),
+        ("model", 0, "model_version", ..., "$"),
+        ("model", 0, "url", "https://models.example.net/m.tflite", "$"),  # no unknown claim
+        ("model", 1, "devices", [], "$.devices"),
+        ("model", 1, "devices", ["van-7", "van-7"], "$.devices"),
+        ("model", 1, "devices", ["van/7"], "$.devices[0]"),
         ("manifest", 0, "stops.0.lat", 95, "$.stops[0].lat"),
         ("fleetstreamPosition", 0, "records.1.hdop", "1", "$.records[1].hdop"),
         ("fleetstreamPosition", 0, "records.0.sats", 9, "$.records[0]"),

@@ -117,21 +117,24 @@ def _describe_key(key: object) -> str:
     return type(key).__name__
 
 
-def _private_file_fault(st: os.stat_result, path: Path) -> str | None:
+def _private_file_fault(st: os.stat_result, path: Path, what: str) -> str | None:
     """Why a file with status ``st`` must not be used as a private key, if it must not."""
     if not stat.S_ISREG(st.st_mode):
-        return f"device key {path} is not a regular file"
+        return f"{what} {path} is not a regular file"
     if st.st_mode & 0o077:
         return (
-            f"device key {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
+            f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
             "can access it; refusing to use a key that may have been copied "
             f"(chmod 600 {path} if it never left the device, else provision a new key)"
         )
     return None
 
 
-def load_device_key(path: Path) -> Ed25519PrivateKey:
+def load_device_key(path: Path, *, what: str = "device key") -> Ed25519PrivateKey:
     """Load the existing device key at ``path``; never creates one.
+
+    ``what`` names the key in error messages (``"model key"`` for the fleet's model
+    signing key, which follows the same rules).
 
     :class:`KeyFileError` if the file is absent, is not a regular file, can be read or
     written by group or others (ssh's rule: a key others could have copied is no longer
@@ -140,19 +143,19 @@ def load_device_key(path: Path) -> Ed25519PrivateKey:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KeyFileError(f"no device key at {path}") from None
+        raise KeyFileError(f"no {what} at {path}") from None
     except OSError as err:
-        raise KeyFileError(f"cannot open device key {path}: {err.strerror or err}") from None
+        raise KeyFileError(f"cannot open {what} {path}: {err.strerror or err}") from None
     try:
         # fstat the open file, not the path: what we check is what we read.
         st = os.fstat(fd)
-        fault = _private_file_fault(st, path)
+        fault = _private_file_fault(st, path, what)
         data = b""
         if fault is None:
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read(_MAX_KEY_FILE_BYTES + 1)
     except OSError as err:
-        raise KeyFileError(f"cannot read device key {path}: {err.strerror or err}") from None
+        raise KeyFileError(f"cannot read {what} {path}: {err.strerror or err}") from None
     finally:
         os.close(fd)
     if fault:
@@ -162,9 +165,9 @@ def load_device_key(path: Path) -> Ed25519PrivateKey:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         # ``from None``: the parser's message is about the content, and the content is
         # the secret. Our message says enough to act on.
-        raise KeyFileError(f"device key {path} is not an unencrypted PEM private key") from None
+        raise KeyFileError(f"{what} {path} is not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"device key {path} holds a {_describe_key(key)}, not an Ed25519 key")
+        raise KeyFileError(f"{what} {path} holds a {_describe_key(key)}, not an Ed25519 key")
     return key
 
 
@@ -186,6 +189,23 @@ def load_or_create_device_key(path: Path) -> Ed25519PrivateKey:
         raise KeyFileError(f"cannot look up device key {path}: {err.strerror or err}") from None
     else:
         return load_device_key(path)
+    key = create_key(path)
+    if key is None:
+        _log.info("device key %s was created concurrently by another process; using it", path)
+        return load_device_key(path)
+    _log.info("created device key %s (kid %s)", path, key_thumbprint(key.public_key()))
+    return key
+
+
+def create_key(path: Path, *, what: str = "device key") -> Ed25519PrivateKey | None:
+    """A fresh Ed25519 key written to ``path``, or None if ``path`` exists (untouched).
+
+    Missing parent directories are created with mode 0700; the key is written as
+    unencrypted PKCS#8 PEM to an exclusively created 0600 temporary file in the same
+    directory, fsynced, published under ``path`` without ever replacing an existing
+    file, and the directory is fsynced. :class:`KeyFileError` (naming ``what``) if it
+    cannot be written.
+    """
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -196,12 +216,8 @@ def load_or_create_device_key(path: Path) -> Ed25519PrivateKey:
         make_private_dirs(path.parent)
         created = write_file_atomically(path, pem, overwrite=False, mode=0o600)
     except OSError as err:
-        raise KeyFileError(f"cannot create device key {path}: {err.strerror or err}") from None
-    if not created:
-        _log.info("device key %s was created concurrently by another process; using it", path)
-        return load_device_key(path)
-    _log.info("created device key %s (kid %s)", path, key_thumbprint(key.public_key()))
-    return key
+        raise KeyFileError(f"cannot create {what} {path}: {err.strerror or err}") from None
+    return key if created else None
 
 
 def public_jwk(key: Ed25519PublicKey) -> dict[str, str]:
