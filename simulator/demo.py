@@ -67,6 +67,10 @@ def _stream_line(m: dict[str, Any]) -> str:
     where = m.get("stop_id") or ""
     if kind == "pod":
         detail = f"parcel {m['parcel']} {m['verdict']}, signature verified"
+    elif kind == "eta":
+        detail = f"at {m['eta'][11:19]} (naive {m['eta_baseline'][11:19]}), {m['trigger']}"
+    elif kind == "late_risk":
+        detail = f"late by {m['late_by_s']:.0f} s (window ends {m['window_end'][11:19]})"
     elif kind == "scan_rejected":
         detail = f"scan rejected: {m.get('reason')}"
     else:
@@ -162,6 +166,13 @@ async def _summary(store: SqliteStore, agent: Agent, day: Path, out: TextIO) -> 
         f"  telemetry on the wire: {bytes_per_fix:.1f} bytes per fix "
         f"({uplink.counts.fixes_sent} fixes in {uplink.counts.published['telemetry']} batches)\n"
     )
+    tracker = agent.pipeline.eta_tracker if agent.pipeline is not None else None
+    if tracker is not None:
+        health = agent.health()
+        out.write(
+            f"  ETAs: {health.get('eta_model')} on {health.get('eta_backend')}: "
+            f"{tracker.counts['eta']} eta and {tracker.counts['late_risk']} late_risk events\n"
+        )
     ok = committed == stored and all(acks[s] == committed[s] for s in committed)
     out.write(f"  {'OK: every record stored exactly once' if ok else 'MISMATCH'}\n")
     return {

@@ -32,4 +32,7 @@ def test_demo_stores_every_record_of_the_day_exactly_once(tmp_path: Path) -> Non
     # The backend's stream was printed as ingest stored it: arrivals and verified PODs.
     assert len(re.findall(r" arrival +S00\d", out)) == 6
     assert "signature verified" in out
+    # ETAs from the shipped model reached the backend beside the naive ones.
+    assert re.search(r" eta +S00\d +at \d\d:\d\d:\d\d \(naive \d\d:\d\d:\d\d\), first", out)
+    assert re.search(r"ETAs: eta-\S+ on ai-edge-litert: [1-9]\d* eta and \d+ late_risk", out)
     assert (tmp_path / "ingest.db").exists()
