@@ -64,6 +64,7 @@ from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.uplink.topics import downlink_topic
 from firmware_agent.van import VanConfig
 from tests.broker import Mosquitto, free_port
+from tests.idle_agent import health_after_load, idle_agent
 from tests.nmea import line
 from tests.vanday import T0, stop
 
@@ -440,19 +441,6 @@ def test_the_running_model_signed_by_the_next_key_keeps_running_and_rollback_tar
     assert (restarted.source, restarted.predictor.model_version) == ("downlink", "eta-test-2")
 
 
-def agent_with(tmp_path: Path, **config: Any) -> Agent:
-    nmea = tmp_path / "none.nmea"
-    nmea.write_bytes(b"")
-    return Agent(
-        AgentConfig(
-            state_dir=tmp_path / "state",
-            uplink=UplinkConfig(device_id=DEVICE, port=0),
-            nmea_file=nmea,
-            **config,
-        )
-    )
-
-
 def fleet_key_file(tmp_path: Path, key: Ed25519PrivateKey = FLEET) -> Path:
     path = tmp_path / f"fleet-{key_thumbprint(key.public_key())[:8]}.pub.pem"
     path.write_bytes(public_key_pem(key.public_key()))
@@ -465,18 +453,13 @@ def corrupt(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def health_at_start(agent: Agent) -> dict[str, Any]:
-    asyncio.run(agent.load_eta())
-    return agent.health()
-
-
 @needs_interpreter
 @pytest.mark.usefixtures("no_blocking")
 def test_a_van_starts_on_its_downlinked_model_off_the_loop(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     store.install(sign_model(MODEL, FLEET, issued=ISSUED), None)
-    agent = agent_with(tmp_path, model_keys=(fleet_key_file(tmp_path),))
-    health = health_at_start(agent)
+    agent = idle_agent(tmp_path, device_id=DEVICE, model_keys=(fleet_key_file(tmp_path),))
+    health = health_after_load(agent)
     assert (health["eta_model"], health["eta_model_source"]) == ("eta-test-1", "downlink")
     assert health["models_refused"] == 0
     assert agent.eta_model is not None
@@ -492,9 +475,9 @@ def test_a_damaged_current_model_rolls_back_to_the_previous_one(
     first = sign_model(MODEL, FLEET, issued=ISSUED)
     store.install(sign_model(NEWER, FLEET, issued=ISSUED + timedelta(hours=1)), first)
     corrupt(store.current)
-    agent = agent_with(tmp_path, model_keys=(fleet_key_file(tmp_path),))
+    agent = idle_agent(tmp_path, device_id=DEVICE, model_keys=(fleet_key_file(tmp_path),))
     with caplog.at_level(logging.WARNING, logger="firmware_agent.eta.model_store"):
-        health = health_at_start(agent)
+        health = health_after_load(agent)
     assert (health["eta_model"], health["eta_model_source"]) == ("eta-test-1", "downlink")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("current.model refused" in w and "SHA-256" in w for w in warnings), warnings
@@ -521,8 +504,8 @@ def test_both_models_damaged_start_the_vans_own(tmp_path: Path, eta_model: bool)
     if eta_model:
         own["eta_model"] = tmp_path / "own.tflite"
         own["eta_model"].write_bytes(tiny_model(0.0, "eta-own"))
-    agent = agent_with(tmp_path, model_keys=(fleet_key_file(tmp_path),), **own)
-    health = health_at_start(agent)
+    agent = idle_agent(tmp_path, device_id=DEVICE, model_keys=(fleet_key_file(tmp_path),), **own)
+    health = health_after_load(agent)
     expected = ("eta-own", "file") if eta_model else (SHIPPED_VERSION, "shipped")
     assert (health["eta_model"], health["eta_model_source"]) == expected
 
@@ -531,10 +514,12 @@ def test_both_models_damaged_start_the_vans_own(tmp_path: Path, eta_model: bool)
 def test_a_stored_model_whose_key_is_no_longer_trusted_is_not_run(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     store.install(sign_model(MODEL, FLEET, issued=ISSUED), None)
-    rotated = agent_with(tmp_path, model_keys=(fleet_key_file(tmp_path, NEXT_FLEET),))
-    assert health_at_start(rotated)["eta_model_source"] == "shipped"
-    no_keys = agent_with(tmp_path)
-    assert health_at_start(no_keys)["eta_model"] == SHIPPED_VERSION
+    rotated = idle_agent(
+        tmp_path, device_id=DEVICE, model_keys=(fleet_key_file(tmp_path, NEXT_FLEET),)
+    )
+    assert health_after_load(rotated)["eta_model_source"] == "shipped"
+    no_keys = idle_agent(tmp_path, device_id=DEVICE)
+    assert health_after_load(no_keys)["eta_model"] == SHIPPED_VERSION
     assert store.read(store.current) is not None  # left for a later key or model
 
 
@@ -542,11 +527,16 @@ def test_a_model_key_file_that_cannot_be_used_stops_the_start(tmp_path: Path) ->
     private = tmp_path / "fleet.key"
     private.write_bytes(b"-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----\n")
     for path, says in ((tmp_path / "absent.pem", "cannot read"), (private, "private key")):
-        agent = agent_with(tmp_path, model_keys=(path,))
+        agent = idle_agent(tmp_path, device_id=DEVICE, model_keys=(path,))
         with pytest.raises(ConfigError, match=says):
             asyncio.run(agent.load_eta())
     # With ETAs off, the keys are not even read.
-    assert asyncio.run(agent_with(tmp_path, eta=False, model_keys=(private,)).load_eta()) is None
+    assert (
+        asyncio.run(
+            idle_agent(tmp_path, device_id=DEVICE, eta=False, model_keys=(private,)).load_eta()
+        )
+        is None
+    )
 
 
 def run_args(*argv: str) -> argparse.Namespace:

@@ -50,6 +50,7 @@ from simulator.nmea_writer import epoch_bytes
 from simulator.scans import build_scan_log, parse_scan_time
 from simulator.scenario import ScenarioConfig, generate
 from tests.broker import Mosquitto
+from tests.idle_agent import health_after_load, idle_agent
 from tests.vanday import T0, drive, fix_at, manifest, route_line, stop
 
 Record = dict[str, Any]
@@ -741,30 +742,12 @@ def test_without_a_predictor_the_pipeline_publishes_no_eta() -> None:
 # -- the agent and the command lines ---------------------------------------------------
 
 
-def agent_with(tmp_path: Path, **eta: Any) -> Agent:
-    nmea = tmp_path / "day.nmea"
-    nmea.write_bytes(b"")
-    return Agent(
-        AgentConfig(
-            state_dir=tmp_path / "state",
-            uplink=UplinkConfig(device_id="van-1", port=0),
-            nmea_file=nmea,
-            **eta,
-        )
-    )
-
-
-def health_after_load(agent: Agent) -> dict[str, Any]:
-    asyncio.run(agent.load_eta())
-    return agent.health()
-
-
 @needs_interpreter
 @pytest.mark.usefixtures("no_blocking")
 def test_the_agent_loads_its_model_off_the_loop_and_reports_it(tmp_path: Path) -> None:
     model = tmp_path / "eta.tflite"
     model.write_bytes(tiny_model(0.0, "tiny-agent"))
-    health = health_after_load(agent_with(tmp_path, eta_model=model))
+    health = health_after_load(idle_agent(tmp_path, eta_model=model))
     assert health["eta_model"] == "tiny-agent"
     assert health["eta_backend"] == available_backend()
     assert "eta_unavailable" not in health
@@ -783,7 +766,7 @@ def test_a_missing_or_broken_model_runs_the_baseline_and_says_why(
     model = tmp_path / "eta.tflite"
     if content is not None:
         model.write_bytes(content)
-    health = health_after_load(agent_with(tmp_path, eta_model=model))
+    health = health_after_load(idle_agent(tmp_path, eta_model=model))
     assert health["eta_model"] == "baseline"
     assert health["eta_backend"] is None
     assert reason in health["eta_unavailable"]
@@ -793,13 +776,13 @@ def test_a_missing_or_broken_model_runs_the_baseline_and_says_why(
 def test_the_shipped_model_or_the_baseline_and_eta_off(tmp_path: Path) -> None:
     # The default model may or may not be in this build: either way the agent says.
     predictor = load_eta_predictor()
-    health = health_after_load(agent_with(tmp_path))
+    health = health_after_load(idle_agent(tmp_path))
     if predictor.model_version is None:
         assert health["eta_model"] == "baseline"
         assert health["eta_unavailable"] == predictor.unavailable
     else:
         assert health["eta_model"] == predictor.model_version
-    off = agent_with(tmp_path, eta=False)
+    off = idle_agent(tmp_path, eta=False)
     health = health_after_load(off)
     assert health["eta_model"] == "off"
     assert "eta_backend" not in health
