@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Event as MpEvent
@@ -677,6 +677,16 @@ class WorkerPool:
     ) -> None:
         if self.processes:
             self.stop()
+
+
+def print_profiles(runs: Iterable[tuple[str, Sequence[WorkerReport]]]) -> None:
+    """For each ``(name, reports)`` run whose workers were profiled, its
+    :func:`profile_summary` under a heading."""
+    for name, reports in runs:
+        paths = [w.profile for w in reports if w.profile]
+        if paths:
+            print(f"\n=== cProfile, {name} ===")
+            print(profile_summary(paths))
 
 
 def profile_summary(paths: Sequence[str], top: int = 25) -> str:

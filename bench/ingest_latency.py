@@ -53,7 +53,7 @@ from _ingestlib import (
     percentile,
     pg_unavailable,
     prepare_store,
-    profile_summary,
+    print_profiles,
     publish,
     retain_probe,
 )
@@ -334,11 +334,7 @@ def main() -> None:
             f"{p99 / percentile(base.ms, 99):.1f}x the broker's p99{split}"
         )
     if args.profile is not None:
-        for run in runs:
-            paths = [w.profile for w in run.reports if w.profile]
-            if paths:
-                print(f"\n=== cProfile, {run.name} ===")
-                print(profile_summary(paths))
+        print_profiles((run.name, run.reports) for run in runs)
 
 
 if __name__ == "__main__":

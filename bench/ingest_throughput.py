@@ -68,7 +68,7 @@ from _ingestlib import (
     make_fleet,
     pg_unavailable,
     prepare_store,
-    profile_summary,
+    print_profiles,
     retain_probe,
 )
 
@@ -385,11 +385,7 @@ def main() -> None:
                 f"({verdict} the 0.5 goal)"
             )
     if args.profile is not None:
-        for r in runs:
-            paths = [w.profile for w in r.reports if w.profile]
-            if paths:
-                print(f"\n=== cProfile, {r.name}, {r.workers} worker(s) ===")
-                print(profile_summary(paths))
+        print_profiles((f"{r.name}, {r.workers} worker(s)", r.reports) for r in runs)
 
 
 if __name__ == "__main__":

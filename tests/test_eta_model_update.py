@@ -9,7 +9,6 @@ real Ed25519 keys, a real broker, the installed console script."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -58,13 +57,13 @@ from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig
 from firmware_agent.pod.jws import b64url_decode, b64url_encode, canonical_json, sign_compact
 from firmware_agent.pod.keys import key_thumbprint, load_public_key, public_key_pem
-from firmware_agent.run_cli import build_config, register, settings
+from firmware_agent.run_cli import build_config, settings
 from firmware_agent.uplink.codec import decode_record, decode_status
 from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.uplink.topics import downlink_topic
 from firmware_agent.van import VanConfig
 from tests.broker import Mosquitto, free_port
-from tests.idle_agent import health_after_load, idle_agent
+from tests.idle_agent import health_after_load, idle_agent, run_args
 from tests.nmea import line
 from tests.vanday import T0, stop
 
@@ -537,12 +536,6 @@ def test_a_model_key_file_that_cannot_be_used_stops_the_start(tmp_path: Path) ->
         )
         is None
     )
-
-
-def run_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    return parser.parse_args(["run", *argv])
 
 
 @pytest.mark.parametrize(

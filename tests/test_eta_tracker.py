@@ -9,7 +9,6 @@ valid under the events schema. Last, the agent's status and ``fleet-agent replay
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -40,7 +39,7 @@ from firmware_agent.manifest import Manifest, parse_manifest
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import replay
 from firmware_agent.replay_cli import run_replay
-from firmware_agent.run_cli import build_config, register, settings
+from firmware_agent.run_cli import build_config, settings
 from firmware_agent.scan.types import Scan
 from firmware_agent.uplink.codec import decode_record, decode_status, encode_record
 from firmware_agent.uplink.mqtt import UplinkConfig
@@ -50,7 +49,7 @@ from simulator.nmea_writer import epoch_bytes
 from simulator.scans import build_scan_log, parse_scan_time
 from simulator.scenario import ScenarioConfig, generate
 from tests.broker import Mosquitto
-from tests.idle_agent import health_after_load, idle_agent
+from tests.idle_agent import health_after_load, idle_agent, run_args
 from tests.vanday import T0, drive, fix_at, manifest, route_line, stop
 
 Record = dict[str, Any]
@@ -787,12 +786,6 @@ def test_the_shipped_model_or_the_baseline_and_eta_off(tmp_path: Path) -> None:
     assert health["eta_model"] == "off"
     assert "eta_backend" not in health
     assert off.eta_predictor is None
-
-
-def run_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    return parser.parse_args(["run", *argv])
 
 
 @pytest.mark.parametrize(
