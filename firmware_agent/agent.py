@@ -252,9 +252,8 @@ class Agent:
         self.remote_config: RemoteConfig | None = None
         self.pipeline: VanPipeline | None = None
         self.uplink: Uplink | None = None
-        # The ETA predictor handed to the pipeline (None before start, or with ETAs
-        # off), and what it is: its source and, when downlinked, the signed update.
-        self.eta_predictor: EtaPredictor | None = None
+        # The ETA model handed to the pipeline (None before start, or with ETAs off):
+        # its predictor, its source and, when downlinked, the signed update.
         self.eta_model: RunningModel | None = None
         self.model_store = ModelStore(config.state_dir / "eta")
         self._model_keys: tuple[Ed25519PublicKey, ...] = ()
@@ -336,8 +335,12 @@ class Agent:
                 fallback=self._own_model,
             )
             self.eta_model = running
-            self.eta_predictor = running.predictor
         return self.eta_predictor
+
+    @property
+    def eta_predictor(self) -> EtaPredictor | None:
+        """The predictor of :attr:`eta_model` (None before start, or with ETAs off)."""
+        return self.eta_model.predictor if self.eta_model is not None else None
 
     def _own_model(self) -> RunningModel:
         """The agent's own model: ``eta_model``, else the shipped one. Blocking."""
@@ -566,7 +569,6 @@ class Agent:
             return
         self.eta_model = new
         if new.predictor is not running.predictor:  # not so for a model signed again
-            self.eta_predictor = new.predictor
             self.pipeline.use_predictor(new.predictor)
         self.counts.models += 1
         self.uplink.announce()  # the dispatcher sees the model now, not at reconnect
