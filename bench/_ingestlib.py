@@ -72,14 +72,15 @@ from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import stream_of, telemetry_fix
+from firmware_agent.contract.codec import FixRecord, encode_batch, encode_record, fix_record
+from firmware_agent.contract.jws import peek_claims
+from firmware_agent.contract.manifest import parse_manifest
+from firmware_agent.contract.pod import RESERVED_CLAIMS
+from firmware_agent.contract.topics import shared_subscriptions, uplink_topic
 from firmware_agent.faults import FaultCounter
-from firmware_agent.manifest import parse_manifest
-from firmware_agent.pod.chain import RESERVED_CLAIMS, PodChain
-from firmware_agent.pod.jws import peek_claims
+from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import replay
 from firmware_agent.scan.log import read_scan_log
-from firmware_agent.uplink.codec import FixRecord, encode_batch, encode_record, fix_record
-from firmware_agent.uplink.topics import shared_subscriptions, uplink_topic
 from firmware_agent.van import Message as VanMessage
 from firmware_agent.van import VanPipeline
 from simulator.broker import MOSQUITTO, Mosquitto

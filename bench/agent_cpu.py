@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.pod.keys import load_or_create_device_key
+from firmware_agent.contract.keys import load_or_create_device_key
 from simulator.broker import Mosquitto
 from simulator.scenario import ScenarioConfig, generate
 from simulator.scenario_dir import write_scenario_dir

@@ -30,11 +30,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.manifest import Manifest, parse_manifest
 from firmware_agent.geofence.config import GeofenceConfig
 from firmware_agent.geofence.index import Plane
 from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.fix import Fix
-from firmware_agent.manifest import Manifest, parse_manifest
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.van import VanConfig, VanPipeline
 from simulator.gnss_errors import MultipathConfig, OutageConfig, OutageWindow

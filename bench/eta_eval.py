@@ -50,12 +50,17 @@ from cloud_ingest.eta.dataset import (
     trip_day,
 )
 from cloud_ingest.eta.train import ErrorStats
-from firmware_agent.eta.features import FeatureMatrix, RoutePlan, SpeedHistory, eta_features
-from firmware_agent.eta.interpreter import read_metadata
+from firmware_agent.contract.eta_features import (
+    FeatureMatrix,
+    RoutePlan,
+    SpeedHistory,
+    eta_features,
+)
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.manifest import parse_manifest
+from firmware_agent.contract.model_file import read_metadata
 from firmware_agent.eta.models import DEFAULT_MODEL
 from firmware_agent.eta.predictor import EtaPredictor
-from firmware_agent.gnss.fix import Fix, FixMode
-from firmware_agent.manifest import parse_manifest
 from simulator.manifest import build_manifest
 from simulator.scenario import ScenarioConfig, generate
 

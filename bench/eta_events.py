@@ -15,7 +15,7 @@ Printed per suite (days of one size) and predictor:
 
 - volume: ``eta`` records by trigger, ``late_risk`` records, and their bytes as the
   uplink sends them: one MQTT message per record, the JSON envelope of
-  :func:`~firmware_agent.uplink.codec.encode_record` around the compact record JSON the
+  :func:`~firmware_agent.contract.codec.encode_record` around the compact record JSON the
   agent stores (the events stream is neither batched nor compressed; MQTT headers and
   the topic are not counted, as in bench/wire_bytes.py); kB per van-hour, to compare
   with the 5.9 kB the van's telemetry costs (docs/benchmarks.md);
@@ -55,13 +55,13 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_ingest.eta.dataset import format_seeds, parse_seeds, simulator_day
-from firmware_agent.eta.features import FeatureMatrix
-from firmware_agent.eta.interpreter import read_metadata
+from firmware_agent.contract.codec import encode_record
+from firmware_agent.contract.eta_features import FeatureMatrix
+from firmware_agent.contract.model_file import read_metadata
 from firmware_agent.eta.models import DEFAULT_MODEL
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.tracker import TRIGGERS, EtaConfig
 from firmware_agent.pod.chain import PodChain
-from firmware_agent.uplink.codec import encode_record
 from firmware_agent.van import VanConfig, VanPipeline
 
 SHIPPED = Path(__file__).resolve().parents[1] / "firmware_agent" / "eta" / "models" / DEFAULT_MODEL

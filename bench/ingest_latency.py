@@ -58,8 +58,8 @@ from _ingestlib import (
     retain_probe,
 )
 
-from firmware_agent.errors import CodecError
-from firmware_agent.uplink.codec import decode_ack
+from firmware_agent.contract.codec import decode_ack
+from firmware_agent.contract.errors import CodecError
 from firmware_agent.uplink.mqtt import UplinkConfig
 
 GOAL_P99_MS = 250.0

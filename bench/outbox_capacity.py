@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from firmware_agent.uplink.codec import PACKED_FIX_SIZE, FixRecord, pack_fix
+from firmware_agent.contract.codec import PACKED_FIX_SIZE, FixRecord, pack_fix
 from firmware_agent.uplink.outbox import Outbox
 
 T0 = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)

@@ -28,8 +28,8 @@ from pathlib import Path
 import pynmea2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_agent.contract.manifest import load_manifest
 from firmware_agent.faults import FaultCounter
-from firmware_agent.manifest import load_manifest
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import json_line, replay
 from firmware_agent.scan.log import read_scan_log

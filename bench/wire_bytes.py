@@ -24,10 +24,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from firmware_agent.contract.codec import FixRecord, decode_batch, encode_batch, fix_record
+from firmware_agent.contract.fix import Fix
 from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.fix import Fix
 from firmware_agent.telemetry import TelemetrySampler, telemetry_message
-from firmware_agent.uplink.codec import FixRecord, decode_batch, encode_batch, fix_record
 from simulator.nmea_writer import epoch_bytes
 from simulator.scenario import ScenarioConfig, generate
 

@@ -64,10 +64,10 @@ from cloud_ingest.store.base import (
     UnknownDeviceError,
 )
 from cloud_ingest.verify import Reason
-from firmware_agent.gnss.fix import format_utc
-from firmware_agent.pod.chain import pod_digest
-from firmware_agent.pod.jws import POD_TYP, JwsError, peek_claims, read_header, verify_compact
-from firmware_agent.pod.keys import key_thumbprint, public_jwk, public_key_pem
+from firmware_agent.contract.jws import POD_TYP, JwsError, peek_claims, read_header, verify_compact
+from firmware_agent.contract.keys import key_thumbprint, public_jwk, public_key_pem
+from firmware_agent.contract.pod import pod_digest
+from firmware_agent.contract.times import format_utc
 
 if TYPE_CHECKING:
     from cloud_ingest.worker import IngestWorker

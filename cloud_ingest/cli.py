@@ -13,7 +13,7 @@
   Ed25519 key that signs ETA models (0600, never overwritten) and its public key for
   the vans (``[eta] model_keys``).
 - ``fleet-ingest sign-model --key KEY --model M.tflite --out M.signed [--device ID
-  ...]``: the signed ``model`` payload (:mod:`firmware_agent.eta.model_update`).
+  ...]``: the signed ``model`` payload (:mod:`firmware_agent.contract.model`).
 - ``fleet-ingest publish-model (--signed FILE | --clear) (--device ID ... | --all)``:
   publish it retained on each van's ``fleet/v1/{id}/model`` (``--all``: every enabled
   enrolled device), or clear it (the vans go back to their shipped model).
@@ -303,8 +303,8 @@ def _device_json(device: Any) -> dict[str, Any]:
         Ed25519PublicKey,
     )
 
-    from firmware_agent.gnss.fix import format_utc  # noqa: PLC0415
-    from firmware_agent.pod.keys import key_thumbprint, public_jwk  # noqa: PLC0415
+    from firmware_agent.contract.keys import key_thumbprint, public_jwk  # noqa: PLC0415
+    from firmware_agent.contract.times import format_utc  # noqa: PLC0415
 
     key = Ed25519PublicKey.from_public_bytes(device.public_key)
     return {
@@ -326,7 +326,7 @@ def _cmd_device_add(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
     from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
-    from firmware_agent.pod.keys import KeyFileError, load_public_key  # noqa: PLC0415
+    from firmware_agent.contract.keys import KeyFileError, load_public_key  # noqa: PLC0415
 
     if not is_device_id(args.device_id):
         return _error(
@@ -444,7 +444,7 @@ def _cmd_train_eta(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_key(args: argparse.Namespace) -> int:
-    from firmware_agent.pod.keys import (  # noqa: PLC0415
+    from firmware_agent.contract.keys import (  # noqa: PLC0415
         KeyFileError,
         create_key,
         key_thumbprint,
@@ -476,16 +476,16 @@ def _cmd_sign_model(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime  # noqa: PLC0415
 
     from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
-    from firmware_agent.errors import ModelError, ModelUpdateError  # noqa: PLC0415
-    from firmware_agent.eta.model_update import read_unverified, sign_model  # noqa: PLC0415
-    from firmware_agent.eta.predictor import EtaPredictor  # noqa: PLC0415
-    from firmware_agent.gnss.fix import format_utc  # noqa: PLC0415
-    from firmware_agent.pod.keys import (  # noqa: PLC0415
+    from firmware_agent.contract.errors import ModelError, ModelUpdateError  # noqa: PLC0415
+    from firmware_agent.contract.keys import (  # noqa: PLC0415
         KeyFileError,
         key_thumbprint,
         load_device_key,
         write_file_atomically,
     )
+    from firmware_agent.contract.model import read_unverified, sign_model  # noqa: PLC0415
+    from firmware_agent.contract.times import format_utc  # noqa: PLC0415
+    from firmware_agent.eta.predictor import EtaPredictor  # noqa: PLC0415
 
     bad = [d for d in args.devices or () if not is_device_id(d)]
     if bad:
@@ -531,9 +531,9 @@ def _cmd_sign_model(args: argparse.Namespace) -> int:
 def _cmd_publish_model(args: argparse.Namespace) -> int:
     from cloud_ingest.downlink import publish_retained  # noqa: PLC0415 (paho: only here)
     from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
-    from firmware_agent.errors import ModelUpdateError  # noqa: PLC0415
-    from firmware_agent.eta.model_update import read_unverified  # noqa: PLC0415
-    from firmware_agent.uplink.topics import downlink_topic  # noqa: PLC0415
+    from firmware_agent.contract.errors import ModelUpdateError  # noqa: PLC0415
+    from firmware_agent.contract.model import read_unverified  # noqa: PLC0415
+    from firmware_agent.contract.topics import downlink_topic  # noqa: PLC0415
 
     payload = b""
     allowed: tuple[str, ...] | None = None

@@ -10,7 +10,7 @@ Each record is complete on its own (it repeats ``device_id``), so a consumer can
 again (after a worker crash, or a POD whose chain status changed from ``pending`` to
 ``ok``), and the last message about a (device_id, seq) is the one that holds. The
 schemas are ``fleetstream-position``, ``fleetstream-event`` and ``fleetstream-pod`` in
-:mod:`cloud_ingest.contract`.
+:mod:`firmware_agent.contract.schema`.
 
 One message per record cost ingest about as much CPU as checking and storing it (an
 MQTT publish and its PUBACK each): one per batch and device is what lets a worker keep
@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from cloud_ingest.store.base import Pod, Position, StopEvent
-from firmware_agent.gnss.fix import format_utc
-from firmware_agent.uplink.topics import stream_topic
+from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.topics import stream_topic
 
 # Records per message: bounds a message at ~200 KB (a position is ~200 bytes, a POD's
 # JWS ~600), far under any broker's limit, even when a van flushes a day at once.

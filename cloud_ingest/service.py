@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from cloud_ingest.worker import WorkerConfig
-    from firmware_agent.uplink.mqtt import TlsConfig
+    from firmware_agent.contract.mqtt import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def mqtt_tls(mqtt: MqttSettings) -> TlsConfig | None:
     """The TLS settings of every MQTT client of ingest (its workers, ``fleet-ingest
     publish-model``), None without TLS. :class:`ConfigError` for a file that is not
     there, at start rather than at the first connection."""
-    from firmware_agent.uplink.mqtt import TlsConfig  # noqa: PLC0415
+    from firmware_agent.contract.mqtt import TlsConfig  # noqa: PLC0415
 
     for name in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(mqtt, name)
@@ -159,15 +159,15 @@ async def serve(
     """
     import uvicorn  # noqa: PLC0415
 
-    from cloud_ingest import contract  # noqa: PLC0415
     from cloud_ingest.api import create_app  # noqa: PLC0415
     from cloud_ingest.worker import IngestWorker  # noqa: PLC0415
+    from firmware_agent.contract import schema  # noqa: PLC0415
 
     stop = stop or asyncio.Event()
     configs = worker_configs(config)
     # The schemas are package files read on first use: read them now, off the loop,
     # rather than in a worker's first batch.
-    await asyncio.to_thread(contract.kinds)
+    await asyncio.to_thread(schema.kinds)
     url = config.database.url
     sock = await _listen(config.http.host, config.http.port)
     loop = asyncio.get_running_loop()

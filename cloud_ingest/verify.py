@@ -55,8 +55,6 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud_ingest.contract import validate
-from cloud_ingest.errors import SchemaError
 from cloud_ingest.store.base import (
     MAX_SEQ,
     Covered,
@@ -66,10 +64,7 @@ from cloud_ingest.store.base import (
     Quarantined,
     StopEvent,
 )
-from firmware_agent.errors import CodecError
-from firmware_agent.pod.chain import GENESIS_PREV, POD_VERSION, is_hex_digest, pod_digest
-from firmware_agent.pod.jws import POD_TYP, JwsError, verify_compact
-from firmware_agent.uplink.codec import (
+from firmware_agent.contract.codec import (
     VERSION,
     RecordEnvelope,
     TelemetryBatch,
@@ -77,7 +72,11 @@ from firmware_agent.uplink.codec import (
     decode_record,
     decode_status,
 )
-from firmware_agent.uplink.topics import ROOT, STATUS, parse_topic
+from firmware_agent.contract.errors import CodecError, SchemaError
+from firmware_agent.contract.jws import POD_TYP, JwsError, verify_compact
+from firmware_agent.contract.pod import GENESIS_PREV, POD_VERSION, is_hex_digest, pod_digest
+from firmware_agent.contract.schema import validate
+from firmware_agent.contract.topics import ROOT, STATUS, parse_topic
 
 Reason = Literal[
     "bad_topic",

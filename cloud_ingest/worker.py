@@ -32,13 +32,13 @@ from typing import Any
 
 import aiomqtt
 
-from cloud_ingest import contract
 from cloud_ingest.store.base import STREAM_LEASE_S, Device, Store, WriteBatch, WriteResult
 from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
-from firmware_agent.backoff import Backoff
-from firmware_agent.uplink.codec import encode_ack
-from firmware_agent.uplink.mqtt import TlsConfig, stay_connected, until_one_ends
-from firmware_agent.uplink.topics import downlink_topic, shared_subscriptions
+from firmware_agent.contract import schema
+from firmware_agent.contract.backoff import Backoff
+from firmware_agent.contract.codec import encode_ack
+from firmware_agent.contract.mqtt import TlsConfig, stay_connected, until_one_ends
+from firmware_agent.contract.topics import downlink_topic, shared_subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class IngestWorker:
     async def run(self) -> None:
         c = self.config
         tls = None if c.tls is None else await asyncio.to_thread(c.tls.context)
-        await asyncio.to_thread(contract.prepare)
+        await asyncio.to_thread(schema.prepare)
 
         async def connection(backoff: Backoff) -> None:
             async with aiomqtt.Client(

@@ -25,7 +25,7 @@ on the baseline ``eta_unavailable`` (why), ``eta_model_source`` (``"shipped"``,
 start).
 
 New models come down the retained ``model`` topic, signed with the fleet's model key
-(:mod:`firmware_agent.eta.model_update`; the public keys are ``AgentConfig.
+(:mod:`firmware_agent.contract.model`; the public keys are ``AgentConfig.
 model_keys``). Off the event loop, the agent verifies one, loads it (contract, trial
 invoke), stores it (:mod:`firmware_agent.eta.model_store`: ``eta/current.model``, the
 model it replaces as ``eta/previous.model``) and only then hands it to the pipeline and
@@ -57,14 +57,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware_agent.errors import (
-    CodecError,
-    ConfigError,
-    ModelError,
-    ModelUnavailableError,
-    ModelUpdateError,
-    RemoteConfigError,
-)
+from firmware_agent.contract.codec import fix_record, pack_fix
+from firmware_agent.contract.errors import CodecError, ModelError, ModelUpdateError
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.keys import load_or_create_device_key
+from firmware_agent.contract.manifest import Manifest, ManifestError, parse_manifest
+from firmware_agent.contract.times import format_utc
+from firmware_agent.errors import ConfigError, ModelUnavailableError, RemoteConfigError
 from firmware_agent.eta.model_store import (
     ModelStore,
     RunningModel,
@@ -75,11 +74,9 @@ from firmware_agent.eta.model_store import (
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.fix import Fix, FixMode, format_utc
 from firmware_agent.gnss.reader import GnssReader, ReaderConfig
-from firmware_agent.manifest import Manifest, ManifestError, ManifestStore, parse_manifest
+from firmware_agent.manifest_store import ManifestStore
 from firmware_agent.pod.chain import PodChain
-from firmware_agent.pod.keys import load_or_create_device_key
 from firmware_agent.pod.state import ChainStateStore, recover_state
 from firmware_agent.remote_config import (
     RemoteConfig,
@@ -92,7 +89,6 @@ from firmware_agent.remote_config import (
 from firmware_agent.scan.log import read_scan_log
 from firmware_agent.scan.serial_reader import ScannerConfig, SerialScanner
 from firmware_agent.scan.types import Scan
-from firmware_agent.uplink.codec import fix_record, pack_fix
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
 from firmware_agent.uplink.queue import AsyncOutbox
 from firmware_agent.van import Message, VanConfig, VanPipeline

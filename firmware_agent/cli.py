@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from typing import BinaryIO, TextIO
 
 from firmware_agent import __version__
+from firmware_agent.contract.fix import Fix
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.filters import FilterConfig
-from firmware_agent.gnss.fix import Fix
 
 _READ_CHUNK = 1 << 20
 _DEFAULTS = FilterConfig()

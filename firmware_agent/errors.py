@@ -2,8 +2,15 @@
 
 Every error the agent raises derives from :class:`AgentError`. Specific errors also
 derive from the builtin they resemble, so callers may catch either (the gpiozero idiom).
-Third-party errors are translated at the boundary with ``raise ... from err``.
+Third-party errors are translated at the boundary with ``raise ... from err``. What the
+contract raises (:mod:`firmware_agent.contract.errors`: a malformed payload, a model
+file, a key file) keeps its own tree; errors of the van that are also contract
+violations derive from both.
 """
+
+from __future__ import annotations
+
+from firmware_agent.contract.errors import CodecError
 
 
 class AgentError(Exception):
@@ -20,17 +27,6 @@ class DeviceError(AgentError, OSError):
 
 class DeviceUnavailableError(DeviceError):
     """The device is absent or stopped answering (unplugged, permission denied)."""
-
-
-class CodecError(AgentError, ValueError):
-    """An MQTT payload or topic does not hold to the v1 contract (docs/asyncapi.yaml).
-
-    Raised by :mod:`firmware_agent.uplink.codec` and :mod:`firmware_agent.uplink.topics`
-    for anything malformed: truncated or trailing bytes, a wrong magic or version, bad
-    UTF-8 or JSON, a field of the wrong type or out of range, a sequence range that does
-    not hold, and for values that cannot be encoded. Decoders never raise anything else,
-    so a consumer catches this one error per message and drops the message.
-    """
 
 
 class OutboxError(AgentError):
@@ -54,7 +50,7 @@ class OutboxStorageError(OutboxError, OSError):
         self.sqlite_errorname = sqlite_errorname
 
 
-class RemoteConfigError(CodecError):
+class RemoteConfigError(AgentError, CodecError):
     """A ``config`` downlink (or the stored ``config.json``) is refused.
 
     It does not hold to ``config.schema.json`` (not JSON, a wrong ``v``, a setting of
@@ -70,42 +66,10 @@ class RemoteConfigError(CodecError):
         self.problem = problem
 
 
-class ModelUpdateError(CodecError):
-    """A ``model`` downlink (or the stored copy of one) is refused; the running model stays.
-
-    :attr:`reason` names the check that failed (:mod:`firmware_agent.eta.model_update`):
-    ``malformed`` (not a JWS, a newline and a model), ``no_key`` (no fleet model key
-    configured), ``unknown_key`` (signed by a key that is not one of them),
-    ``bad_signature``, ``bad_claims`` (signed claims missing or out of range),
-    ``mismatch`` (the file is not the one signed: size, SHA-256, version),
-    ``not_for_device`` (its ``devices`` leave this van out), ``not_a_model`` (signed,
-    but not a model this agent can run), ``stale`` (issued no later than the running
-    downlinked model: a replay), ``storage`` (verified but could not be stored). A
-    :class:`CodecError`, so the uplink counts it as a refused downlink.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class ModelError(AgentError, ValueError):
-    """A model file cannot be used: not a TFLite flatbuffer, truncated, or not the shape
-    the agent expects (one float32 ``[batch, n]`` input and output, readable metadata).
-
-    The file is at fault, not the van: the agent keeps (or rolls back to) the previous
-    model. Raised by :mod:`firmware_agent.eta.interpreter`, with the interpreter's own
-    ``ValueError``/``RuntimeError`` as ``__cause__`` when it was the one to refuse.
-    """
-
-
 class ModelUnavailableError(AgentError, ImportError):
     """No TFLite interpreter is installed (neither ai-edge-litert nor tflite-runtime).
 
-    Not a :class:`ModelError`: the model may be fine, this van just cannot run it. The
-    agent publishes the baseline ETA and says why in its status, and keeps the model.
+    Not a :class:`~firmware_agent.contract.errors.ModelError`: the model may be fine,
+    this van just cannot run it. The agent publishes the baseline ETA and says why in
+    its status, and keeps the model.
     """
-
-
-class FeatureError(AgentError, ValueError):
-    """Inputs the ETA features cannot use: a naive datetime, a served mask of the wrong size."""

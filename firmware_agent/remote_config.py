@@ -23,7 +23,7 @@ config, so a setting dropped from a later revision returns to its default:
 Anything else (a section or key this agent does not know) is ignored and listed in
 :attr:`RemoteConfig.ignored` for the log.
 
-Validation is written out, as :mod:`firmware_agent.manifest` does, rather than with a
+Validation is written out, as :mod:`firmware_agent.contract.manifest` does, rather than with a
 schema library: the van package does not depend on ``cloud_ingest``, whose package
 holds the schemas. :func:`parse_config`, :func:`admit` and :func:`apply_config` are
 pure; :class:`RemoteConfigStore` keeps the running config in the state directory
@@ -42,8 +42,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from firmware_agent.contract.keys import fsync_directory, make_private_dirs, write_file_atomically
 from firmware_agent.errors import ConfigError, RemoteConfigError
-from firmware_agent.pod.keys import fsync_directory, make_private_dirs, write_file_atomically
 from firmware_agent.van import VanConfig
 
 if TYPE_CHECKING:
@@ -353,7 +353,7 @@ class RemoteConfigStore:
     """The running config on disk (``config.json`` in the agent's state directory).
 
     The payload is stored as received. :meth:`save` writes a temporary file, fsyncs it
-    and renames it over the old one (:func:`~firmware_agent.pod.keys.
+    and renames it over the old one (:func:`~firmware_agent.contract.keys.
     write_file_atomically`), so a power cut leaves the old config or the new one, never
     a torn one; :meth:`clear` removes it and fsyncs the directory. Blocking: call these
     with :func:`asyncio.to_thread`.

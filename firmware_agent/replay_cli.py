@@ -17,18 +17,18 @@ from typing import TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_agent.eta.predictor import EtaPredictor
-from firmware_agent.faults import FaultCounter, format_counts
-from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.filters import FilterConfig
-from firmware_agent.manifest import ManifestError, load_manifest
-from firmware_agent.pod.chain import PodChain
-from firmware_agent.pod.keys import (
+from firmware_agent.contract.keys import (
     KeyFileError,
     key_thumbprint,
     load_or_create_device_key,
     public_key_pem,
 )
+from firmware_agent.contract.manifest import ManifestError, load_manifest
+from firmware_agent.eta.predictor import EtaPredictor
+from firmware_agent.faults import FaultCounter, format_counts
+from firmware_agent.gnss.decoder import GnssDecoder
+from firmware_agent.gnss.filters import FilterConfig
+from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import json_line, replay
 from firmware_agent.scan.log import read_scan_log
 from firmware_agent.scan.types import Scan

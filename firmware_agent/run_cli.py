@@ -154,10 +154,11 @@ def settings(args: argparse.Namespace, environ: dict[str, str] | None = None) ->
 
 def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
     from firmware_agent.agent import AgentConfig  # noqa: PLC0415 (lazy: fast --help)
+    from firmware_agent.contract.mqtt import TlsConfig  # noqa: PLC0415
+    from firmware_agent.contract.topics import valid_device_id  # noqa: PLC0415
     from firmware_agent.gnss.reader import ReaderConfig  # noqa: PLC0415
     from firmware_agent.scan.serial_reader import ScannerConfig  # noqa: PLC0415
-    from firmware_agent.uplink.mqtt import TlsConfig, UplinkConfig  # noqa: PLC0415
-    from firmware_agent.uplink.topics import valid_device_id  # noqa: PLC0415
+    from firmware_agent.uplink.mqtt import UplinkConfig  # noqa: PLC0415
 
     device_id = str(values.get("device_id") or "")
     if not valid_device_id(device_id):

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_agent.gnss.fix import Fix, format_utc
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.times import format_utc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,16 +35,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.manifest import Manifest, Stop
+from firmware_agent.contract.parcels import ScanParseError, parse_scan
+from firmware_agent.contract.times import format_utc
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
 from firmware_agent.feedback import Signal
 from firmware_agent.geofence import GeofenceConfig, GeofenceEngine, GeofenceEvent
 from firmware_agent.geofence.events import Arrival
-from firmware_agent.gnss.fix import Fix, format_utc
-from firmware_agent.manifest import Manifest, Stop
 from firmware_agent.pod.chain import PodChain
-from firmware_agent.scan.codes import ScanParseError, parse_scan
 from firmware_agent.scan.dedup import ScanDeduplicator
 from firmware_agent.scan.types import Scan
 from firmware_agent.telemetry import TelemetryConfig, TelemetrySampler, telemetry_message

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent, AgentConfig
-from firmware_agent.pod.keys import load_or_create_device_key
+from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.uplink.mqtt import UplinkConfig
 from simulator.broker import Mosquitto
 from simulator.scenario import ScenarioConfig, generate

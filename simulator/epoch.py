@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from firmware_agent.geo import haversine_m
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.geo import haversine_m
 
 Talker = Literal["GP", "GN"]
 """NMEA talker of the navigation sentences: GPS only, or combined GPS + GLONASS."""

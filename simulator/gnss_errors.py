@@ -23,7 +23,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
 from simulator.epoch import Talker
 from simulator.rng import stream as random_stream
 

@@ -19,8 +19,9 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from firmware_agent.geo import haversine_m
-from firmware_agent.gnss.fix import FixMode, format_utc
+from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.geo import haversine_m
+from firmware_agent.contract.times import format_utc
 from simulator.playback import PlayProgress
 from simulator.stops import Stop
 

@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from firmware_agent.geo import LocalFrame, haversine_m
+from firmware_agent.contract.geo import LocalFrame, haversine_m
 from simulator.labels import random_carrier_code, random_sscc
 from simulator.rng import stream as random_stream
 from simulator.route import douglas_peucker

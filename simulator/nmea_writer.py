@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from pynmea2 import NMEASentence
 
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
 from simulator.epoch import Epoch, Satellite, Talker
 
 KNOTS_PER_MPS = 3600.0 / 1852.0

@@ -27,7 +27,7 @@ from typing import Any
 import gpxpy
 import gpxpy.gpx
 
-from firmware_agent.geo import LocalFrame
+from firmware_agent.contract.geo import LocalFrame
 from simulator.errors import RouteFileError
 from simulator.stops import StopSite, StopType, draw_stop_type, parse_stop_type, stop_id
 

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from firmware_agent.gnss.fix import format_utc
+from firmware_agent.contract.times import format_utc
 from simulator.errors import ConfigError, ScanLogError
 from simulator.labels import (
     LabelStyle,

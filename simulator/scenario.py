@@ -22,8 +22,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from firmware_agent.geo import LocalFrame
-from firmware_agent.gnss.fix import FixMode, format_utc
+from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.geo import LocalFrame
+from firmware_agent.contract.times import format_utc
 from simulator.epoch import RATES_HZ, TALKERS, Constellation, Epoch, Talker
 from simulator.errors import ConfigError
 from simulator.gnss_errors import (

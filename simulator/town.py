@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from firmware_agent.geo import LocalFrame
+from firmware_agent.contract.geo import LocalFrame
 from simulator.rng import stream as random_stream
 
 ARTERIAL_SPEED_LIMIT_MPS = 13.9  # 50 km/h

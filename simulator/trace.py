@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
-from firmware_agent.geo import LocalFrame
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.geo import LocalFrame
 from simulator.epoch import RATES_HZ, TALKERS, Constellation, Epoch, Talker
 from simulator.errors import ConfigError, TraceFileError
 from simulator.gnss_errors import MAX_SATS, SATS_PER_UNIT_HDOP, VDOP_PER_HDOP, GaussMarkov

@@ -41,8 +41,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from firmware_agent.geo import LocalFrame
-from firmware_agent.gnss.fix import format_utc
+from firmware_agent.contract.geo import LocalFrame
+from firmware_agent.contract.times import format_utc
 from simulator.epoch import Talker
 from simulator.errors import ConfigError
 from simulator.labels import random_carrier_code

@@ -22,7 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from firmware_agent.gnss.fix import FixMode, format_utc
+from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.times import format_utc
 from simulator.epoch import Epoch
 from simulator.errors import ConfigError, TruthFileError
 from simulator.scenario import ScenarioConfig

@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from firmware_agent.uplink.topics import (
+from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAMS,
     downlink_topic,

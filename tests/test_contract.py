@@ -22,15 +22,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_ingest import contract
-from cloud_ingest.errors import PayloadError, SchemaError, UnknownSchemaError
-from firmware_agent.gnss.fix import Fix, format_utc
-from firmware_agent.manifest import parse_manifest
-from firmware_agent.pod.chain import ChainState, PodChain
-from firmware_agent.pod.verify import verify_chain
-from firmware_agent.replay import replay
-from firmware_agent.scan.types import Scan
-from firmware_agent.uplink.codec import (
+from firmware_agent.contract import schema
+from firmware_agent.contract.codec import (
     UTC_PATTERN,
     decode_ack,
     decode_batch,
@@ -42,13 +35,21 @@ from firmware_agent.uplink.codec import (
     encode_status,
     fix_record,
 )
-from firmware_agent.uplink.topics import (
+from firmware_agent.contract.errors import CodecError, SchemaError, UnknownSchemaError
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.manifest import parse_manifest
+from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.topics import (
     DEVICE_ID_PATTERN,
     DOWNLINK_KINDS,
     STREAM_KINDS,
     STREAM_ROOT,
     UPLINK_LEAVES,
 )
+from firmware_agent.pod.chain import ChainState, PodChain
+from firmware_agent.pod.verify import verify_chain
+from firmware_agent.replay import replay
+from firmware_agent.scan.types import Scan
 from firmware_agent.van import VanPipeline
 from simulator.gnss_errors import OutageConfig, OutageWindow
 from simulator.manifest import build_manifest
@@ -59,7 +60,7 @@ from tests.vanday import T0, drive, fix_at, manifest, route_line, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SCHEMAS = ROOT / "cloud_ingest" / "contract" / "schemas"
+SCHEMAS = ROOT / "firmware_agent" / "contract" / "schemas"
 ASYNCAPI: dict[str, Any] = yaml.safe_load((DOCS / "asyncapi.yaml").read_text("utf-8"))
 RETAINED = {"status", "manifest", "config", "model"}
 SSCC_1 = "106141412345678908"
@@ -126,7 +127,7 @@ def test_last_will_is_the_codecs_offline_status() -> None:
     assert (will["qos"], will["retain"]) == (1, True)
     payload = will["message"].replace("{device_id}", "van-7").encode()
     assert payload == encode_status("van-7", "offline")
-    contract.validate("status", json.loads(payload))
+    schema.validate("status", json.loads(payload))
 
 
 def test_every_message_refers_to_a_valid_2020_12_schema_file() -> None:
@@ -135,14 +136,14 @@ def test_every_message_refers_to_a_valid_2020_12_schema_file() -> None:
         kind = kind_of(message)
         path = DOCS / "schemas" / f"{kind}.schema.json"
         assert path.is_file(), (channel_id, message_id, path)
-        schema = json.loads(path.read_text("utf-8"))
-        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-        assert schema["$id"].endswith(f"/docs/schemas/{kind}.schema.json")
-        jsonschema.Draft202012Validator.check_schema(schema)
-        assert schema == contract.schema(kind)
+        doc = json.loads(path.read_text("utf-8"))
+        assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert doc["$id"].endswith(f"/docs/schemas/{kind}.schema.json")
+        jsonschema.Draft202012Validator.check_schema(doc)
+        assert doc == schema.schema(kind)
         kinds.add(kind)
     # Every schema serves a message; defs is the shared definitions file.
-    assert kinds == set(contract.kinds())
+    assert kinds == set(schema.kinds())
     assert {p.name for p in SCHEMAS.glob("*.json")} == {f"{k}.schema.json" for k in kinds} | {
         "defs.schema.json"
     }
@@ -161,9 +162,9 @@ def test_schemas_and_codec_share_the_time_and_device_id_rules() -> None:
     assert defs["device_id"]["pattern"] == f"^{DEVICE_ID_PATTERN}$"
     assert defs["seq"]["maximum"] == 2**63 - 1
     # Times the codec writes fit; a non-ASCII digit does not (whatever the regex engine).
-    contract.validate("status", json.loads(encode_status("van-7", "online", time=T0)))
+    schema.validate("status", json.loads(encode_status("van-7", "online", time=T0)))
     with pytest.raises(SchemaError, match=r"\$\.time"):
-        contract.validate("status", {"v": 1, "device_id": "v", "state": "online",
+        schema.validate("status", {"v": 1, "device_id": "v", "state": "online",
                                      "time": "\uff12026-11-21T09:00:00Z"})  # fmt: skip
 
 
@@ -176,7 +177,7 @@ def examples() -> Iterator[tuple[str, str, Any]]:
 
 @pytest.mark.parametrize(("kind", "name", "payload"), list(examples()))
 def test_every_example_fits_its_schema(kind: str, name: str, payload: Any) -> None:
-    contract.validate(kind, payload)
+    schema.validate(kind, payload)
 
 
 def test_telemetry_example_is_the_decoded_form_of_its_bytes() -> None:
@@ -281,21 +282,21 @@ def test_broken_examples_are_rejected_at_the_right_place(
     message = ASYNCAPI["components"]["messages"][message_id]
     doc = set_path(example(message_id, n), path, value)
     with pytest.raises(SchemaError) as info:
-        contract.validate(kind_of(message), doc)
+        schema.validate(kind_of(message), doc)
     err = info.value
     assert (err.kind, err.path) == (kind_of(message), where), str(err)
     assert str(err).startswith(f"{err.kind}: {where}: ")
-    assert isinstance(err, PayloadError)
+    assert isinstance(err, CodecError)
     assert isinstance(err, ValueError)
 
 
 def test_unknown_kinds_and_non_objects() -> None:
     with pytest.raises(UnknownSchemaError, match="no schema 'eta'"):
-        contract.validate("eta", {})
+        schema.validate("eta", {})
     with pytest.raises(UnknownSchemaError):
-        contract.schema("defs")
+        schema.schema("defs")
     with pytest.raises(SchemaError, match=r"ack: \$: \[\] is not of type 'object'"):
-        contract.validate("ack", [])
+        schema.validate("ack", [])
 
 
 # --- Real messages --------------------------------------------------------------------------
@@ -397,8 +398,8 @@ def check_envelopes(payloads: dict[str, list[bytes]]) -> Counter[str]:
     for stream, items in payloads.items():
         for payload in items:
             env = decode_record(payload, stream=stream)
-            contract.validate(stream, json.loads(payload))
-            contract.validate(stream, env.to_json())
+            schema.validate(stream, json.loads(payload))
+            schema.validate(stream, env.to_json())
             normalized = {
                 "device_id": env.device_id,
                 "seq": env.seq,
@@ -406,12 +407,12 @@ def check_envelopes(payloads: dict[str, list[bytes]]) -> Counter[str]:
                 **env.record,
             }
             if stream == "events":
-                contract.validate(
+                schema.validate(
                     "fleetstream-event", {"device_id": env.device_id, "records": [normalized]}
                 )
             else:
                 r = env.record
-                contract.validate(
+                schema.validate(
                     "fleetstream-pod",
                     {
                         "device_id": env.device_id,
@@ -483,7 +484,7 @@ def test_telemetry_of_a_simulated_day_fits_the_contract() -> None:
         chunk = fixes[start : start + 60]
         batch = decode_batch(encode_batch("van-1", chunk[0][0], chunk, historical=False))
         doc = batch.to_json()
-        contract.validate("telemetry-batch", doc)
+        schema.validate("telemetry-batch", doc)
         for fix, message in zip(doc["fixes"], telemetry[start : start + 60], strict=True):
             # The batch says what the replay's telemetry message says, at wire resolution.
             assert fix["time"] == message["time"]
@@ -499,17 +500,17 @@ def test_telemetry_of_a_simulated_day_fits_the_contract() -> None:
                     for k in ("seq", "time", "lat", "lon", "speed_mps", "course_deg", "hdop")
                 },
             }
-            contract.validate(
+            schema.validate(
                 "fleetstream-position", {"device_id": batch.device_id, "records": [position]}
             )
 
 
 def test_status_and_ack_of_the_codec_fit_the_contract() -> None:
-    contract.validate("status", json.loads(encode_status("van-7", "offline")))
+    schema.validate("status", json.loads(encode_status("van-7", "offline")))
     birth = encode_status("van-7", "online", time=T0, health={"outbox_records": 3, "gnss": "3d"})
-    contract.validate("status", json.loads(birth))
+    schema.validate("status", json.loads(birth))
     ack = encode_ack("van-7", {"telemetry": 120, "events": 0, "pod": 2**63 - 1}, time=T0)
-    contract.validate("ack", json.loads(ack))
+    schema.validate("ack", json.loads(ack))
 
 
 def test_decoder_sketch_in_the_docs_agrees_with_the_codec() -> None:

@@ -1,4 +1,4 @@
-"""The compiled validator in front of jsonschema (cloud_ingest.contract).
+"""The compiled validator in front of jsonschema (firmware_agent.contract.schema).
 
 jsonschema is the reference; the validator jsonschema-rs compiles from the same inlined
 schema only accepts fast. It may be the stricter of the two (it checks formats such as
@@ -18,8 +18,8 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from cloud_ingest import contract
-from cloud_ingest.errors import SchemaError
+from firmware_agent.contract import schema
+from firmware_agent.contract.errors import SchemaError
 
 ROOT = Path(__file__).resolve().parents[1]
 ASYNCAPI: dict[str, Any] = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text("utf-8"))
@@ -132,44 +132,44 @@ def jsonschema_reads_less(node: Any) -> bool:
 def no_formats() -> dict[str, jsonschema_rs.Validator]:
     """Each kind's compiled validator as the fast one, but blind to formats."""
     return {
-        kind: jsonschema_rs.validator_for(contract._inlined(kind), validate_formats=False)
-        for kind in contract.kinds()
+        kind: jsonschema_rs.validator_for(schema._inlined(kind), validate_formats=False)
+        for kind in schema.kinds()
     }
 
 
 def test_every_kind_has_a_compiled_validator() -> None:
     assert EXAMPLES
-    for kind in contract.kinds():
-        assert contract._fast_validator(kind) is not None, kind
+    for kind in schema.kinds():
+        assert schema._fast_validator(kind) is not None, kind
 
 
-@pytest.mark.parametrize("kind", contract.kinds())
+@pytest.mark.parametrize("kind", schema.kinds())
 def test_compiled_validator_is_never_laxer_than_jsonschema(
     kind: str, no_formats: dict[str, jsonschema_rs.Validator]
 ) -> None:
-    fast = contract._fast_validator(kind)
+    fast = schema._fast_validator(kind)
     assert fast is not None
-    reference = contract._validator(kind)
+    reference = schema._validator(kind)
     seen = {True: 0, False: 0}
     for name, message in cases(kind):
         valid = reference.is_valid(message)
         seen[valid] += 1
-        quick = contract._fast_accepts(fast, message)
+        quick = schema._fast_accepts(fast, message)
         assert not (quick and not valid), (name, message)
         if valid and not quick:
             # Allowed only where jsonschema checks less: a format, or what
             # jsonschema_reads_less names.
-            blind = contract._fast_accepts(no_formats[kind], message)
+            blind = schema._fast_accepts(no_formats[kind], message)
             assert blind or jsonschema_reads_less(message), (
                 name,
                 message,
             )
         # validate() says what the reference says, whichever validator answered.
         if valid:
-            contract.validate(kind, message)
+            schema.validate(kind, message)
         else:
             with pytest.raises(SchemaError):
-                contract.validate(kind, message)
+                schema.validate(kind, message)
     assert seen[True], seen
     assert seen[False] > 50, seen
 
@@ -178,11 +178,11 @@ def test_a_bad_date_time_is_caught_by_the_compiled_validator_only() -> None:
     # jsonschema here has no date-time checker: the schemas' pattern is all it reads.
     doc = next(p for k, _, p in EXAMPLES if k == "status")
     message = {**doc, "time": BAD_TIME}
-    fast = contract._fast_validator("status")
+    fast = schema._fast_validator("status")
     assert fast is not None
     assert not fast.is_valid(message)
-    assert contract._validator("status").is_valid(message)
-    contract.validate("status", message)  # the reference decides
+    assert schema._validator("status").is_valid(message)
+    schema.validate("status", message)  # the reference decides
 
 
 def event(n: int = 0) -> dict[str, Any]:
@@ -194,42 +194,42 @@ def test_rejections_read_as_before() -> None:
     doc = event()
     doc["record"]["visit"] = "1"
     with pytest.raises(SchemaError) as info:
-        contract.validate("events", doc)
+        schema.validate("events", doc)
     assert str(info.value) == "events: $.record.visit: '1' is not of type 'integer'"
     assert (info.value.kind, info.value.path) == ("events", "$.record.visit")
 
     ack = copy.deepcopy(ASYNCAPI["components"]["messages"]["ack"]["examples"][0]["payload"])
     ack["acks"]["status"] = 1
     with pytest.raises(SchemaError) as info:
-        contract.validate("ack", ack)
+        schema.validate("ack", ack)
     assert str(info.value) == (
         "ack: $.acks: Additional properties are not allowed ('status' was unexpected)"
     )
     with pytest.raises(SchemaError, match=r"^ack: \$: \[\] is not of type 'object'$"):
-        contract.validate("ack", [])
+        schema.validate("ack", [])
 
 
 def test_what_the_compiled_validator_cannot_read_goes_to_jsonschema() -> None:
     # jsonschema-rs raises ValueError on a value no JSON has; the reference reports it.
     with pytest.raises(SchemaError, match=r"^ack: \$: Additional properties"):
-        contract.validate("ack", {1: 2})
+        schema.validate("ack", {1: 2})
     doc = event()
     doc["device_id"] = b"van-0001"
     with pytest.raises(SchemaError, match=r"^events: \$\.device_id: b'van-0001' is not of"):
-        contract.validate("events", doc)
+        schema.validate("events", doc)
 
 
 def test_valid_messages_never_reach_jsonschema(monkeypatch: pytest.MonkeyPatch) -> None:
-    for kind in contract.kinds():
-        contract._fast_validator(kind)  # compiled (and cached) first
+    for kind in schema.kinds():
+        schema._fast_validator(kind)  # compiled (and cached) first
 
     def refuse(kind: str) -> Any:
         raise AssertionError(f"jsonschema asked about a valid {kind} message")
 
-    monkeypatch.setattr(contract, "_validator", refuse)
+    monkeypatch.setattr(schema, "_validator", refuse)
     for kind, _, payload in EXAMPLES:
-        contract.validate(kind, payload)
+        schema.validate(kind, payload)
     doc = event()
     doc["record"]["visit"] = "1"
     with pytest.raises(AssertionError, match="jsonschema asked"):
-        contract.validate("events", doc)
+        schema.validate("events", doc)

@@ -49,8 +49,8 @@ from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent
-from firmware_agent.uplink.codec import at_wire_resolution, decode_batch
-from firmware_agent.uplink.topics import STREAMS, uplink_topic
+from firmware_agent.contract.codec import at_wire_resolution, decode_batch
+from firmware_agent.contract.topics import STREAMS, uplink_topic
 from tests.broker import Mosquitto
 from tests.netcut import NetCut
 from tests.pg import fresh_database

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware_agent.geo import haversine_m
-from firmware_agent.gnss.fix import Fix, FixMode
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.geo import haversine_m
 from firmware_agent.gnss.reader import GnssReader, ReaderConfig
 from simulator.truth import TruthRow, load_truth
 

@@ -48,9 +48,9 @@ from cloud_ingest.store.base import Quarantined, Store
 from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
+from firmware_agent.contract.codec import at_wire_resolution, encode_record
+from firmware_agent.contract.topics import STREAMS, uplink_topic
 from firmware_agent.pod.chain import PodChain
-from firmware_agent.uplink.codec import at_wire_resolution, encode_record
-from firmware_agent.uplink.topics import STREAMS, uplink_topic
 from tests.broker import Mosquitto
 from tests.pg import fresh_database
 from tests.pods import fields

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_agent.eta import features
-from firmware_agent.eta.features import (
+from firmware_agent.contract import eta_features as features
+from firmware_agent.contract.eta_features import (
     DEFAULT_HDOP,
     FEATURE_NAMES,
     FEATURES_VERSION,
@@ -28,9 +28,9 @@ from firmware_agent.eta.features import (
     eta_features,
     naive_eta_s,
 )
-from firmware_agent.geo import LocalFrame, haversine_m
-from firmware_agent.gnss.fix import Fix, FixMode
-from firmware_agent.manifest import STOP_TYPES, Manifest, parse_manifest
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.geo import LocalFrame, haversine_m
+from firmware_agent.contract.manifest import STOP_TYPES, Manifest, parse_manifest
 from simulator.manifest import build_manifest
 from simulator.scenario import ScenarioConfig, generate
 

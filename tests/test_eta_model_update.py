@@ -29,21 +29,18 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_ingest import contract
 from cloud_ingest.config import MqttSettings
 from cloud_ingest.downlink import PublishError, publish_retained
 from cloud_ingest.eta.tflite_export import Dense, export_mlp
 from firmware_agent.agent import Agent, AgentConfig
-from firmware_agent.errors import CodecError, ConfigError, ModelUpdateError
-from firmware_agent.eta.features import FEATURES_VERSION, N_FEATURES
-from firmware_agent.eta.interpreter import available_backend, read_metadata
-from firmware_agent.eta.model_store import (
-    ModelStore,
-    RunningModel,
-    install_model,
-    start_model,
-)
-from firmware_agent.eta.model_update import (
+from firmware_agent.contract import schema
+from firmware_agent.contract.codec import decode_record, decode_status
+from firmware_agent.contract.errors import CodecError, ModelUpdateError
+from firmware_agent.contract.eta_features import FEATURES_VERSION, N_FEATURES
+from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO
+from firmware_agent.contract.jws import b64url_decode, b64url_encode, canonical_json, sign_compact
+from firmware_agent.contract.keys import key_thumbprint, load_public_key, public_key_pem
+from firmware_agent.contract.model import (
     MAX_PAYLOAD_BYTES,
     MODEL_TYP,
     SignedModel,
@@ -52,15 +49,21 @@ from firmware_agent.eta.model_update import (
     sign_model,
     verify_model,
 )
+from firmware_agent.contract.model_file import read_metadata
+from firmware_agent.contract.topics import downlink_topic
+from firmware_agent.errors import ConfigError
+from firmware_agent.eta.interpreter import available_backend
+from firmware_agent.eta.model_store import (
+    ModelStore,
+    RunningModel,
+    install_model,
+    start_model,
+)
 from firmware_agent.eta.models import default_model_bytes
-from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, EtaPredictor
+from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig
-from firmware_agent.pod.jws import b64url_decode, b64url_encode, canonical_json, sign_compact
-from firmware_agent.pod.keys import key_thumbprint, load_public_key, public_key_pem
 from firmware_agent.run_cli import build_config, settings
-from firmware_agent.uplink.codec import decode_record, decode_status
 from firmware_agent.uplink.mqtt import UplinkConfig
-from firmware_agent.uplink.topics import downlink_topic
 from firmware_agent.van import VanConfig
 from tests.broker import Mosquitto, free_port
 from tests.idle_agent import health_after_load, idle_agent, run_args
@@ -159,7 +162,7 @@ def test_a_signed_model_verifies_and_says_what_it_is() -> None:
     header = json.loads(b64url_decode(token.split(".")[0]))
     assert header == {"alg": "EdDSA", "kid": signed.kid, "typ": "fleet-eta-model"}
     # The signed claims are the model message's decoded form in the contract.
-    contract.validate("model", json.loads(b64url_decode(token.split(".")[1])))
+    schema.validate("model", json.loads(b64url_decode(token.split(".")[1])))
     assert read_unverified(payload) == (signed.claims, signed.kid)
 
 

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from cloud_ingest.eta.tflite_export import Dense, export_mlp
-from firmware_agent.errors import ModelError
-from firmware_agent.eta.features import FEATURE_NAMES, FEATURES_VERSION, FeatureMatrix
-from firmware_agent.eta.predictor import (
+from firmware_agent.contract.errors import ModelError
+from firmware_agent.contract.eta_features import FEATURE_NAMES, FEATURES_VERSION, FeatureMatrix
+from firmware_agent.contract.eta_model import (
     MAX_ABS_LOG_RATIO,
     NAIVE_COLUMN,
     OUTPUT_LOG_RATIO,
-    EtaPredictor,
     eta_from_log_ratio,
     log_ratio_target,
 )
+from firmware_agent.eta.predictor import EtaPredictor
 
 N = len(FEATURE_NAMES)
 CONTRACT = {

@@ -33,9 +33,11 @@ from cloud_ingest.eta.tflite_export import (
     export_mlp,
     mlp_forward,
 )
-from firmware_agent.errors import AgentError, ModelError, ModelUnavailableError
-from firmware_agent.eta import interpreter as runner_module
-from firmware_agent.eta.interpreter import TfliteRunner, available_backend, read_metadata
+from firmware_agent.contract import model_file as runner_module
+from firmware_agent.contract.errors import ModelError
+from firmware_agent.contract.model_file import read_metadata
+from firmware_agent.errors import AgentError, ModelUnavailableError
+from firmware_agent.eta.interpreter import TfliteRunner, available_backend
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_ABS_ERROR = 1e-4

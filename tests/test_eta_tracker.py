@@ -23,25 +23,28 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_ingest import contract
 from cloud_ingest.eta.tflite_export import Dense, export_mlp
 from cloud_ingest.store.base import Device, StopEvent
 from cloud_ingest.verify import Accepted, check_message
 from firmware_agent.agent import Agent, AgentConfig, load_eta_predictor
 from firmware_agent.cli import build_parser
-from firmware_agent.errors import ConfigError, ModelError
-from firmware_agent.eta.features import FEATURES_VERSION, N_FEATURES, FeatureMatrix
+from firmware_agent.contract import schema
+from firmware_agent.contract.codec import decode_record, decode_status, encode_record
+from firmware_agent.contract.errors import ModelError
+from firmware_agent.contract.eta_features import FEATURES_VERSION, N_FEATURES, FeatureMatrix
+from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.manifest import Manifest, parse_manifest
+from firmware_agent.contract.times import format_utc
+from firmware_agent.errors import ConfigError
 from firmware_agent.eta.interpreter import available_backend
-from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, EtaPredictor, Prediction
+from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
-from firmware_agent.gnss.fix import Fix, format_utc
-from firmware_agent.manifest import Manifest, parse_manifest
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import replay
 from firmware_agent.replay_cli import run_replay
 from firmware_agent.run_cli import build_config, settings
 from firmware_agent.scan.types import Scan
-from firmware_agent.uplink.codec import decode_record, decode_status, encode_record
 from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.van import VanConfig, VanPipeline
 from simulator.manifest import build_manifest
@@ -574,11 +577,11 @@ def envelopes_validate(messages: Iterable[Record]) -> int:
             continue
         n += 1
         payload = encode_record("van-0001", "events", n, m, historical=False, sent_at=T0)
-        contract.validate("events", json.loads(payload))
+        schema.validate("events", json.loads(payload))
         env = decode_record(payload, stream="events")
         assert env.record == m
         normalized = {"device_id": env.device_id, "seq": n, "historical": False, **m}
-        contract.validate("fleetstream-event", {"device_id": "van-0001", "records": [normalized]})
+        schema.validate("fleetstream-event", {"device_id": "van-0001", "records": [normalized]})
     return n
 
 
@@ -901,7 +904,7 @@ def test_a_running_agent_publishes_etas_and_its_model_in_the_status(tmp_path: Pa
                         if message.topic.matches(f"fleet/v1/{device}/status"):
                             health = dict(decode_status(message.payload).health or {})
                         else:
-                            contract.validate("events", json.loads(message.payload))
+                            schema.validate("events", json.loads(message.payload))
                             record = decode_record(message.payload, stream="events").record
                             if record["type"] == "eta":
                                 etas.append(record)

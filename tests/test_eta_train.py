@@ -41,16 +41,18 @@ from cloud_ingest.eta.train import (
 )
 from cloud_ingest.store.base import Position, StopEvent, WriteBatch
 from cloud_ingest.store.sqlite import SqliteStore
-from firmware_agent.eta.features import (
+from firmware_agent.contract.eta_features import (
     FEATURE_NAMES,
     FEATURES_VERSION,
     N_FEATURES,
     FeatureMatrix,
 )
-from firmware_agent.eta.interpreter import TfliteRunner, available_backend, read_metadata
+from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, log_ratio_target
+from firmware_agent.contract.manifest import Manifest
+from firmware_agent.contract.model_file import read_metadata
+from firmware_agent.eta.interpreter import TfliteRunner, available_backend
 from firmware_agent.eta.models import default_model_bytes, default_training_record
-from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, EtaPredictor, log_ratio_target
-from firmware_agent.manifest import Manifest
+from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.van import VanPipeline
 

@@ -6,8 +6,9 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from cloud_ingest import contract, fleetstream
+from cloud_ingest import fleetstream
 from cloud_ingest.store.base import Pod, Position, StopEvent
+from firmware_agent.contract import schema
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 KINDS = {"position": "fleetstream-position", "event": "fleetstream-event", "pod": "fleetstream-pod"}
@@ -64,7 +65,7 @@ def test_one_message_per_device_and_kind_in_record_order() -> None:
     ]
     for topic, message in out:
         device_id, leaf = topic.split("/")[2:]
-        contract.validate(KINDS[leaf], message)
+        schema.validate(KINDS[leaf], message)
         assert message["device_id"] == device_id
         assert {r["device_id"] for r in message["records"]} == {device_id}
     assert [r["chain"] for r in out[3][1]["records"]] == ["ok", "pending"]
@@ -102,11 +103,11 @@ def test_a_big_batch_is_cut_at_max_records() -> None:
     ]
     assert [r["seq"] for _, m in out for r in m["records"]] == list(range(1, n + 1))
     for _, message in out:
-        contract.validate("fleetstream-position", message)
+        schema.validate("fleetstream-position", message)
 
 
 def test_records_with_unknown_values_fit_the_contract() -> None:
     p = replace(position("van-7", 1), speed_mps=None, course_deg=None, hdop=None, sats=None)
     ((_, message),) = decoded(fleetstream.messages([p]))
-    contract.validate("fleetstream-position", message)
+    schema.validate("fleetstream-position", message)
     assert message["records"][0]["speed_mps"] is None

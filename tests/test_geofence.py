@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from firmware_agent.contract.fix import Fix
 from firmware_agent.geofence import (
     Arrival,
     Departure,
@@ -20,7 +21,6 @@ from firmware_agent.geofence import (
 )
 from firmware_agent.geofence.fence import Phase
 from firmware_agent.geofence.index import Shape, StopGrid
-from firmware_agent.gnss.fix import Fix
 from tests.vanday import PLANE, T0, at, drive, fix_at, manifest, route_line, stop
 
 # Approach at 10 m/s, stop at x=0 for 60 s, drive away east.

@@ -28,9 +28,9 @@ from pathlib import Path
 import pynmea2
 import pytest
 
+from firmware_agent.contract.fix import Fix
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.filters import FilterConfig
-from firmware_agent.gnss.fix import Fix
 from tests.corpus import (
     GPSD_DIR,
     PYNMEA2_SENTENCES,

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.filters import FilterConfig
-from firmware_agent.gnss.fix import Fix, FixMode
 from firmware_agent.gnss.sentences import KNOT_MPS
 from tests.nmea import CYCLE_1, CYCLE_2, line, lines, ublox_cycle
 

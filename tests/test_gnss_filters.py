@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.geo import destination
 from firmware_agent.errors import ConfigError
-from firmware_agent.geo import destination
 from firmware_agent.gnss.filters import FilterConfig, FixFilter
-from firmware_agent.gnss.fix import Fix, FixMode
 
 T0 = datetime(2026, 11, 21, 8, 0, 0, tzinfo=UTC)
 LAT, LON = 53.55, 9.99

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firmware_agent.contract.fix import Fix
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.filters import FilterConfig
-from firmware_agent.gnss.fix import Fix
 from tests.nmea import CYCLE_1, line, lines
 
 GGA = "GPGGA,083723.00,5155.55442,N,00434.65873,E,1,06,2.51,-4.0,M,46.0,M,,"

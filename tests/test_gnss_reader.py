@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from firmware_agent.contract.fix import Fix
 from firmware_agent.errors import ConfigError
-from firmware_agent.gnss.fix import Fix
 from firmware_agent.gnss.reader import GnssReader, ReaderConfig
 from simulator.receiver import PtyReceiver
 from tests.nmea import lines, ublox_cycle

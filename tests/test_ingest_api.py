@@ -32,17 +32,17 @@ from joserfc.jwk import OKPKey
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
 
-from cloud_ingest import contract
 from cloud_ingest.api import create_app
 from cloud_ingest.store.base import StopEvent, Store, WriteBatch, WriteResult
 from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.verify import Accepted, check_message
 from cloud_ingest.worker import IngestWorker, WorkerConfig
+from firmware_agent.contract import schema
+from firmware_agent.contract.codec import FixRecord, encode_batch, encode_record
+from firmware_agent.contract.keys import key_thumbprint, public_key_pem
 from firmware_agent.pod import chain as podchain
 from firmware_agent.pod.chain import PodChain
-from firmware_agent.pod.keys import key_thumbprint, public_key_pem
-from firmware_agent.uplink.codec import FixRecord, encode_batch, encode_record
 from tests.broker import Mosquitto
 from tests.pg import ADMIN_DSN, fresh_database
 from tests.pods import fields, pod_record
@@ -50,7 +50,7 @@ from tests.pods import fields, pod_record
 T = TypeVar("T")
 # The contract's schemas are files read on first use; read them here, off the loop that
 # blockbuster watches (the service reads them before starting its workers).
-contract.kinds()
+schema.kinds()
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 RECEIVED = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 

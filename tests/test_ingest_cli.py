@@ -21,8 +21,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_agent.pod.keys import key_thumbprint, load_or_create_device_key
-from firmware_agent.uplink.codec import FixRecord, encode_batch
+from firmware_agent.contract.codec import FixRecord, encode_batch
+from firmware_agent.contract.keys import key_thumbprint, load_or_create_device_key
 from tests.broker import Mosquitto, free_port
 
 BIN = Path(sys.executable).parent

@@ -24,11 +24,12 @@ from cloud_ingest.verify import (
     check_message,
     check_replay,
 )
+from firmware_agent.contract.codec import FixRecord, encode_batch, encode_record, encode_status
+from firmware_agent.contract.jws import b64url_decode, b64url_encode, sign_compact
+from firmware_agent.contract.keys import key_thumbprint
+from firmware_agent.contract.pod import GENESIS_PREV, pod_digest
 from firmware_agent.pod import chain as podchain
-from firmware_agent.pod.chain import GENESIS_PREV, PodChain, pod_digest
-from firmware_agent.pod.jws import b64url_decode, b64url_encode, sign_compact
-from firmware_agent.pod.keys import key_thumbprint
-from firmware_agent.uplink.codec import FixRecord, encode_batch, encode_record, encode_status
+from firmware_agent.pod.chain import PodChain
 from tests.pods import fields, pod_record
 
 RECEIVED = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)

@@ -15,7 +15,7 @@ import aiomqtt
 from cloud_ingest.store.base import Position, WriteBatch
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.uplink.codec import FixRecord, encode_batch
+from firmware_agent.contract.codec import FixRecord, encode_batch
 from tests.broker import Mosquitto
 from tests.uplinkday import Watcher
 

@@ -13,12 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_agent.manifest import (
-    ManifestError,
-    ManifestStore,
-    loads_manifest,
-    parse_manifest,
-)
+from firmware_agent.contract.manifest import ManifestError, loads_manifest, parse_manifest
+from firmware_agent.manifest_store import ManifestStore
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs/manifest.schema.json").read_text())
 EXAMPLE: dict[str, Any] = SCHEMA["examples"][0]

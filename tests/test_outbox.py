@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from firmware_agent.contract.topics import STREAMS
 from firmware_agent.errors import AgentError, OutboxError, OutboxStorageError
 from firmware_agent.uplink.outbox import THIN_MIN_WINDOW, Outbox, OutboxRecord
-from firmware_agent.uplink.topics import STREAMS
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 

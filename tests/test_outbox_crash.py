@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from firmware_agent.contract.topics import STREAMS
 from firmware_agent.uplink.outbox import Outbox
-from firmware_agent.uplink.topics import STREAMS
 from tests.outbox_writer import payload
 
 WRITER = Path(__file__).with_name("outbox_writer.py")

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_agent.contract.jws import JwsError, read_header, verify_compact
+from firmware_agent.contract.keys import key_thumbprint
+from firmware_agent.contract.pod import GENESIS_PREV, pod_digest
 from firmware_agent.errors import AgentError
-from firmware_agent.pod.chain import GENESIS_PREV, ChainState, Pod, PodChain, pod_digest
-from firmware_agent.pod.jws import JwsError, read_header, verify_compact
-from firmware_agent.pod.keys import key_thumbprint
+from firmware_agent.pod.chain import ChainState, Pod, PodChain
 from firmware_agent.pod.state import ChainStateError, ChainStateStore, recover_state
 from firmware_agent.pod.verify import verify_chain
 from tests.pods import fields

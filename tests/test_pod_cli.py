@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_agent.contract.jws import b64url_encode
+from firmware_agent.contract.keys import key_thumbprint, load_or_create_device_key
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.pod.cli import register
-from firmware_agent.pod.jws import b64url_encode
-from firmware_agent.pod.keys import key_thumbprint, load_or_create_device_key
 
 
 def run(*argv: str) -> int:

@@ -17,8 +17,7 @@ from joserfc.jwk import OKPKey
 from jwcrypto import jwk as jwcrypto_jwk  # type: ignore[import-untyped]
 from jwcrypto import jws as jwcrypto_jws
 
-from firmware_agent.pod.chain import PodChain
-from firmware_agent.pod.jws import (
+from firmware_agent.contract.jws import (
     MAX_TOKEN_CHARS,
     JwsError,
     b64url_decode,
@@ -27,7 +26,8 @@ from firmware_agent.pod.jws import (
     sign_compact,
     verify_compact,
 )
-from firmware_agent.pod.keys import key_thumbprint, public_jwk
+from firmware_agent.contract.keys import key_thumbprint, public_jwk
+from firmware_agent.pod.chain import PodChain
 
 # RFC 8037 appendix A.1 key and A.4 signature of "Example of Ed25519 signing".
 RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"

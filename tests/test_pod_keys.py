@@ -16,11 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 from jwcrypto import jwk as jwcrypto_jwk  # type: ignore[import-untyped]
 
-from firmware_agent.errors import AgentError
-from firmware_agent.pod import keys
-from firmware_agent.pod.chain import PodChain
-from firmware_agent.pod.jws import b64url_encode
-from firmware_agent.pod.keys import (
+from firmware_agent.contract import keys
+from firmware_agent.contract.errors import ContractError
+from firmware_agent.contract.jws import b64url_encode
+from firmware_agent.contract.keys import (
     KeyFileError,
     key_thumbprint,
     load_device_key,
@@ -30,6 +29,7 @@ from firmware_agent.pod.keys import (
     public_key_pem,
     write_file_atomically,
 )
+from firmware_agent.pod.chain import PodChain
 
 # RFC 8037 appendix A.1 (key) and A.3 (its RFC 7638 thumbprint).
 RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
@@ -114,8 +114,8 @@ def test_refuses_a_key_group_or_others_can_access(tmp_path: Path, loose: int) ->
         load_device_key(path)
 
 
-def test_key_file_error_is_an_agent_error_and_an_os_error(tmp_path: Path) -> None:
-    with pytest.raises(AgentError):
+def test_key_file_error_is_a_contract_error_and_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(ContractError):
         load_device_key(tmp_path / "absent.key")
     with pytest.raises(OSError, match="no device key"):
         load_device_key(tmp_path / "absent.key")
@@ -233,7 +233,7 @@ def test_write_file_atomically(tmp_path: Path) -> None:
 
 
 def rfc8037_key() -> Ed25519PrivateKey:
-    from firmware_agent.pod.jws import b64url_decode  # noqa: PLC0415
+    from firmware_agent.contract.jws import b64url_decode  # noqa: PLC0415
 
     return Ed25519PrivateKey.from_private_bytes(b64url_decode(RFC8037_D))
 

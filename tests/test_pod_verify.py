@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given
 from hypothesis import strategies as st
 
+from firmware_agent.contract.jws import b64url_decode, b64url_encode
 from firmware_agent.pod.chain import ChainState, Pod, PodChain
-from firmware_agent.pod.jws import b64url_decode, b64url_encode
 from firmware_agent.pod.verify import (
     ChainReport,
     read_pod_file,
@@ -298,7 +298,7 @@ def test_unsigned_and_non_pod_records(
     payload = tokens[2].split(".")[1]
     none_header = b64url_encode(b'{"alg":"none","typ":"pod+jwt"}')
     tokens[2] = f"{none_header}.{payload}.{b64url_encode(b'x' * 64)}"
-    from firmware_agent.pod.jws import sign_compact  # noqa: PLC0415
+    from firmware_agent.contract.jws import sign_compact  # noqa: PLC0415
 
     tokens[7] = sign_compact({"hello": "world"}, key, kid="k")
     report = verify_chain(tokens, public)

@@ -21,7 +21,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from firmware_agent.agent import Agent, AgentConfig
-from firmware_agent.errors import CodecError, RemoteConfigError
+from firmware_agent.contract.codec import decode_status
+from firmware_agent.contract.errors import CodecError
+from firmware_agent.errors import RemoteConfigError
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig
 from firmware_agent.geofence import GeofenceConfig
@@ -37,7 +39,6 @@ from firmware_agent.remote_config import (
 )
 from firmware_agent.scan.types import Scan
 from firmware_agent.telemetry import TelemetryConfig
-from firmware_agent.uplink.codec import decode_status
 from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.van import VanConfig, VanPipeline
 from tests.broker import Mosquitto
@@ -45,7 +46,7 @@ from tests.nmea import line
 from tests.vanday import T0, drive, fix_at, manifest, route_line, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT / "cloud_ingest" / "contract" / "schemas"
+SCHEMAS = ROOT / "firmware_agent" / "contract" / "schemas"
 DEVICE = "van-0042"
 SSCC = "106141412345678908"
 
@@ -60,7 +61,7 @@ EXAMPLE = _asyncapi_config_example()
 
 
 def _schema_validator() -> Draft202012Validator:
-    # The schema files themselves, not cloud_ingest.contract: the agent's checks are
+    # The schema files themselves, not firmware_agent.contract.schema: the agent's checks are
     # held to the contract as written.
     docs = [json.loads(p.read_text("utf-8")) for p in SCHEMAS.glob("*.schema.json")]
     registry: Registry[Any] = Registry().with_resources(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_agent.pod.keys import public_key_pem
+from firmware_agent.contract.keys import public_key_pem
 
 BIN = Path(sys.executable).parent
 

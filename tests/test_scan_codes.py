@@ -28,9 +28,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from firmware_agent.errors import AgentError
-from firmware_agent.scan.cli import register
-from firmware_agent.scan.codes import (
+from firmware_agent.contract.errors import ContractError
+from firmware_agent.contract.parcels import (
     MAX_PLAIN_CHARS,
     MAX_SCAN_BYTES,
     CodeKind,
@@ -39,6 +38,7 @@ from firmware_agent.scan.codes import (
     canonical_code,
     parse_scan,
 )
+from firmware_agent.scan.cli import register
 from simulator.labels import GarbageKind, LabelStyle, garbage_text, random_sscc, scanner_text
 from tests.corpus import CORPUS, require
 
@@ -180,8 +180,8 @@ def test_unusable_scans_are_errors_with_a_reason(raw: str, reason: str) -> None:
     assert str(info.value)
 
 
-def test_scan_parse_error_is_both_an_agent_error_and_a_value_error() -> None:
-    with pytest.raises(AgentError):
+def test_scan_parse_error_is_both_a_contract_error_and_a_value_error() -> None:
+    with pytest.raises(ContractError):
         parse_scan("")
     with pytest.raises(ValueError, match="empty"):
         parse_scan("")

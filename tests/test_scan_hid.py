@@ -21,8 +21,8 @@ import evdev
 import pytest
 from evdev import ecodes as e
 
+from firmware_agent.contract.parcels import parse_scan
 from firmware_agent.faults import FaultCounter
-from firmware_agent.scan.codes import parse_scan
 from firmware_agent.scan.hid_reader import HidDevice, HidScanner, KeyDecoder
 from firmware_agent.scan.types import Scan
 

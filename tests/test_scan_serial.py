@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from firmware_agent.contract.parcels import MAX_SCAN_BYTES, ScanParseError, parse_scan
 from firmware_agent.errors import ConfigError
 from firmware_agent.faults import FaultCounter
 from firmware_agent.scan.cli import _cmd_watch, _watch, register
-from firmware_agent.scan.codes import MAX_SCAN_BYTES, ScanParseError, parse_scan
 from firmware_agent.scan.log import read_scan_log
 from firmware_agent.scan.serial_reader import LineFramer, ScannerConfig, SerialScanner
 from firmware_agent.scan.types import Scan

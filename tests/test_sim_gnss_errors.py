@@ -11,7 +11,7 @@ from itertools import pairwise
 
 import pytest
 
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
 from simulator.epoch import Constellation, Epoch
 from simulator.gnss_errors import (
     DegradedZone,

@@ -15,7 +15,7 @@ import biip
 import jsonschema
 import pytest
 
-from firmware_agent.geo import LocalFrame, haversine_m
+from firmware_agent.contract.geo import LocalFrame, haversine_m
 from simulator.manifest import (
     DEFAULT_RADIUS_M,
     PARK_MARGIN_M,

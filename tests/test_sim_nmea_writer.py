@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
 from simulator.epoch import Epoch, Talker
 from simulator.gnss_errors import MultipathConfig, OutageConfig, OutageWindow
 from simulator.nmea_writer import KNOTS_PER_MPS, format_lat, format_lon, render_epoch, sentence

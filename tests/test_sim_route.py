@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from firmware_agent.geo import LocalFrame, destination, haversine_m
+from firmware_agent.contract.geo import LocalFrame, destination, haversine_m
 from simulator.errors import RouteFileError, SimulatorError
 from simulator.route import Polyline, build_route, douglas_peucker, load_route
 from simulator.scenario import ScenarioConfig, generate

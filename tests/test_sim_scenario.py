@@ -9,8 +9,8 @@ from itertools import pairwise
 
 import pytest
 
-from firmware_agent.geo import haversine_m
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.geo import haversine_m
 from simulator.epoch import Epoch
 from simulator.errors import ConfigError, SimulatorError
 from simulator.gnss_errors import OutageConfig, OutageWindow

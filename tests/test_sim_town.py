@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from firmware_agent.geo import haversine_m
+from firmware_agent.contract.geo import haversine_m
 from simulator.town import (
     ARTERIAL_SPEED_LIMIT_MPS,
     BLOCK_MAX_M,

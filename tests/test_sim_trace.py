@@ -10,8 +10,8 @@ from pathlib import Path
 import pynmea2
 import pytest
 
-from firmware_agent.geo import LocalFrame, destination
-from firmware_agent.gnss.fix import FixMode
+from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.geo import LocalFrame, destination
 from simulator.errors import SimulatorError, TraceFileError
 from simulator.nmea_writer import render_epoch
 from simulator.trace import TracePoint, read_trace_csv, trace_epochs, write_trace_nmea

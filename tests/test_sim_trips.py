@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from firmware_agent.geo import haversine_m
+from firmware_agent.contract.geo import haversine_m
 from simulator.cli import main
 from simulator.errors import ConfigError, TraceFileError
 from simulator.playback import nmea_log_chunks

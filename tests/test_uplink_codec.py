@@ -18,10 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_agent.errors import AgentError, CodecError
-from firmware_agent.gnss.fix import Fix, FixMode
-from firmware_agent.uplink import codec
-from firmware_agent.uplink.codec import (
+from firmware_agent.contract import codec
+from firmware_agent.contract.codec import (
     MAX_FIXES,
     MAX_JSON_BYTES,
     PACKED_FIX_SIZE,
@@ -41,7 +39,9 @@ from firmware_agent.uplink.codec import (
     pack_fix,
     unpack_fix,
 )
-from firmware_agent.uplink.topics import (
+from firmware_agent.contract.errors import CodecError, ContractError
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAM_KINDS,
     STREAMS,
@@ -684,8 +684,8 @@ def test_historical_means_more_than_60_s_late() -> None:
     assert is_historical(T0, T0 + timedelta(seconds=60, milliseconds=1))
 
 
-def test_codec_error_is_an_agent_error_and_a_value_error() -> None:
-    assert issubclass(CodecError, AgentError)
+def test_codec_error_is_a_contract_error_and_a_value_error() -> None:
+    assert issubclass(CodecError, ContractError)
     assert issubclass(CodecError, ValueError)
 
 
@@ -796,8 +796,8 @@ def test_every_decodable_batch_fits_the_telemetry_schema(
     # Ingest validates only a batch's header against the schema (cloud_ingest/verify.py):
     # this is the premise that makes that safe. Every fix a decoder rebuilds from the
     # range-checked wire integers lies inside the schema's bounds, edges included.
-    from cloud_ingest import contract  # noqa: PLC0415 (the ingest side's contract)
+    from firmware_agent.contract import schema  # noqa: PLC0415 (the ingest side's contract)
 
     first_seq, fixes, last_seq, historical = b
     payload = encode_batch(device_id, first_seq, fixes, historical=historical, last_seq=last_seq)
-    contract.validate("telemetry-batch", decode_batch(payload).to_json())
+    schema.validate("telemetry-batch", decode_batch(payload).to_json())

@@ -10,10 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.jws import verify_compact
+from firmware_agent.contract.pod import GENESIS_PREV, pod_digest
 from firmware_agent.feedback import Signal
-from firmware_agent.gnss.fix import Fix
-from firmware_agent.pod.chain import GENESIS_PREV, PodChain, pod_digest
-from firmware_agent.pod.jws import verify_compact
+from firmware_agent.pod.chain import PodChain
 from firmware_agent.pod.verify import verify_chain
 from firmware_agent.scan.types import Scan
 from firmware_agent.van import VanPipeline

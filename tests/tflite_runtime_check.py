@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_agent.errors import ModelError
+from firmware_agent.contract.errors import ModelError
 from firmware_agent.eta.interpreter import TfliteRunner, available_backend
 
 MAX_ABS_ERROR = 1e-4

@@ -40,22 +40,10 @@ import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from cloud_ingest.contract import validate
-from cloud_ingest.errors import SchemaError
 from cloud_ingest.store.base import Pod, Store, WriteResult
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent, AgentConfig, GnssClock, telemetry_fix
-from firmware_agent.errors import CodecError
-from firmware_agent.faults import FaultCounter
-from firmware_agent.gnss.fix import Fix
-from firmware_agent.manifest import parse_manifest
-from firmware_agent.pod.chain import ChainState, PodChain
-from firmware_agent.pod.keys import load_or_create_device_key
-from firmware_agent.pod.state import ChainStateStore
-from firmware_agent.pod.verify import verify_chain
-from firmware_agent.replay import replay
-from firmware_agent.scan.log import read_scan_log
-from firmware_agent.uplink.codec import (
+from firmware_agent.contract.codec import (
     FixRecord,
     decode_batch,
     decode_record,
@@ -64,9 +52,20 @@ from firmware_agent.uplink.codec import (
     encode_record,
     fix_record,
 )
+from firmware_agent.contract.errors import CodecError, SchemaError
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.keys import load_or_create_device_key
+from firmware_agent.contract.manifest import parse_manifest
+from firmware_agent.contract.schema import validate
+from firmware_agent.contract.topics import STREAMS
+from firmware_agent.faults import FaultCounter
+from firmware_agent.pod.chain import ChainState, PodChain
+from firmware_agent.pod.state import ChainStateStore
+from firmware_agent.pod.verify import verify_chain
+from firmware_agent.replay import replay
+from firmware_agent.scan.log import read_scan_log
 from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.uplink.outbox import Outbox
-from firmware_agent.uplink.topics import STREAMS
 from firmware_agent.van import Message, VanPipeline
 
 BIN = Path(sys.executable).parent

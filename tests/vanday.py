@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.manifest import Manifest, parse_manifest
 from firmware_agent.geofence.index import Plane
-from firmware_agent.gnss.fix import Fix, FixMode
-from firmware_agent.manifest import Manifest, parse_manifest
 
 ORIGIN = (48.0, 11.0)
 PLANE = Plane.at(*ORIGIN)

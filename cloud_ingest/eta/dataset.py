@@ -3,9 +3,9 @@
 Every source becomes a :class:`Day` (the manifest the van drove, the fixes it saw in
 time order, and when each stop was really reached) and every day goes through the same
 pure core, :func:`day_rows`, which plays the fixes the way the agent does: each fix
-into :class:`~firmware_agent.eta.features.SpeedHistory`, each position through
-:meth:`~firmware_agent.eta.features.RoutePlan.project`, and every ``sample_every_s``
-the :func:`~firmware_agent.eta.features.eta_features` of the remaining stops. So the
+into :class:`~firmware_agent.contract.eta_features.SpeedHistory`, each position through
+:meth:`~firmware_agent.contract.eta_features.RoutePlan.project`, and every ``sample_every_s``
+the :func:`~firmware_agent.contract.eta_features.eta_features` of the remaining stops. So the
 model learns from the very numbers the van will compute.
 
 A row is one (sample time, unserved stop) pair: ``x`` its feature row, ``actual_s`` the
@@ -58,17 +58,17 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_ingest.errors import ConfigError
-from firmware_agent.eta.features import (
+from firmware_agent.contract.eta_features import (
     N_FEATURES,
     PlanPosition,
     RoutePlan,
     SpeedHistory,
     eta_features,
 )
-from firmware_agent.eta.predictor import NAIVE_COLUMN, log_ratio_target
+from firmware_agent.contract.eta_model import NAIVE_COLUMN, log_ratio_target
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.manifest import Manifest, parse_manifest
 from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.fix import Fix, FixMode
-from firmware_agent.manifest import Manifest, parse_manifest
 
 if TYPE_CHECKING:
     from cloud_ingest.store.base import Position, StopEvent, Store
@@ -149,7 +149,7 @@ class Day:
 class EtaDataset:
     """Rows of (sample time, unserved stop), every source in one format.
 
-    ``x`` float32 ``(n, N_FEATURES)`` in :data:`~firmware_agent.eta.features.FEATURE_NAMES`
+    ``x`` float32 ``(n, N_FEATURES)`` in :data:`~firmware_agent.contract.eta_features.FEATURE_NAMES`
     order; ``y_target``, ``actual_s``, ``naive_s`` float64 ``(n,)``; ``groups`` int64
     ``(n,)``, the index in ``day_names`` of each row's day. For checks and per-stop
     analysis, int64 ``(n,)``: ``issued_us``, the sample time (microseconds since the

@@ -51,8 +51,8 @@ import numpy.typing as npt
 from cloud_ingest.errors import ConfigError, IngestError
 from cloud_ingest.eta.dataset import EtaDataset
 from cloud_ingest.eta.tflite_export import Dense, export_mlp, mlp_forward
-from firmware_agent.eta.features import FEATURE_NAMES, FEATURES_VERSION
-from firmware_agent.eta.predictor import OUTPUT_LOG_RATIO, eta_from_log_ratio
+from firmware_agent.contract.eta_features import FEATURE_NAMES, FEATURES_VERSION
+from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, eta_from_log_ratio
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -1,7 +1,7 @@
 """The van's downlinked ETA models on disk, and which model it runs.
 
 Files, under ``{state_dir}/eta/`` (0700), each the ``model`` payload as received (the
-signature and the .tflite bytes, :mod:`firmware_agent.eta.model_update`), so that it
+signature and the .tflite bytes, :mod:`firmware_agent.contract.model`), so that it
 is verified again at every start, against the keys configured then:
 
 - ``current.model``: the downlinked model the van runs;
@@ -9,7 +9,7 @@ is verified again at every start, against the keys configured then:
   the van ran its shipped or configured model then): what the van rolls back to when
   ``current.model`` no longer verifies or loads.
 
-Each is written whole or not at all (:func:`~firmware_agent.pod.keys.
+Each is written whole or not at all (:func:`~firmware_agent.contract.keys.
 write_file_atomically`: temporary file, fsync, rename, directory fsync). An empty
 ``model`` payload (the fleet clears the retained model) removes both: the van runs the
 model of its package (or ``[eta] model``) again, and nothing the fleet withdrew comes
@@ -37,22 +37,18 @@ from typing import Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware_agent.errors import ConfigError, ModelError, ModelUpdateError
-from firmware_agent.eta.model_update import (
-    MAX_PAYLOAD_BYTES,
-    SignedModel,
-    admit_model,
-    verify_model,
-)
-from firmware_agent.eta.predictor import EtaPredictor
-from firmware_agent.gnss.fix import format_utc
-from firmware_agent.pod.keys import (
+from firmware_agent.contract.errors import ModelError, ModelUpdateError
+from firmware_agent.contract.keys import (
     KeyFileError,
     fsync_directory,
     load_public_key,
     make_private_dirs,
     write_file_atomically,
 )
+from firmware_agent.contract.model import MAX_PAYLOAD_BYTES, SignedModel, admit_model, verify_model
+from firmware_agent.contract.times import format_utc
+from firmware_agent.errors import ConfigError
+from firmware_agent.eta.predictor import EtaPredictor
 
 log = logging.getLogger(__name__)
 

@@ -1,55 +1,26 @@
 """From feature rows to arrival predictions: the model's answer beside the baseline.
 
-The model contract (what ``fleet-ingest train-eta`` writes and the agent reads; the
-metadata lives in the .tflite file itself, see :mod:`firmware_agent.eta.interpreter`):
-
-- input: :data:`firmware_agent.eta.features.FEATURE_NAMES` in that order, raw units
-  (any normalization is folded into the model's first layer);
-- metadata ``features_version`` equal to
-  :data:`~firmware_agent.eta.features.FEATURES_VERSION`, ``model_version`` (a name
-  the agent reports in status and on every ETA event), ``output`` equal to
-  :data:`OUTPUT_LOG_RATIO`;
-- output column 0: ``log((actual_s + 60) / (naive_s + 60))``, a correction of the
-  naive baseline. A log ratio keeps one model good at 2 min and at 2 h; the 60 s
-  offset keeps it finite for a stop the van is about to reach.
-
-A model that breaks the contract is refused when loaded (:class:`ModelError`); with
-no model, or no interpreter on this van, :class:`EtaPredictor` answers with the
-baseline and says why in :attr:`EtaPredictor.unavailable`.
+The model contract (what ``fleet-ingest train-eta`` writes and the agent reads) is
+:mod:`firmware_agent.contract.eta_model`. A model that breaks the contract is refused
+when loaded (:class:`ModelError`); with no model, or no interpreter on this van,
+:class:`EtaPredictor` answers with the baseline and says why in
+:attr:`EtaPredictor.unavailable`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from firmware_agent.errors import ModelError, ModelUnavailableError
-from firmware_agent.eta.features import FEATURE_NAMES, FEATURES_VERSION, FeatureMatrix
-from firmware_agent.eta.interpreter import TfliteRunner, read_metadata
-
-OUTPUT_LOG_RATIO: Final = "log_ratio_plus60/1"
-OFFSET_S: Final = 60.0
-# A correction beyond x/e^3..x*e^3 is the model extrapolating, not knowledge: clipped.
-MAX_ABS_LOG_RATIO: Final = 3.0
-NAIVE_COLUMN: Final = FEATURE_NAMES.index("naive_eta_s")
-
-
-def eta_from_log_ratio(naive_s: npt.ArrayLike, log_ratio: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Seconds to arrival from the baseline and the model's output column."""
-    naive = np.asarray(naive_s, dtype=np.float64)
-    y = np.clip(np.asarray(log_ratio, dtype=np.float64), -MAX_ABS_LOG_RATIO, MAX_ABS_LOG_RATIO)
-    return np.maximum(0.0, (naive + OFFSET_S) * np.exp(y) - OFFSET_S)
-
-
-def log_ratio_target(actual_s: npt.ArrayLike, naive_s: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The training target: the inverse of :func:`eta_from_log_ratio`."""
-    actual = np.maximum(0.0, np.asarray(actual_s, dtype=np.float64))
-    naive = np.maximum(0.0, np.asarray(naive_s, dtype=np.float64))
-    return np.log((actual + OFFSET_S) / (naive + OFFSET_S))
+from firmware_agent.contract.errors import ModelError
+from firmware_agent.contract.eta_features import FEATURE_NAMES, FeatureMatrix
+from firmware_agent.contract.eta_model import NAIVE_COLUMN, check_model_metadata, eta_from_log_ratio
+from firmware_agent.contract.model_file import read_metadata
+from firmware_agent.errors import ModelUnavailableError
+from firmware_agent.eta.interpreter import TfliteRunner
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +60,7 @@ class EtaPredictor:
     def load(cls, model: bytes | Path) -> EtaPredictor:
         data = model.read_bytes() if isinstance(model, Path) else model
         metadata = read_metadata(data)  # ModelError for a damaged file
-        _check_contract(metadata)
+        check_model_metadata(metadata)
         try:
             runner = TfliteRunner.open(data)
         except ModelUnavailableError as err:
@@ -116,15 +87,3 @@ class EtaPredictor:
             baseline,
             self.model_version,
         )
-
-
-def _check_contract(metadata: dict[str, str]) -> None:
-    if metadata.get("features_version") != FEATURES_VERSION:
-        raise ModelError(
-            f"model is for features {metadata.get('features_version')!r}, "
-            f"this agent computes {FEATURES_VERSION!r}"
-        )
-    if metadata.get("output") != OUTPUT_LOG_RATIO:
-        raise ModelError(f"model output {metadata.get('output')!r}, expected {OUTPUT_LOG_RATIO!r}")
-    if not metadata.get("model_version"):
-        raise ModelError("model has no model_version in its metadata")

@@ -4,9 +4,9 @@ Pure code, like :class:`~firmware_agent.van.VanPipeline` that feeds it: no I/O, 
 only clock is the fixes' GNSS time (an arrival confirmed by a scan brings its own). The
 :class:`~firmware_agent.eta.predictor.EtaPredictor` it is given runs CPU-only inference.
 
-:class:`EtaTracker` keeps the day's :class:`~firmware_agent.eta.features.RoutePlan`, the
-van's :class:`~firmware_agent.eta.features.SpeedHistory` (fed every fix), its last
-:class:`~firmware_agent.eta.features.PlanPosition` and the stops served (arrived at).
+:class:`EtaTracker` keeps the day's :class:`~firmware_agent.contract.eta_features.RoutePlan`, the
+van's :class:`~firmware_agent.contract.eta_features.SpeedHistory` (fed every fix), its last
+:class:`~firmware_agent.contract.eta_features.PlanPosition` and the stops served (arrived at).
 
 When it predicts
 ----------------
@@ -89,7 +89,7 @@ events on the wire").
 Records
 -------
 Every record has ``type``, ``time`` (when issued: the fix's time, ISO 8601 UTC with
-milliseconds, :func:`~firmware_agent.gnss.fix.format_utc`), ``stop_id``, ``route_id``
+milliseconds, :func:`~firmware_agent.contract.times.format_utc`), ``stop_id``, ``route_id``
 (the manifest's, as on the other stop events) and ``model`` (the model's version, or
 ``"baseline"`` when the van has no model and ``eta`` is the baseline)::
 
@@ -100,7 +100,7 @@ milliseconds, :func:`~firmware_agent.gnss.fix.format_utc`), ``stop_id``, ``route
 
 ``eta`` is the predicted arrival, ``eta_baseline`` the naive one (remaining distance /
 recent average speed), ``horizon_s`` = ``eta`` - ``time`` in seconds, ``late_by_s`` =
-``eta`` - ``window_end``. The JSON Schema is ``cloud_ingest/contract/schemas/
+``eta`` - ``window_end``. The JSON Schema is ``firmware_agent/contract/schemas/
 events.schema.json``.
 
 A model that fails at run time (:class:`~firmware_agent.errors.ModelError`, which the
@@ -120,11 +120,13 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from firmware_agent.errors import ConfigError, ModelError
-from firmware_agent.eta.features import PlanPosition, RoutePlan, SpeedHistory, eta_features
+from firmware_agent.contract.errors import ModelError
+from firmware_agent.contract.eta_features import PlanPosition, RoutePlan, SpeedHistory, eta_features
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.manifest import Manifest
+from firmware_agent.contract.times import format_utc
+from firmware_agent.errors import ConfigError
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
-from firmware_agent.gnss.fix import Fix, format_utc
-from firmware_agent.manifest import Manifest
 
 Record = dict[str, Any]
 """A JSON-ready message, as :data:`firmware_agent.van.Message`."""

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.manifest import Manifest, Stop
 from firmware_agent.geofence.config import GeofenceConfig
 from firmware_agent.geofence.events import (
     Arrival,
@@ -43,8 +45,6 @@ from firmware_agent.geofence.events import (
 )
 from firmware_agent.geofence.fence import Phase, StopFence
 from firmware_agent.geofence.index import Plane, RouteGrid, Shape, StopGrid
-from firmware_agent.gnss.fix import Fix, FixMode
-from firmware_agent.manifest import Manifest, Stop
 
 # Speed from positions only between fixes this close in time (seconds).
 _DERIVED_SPEED_MAX_DT_S = 10.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from firmware_agent.gnss.fix import format_utc
+from firmware_agent.contract.times import format_utc
 
 
 def _r(value: float | None, ndigits: int = 1) -> float | None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from firmware_agent.geo import EARTH_RADIUS_M
+from firmware_agent.contract.geo import EARTH_RADIUS_M
 
 _M_PER_DEG = math.pi * EARTH_RADIUS_M / 180.0
 

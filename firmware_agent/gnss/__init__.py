@@ -1,5 +1,5 @@
 """GNSS ingestion: NMEA bytes from a receiver to clean, validated fixes."""
 
-from firmware_agent.gnss.fix import Fix, FixMode
+from firmware_agent.contract.fix import Fix, FixMode
 
 __all__ = ["Fix", "FixMode"]

@@ -18,11 +18,11 @@ from collections import Counter
 
 import pynmea2
 
+from firmware_agent.contract.fix import Fix
 from firmware_agent.faults import FaultCounter, format_counts
 from firmware_agent.gnss import framing
 from firmware_agent.gnss.epochs import EpochAssembler
 from firmware_agent.gnss.filters import FilterConfig, FixFilter
-from firmware_agent.gnss.fix import Fix
 from firmware_agent.gnss.sentences import (
     BAD_CHECKSUM,
     BAD_FIELD,

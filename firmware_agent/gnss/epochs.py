@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from firmware_agent.gnss.fix import Fix, FixMode
+from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.gnss.sentences import EpochDraft
 
 _DAY_MS = 86_400_000

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.geo import approx_distance_m
 from firmware_agent.errors import ConfigError
-from firmware_agent.geo import approx_distance_m
-from firmware_agent.gnss.fix import Fix
 
 DUPLICATE = "duplicate"
 OUT_OF_ORDER = "out_of_order"

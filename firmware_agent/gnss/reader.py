@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import serial
 import serial_asyncio_fast
 
-from firmware_agent.backoff import Backoff
+from firmware_agent.contract.backoff import Backoff
+from firmware_agent.contract.fix import Fix
 from firmware_agent.errors import ConfigError, DeviceUnavailableError
 from firmware_agent.faults import format_counts, log_first_seen
 from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.fix import Fix
 
 _LOG = logging.getLogger(__name__)
 

@@ -11,36 +11,21 @@ with the POD it belongs to (:mod:`firmware_agent.pod.state`, later the outbox).
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_agent.pod.jws import peek_claims, sign_compact
-from firmware_agent.pod.keys import key_thumbprint
-
-GENESIS_PREV = "0" * 64
-POD_VERSION = 1
-# What the chain writes into every POD; the caller's fields must not set them.
-RESERVED_CLAIMS = frozenset({"v", "device_id", "seq", "prev"})
-_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-def is_hex_digest(text: object) -> bool:
-    """Whether ``text`` is a lowercase hex SHA-256 (the form of ``prev``)."""
-    return isinstance(text, str) and _HEX_DIGEST.fullmatch(text) is not None
-
-
-def pod_digest(token: str) -> str:
-    """Lowercase hex SHA-256 of the compact serialization as ASCII: the next ``prev``.
-
-    :class:`UnicodeEncodeError` (a :class:`ValueError`) if ``token`` is not ASCII, which
-    no compact JWS is.
-    """
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
+from firmware_agent.contract.jws import peek_claims, sign_compact
+from firmware_agent.contract.keys import key_thumbprint
+from firmware_agent.contract.pod import (
+    GENESIS_PREV,
+    POD_VERSION,
+    RESERVED_CLAIMS,
+    is_hex_digest,
+    pod_digest,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +100,7 @@ class PodChain:
         """Sign ``fields`` plus v, device_id, seq and prev as the next POD of the chain.
 
         :class:`ValueError` if ``fields`` sets one of :data:`RESERVED_CLAIMS`;
-        :class:`~firmware_agent.pod.jws.JwsError` (a ValueError) if a value is not JSON.
+        :class:`~firmware_agent.contract.jws.JwsError` (a ValueError) if a value is not JSON.
         The state advances only when a POD was issued.
         """
         clash = RESERVED_CLAIMS & fields.keys()

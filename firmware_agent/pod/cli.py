@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from firmware_agent.errors import AgentError
-
 # cryptography loads only when a pod command runs: `fleet-agent gnss decode` builds this
 # parser too and must start fast.
 if TYPE_CHECKING:
@@ -78,12 +76,8 @@ def _print_text(name: str, report: ChainReport, lines: list[int]) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from firmware_agent.contract.keys import KeyFileError, key_thumbprint, load_public_key  # noqa: PLC0415
     from firmware_agent.pod.chain import ChainState  # noqa: PLC0415
-    from firmware_agent.pod.keys import (  # noqa: PLC0415
-        KeyFileError,
-        key_thumbprint,
-        load_public_key,
-    )
     from firmware_agent.pod.verify import read_pod_records, verify_chain  # noqa: PLC0415
 
     try:
@@ -130,7 +124,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_pubkey(args: argparse.Namespace) -> int:
-    from firmware_agent.pod.keys import (  # noqa: PLC0415
+    from firmware_agent.contract.keys import (  # noqa: PLC0415
+        KeyFileError,
         key_thumbprint,
         load_device_key,
         public_jwk,
@@ -139,7 +134,7 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
 
     try:
         public = load_device_key(Path(args.key)).public_key()
-    except AgentError as err:  # messages never carry key material (see keys.py)
+    except KeyFileError as err:  # messages never carry key material (see keys.py)
         return _error(str(err))
     if args.format == "jwk":
         # kid and use help whoever stores it; the thumbprint ignores them.

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from firmware_agent.contract.jws import JwsError, peek_claims, verify_compact
+from firmware_agent.contract.keys import make_private_dirs, write_file_atomically
+from firmware_agent.contract.pod import pod_digest
 from firmware_agent.errors import AgentError
-from firmware_agent.pod.chain import ChainState, pod_digest
-from firmware_agent.pod.jws import JwsError, peek_claims, verify_compact
-from firmware_agent.pod.keys import make_private_dirs, write_file_atomically
+from firmware_agent.pod.chain import ChainState
 
 STATE_FORMAT_VERSION = 1
 

@@ -43,9 +43,10 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware_agent.pod.chain import POD_VERSION, ChainState, is_hex_digest, pod_digest
-from firmware_agent.pod.jws import POD_TYP, JwsError, peek_claims, read_header, verify_compact
-from firmware_agent.pod.keys import key_thumbprint
+from firmware_agent.contract.jws import POD_TYP, JwsError, peek_claims, read_header, verify_compact
+from firmware_agent.contract.keys import key_thumbprint
+from firmware_agent.contract.pod import POD_VERSION, is_hex_digest, pod_digest
+from firmware_agent.pod.chain import ChainState
 
 ProblemKind = Literal[
     "malformed",

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def parse_result(raw: str) -> dict[str, Any]:
     """The JSON-ready outcome of parsing ``raw``: the code's fields, or the error."""
-    from firmware_agent.scan.codes import ScanParseError, parse_scan  # noqa: PLC0415
+    from firmware_agent.contract.parcels import ScanParseError, parse_scan  # noqa: PLC0415
 
     try:
         code = parse_scan(raw)

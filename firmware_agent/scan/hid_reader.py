@@ -24,7 +24,7 @@ from typing import Final, Protocol
 
 from evdev import InputDevice, InputEvent, ecodes
 
-from firmware_agent.backoff import Backoff
+from firmware_agent.contract.backoff import Backoff
 from firmware_agent.errors import DeviceUnavailableError
 from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.scan.types import Scan, utc_now

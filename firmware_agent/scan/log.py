@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Final
 
+from firmware_agent.contract.times import format_utc
 from firmware_agent.faults import FaultCounter
-from firmware_agent.gnss.fix import format_utc
 from firmware_agent.scan.types import SOURCES, Scan
 
 DEFAULT_SOURCE: Final = "serial"

@@ -29,10 +29,10 @@ from typing import Final
 import serial
 import serial_asyncio_fast
 
-from firmware_agent.backoff import Backoff
+from firmware_agent.contract.backoff import Backoff
+from firmware_agent.contract.parcels import MAX_SCAN_BYTES
 from firmware_agent.errors import ConfigError, DeviceUnavailableError
 from firmware_agent.faults import FaultCounter, log_first_seen
-from firmware_agent.scan.codes import MAX_SCAN_BYTES
 from firmware_agent.scan.types import Scan, utc_now
 
 _LOG = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class ScannerConfig:
 
     ``max_line_chars`` is counted in bytes (a scanner sends ASCII, where the two are
     the same); longer lines are cut. It must exceed
-    :data:`firmware_agent.scan.codes.MAX_SCAN_BYTES`, so that a cut line is always
+    :data:`firmware_agent.contract.parcels.MAX_SCAN_BYTES`, so that a cut line is always
     rejected by the parser as too long instead of being recorded truncated.
     """
 

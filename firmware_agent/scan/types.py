@@ -22,7 +22,7 @@ class Scan:
       converted to UTC on construction; a naive time is a ``ValueError``).
     - ``raw``: the exact text, without the line terminator; it may be garbage (a
       scanner in the wrong mode, line noise): parsing is
-      :func:`firmware_agent.scan.codes.parse_scan`'s job, not the reader's.
+      :func:`firmware_agent.contract.parcels.parse_scan`'s job, not the reader's.
     - ``source``: ``"serial"`` or ``"hid"``.
     """
 

@@ -20,20 +20,17 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from firmware_agent.backoff import Backoff
-from firmware_agent.errors import CodecError
-from firmware_agent.faults import FaultCounter, log_first_seen
-from firmware_agent.uplink.codec import (
+from firmware_agent.contract.backoff import Backoff
+from firmware_agent.contract.codec import (
     decode_ack,
     encode_batch,
     encode_record,
@@ -41,8 +38,11 @@ from firmware_agent.uplink.codec import (
     is_historical,
     unpack_fix,
 )
+from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.mqtt import TlsConfig, stay_connected, until_one_ends
+from firmware_agent.contract.topics import downlink_topic, status_topic, uplink_topic
+from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.uplink.queue import AsyncOutbox
-from firmware_agent.uplink.topics import downlink_topic, status_topic, uplink_topic
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +52,6 @@ SEND_ORDER = ("pod", "events", "telemetry")
 DOWNLINK = ("ack", "manifest", "config", "model")
 
 Downlink = Callable[[str, bytes], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsConfig:
-    """Mutual TLS: the broker's CA, and the van's certificate and key (CN = device id)."""
-
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    def context(self) -> ssl.SSLContext:
-        """Reads the files: call it off the event loop."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        if self.cert_file is not None:
-            ctx.load_cert_chain(
-                str(self.cert_file), None if self.key_file is None else str(self.key_file)
-            )
-        return ctx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -372,77 +354,6 @@ class Uplink:
                 window.release()
 
         publishes.create_task(publish(), name=f"publish-{stream}")
-
-
-def being_cancelled() -> bool:
-    """Whether the current task has a cancellation pending.
-
-    A task group cancelled while one of its children fails raises the child's error
-    instead of CancelledError; a reconnect loop that took that for a lost broker would
-    swallow the cancellation and reconnect forever (seen: ``fleet-agent run
-    --exit-when-drained`` hanging after its last ack). Such loops check this first.
-    It is exact only if no task group ran directly in the task: Python 3.11's
-    TaskGroup leaves its own cancel request counted after a child fails, hence
-    :func:`until_one_ends` for the connection's tasks.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-async def stay_connected(
-    connection: Callable[[Backoff], Awaitable[None]],
-    backoff: Backoff,
-    lost: Callable[[aiomqtt.MqttError], None],
-) -> None:
-    """The reconnect loop of every MQTT client here (the uplink, ingest's workers).
-
-    Runs ``connection(backoff)`` (which resets ``backoff`` once connected) until it
-    fails; a lost broker is reported to ``lost`` and retried after the backoff's next
-    delay, anything else propagates, and so does a cancellation, whatever error a task
-    group wrapped around it (:func:`being_cancelled`).
-    """
-    while True:
-        try:
-            await connection(backoff)
-        except (aiomqtt.MqttError, ExceptionGroup) as caught:
-            if being_cancelled():
-                raise asyncio.CancelledError from caught
-            err = broker_error(caught)
-            if err is None:
-                raise
-            lost(err)
-            await asyncio.sleep(backoff.next_delay_s())
-
-
-async def until_one_ends(coros: dict[str, Coroutine[Any, Any, None]]) -> None:
-    """Run ``coros`` as named tasks until the first ends; cancel and await the others;
-    re-raise what ended the first (an error, or nothing). A cancellation of the caller
-    propagates as CancelledError, never wrapped in an exception group."""
-    tasks = [asyncio.create_task(c, name=name) for name, c in coros.items()]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for t in done:
-        if not t.cancelled() and t.exception() is not None:
-            t.result()
-
-
-def broker_error(err: BaseException) -> aiomqtt.MqttError | None:
-    """The broker connection's failure in ``err`` (possibly wrapped by task groups), or
-    ``None`` when ``err`` holds anything else, which must propagate."""
-    if isinstance(err, aiomqtt.MqttError):
-        return err
-    if isinstance(err, BaseExceptionGroup):
-        matched, rest = err.split(aiomqtt.MqttError)
-        if rest is None and matched is not None:
-            leaf: BaseException = matched
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            return leaf if isinstance(leaf, aiomqtt.MqttError) else None
-    return None
 
 
 def _record(payload: bytes) -> dict[str, Any]:

@@ -12,7 +12,7 @@ Contract
 - A record leaves only when ingest's cumulative ack covers it (:meth:`Outbox.ack`),
   never on the broker's PUBACK. :meth:`Outbox.pending` gives records oldest first, so a
   replay after an outage starts with the oldest; whether a record is historical is the
-  sender's call at send time (:func:`firmware_agent.uplink.codec.is_historical`).
+  sender's call at send time (:func:`firmware_agent.contract.codec.is_historical`).
 - The database's used size is held near ``budget_bytes`` by thinning telemetry, oldest
   first (see :meth:`Outbox._enforce_budget` for the policy). Events and PODs are never
   dropped: past the budget they are still accepted, and counted (``over_budget``).
@@ -61,10 +61,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from firmware_agent.contract.keys import fsync_directory, make_private_dirs
+from firmware_agent.contract.topics import STREAMS
 from firmware_agent.errors import OutboxError, OutboxStorageError
 from firmware_agent.faults import FaultCounter, log_first_seen
-from firmware_agent.pod.keys import fsync_directory, make_private_dirs
-from firmware_agent.uplink.topics import STREAMS
 
 _LOG = logging.getLogger(__name__)
 

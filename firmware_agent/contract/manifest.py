@@ -8,22 +8,21 @@ raises :class:`ManifestError` naming the first offending field (``stops[3].radiu
 ...``). Validation is written out here rather than with a schema library because the
 van's base install stays small and because the checks go beyond a schema: unique ids,
 finite coordinates, windows that end after they start, polygons that close.
-:class:`ManifestStore` keeps the current manifest on disk, replaced atomically.
+The van keeps the current one on disk (:mod:`firmware_agent.manifest_store`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from firmware_agent.errors import AgentError
-from firmware_agent.scan.codes import canonical_code
+from firmware_agent.contract.errors import ContractError
+from firmware_agent.contract.parcels import canonical_code
 
 STOP_TYPES = frozenset({"house", "apartment", "business", "locker", "other"})
 MAX_STOPS = 10_000
@@ -33,7 +32,7 @@ MAX_RADIUS_M = 5_000.0
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 
 
-class ManifestError(AgentError, ValueError):
+class ManifestError(ContractError, ValueError):
     """A manifest is malformed; ``where`` names the offending field."""
 
     def __init__(self, where: str, problem: str) -> None:
@@ -265,37 +264,3 @@ def load_manifest(path: Path) -> Manifest:
     except OSError as err:
         raise ManifestError(str(path), f"cannot read: {err.strerror or err}") from err
     return loads_manifest(data)
-
-
-class ManifestStore:
-    """The current manifest on disk (``manifest.json`` in the agent's state directory).
-
-    :meth:`replace` validates first, then writes a temporary file, fsyncs it and renames
-    it over the old one, so a power cut leaves either the old or the new manifest, never
-    a torn one. An invalid manifest is refused and the current one stays.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> Manifest | None:
-        """The stored manifest, or None when there is none yet."""
-        if not self.path.exists():
-            return None
-        return load_manifest(self.path)
-
-    def replace(self, data: bytes) -> Manifest:
-        manifest = loads_manifest(data)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return manifest

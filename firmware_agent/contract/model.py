@@ -5,7 +5,7 @@ Wire format of ``fleet/v1/{device_id}/model`` (QoS 1, retained)::
     <JWS compact serialization, ASCII> b"\\n" <the .tflite file's bytes>
 
 The JWS (Ed25519, ``alg`` ``EdDSA``, ``typ`` :data:`MODEL_TYP`, ``kid`` the RFC 7638
-thumbprint of the fleet's model key; :mod:`firmware_agent.pod.jws`) signs the claims
+thumbprint of the fleet's model key; :mod:`firmware_agent.contract.jws`) signs the claims
 (:class:`ModelClaims`)::
 
     {"model_version", "features_version", "sha256", "size_bytes", "issued",
@@ -50,10 +50,9 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from firmware_agent.errors import ModelError, ModelUpdateError
-from firmware_agent.eta.interpreter import MAX_MODEL_BYTES, read_metadata
-from firmware_agent.gnss.fix import format_utc
-from firmware_agent.pod.jws import (
+from firmware_agent.contract.codec import UTC_PATTERN
+from firmware_agent.contract.errors import ModelError, ModelUpdateError
+from firmware_agent.contract.jws import (
     MAX_TOKEN_CHARS,
     JwsError,
     peek_claims,
@@ -61,9 +60,10 @@ from firmware_agent.pod.jws import (
     sign_compact,
     verify_compact,
 )
-from firmware_agent.pod.keys import key_thumbprint
-from firmware_agent.uplink.codec import UTC_PATTERN
-from firmware_agent.uplink.topics import valid_device_id
+from firmware_agent.contract.keys import key_thumbprint
+from firmware_agent.contract.model_file import MAX_MODEL_BYTES, read_metadata
+from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.topics import valid_device_id
 
 MODEL_TYP: Final = "fleet-eta-model"
 SEPARATOR: Final = b"\n"

@@ -26,8 +26,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from firmware_agent.errors import AgentError
-from firmware_agent.pod.jws import b64url_decode, b64url_encode
+from firmware_agent.contract.errors import ContractError
+from firmware_agent.contract.jws import b64url_decode, b64url_encode
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _ED25519_KEY_BYTES = 32
 _MAX_KEY_FILE_BYTES = 64 * 1024
 
 
-class KeyFileError(AgentError, OSError):
+class KeyFileError(ContractError, OSError):
     """A key file is absent, unreadable, too widely readable or not an Ed25519 key.
 
     The message names the file and the fault, never the key material.

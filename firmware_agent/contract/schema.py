@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
-from cloud_ingest.errors import SchemaError, UnknownSchemaError
+from firmware_agent.contract.errors import SchemaError, UnknownSchemaError
 
 _SUFFIX: Final = ".schema.json"
 _DEFS: Final = "defs"
@@ -44,7 +44,7 @@ _WEAK: Final = frozenset({"anyOf", "oneOf", "unevaluatedProperties", "allOf", "$
 
 @cache
 def _documents() -> dict[str, dict[str, Any]]:
-    folder = files(__name__).joinpath("schemas")
+    folder = files("firmware_agent.contract").joinpath("schemas")
     docs: dict[str, dict[str, Any]] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(_SUFFIX):

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from firmware_agent.errors import CodecError
-from firmware_agent.gnss.fix import Fix, format_utc
-from firmware_agent.uplink.topics import STREAMS, check_device_id
+from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.topics import STREAMS, check_device_id
 
 VERSION: Final = 1
 MAGIC: Final = b"FT"
@@ -89,7 +90,7 @@ UTC_PATTERN: Final = _UTC_TEXT.pattern
 class FixRecord:
     """One fix as telemetry carries it: a UTC time and a position, the rest optional.
 
-    ``mode`` is gpsd's (:class:`~firmware_agent.gnss.fix.FixMode`): 0 unknown, 1 no fix,
+    ``mode`` is gpsd's (:class:`~firmware_agent.contract.fix.FixMode`): 0 unknown, 1 no fix,
     2 2D, 3 3D. ``sats`` is the number of satellites used.
     """
 

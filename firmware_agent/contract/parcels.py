@@ -36,7 +36,7 @@ from biip.gs1_messages import GS1Message
 from biip.sscc import Sscc
 from biip.symbology import GS1Symbology, SymbologyIdentifier
 
-from firmware_agent.errors import AgentError
+from firmware_agent.contract.errors import ContractError
 
 # No parcel label comes near: GS1-128 carries at most 48 data characters, and a GS1
 # Digital Link URI in a QR code stays well under 200. Counted in UTF-8 bytes, the unit
@@ -63,7 +63,7 @@ class CodeKind(StrEnum):
     PLAIN = "plain"
 
 
-class ScanParseError(AgentError, ValueError):
+class ScanParseError(ContractError, ValueError):
     """A scan is not a usable parcel code.
 
     ``reason`` is a short machine string (stable, for counters and JSON output):

@@ -27,7 +27,7 @@ from typing import Any, Literal, NoReturn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from firmware_agent.errors import AgentError
+from firmware_agent.contract.errors import ContractError
 
 JwsReason = Literal["malformed", "bad_header", "bad_alg", "bad_signature", "bad_payload"]
 
@@ -44,7 +44,7 @@ _ED25519_SIG_BYTES = 64
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-class JwsError(AgentError, ValueError):
+class JwsError(ContractError, ValueError):
     """A token failed verification; :attr:`reason` says at which step.
 
     ``malformed``: not three canonical base64url segments; ``bad_header``: the protected

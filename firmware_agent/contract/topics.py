@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Final, Literal, NamedTuple
 
-from firmware_agent.errors import CodecError
+from firmware_agent.contract.errors import CodecError
 
 ROOT: Final = "fleet/v1"
 STREAM_ROOT: Final = "fleetstream/v1"

@@ -93,10 +93,10 @@ from typing import Final, overload
 import numpy as np
 import numpy.typing as npt
 
-from firmware_agent.errors import FeatureError
-from firmware_agent.geo import LocalFrame, approx_distance_m
-from firmware_agent.gnss.fix import Fix
-from firmware_agent.manifest import Manifest
+from firmware_agent.contract.errors import FeatureError
+from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.geo import LocalFrame, approx_distance_m
+from firmware_agent.contract.manifest import Manifest
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]

@@ -1,10 +1,18 @@
-"""The agent's unit of position: one :class:`Fix` per receiver epoch."""
+"""What a GNSS receiver said about one epoch: :class:`Fix`, and gpsd's :class:`FixMode`.
+
+The van's decoder makes one :class:`Fix` per receiver epoch; the telemetry point
+(:mod:`.records`) is made from it, and the ETA features (:mod:`.eta_features`), which
+training shares with the van, read it. Its JSON form (:meth:`Fix.to_json`) is what
+``fleet-agent gnss decode`` prints and what :meth:`Fix.from_json` reads back.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import IntEnum
 from typing import Any, NamedTuple
+
+from firmware_agent.contract.times import format_utc
 
 
 class FixMode(IntEnum):
@@ -14,15 +22,6 @@ class FixMode(IntEnum):
     NO_FIX = 1
     FIX_2D = 2
     FIX_3D = 3
-
-
-def format_utc(t: datetime) -> str:
-    """ISO 8601 UTC with milliseconds and a ``Z`` suffix: ``2026-11-21T08:00:01.000Z``."""
-    if t.tzinfo is None:
-        raise ValueError("naive datetime: times in the agent are UTC-aware")
-    if t.tzinfo is not UTC:
-        t = t.astimezone(UTC)
-    return t.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 # A NamedTuple rather than a frozen dataclass: just as immutable, and four times
