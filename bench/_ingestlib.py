@@ -15,7 +15,7 @@
   those days back to back with its own Ed25519 key, its PODs re-signed by its own
   :class:`~firmware_agent.pod.chain.PodChain`, its telemetry (the fixes the sampler
   selected) cut into batches of a seeded random 20..60 fixes (``encode_batch``), and
-  each event and POD in its own envelope (``encode_record``). The vans' messages are
+  each event and POD in its own envelope (``frame_record``). The vans' messages are
   merged in the order their days would produce them.
 - :class:`WorkerPool`: N ingest workers, each a process (``spawn``) running the real
   :class:`~cloud_ingest.worker.IngestWorker` with its own store connection, with timing
@@ -71,17 +71,18 @@ from cloud_ingest.store.base import Store, WriteBatch, WriteResult
 from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.agent import stream_of, telemetry_fix
-from firmware_agent.contract.codec import FixRecord, encode_batch, encode_record, fix_record
+from firmware_agent.contract import wirejson
+from firmware_agent.contract.envelope import frame_record
 from firmware_agent.contract.jws import peek_claims
 from firmware_agent.contract.manifest import parse_manifest
 from firmware_agent.contract.pod import RESERVED_CLAIMS
+from firmware_agent.contract.records import Record, TelemetryPoint
+from firmware_agent.contract.telemetry import encode_batch
 from firmware_agent.contract.topics import shared_subscriptions, uplink_topic
 from firmware_agent.faults import FaultCounter
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import replay
 from firmware_agent.scan.log import read_scan_log
-from firmware_agent.van import Message as VanMessage
 from firmware_agent.van import VanPipeline
 from simulator.broker import MOSQUITTO, Mosquitto
 from simulator.manifest import build_manifest
@@ -340,7 +341,7 @@ class Fleet:
 @dataclass(frozen=True, slots=True)
 class _DayItem:
     t_s: float  # seconds since the day's start, nondecreasing
-    message: VanMessage
+    record: Record
 
 
 def _template_day(seed: int, stops: int, start: datetime) -> list[_DayItem]:
@@ -353,13 +354,13 @@ def _template_day(seed: int, stops: int, start: datetime) -> list[_DayItem]:
     scans = list(read_scan_log(scan_lines, FaultCounter()))
     nmea = b"".join(epoch_bytes(e, config.talker) for e in scenario.epochs())
     pipeline = VanPipeline(manifest, pods=PodChain(_TEMPLATE, Ed25519PrivateKey.generate()))
-    emitted: list[VanMessage] = []
+    emitted: list[Record] = []
     replay(io.BytesIO(nmea), scans, pipeline, emitted.append)
     items = []
     clock = start
-    for message in emitted:
-        clock = max(clock, datetime.fromisoformat(message["time"]))
-        items.append(_DayItem((clock - start).total_seconds(), message))
+    for record in emitted:
+        clock = max(clock, record.time)
+        items.append(_DayItem((clock - start).total_seconds(), record))
     return items
 
 
@@ -384,7 +385,7 @@ def _van_day(
     """The messages of ``van`` driving ``day``: (seconds since the day's start, message)."""
     out: list[tuple[float, Message]] = []
     seqs = van.last_seqs
-    batch: list[tuple[int, FixRecord]] = []
+    batch: list[tuple[int, TelemetryPoint]] = []
     cut = rng.randint(*BATCH_FIXES)
     device_id = van.device_id
 
@@ -409,18 +410,15 @@ def _van_day(
 
     t_s = 0.0
     for item in day:
-        t_s, message = item.t_s, item.message
-        stream = stream_of(message)
-        if stream == "telemetry":
-            rec = fix_record(telemetry_fix(message))
-            if rec is None:
-                continue
+        t_s = item.t_s
+        if isinstance(item.record, TelemetryPoint):
             seqs["telemetry"] += 1
-            batch.append((seqs["telemetry"], rec))
+            batch.append((seqs["telemetry"], item.record))
             if len(batch) >= cut:
                 flush(t_s)
             continue
-        record = dict(message)
+        stream = item.record.stream
+        record = item.record.to_json()
         if "route_id" in record:
             record["route_id"] = _van_route(record["route_id"], device_id)
         if stream == "pod":
@@ -430,8 +428,13 @@ def _van_day(
             pod = chain.issue(fields)
             record["seq"], record["jws"] = pod.seq, pod.token
         seqs[stream] += 1
-        payload = encode_record(
-            device_id, stream, seqs[stream], record, historical=False, sent_at=SENT_AT
+        payload = frame_record(
+            device_id,
+            stream,
+            seqs[stream],
+            wirejson.dumps(record, "record"),
+            historical=False,
+            sent_at=SENT_AT,
         )
         topic = uplink_topic(device_id, stream)
         out.append((t_s, Message(topic, payload, device_id, stream, seqs[stream], 1)))

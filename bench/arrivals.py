@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, parse_manifest
+from firmware_agent.contract.records import Arrival
 from firmware_agent.geofence.config import GeofenceConfig
 from firmware_agent.geofence.index import Plane
 from firmware_agent.gnss.decoder import GnssDecoder
@@ -131,9 +132,9 @@ def run_day(manifest: Manifest, nmea: bytes) -> tuple[list[tuple[str, datetime]]
     )
     arrivals = []
     for fix in fixes:
-        for m in van.on_fix(fix):
-            if m["type"] == "arrival":
-                arrivals.append((m["stop_id"], datetime.fromisoformat(m["time"])))
+        for r in van.on_fix(fix):
+            if isinstance(r, Arrival):
+                arrivals.append((r.stop_id, r.time))
     return arrivals, fixes
 
 

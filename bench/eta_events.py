@@ -15,7 +15,7 @@ Printed per suite (days of one size) and predictor:
 
 - volume: ``eta`` records by trigger, ``late_risk`` records, and their bytes as the
   uplink sends them: one MQTT message per record, the JSON envelope of
-  :func:`~firmware_agent.contract.codec.encode_record` around the compact record JSON the
+  :func:`~firmware_agent.contract.envelope.frame_record` around the compact record JSON the
   agent stores (the events stream is neither batched nor compressed; MQTT headers and
   the topic are not counted, as in bench/wire_bytes.py); kB per van-hour, to compare
   with the 5.9 kB the van's telemetry costs (docs/benchmarks.md);
@@ -55,9 +55,10 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_ingest.eta.dataset import format_seeds, parse_seeds, simulator_day
-from firmware_agent.contract.codec import encode_record
+from firmware_agent.contract.envelope import frame_record
 from firmware_agent.contract.eta_features import FeatureMatrix
 from firmware_agent.contract.model_file import read_metadata
+from firmware_agent.contract.records import EtaUpdate, LateRisk, encode_record
 from firmware_agent.eta.models import DEFAULT_MODEL
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.tracker import TRIGGERS, EtaConfig
@@ -132,10 +133,6 @@ def _bucket(horizon_s: float) -> str | None:
     return None
 
 
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
-
-
 def play(day: Any, predictor: EtaPredictor, config: EtaConfig) -> Tally:
     """``day`` through the pipeline with ``predictor``; what was sent, scored on the truth."""
     recorder = Recording(predictor)
@@ -147,10 +144,10 @@ def play(day: Any, predictor: EtaPredictor, config: EtaConfig) -> Tally:
         telemetry=False,
         eta=recorder,
     )
-    records: list[dict[str, Any]] = []
+    records: list[EtaUpdate | LateRisk] = []
     for fix in day.fixes:
         recorder.now = fix.time
-        records += [m for m in van.on_fix(fix) if m["type"] in {"eta", "late_risk"}]
+        records += [r for r in van.on_fix(fix) if isinstance(r, EtaUpdate | LateRisk)]
 
     t = Tally(days=1, stops=len(manifest.stops))
     first_s = day.fixes[0].time.timestamp()
@@ -159,24 +156,19 @@ def play(day: Any, predictor: EtaPredictor, config: EtaConfig) -> Tally:
     published: dict[str, list[tuple[float, float]]] = defaultdict(list)
     alerts: dict[str, list[float]] = defaultdict(list)
     for seq, r in enumerate(records, start=1):
-        sent = encode_record(
-            manifest.device_id,
-            "events",
-            seq,
-            r,
-            historical=False,
-            sent_at=datetime.fromisoformat(r["time"]),
+        # What the agent stores is the record's JSON; the wire carries it enveloped.
+        stored = encode_record(r)
+        sent = frame_record(
+            manifest.device_id, "events", seq, stored, historical=False, sent_at=r.time
         )
-        # What the agent stores is the compact record JSON; the wire carries it enveloped.
-        assert json.dumps(r, separators=(",", ":")).encode() in sent
         t.wire_bytes += len(sent)
-        if r["type"] == "eta":
-            t.triggers[r["trigger"]] += 1
+        if isinstance(r, EtaUpdate):
+            t.triggers[r.trigger or "first"] += 1
             t.eta_wire_bytes += len(sent)
-            published[r["stop_id"]].append((_ts(r["time"]), _ts(r["eta"])))
+            published[r.stop_id].append((r.time.timestamp(), r.eta.timestamp()))
         else:
             t.late_risk += 1
-            alerts[r["stop_id"]].append(_ts(r["time"]))
+            alerts[r.stop_id].append(r.time.timestamp())
 
     # late_risk against the truth.
     truth = {stop_id: at.timestamp() for stop_id, at in day.arrivals.items()}

@@ -58,7 +58,7 @@ from _ingestlib import (
     retain_probe,
 )
 
-from firmware_agent.contract.codec import decode_ack
+from firmware_agent.contract.envelope import decode_ack
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.uplink.mqtt import UplinkConfig
 

@@ -1,9 +1,9 @@
-"""Outbox capacity and speed: a million 24-byte fixes, against raw SQLite, same run.
+"""Outbox capacity and speed: a million 29-byte telemetry points, against raw SQLite.
 
 Figures, on a fresh outbox in ``--dir`` (a temporary directory by default; point it at
 the SD card to measure the card):
 
-- fill: ``--records`` telemetry fixes (``codec.pack_fix``, 24 bytes each, a van
+- fill: ``--records`` telemetry points (``records.encode_point``, 29 bytes each, a van
   driving at 1 Hz) in ``add_many`` transactions of ``--batch``: the database's size
   (file and used pages), bytes per fix, records/s;
 - durable commits: ``--commits`` single ``add`` calls, each its own fsynced transaction
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from firmware_agent.contract.codec import PACKED_FIX_SIZE, FixRecord, pack_fix
+from firmware_agent.contract.records import STORED_POINT_SIZE, TelemetryPoint, encode_point
 from firmware_agent.uplink.outbox import Outbox
 
 T0 = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
@@ -43,17 +43,19 @@ def batches(records: int, batch: int) -> Iterator[list[tuple[bytes, datetime]]]:
         for i in range(start, min(start + batch, records)):
             angle = i * 12.0 / 5000.0
             when = T0 + timedelta(seconds=i)
-            fix = FixRecord(
+            point = TelemetryPoint(
                 time=when,
                 lat=52.37 + 0.0072 * math.sin(angle),
                 lon=4.89 + 0.0118 * math.cos(angle),
-                mode=3,
+                alt_m=12.5,
                 speed_mps=12.0,
                 course_deg=math.degrees(angle) % 360.0,
+                mode=3,
+                quality=1,
                 hdop=0.9,
-                sats=11,
+                sats_used=11,
             )
-            out.append((pack_fix(fix), when))
+            out.append((encode_point(point), when))
         yield out
 
 
@@ -108,7 +110,7 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=2000)
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
-    assert PACKED_FIX_SIZE == 24
+    assert STORED_POINT_SIZE == 29
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         db = Path(tmp) / "outbox.db"
         with Outbox(db) as outbox:
@@ -127,7 +129,7 @@ def main() -> None:
 
     ours_rate = args.records / fill_s
     base_rate = args.records / base_s
-    print(f"records                  {args.records:,} fixes of {PACKED_FIX_SIZE} bytes")
+    print(f"records                  {args.records:,} fixes of {STORED_POINT_SIZE} bytes")
     used_mb = stats["used_bytes"] / MB
     print(f"database file            {file_bytes / MB:.1f} MB (used {used_mb:.1f} MB)")
     print(f"bytes per fix            {file_bytes / args.records:.1f}")

@@ -29,11 +29,12 @@ import pynmea2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_agent.contract.manifest import load_manifest
+from firmware_agent.contract.records import Record
 from firmware_agent.faults import FaultCounter
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import json_line, replay
 from firmware_agent.scan.log import read_scan_log
-from firmware_agent.van import Message, VanPipeline
+from firmware_agent.van import VanPipeline
 
 
 def baseline(lines: list[str]) -> float:
@@ -52,8 +53,8 @@ def ours(day: Path, nmea: bytes) -> tuple[float, int, dict[str, int]]:
     van = VanPipeline(manifest, pods=PodChain(manifest.device_id, Ed25519PrivateKey.generate()))
     sink = io.StringIO()
 
-    def emit(message: Message) -> None:
-        sink.write(json_line(message))
+    def emit(record: Record) -> None:
+        sink.write(json_line(record))
 
     summary = replay(io.BytesIO(nmea), scans, van, emit)
     return summary.elapsed_s, summary.fixes, dict(summary.messages)

@@ -8,8 +8,8 @@ its first fix is ``--batch-s`` old by the next fix's time. Measured, in bytes of
 payload per fix:
 
 - ours: ``encode_batch`` of the selected fixes;
-- JSON per fix: ``json.dumps(telemetry_message(fix))`` (compact), one message per
-  selected fix, the naive uplink;
+- JSON per fix: the point's JSON (``fleet-agent replay``'s telemetry line, compact),
+  one message per selected fix, the naive uplink;
 - JSON batch: the same messages as one JSON array per batch;
 - ours, unsampled: every fix with a position (the whole 1 Hz stream), batched alike.
 
@@ -19,15 +19,16 @@ payload per fix:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from firmware_agent.contract.codec import FixRecord, decode_batch, encode_batch, fix_record
 from firmware_agent.contract.fix import Fix
+from firmware_agent.contract.records import TelemetryPoint
+from firmware_agent.contract.telemetry import decode_batch, encode_batch
 from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.telemetry import TelemetrySampler, telemetry_message
+from firmware_agent.replay import json_line
+from firmware_agent.telemetry import TelemetrySampler
 from simulator.nmea_writer import epoch_bytes
 from simulator.scenario import ScenarioConfig, generate
 
@@ -71,10 +72,10 @@ def day_fixes(seed: int, stops: int) -> list[Fix]:
 
 
 def batches(
-    records: Sequence[tuple[Fix, FixRecord]], max_fixes: int, max_age_s: float
-) -> Iterator[list[tuple[Fix, FixRecord]]]:
+    records: Sequence[tuple[Fix, TelemetryPoint]], max_fixes: int, max_age_s: float
+) -> Iterator[list[tuple[Fix, TelemetryPoint]]]:
     """Cut the stream as an uplink would: by count, or when the first fix is too old."""
-    batch: list[tuple[Fix, FixRecord]] = []
+    batch: list[tuple[Fix, TelemetryPoint]] = []
     for item in records:
         if batch and (
             len(batch) >= max_fixes
@@ -88,7 +89,7 @@ def batches(
 
 
 def measure(
-    records: Sequence[tuple[Fix, FixRecord]],
+    records: Sequence[tuple[Fix, TelemetryPoint]],
     first_seq: int,
     ours: Tally,
     json_batch: Tally | None,
@@ -101,11 +102,11 @@ def measure(
         numbered = [(seq + i, rec) for i, (_, rec) in enumerate(batch)]
         payload = encode_batch(DEVICE_ID, seq, numbered, historical=False)
         # Measured bytes only count if they carry the fixes back.
-        assert [s for s, _ in decode_batch(payload).fixes] == [s for s, _ in numbered]
+        assert list(decode_batch(payload).points) == numbered
         ours.add(len(batch), payload)
         if json_batch is not None:
-            messages = [telemetry_message(fix) for fix, _ in batch]
-            json_batch.add(len(batch), json.dumps(messages, separators=(",", ":")).encode())
+            lines = [json_line(point).rstrip() for _, point in batch]
+            json_batch.add(len(batch), ("[" + ",".join(lines) + "]").encode())
         seq += len(batch)
     return seq
 
@@ -126,17 +127,17 @@ def main() -> None:
         fixes = day_fixes(seed, args.stops)
         all_fixes += len(fixes)
         sampler = TelemetrySampler()
-        everything: list[tuple[Fix, FixRecord]] = []
-        selected: list[tuple[Fix, FixRecord]] = []
+        everything: list[tuple[Fix, TelemetryPoint]] = []
+        selected: list[tuple[Fix, TelemetryPoint]] = []
         for fix in fixes:
-            rec = fix_record(fix)
+            rec = TelemetryPoint.from_fix(fix)
             if rec is None:
                 continue
             everything.append((fix, rec))
             if sampler.select(fix):
                 selected.append((fix, rec))
-        for fix, _ in selected:
-            json_each.add(1, json.dumps(telemetry_message(fix), separators=(",", ":")).encode())
+        for _, point in selected:
+            json_each.add(1, json_line(point).rstrip().encode())
         span_s += (everything[-1][1].time - everything[0][1].time).total_seconds()
         measure(selected, 1, ours, json_batch, args.batch_fixes, args.batch_s)
         measure(everything, 1, unsampled, None, args.batch_fixes, args.batch_s)

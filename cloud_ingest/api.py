@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,16 +43,15 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    TypeAdapter,
     WithJsonSchema,
     field_validator,
 )
 
 from cloud_ingest import __version__
 from cloud_ingest.errors import StorageError
+from cloud_ingest.fleetstream import position_record
 from cloud_ingest.store.base import (
     CHAIN_STATUSES,
-    STREAMS,
     ChainStatus,
     Counts,
     Device,
@@ -60,14 +60,15 @@ from cloud_ingest.store.base import (
     Position,
     StopEvent,
     Store,
-    Stream,
     UnknownDeviceError,
 )
 from cloud_ingest.verify import Reason
+from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.jws import POD_TYP, JwsError, peek_claims, read_header, verify_compact
 from firmware_agent.contract.keys import key_thumbprint, public_jwk, public_key_pem
-from firmware_agent.contract.pod import pod_digest
+from firmware_agent.contract.pod import PodClaims
 from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.topics import STREAMS, Stream
 
 if TYPE_CHECKING:
     from cloud_ingest.worker import IngestWorker
@@ -147,15 +148,21 @@ class DeviceOut(_Out):
 
 
 class PositionOut(_Out):
+    """A telemetry point as stored: every field the van sent (null when unknown), as the
+    normalized stream's position record (fleetstream-position.schema.json)."""
+
     device_id: str
     seq: int
     time: UtcTime
     lat: float
     lon: float
+    alt_m: float | None = Field(description="Altitude above mean sea level, m")
     speed_mps: float | None
     course_deg: float | None
+    mode: int = Field(description="gpsd's mode: 0 unknown, 1 no fix, 2 2D, 3 3D")
+    quality: int | None = Field(description="GGA fix quality (1 GPS, 2 DGPS, 4 RTK, ...)")
     hdop: float | None
-    sats: int | None
+    sats_used: int | None = Field(description="Satellites used in the fix")
     historical: bool
 
 
@@ -207,6 +214,7 @@ class PodOut(_Out):
     stop_id: str
     time: UtcTime
     verdict: str
+    distance_m: float | None = Field(description="To the stop's geofence, m (null: no fix)")
     historical: bool
     jws: str = Field(description="Compact JWS exactly as the van signed it")
     digest: str = Field(description="SHA-256 of the JWS: the next POD's prev")
@@ -311,7 +319,7 @@ def device_out(device: Device) -> DeviceOut:
 
 
 def _position_out(p: Position) -> PositionOut:
-    return PositionOut.model_validate(p)
+    return PositionOut.model_validate(position_record(p))
 
 
 def _arrival_out(e: StopEvent) -> ArrivalOut:
@@ -324,7 +332,7 @@ def _arrival_out(e: StopEvent) -> ArrivalOut:
             "stop_id": e.stop_id,
             "route_id": e.route_id,
             "historical": e.historical,
-            "record": dict(e.record),
+            "record": e.record.to_json(),
         }
     )
 
@@ -359,20 +367,26 @@ def verify_pod(pod: Pod, device: Device | None, now: datetime) -> PodOut:
                 detail = f"jws: {err}"
         else:
             signature_valid = True
-            expected = {
-                "device_id": pod.device_id,
-                "seq": pod.pod_seq,
-                "parcel": pod.parcel,
-                "stop_id": pod.stop_id,
-                "verdict": pod.verdict,
-                "prev": pod.prev,
-            }
-            differ = [k for k, v in expected.items() if verified.get(k) != v]
-            if pod_digest(pod.jws) != pod.digest:
-                differ.append("digest")
-            claims_match = not differ
-            if differ:
-                detail = f"stored {', '.join(differ)} differ(s) from the signed claims"
+            try:
+                signed = PodClaims.from_json(verified)
+            except CodecError as err:
+                detail = f"signed, but not a POD: {err}"
+            else:
+                record = pod.record
+                expected = {
+                    "device_id": (signed.device_id, pod.device_id),
+                    "seq": (signed.seq, pod.pod_seq),
+                    "parcel": (signed.parcel, record.parcel),
+                    "stop_id": (signed.stop_id, record.stop_id),
+                    "verdict": (signed.verdict, record.verdict),
+                    "distance_m": (signed.distance_m, record.distance_m),
+                    "scan_time": (signed.scan_time, record.time),
+                    "prev": (signed.prev, pod.prev),
+                }
+                differ = [k for k, (claim, stored) in expected.items() if claim != stored]
+                claims_match = not differ
+                if differ:
+                    detail = f"stored {', '.join(differ)} differ(s) from the signed claims"
     if detail is None and pod.chain_status != "ok":
         detail = {
             "pending": f"POD {pod.pod_seq - 1} of this device (its predecessor) is not stored",
@@ -382,10 +396,11 @@ def verify_pod(pod: Pod, device: Device | None, now: datetime) -> PodOut:
         device_id=pod.device_id,
         seq=pod.seq,
         pod_seq=pod.pod_seq,
-        parcel=pod.parcel,
-        stop_id=pod.stop_id,
+        parcel=pod.record.parcel,
+        stop_id=pod.record.stop_id,
         time=pod.time,
-        verdict=pod.verdict,
+        verdict=pod.record.verdict,
+        distance_m=pod.record.distance_m,
         historical=pod.historical,
         jws=pod.jws,
         digest=pod.digest,
@@ -428,10 +443,11 @@ def parse_time(name: str, text: str) -> datetime:
         ) from None
 
 
-_POSITION_LIST = TypeAdapter(list[PositionOut])
 # Positions serialized per chunk: a day at 1 Hz (86,400) would hold the event loop for
 # over a second in one piece; a chunk takes a few milliseconds, and the response is
-# sent chunk by chunk, so the workers sharing the loop keep running.
+# sent chunk by chunk, so the workers sharing the loop keep running. Each position is
+# its stream record (the JSON PositionOut declares), written by json rather than
+# pydantic: it is JSON already, and making models of it only to dump them is waste.
 _TRACK_CHUNK = 1000
 
 
@@ -440,8 +456,9 @@ async def _track_json(head: TrackOut, positions: Sequence[Position]) -> AsyncIte
     before, after = head.model_dump_json().encode().split(b'"positions":[]', 1)
     yield before + b'"positions":['
     for i in range(0, len(positions), _TRACK_CHUNK):
-        chunk = _POSITION_LIST.validate_python(positions[i : i + _TRACK_CHUNK])
-        yield (b"," if i else b"") + _POSITION_LIST.dump_json(chunk)[1:-1]
+        chunk = [position_record(p) for p in positions[i : i + _TRACK_CHUNK]]
+        text = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+        yield (b"," if i else b"") + text[1:-1].encode()
         await asyncio.sleep(0)
     yield b"]" + after
 

@@ -66,33 +66,34 @@ def _grouped(
 
 
 def position_record(p: Position) -> dict[str, Any]:
-    return {
-        "device_id": p.device_id,
-        "seq": p.seq,
-        "time": format_utc(p.time),
-        "lat": p.lat,
-        "lon": p.lon,
-        "speed_mps": p.speed_mps,
-        "course_deg": p.course_deg,
-        "hdop": p.hdop,
-        "historical": p.historical,
-    }
+    """A stored point as the stream (and the HTTP track) say it: every field it has."""
+    return {"device_id": p.device_id, "seq": p.seq, **p.point.to_json(), "historical": p.historical}
 
 
 def event_record(e: StopEvent) -> dict[str, Any]:
-    return {**e.record, "device_id": e.device_id, "seq": e.seq, "historical": e.historical}
+    return {
+        **e.record.to_json(),
+        "device_id": e.device_id,
+        "seq": e.seq,
+        "historical": e.historical,
+    }
 
 
 def pod_record(pod: Pod) -> dict[str, Any]:
+    """A stored POD: its record's fields (the chain's seq as ``pod_seq``: ``seq`` is the
+    envelope's), its JWS verified against the device's key, its link in the chain."""
+    r = pod.record
     return {
         "device_id": pod.device_id,
         "seq": pod.seq,
         "historical": pod.historical,
-        "parcel": pod.parcel,
-        "stop_id": pod.stop_id,
-        "time": format_utc(pod.time),
-        "verdict": pod.verdict,
-        "jws": pod.jws,
+        "time": format_utc(r.time),
+        "stop_id": r.stop_id,
+        "parcel": r.parcel,
+        "pod_seq": r.seq,
+        "verdict": r.verdict,
+        "distance_m": r.distance_m,
+        "jws": r.jws,
         "verified": True,
         "chain": pod.chain_status,
     }

@@ -50,13 +50,12 @@ enrolled or enabled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cloud_ingest.store.base import (
-    MAX_SEQ,
     Covered,
     Device,
     Pod,
@@ -64,18 +63,13 @@ from cloud_ingest.store.base import (
     Quarantined,
     StopEvent,
 )
-from firmware_agent.contract.codec import (
-    VERSION,
-    RecordEnvelope,
-    TelemetryBatch,
-    decode_batch,
-    decode_record,
-    decode_status,
-)
+from firmware_agent.contract.envelope import RecordEnvelope, decode_envelope, decode_status
 from firmware_agent.contract.errors import CodecError, SchemaError
 from firmware_agent.contract.jws import POD_TYP, JwsError, verify_compact
-from firmware_agent.contract.pod import GENESIS_PREV, POD_VERSION, is_hex_digest, pod_digest
+from firmware_agent.contract.pod import GENESIS_PREV, PodClaims
+from firmware_agent.contract.records import PodRecord
 from firmware_agent.contract.schema import validate
+from firmware_agent.contract.telemetry import decode_batch
 from firmware_agent.contract.topics import ROOT, STATUS, parse_topic
 
 Reason = Literal[
@@ -95,8 +89,8 @@ Reason = Literal[
 Leaf = Literal["telemetry", "events", "pod", "status"]
 MAX_MESSAGE_BYTES = 256 * 1024
 _LEAVES: tuple[Leaf, ...] = ("telemetry", "events", "pod", "status")
-# The fields of a POD the envelope's record repeats: claim name -> record name.
-_MIRRORED = (("parcel", "parcel"), ("stop_id", "stop_id"), ("seq", "seq"), ("verdict", "verdict"))
+# The claims a POD record repeats, by name.
+_MIRRORED = ("parcel", "stop_id", "seq", "verdict", "distance_m")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +184,7 @@ def check_message(
     if leaf == STATUS:
         return _check_status(device_id, payload, received_at)
     try:
-        env = decode_record(payload, stream=leaf)
+        env = decode_envelope(payload, stream=leaf)
     except CodecError as err:
         return Rejected("malformed", str(err), device_id)
     rejected = _schema(leaf, env.to_json(), device_id)
@@ -201,9 +195,14 @@ def check_message(
         return Rejected("schema", "record holds a NUL character", device_id)
     if env.device_id != device_id:
         return _device_mismatch(env.device_id, device_id)
-    if leaf == "events":
-        return _check_event(env)
-    return _check_pod(env, device)
+    try:
+        record = env.typed()
+    except CodecError as err:  # what the schema lets through and the record's class not
+        return Rejected("schema", f"{leaf} record: {err}", device_id)
+    if isinstance(record, PodRecord):
+        return _check_pod(env, record, device)
+    event = StopEvent(device_id, env.seq, env.historical, record)
+    return Accepted(env.device_id, "events", (event,))
 
 
 def check_replay(pod: Pod, stored: Pod | None) -> Rejected | None:
@@ -289,44 +288,21 @@ def _device_mismatch(payload_device: str, topic_device: str) -> Rejected:
     )
 
 
-def _header(batch: TelemetryBatch) -> dict[str, Any]:
-    return {
-        "v": VERSION,
-        "device_id": batch.device_id,
-        "first_seq": batch.first_seq,
-        "last_seq": batch.last_seq,
-        "historical": batch.historical,
-        "fixes": [],
-    }
-
-
 def _check_telemetry(device_id: str, payload: bytes) -> Checked:
     try:
         batch = decode_batch(payload)
     except CodecError as err:
         return Rejected("malformed", str(err), device_id)
-    # The header only: every fix is what decode_batch rebuilt from range-checked wire
+    # The header only: every point is what decode_batch rebuilt from range-checked wire
     # integers, inside the bounds the schema's fix states (a property test holds every
     # decodable batch valid), and validating each fix was most of ingest's CPU time.
-    rejected = _schema("telemetry-batch", _header(batch), device_id)
+    rejected = _schema("telemetry-batch", batch.header_json(), device_id)
     if rejected is not None:
         return rejected
     if batch.device_id != device_id:
         return _device_mismatch(batch.device_id, device_id)
     items: list[Position | Covered] = [
-        Position(
-            device_id=device_id,
-            seq=seq,
-            time=rec.time,
-            lat=rec.lat,
-            lon=rec.lon,
-            speed_mps=rec.speed_mps,
-            course_deg=rec.course_deg,
-            hdop=rec.hdop,
-            sats=rec.sats,
-            historical=batch.historical,
-        )
-        for seq, rec in batch.fixes
+        Position(device_id, seq, batch.historical, point) for seq, point in batch.points
     ]
     items.append(Covered(device_id, "telemetry", batch.first_seq, batch.last_seq))
     return Accepted(device_id, "telemetry", tuple(items))
@@ -352,54 +328,12 @@ def _check_status(device_id: str, payload: bytes, received_at: datetime) -> Chec
     return Accepted(device_id, "status", (update,))
 
 
-def _optional_text(record: dict[str, Any], name: str) -> str | None:
-    value = record.get(name)
-    return value if isinstance(value, str) else None
-
-
-def _check_event(env: RecordEnvelope) -> Checked:
-    record = env.record
-    for name in ("stop_id", "route_id"):
-        if record.get(name) is not None and not isinstance(record[name], str):
-            return Rejected("schema", f"record {name} must be a string or null", env.device_id)
-    event = StopEvent(
-        device_id=env.device_id,
-        seq=env.seq,
-        type=record["type"],
-        time=_record_time(env),
-        stop_id=_optional_text(record, "stop_id"),
-        route_id=_optional_text(record, "route_id"),
-        historical=env.historical,
-        record=record,
-    )
-    return Accepted(env.device_id, "events", (event,))
-
-
-def _record_time(env: RecordEnvelope) -> datetime:
-    # The codec accepted the envelope only with a valid UTC record time.
-    return _utc_time(env.record["time"])
-
-
-def _utc_time(text: str) -> datetime:
-    """An ISO 8601 UTC time as an aware datetime; :class:`ValueError` if it is not one."""
-    value = datetime.fromisoformat(text)
-    if value.utcoffset() is None:
-        raise ValueError(f"time {text!r} has no UTC offset")
-    return value.astimezone(UTC)
-
-
-def _check_pod(env: RecordEnvelope, device: Device) -> Checked:
-    record, device_id = env.record, env.device_id
+def _check_pod(env: RecordEnvelope, record: PodRecord, device: Device) -> Checked:
+    device_id = env.device_id
     settles = Covered(device_id, "pod", env.seq, env.seq)
-    token = record.get("jws")
-    if not isinstance(token, str):
-        return Rejected("schema", "record jws must be a string", device_id)
-    for _, record_name in _MIRRORED:
-        if record_name not in record:
-            return Rejected("schema", f"record lacks {record_name}", device_id)
     try:
         key = Ed25519PublicKey.from_public_bytes(device.public_key)
-        claims = verify_compact(token, key, typ=POD_TYP)
+        signed = verify_compact(record.jws, key, typ=POD_TYP)
     except JwsError as err:
         reason: Reason = (
             "malformed" if err.reason in ("malformed", "bad_payload") else "bad_signature"
@@ -411,37 +345,19 @@ def _check_pod(env: RecordEnvelope, device: Device) -> Checked:
         return Rejected(reason, f"jws: {err}", device_id)
     except ValueError as err:  # a registered key that is no Ed25519 point
         return Rejected("bad_signature", f"device key unusable: {err}", device_id)
-    pod_seq, prev = claims.get("seq"), claims.get("prev")
-    faults = []
-    if claims.get("v") != POD_VERSION:
-        faults.append(f"v is {claims.get('v')!r:.20}, not {POD_VERSION}")
-    if not isinstance(pod_seq, int) or isinstance(pod_seq, bool) or not 1 <= pod_seq <= MAX_SEQ:
-        faults.append("seq is not an integer in 1..2**63-1")
-    if not is_hex_digest(prev):
-        faults.append("prev is not 64 lowercase hex digits")
-    for name in ("device_id", "parcel", "stop_id", "verdict"):
-        if not isinstance(claims.get(name), str):
-            faults.append(f"{name} is not a string")
-    if faults:
-        return Rejected(
-            "malformed", "signed, but not a POD: " + "; ".join(faults), device_id, settles
-        )
-    assert isinstance(pod_seq, int)
-    assert isinstance(prev, str)
-    if claims["device_id"] != device_id:
+    try:
+        claims = PodClaims.from_json(signed)
+    except CodecError as err:
+        return Rejected("malformed", f"signed, but not a POD: {err}", device_id, settles)
+    if claims.device_id != device_id:
         return Rejected(
             "wrong_device",
-            f"POD signed for device {claims['device_id']!r:.80}, sent by {device_id!r}",
+            f"POD signed for device {claims.device_id!r:.80}, sent by {device_id!r}",
             device_id,
             settles,
         )
-    # type() too: True == 1 in Python, but a record saying true for seq 1 is not 1.
-    differ = [
-        r for c, r in _MIRRORED if type(claims[c]) is not type(record[r]) or claims[c] != record[r]
-    ]
-    time = _record_time(env)
-    scan_time = claims.get("scan_time")
-    if scan_time is not None and not _same_time(scan_time, time):
+    differ = [name for name in _MIRRORED if getattr(claims, name) != getattr(record, name)]
+    if claims.scan_time != record.time:
         differ.append("time (the claims' scan_time)")
     if differ:
         return Rejected(
@@ -450,27 +366,5 @@ def _check_pod(env: RecordEnvelope, device: Device) -> Checked:
             device_id,
             settles,
         )
-    pod = Pod(
-        device_id=device_id,
-        seq=env.seq,
-        pod_seq=pod_seq,
-        parcel=claims["parcel"],
-        stop_id=claims["stop_id"],
-        time=time,
-        verdict=claims["verdict"],
-        jws=token,
-        digest=pod_digest(token),
-        prev=prev,
-        chain_status="pending",
-        historical=env.historical,
-    )
+    pod = Pod(device_id, env.seq, env.historical, record, claims.prev, "pending")
     return Accepted(device_id, "pod", (pod,))
-
-
-def _same_time(text: object, value: datetime) -> bool:
-    if not isinstance(text, str):
-        return False
-    try:
-        return _utc_time(text) == value
-    except (ValueError, OverflowError):  # OverflowError: a time beyond year 1..9999 in UTC
-        return False

@@ -32,11 +32,12 @@ from typing import Any
 
 import aiomqtt
 
+from cloud_ingest import fleetstream
 from cloud_ingest.store.base import STREAM_LEASE_S, Device, Store, WriteBatch, WriteResult
 from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
 from firmware_agent.contract import schema
 from firmware_agent.contract.backoff import Backoff
-from firmware_agent.contract.codec import encode_ack
+from firmware_agent.contract.envelope import encode_ack
 from firmware_agent.contract.mqtt import TlsConfig, stay_connected, until_one_ends
 from firmware_agent.contract.topics import downlink_topic, shared_subscriptions
 
@@ -290,7 +291,11 @@ class IngestWorker:
             batch = WriteBatch.of(items, streamed=streamed)
             try:
                 result = (
-                    await self.store.write(batch, stream_lease_s=self.config.stream_lease_s)
+                    await self.store.write(
+                        batch,
+                        stream_lease_s=self.config.stream_lease_s,
+                        announce=fleetstream.messages,
+                    )
                     if batch
                     else WriteResult()
                 )

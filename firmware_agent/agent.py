@@ -2,10 +2,11 @@
 
 Inputs: a GNSS receiver (serial) or, for the simulator and tests, an NMEA file played
 at a chosen speed; a serial scanner or a scan log. Every fix and scan goes through the
-pure :class:`~firmware_agent.van.VanPipeline`; every message it returns is committed
-to the durable outbox (``telemetry``, ``events`` or ``pod``) before anything else
-happens to it; the :class:`~firmware_agent.uplink.mqtt.Uplink` drains the outbox to
-the broker and deletes what ingest acknowledges. Downlink: a new manifest (retained)
+pure :class:`~firmware_agent.van.VanPipeline`; every record it returns is committed
+to the durable outbox (its stream: ``telemetry``, ``events`` or ``pod``), encoded once
+into the bytes the wire will carry, before anything else happens to it; the
+:class:`~firmware_agent.uplink.mqtt.Uplink` drains the outbox to the broker and
+deletes what ingest acknowledges. Downlink: a new manifest (retained)
 replaces the stored one and the pipeline's, keeping visited stops' state; a config
 (retained, :mod:`firmware_agent.remote_config`) of a higher revision overrides the
 sampling, batching, geofence and scan settings of the running pipeline and uplink, and
@@ -45,10 +46,9 @@ never forks and no signed POD is lost.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
@@ -57,11 +57,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware_agent.contract.codec import fix_record, pack_fix
+from firmware_agent.contract import wirejson
 from firmware_agent.contract.errors import CodecError, ModelError, ModelUpdateError
 from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import Manifest, ManifestError, parse_manifest
+from firmware_agent.contract.records import PodRecord, Record, encode_record
 from firmware_agent.contract.times import format_utc
 from firmware_agent.errors import ConfigError, ModelUnavailableError, RemoteConfigError
 from firmware_agent.eta.model_store import (
@@ -91,7 +92,7 @@ from firmware_agent.scan.serial_reader import ScannerConfig, SerialScanner
 from firmware_agent.scan.types import Scan
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
 from firmware_agent.uplink.queue import AsyncOutbox
-from firmware_agent.van import Message, VanConfig, VanPipeline
+from firmware_agent.van import VanConfig, VanPipeline
 
 log = logging.getLogger(__name__)
 
@@ -214,26 +215,6 @@ def _baseline(reason: str) -> EtaPredictor:
     return EtaPredictor.baseline(reason)
 
 
-def stream_of(message: Message) -> str:
-    kind = message["type"]
-    return "pod" if kind == "pod" else "telemetry" if kind == "telemetry" else "events"
-
-
-def telemetry_fix(message: Message) -> Fix:
-    """The fix a ``telemetry`` message describes (to pack it for the outbox)."""
-    return Fix(
-        time=datetime.fromisoformat(message["time"]),
-        tod_s=0.0,
-        lat=message["lat"],
-        lon=message["lon"],
-        speed_mps=message.get("speed_mps"),
-        course_deg=message.get("course_deg"),
-        mode=FixMode(message.get("mode", int(FixMode.FIX_3D))),
-        hdop=message.get("hdop"),
-        sats_used=message.get("sats"),
-    )
-
-
 class Agent:
     """One van. ``await Agent(config).run()``; cancel it to stop."""
 
@@ -264,8 +245,7 @@ class Agent:
         )
         state = await asyncio.to_thread(self.chain_store.load)
         pending = await outbox.pending("pod", limit=1_000_000)
-        tokens = [json.loads(r.payload).get("jws", "") for r in pending]
-        recovered = recover_state((t for t in tokens if isinstance(t, str)), key=key.public_key())
+        recovered = recover_state(_pod_tokens(r.payload for r in pending), key=key.public_key())
         if recovered.seq > state.seq:
             log.warning(
                 "POD chain state %d behind the outbox's POD %d: recovered",
@@ -438,26 +418,19 @@ class Agent:
     async def on_scan(self, scan: Scan) -> None:
         assert self.pipeline is not None
         self.counts.scans += 1
-        messages = self.pipeline.on_scan(scan)
-        await self._commit(messages)
-        if any(m["type"] == "pod" for m in messages):
+        records = self.pipeline.on_scan(scan)
+        await self._commit(records)
+        if any(isinstance(r, PodRecord) for r in records):
             await asyncio.to_thread(self.chain_store.save, self.pipeline.pods.state)
 
-    async def _commit(self, messages: Iterable[Message]) -> None:
-        """Every message into the outbox, in order, durably, before anything else."""
+    async def _commit(self, records: Iterable[Record]) -> None:
+        """Every record into the outbox, in order, durably, before anything else: its
+        stream's next seq, and its final bytes (the uplink frames them as they are)."""
         assert self._outbox is not None
         now = self.clock.now()
-        for message in messages:
-            stream = stream_of(message)
-            if stream == "telemetry":
-                record = fix_record(telemetry_fix(message))
-                if record is None:
-                    continue
-                payload = pack_fix(record)
-            else:
-                payload = json.dumps(message, separators=(",", ":")).encode()
-            await self._outbox.add(stream, payload, created=now)
-            self.counts.records[stream] += 1
+        for record in records:
+            await self._outbox.add(record.stream, encode_record(record), created=now)
+            self.counts.records[record.stream] += 1
 
     async def _downlink(self, kind: str, payload: bytes) -> None:
         if kind == "config":
@@ -642,3 +615,13 @@ async def _chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
             if not chunk:
                 return
+
+
+def _pod_tokens(payloads: Iterable[bytes]) -> Iterator[str]:
+    """The JWS of each stored ``pod`` record that reads as one (the others are skipped:
+    :func:`~firmware_agent.pod.state.recover_state` wants the readable ones)."""
+    for payload in payloads:
+        try:
+            yield PodRecord.from_json(wirejson.loads(payload, "stored POD")).jws
+        except CodecError:
+            continue

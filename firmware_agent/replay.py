@@ -2,7 +2,7 @@
 
 Time comes from the fixes (GNSS time), never from the wall clock: scans are merged in
 by their timestamps, each one handled just before the first fix at or after it. Every
-message the van would publish is passed to ``emit`` in order.
+record the van would publish is passed to ``emit`` in order.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from firmware_agent.contract.records import Record, TelemetryPoint
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.scan.types import Scan
-from firmware_agent.van import Message, VanPipeline
+from firmware_agent.van import VanPipeline
 
 _READ_CHUNK = 1 << 20
 
@@ -41,7 +42,7 @@ def replay(
     nmea: BinaryIO,
     scans: Iterable[Scan],
     pipeline: VanPipeline,
-    emit: Callable[[Message], None],
+    emit: Callable[[Record], None],
     *,
     decoder: GnssDecoder | None = None,
 ) -> ReplaySummary:
@@ -53,10 +54,10 @@ def replay(
     next_scan = 0
     started = time.perf_counter()
 
-    def send(messages: list[Message]) -> None:
-        for message in messages:
-            counts[message["type"]] += 1
-            emit(message)
+    def send(records: list[Record]) -> None:
+        for record in records:
+            counts[record.type] += 1
+            emit(record)
 
     def fixes(chunks: Iterable[bytes]) -> None:
         nonlocal next_scan
@@ -78,5 +79,10 @@ def replay(
     return summary
 
 
-def json_line(message: Message) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n"
+def json_line(record: Record) -> str:
+    """A record as one line of ``fleet-agent replay``'s output (docs/replay-output.md):
+    its JSON, a telemetry point's with ``"type": "telemetry"`` in front."""
+    obj = record.to_json()
+    if isinstance(record, TelemetryPoint):
+        obj = {"type": record.type, **obj}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"

@@ -24,6 +24,7 @@ from firmware_agent.contract.keys import (
     public_key_pem,
 )
 from firmware_agent.contract.manifest import ManifestError, load_manifest
+from firmware_agent.contract.records import Record
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.faults import FaultCounter, format_counts
 from firmware_agent.gnss.decoder import GnssDecoder
@@ -32,7 +33,7 @@ from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import json_line, replay
 from firmware_agent.scan.log import read_scan_log
 from firmware_agent.scan.types import Scan
-from firmware_agent.van import Message, VanPipeline
+from firmware_agent.van import VanPipeline
 
 
 def _fail(message: str) -> int:
@@ -114,8 +115,8 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         with nmea, out if out is not sys.stdout else contextlib.nullcontext():
 
-            def emit(message: Message) -> None:
-                out.write(json_line(message))
+            def emit(record: Record) -> None:
+                out.write(json_line(record))
 
             summary = replay(nmea, scans, pipeline, emit, decoder=decoder)
             out.flush()

@@ -3,18 +3,17 @@
 A fix is sent when the van has turned, sped up or slowed down markedly, moved far, or
 when a period has passed (shorter while moving than when parked), so a straight road
 costs a point every ``moving_period_s`` while a corner is drawn with the points that
-shape it. Pure: fed fixes, answers yes or no. The uplink batches and delta-encodes what
-this selects.
+shape it. Pure: fed fixes, answers yes or no. What it selects becomes a
+:class:`~firmware_agent.contract.records.TelemetryPoint`, which the uplink batches and
+delta-encodes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from firmware_agent.contract.fix import Fix
-from firmware_agent.contract.times import format_utc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,19 +67,3 @@ class TelemetrySampler:
         dy = (fix.lat - last.lat) * 111_195.0
         dx = (fix.lon - last.lon) * 111_195.0 * math.cos(math.radians(fix.lat))
         return dx * dx + dy * dy >= c.distance_m * c.distance_m
-
-
-def telemetry_message(fix: Fix) -> dict[str, Any]:
-    """The telemetry record of a fix (the uplink batches and compacts these)."""
-    assert fix.time is not None
-    return {
-        "type": "telemetry",
-        "time": format_utc(fix.time),
-        "lat": None if fix.lat is None else round(fix.lat, 7),
-        "lon": None if fix.lon is None else round(fix.lon, 7),
-        "speed_mps": None if fix.speed_mps is None else round(fix.speed_mps, 2),
-        "course_deg": None if fix.course_deg is None else round(fix.course_deg, 1),
-        "hdop": fix.hdop,
-        "sats": fix.sats_used,
-        "mode": int(fix.mode),
-    }

@@ -1,12 +1,14 @@
-"""The van's decisions, with no I/O: fixes and scans in, messages to publish out.
+"""The van's decisions, with no I/O: fixes and scans in, records to publish out.
 
 :class:`VanPipeline` wires the pure parts together: the geofence engine, telemetry
 sampling, the scan parser and de-duplicator, the manifest's parcel index and the POD
 chain. It is what ``fleet-agent replay`` runs over recorded input and what the live
-agent runs between its readers and its outbox, so both produce the same messages.
+agent runs between its readers and its outbox, so both produce the same records.
 
-Every message is a JSON-ready dict with at least ``type`` and ``time`` (ISO 8601 UTC)
-and, for stop events, ``stop_id`` (docs/replay-output.md lists them all).
+Every record is one of the contract's typed records (:mod:`firmware_agent.contract.
+records`), tagged with its stream: a :class:`TelemetryPoint`, an event, or a
+:class:`PodRecord`. They keep that shape to ingest's stored row (docs/replay-output.md
+lists them all).
 
 What a scan leads to:
 
@@ -33,24 +35,29 @@ Without one (the default) the pipeline publishes no ETAs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, Stop
 from firmware_agent.contract.parcels import ScanParseError, parse_scan
-from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.pod import PodFields
+from firmware_agent.contract.records import (
+    Arrival,
+    Record,
+    ScanRejected,
+    ScanRejectReason,
+    TelemetryPoint,
+    Verdict,
+)
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
 from firmware_agent.feedback import Signal
-from firmware_agent.geofence import GeofenceConfig, GeofenceEngine, GeofenceEvent
-from firmware_agent.geofence.events import Arrival
+from firmware_agent.geofence import GeofenceConfig, GeofenceEngine
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.scan.dedup import ScanDeduplicator
 from firmware_agent.scan.types import Scan
-from firmware_agent.telemetry import TelemetryConfig, TelemetrySampler, telemetry_message
-
-Message = dict[str, Any]
+from firmware_agent.telemetry import TelemetryConfig, TelemetrySampler
 
 _RAW_MAX_CHARS = 128
 
@@ -162,18 +169,19 @@ class VanPipeline:
         if self.eta_tracker is not None:
             self.eta_tracker.config = config.eta
 
-    def on_fix(self, fix: Fix) -> list[Message]:
+    def on_fix(self, fix: Fix) -> list[Record]:
         self.counts["fixes"] += 1
-        events = self.engine.update(fix)
-        messages = [self._stop_message(event) for event in events]
+        records: list[Record] = list(self.engine.update(fix))
         if self.eta_tracker is not None:
-            arrived = [e.stop_id for e in events if isinstance(e, Arrival)]
-            messages += self.eta_tracker.on_fix(fix, arrived=arrived)
+            arrived = [e.stop_id for e in records if isinstance(e, Arrival)]
+            records += self.eta_tracker.on_fix(fix, arrived=arrived)
         if self._telemetry is not None and self._telemetry.select(fix):
-            messages.append(telemetry_message(fix))
-        return messages
+            point = TelemetryPoint.from_fix(fix)
+            if point is not None:
+                records.append(point)
+        return records
 
-    def on_scan(self, scan: Scan) -> list[Message]:
+    def on_scan(self, scan: Scan) -> list[Record]:
         self.counts["scans"] += 1
         now_s = scan.time.timestamp()
         try:
@@ -200,93 +208,89 @@ class VanPipeline:
             )
         return self._deliver(scan, code, stop)
 
-    def _deliver(self, scan: Scan, code: str, stop: Stop) -> list[Message]:
+    def _deliver(self, scan: Scan, code: str, stop: Stop) -> list[Record]:
         engine = self.engine
         position = engine.last_position
-        fresh = (
-            position is not None
-            and abs((scan.time - position.time).total_seconds()) <= self.config.max_fix_age_s
-        )
-        messages = self._confirmed(stop.id, scan) if fresh else []
+        if position is not None and (
+            abs((scan.time - position.time).total_seconds()) > self.config.max_fix_age_s
+        ):
+            position = None  # not fresh: the POD has no fix
+        records = self._confirmed(stop.id, scan) if position is not None else []
         outside_m: float | None = None
-        if position is not None and fresh:
+        if position is not None:
             outside_m = engine.outside_m(stop.id, position.lat, position.lon)
             current = engine.current_stop
             if current is not None and current != stop.id and outside_m:
-                messages += self._reject(
-                    scan, "wrong_stop", Signal.WRONG_STOP, parcel=code, stop_id=stop.id
+                records += self._reject(
+                    scan,
+                    "wrong_stop",
+                    Signal.WRONG_STOP,
+                    parcel=code,
+                    stop_id=stop.id,
+                    at_stop_id=current,
                 )
-                messages[-1]["at_stop_id"] = current
-                return messages
-        verdict = "no_fix" if outside_m is None else ("inside" if outside_m == 0 else "outside")
-        pod = self.pods.issue(
-            {
-                "parcel": code,
-                "raw": scan.raw,
-                "stop_id": stop.id,
-                "route_id": self._manifest.route_id,
-                "time": format_utc(position.time) if position is not None and fresh else None,
-                "scan_time": format_utc(scan.time),
-                "lat": round(position.lat, 7) if position is not None and fresh else None,
-                "lon": round(position.lon, 7) if position is not None and fresh else None,
-                "hacc_m": (
-                    round(position.hacc_m, 1)
-                    if position is not None and fresh and position.hacc_m is not None
-                    else None
-                ),
-                "verdict": verdict,
-                "distance_m": None if outside_m is None else round(outside_m, 1),
-                "source": scan.source,
-            }
+                return records
+        verdict: Verdict = (
+            "no_fix" if outside_m is None else ("inside" if outside_m == 0 else "outside")
+        )
+        pod, claims = self.pods.deliver(
+            PodFields(
+                parcel=code,
+                raw=scan.raw,
+                stop_id=stop.id,
+                route_id=self._manifest.route_id,
+                time=None if position is None else position.time,
+                scan_time=scan.time,
+                lat=None if position is None else position.lat,
+                lon=None if position is None else position.lon,
+                hacc_m=None if position is None else position.hacc_m,
+                verdict=verdict,
+                distance_m=outside_m,
+                source=scan.source,
+            )
         )
         self._delivered[code] = pod.seq
         self.counts["pods"] += 1
         self._signal(Signal.NO_FIX if verdict == "no_fix" else Signal.RECORDED, code)
-        messages.append(
-            {
-                "type": "pod",
-                "time": format_utc(scan.time),
-                "stop_id": stop.id,
-                "parcel": code,
-                "seq": pod.seq,
-                "verdict": verdict,
-                "distance_m": pod.claims["distance_m"],
-                "jws": pod.token,
-            }
-        )
-        return messages
+        records.append(claims.record(pod.token))
+        return records
 
-    def _stop_message(self, event: GeofenceEvent) -> Message:
-        """The event's message; a stop's events name the manifest's route, so that a
-        backend can ask for a route's arrivals."""
-        message = event.message()
-        if "stop_id" in message:
-            message["route_id"] = self._manifest.route_id
-        return message
-
-    def _confirmed(self, stop_id: str, scan: Scan) -> list[Message]:
-        """The messages of a scan's confirming ``stop_id``: its arrival, and the ETAs
+    def _confirmed(self, stop_id: str, scan: Scan) -> list[Record]:
+        """The records of a scan's confirming ``stop_id``: its arrival, and the ETAs
         that follow it."""
-        messages = []
+        records: list[Record] = []
         for event in self.engine.confirm_by_scan(stop_id, scan.time):
-            messages.append(self._stop_message(event))
+            records.append(event)
             if isinstance(event, Arrival) and self.eta_tracker is not None:
-                messages += self.eta_tracker.on_arrival(event.stop_id, event.detected_at)
-        return messages
+                records += self.eta_tracker.on_arrival(event.stop_id, event.detected_at)
+        return records
 
-    def _reject(self, scan: Scan, reason: str, signal: Signal, **fields: Any) -> list[Message]:
+    def _reject(
+        self,
+        scan: Scan,
+        reason: ScanRejectReason,
+        signal: Signal,
+        *,
+        parcel: str | None = None,
+        stop_id: str | None = None,
+        at_stop_id: str | None = None,
+        error: str | None = None,
+        pod_seq: int | None = None,
+    ) -> list[Record]:
         self.counts["rejected"] += 1
-        code = fields.get("parcel")
-        self._signal(signal, code if isinstance(code, str) else None)
+        self._signal(signal, parcel)
         return [
-            {
-                "type": "scan_rejected",
-                "time": format_utc(scan.time),
-                "reason": reason,
-                "raw": printable(scan.raw),
-                "source": scan.source,
-                **fields,
-            }
+            ScanRejected(
+                time=scan.time,
+                reason=reason,
+                raw=printable(scan.raw),
+                source=scan.source,
+                parcel=parcel,
+                stop_id=stop_id,
+                at_stop_id=at_stop_id,
+                error=error,
+                pod_seq=pod_seq,
+            )
         ]
 
     def _signal(self, signal: Signal, code: str | None = None) -> None:

@@ -22,23 +22,24 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_ingest import fleetstream
+from cloud_ingest.store.base import Pod, Position, StopEvent
 from firmware_agent.contract import schema
-from firmware_agent.contract.codec import (
-    UTC_PATTERN,
+from firmware_agent.contract.envelope import (
     decode_ack,
-    decode_batch,
-    decode_record,
+    decode_envelope,
     decode_status,
     encode_ack,
-    encode_batch,
-    encode_record,
     encode_status,
-    fix_record,
+    frame_record,
 )
 from firmware_agent.contract.errors import CodecError, SchemaError, UnknownSchemaError
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import parse_manifest
-from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.pod import GENESIS_PREV
+from firmware_agent.contract.records import PodRecord, Record, TelemetryPoint, encode_record
+from firmware_agent.contract.telemetry import decode_batch, encode_batch
+from firmware_agent.contract.times import UTC_PATTERN, format_utc
 from firmware_agent.contract.topics import (
     DEVICE_ID_PATTERN,
     DOWNLINK_KINDS,
@@ -193,7 +194,9 @@ def test_envelope_examples_decode_with_the_codec() -> None:
     for kind, name, payload in examples():
         raw = json.dumps(payload).encode()
         if kind in {"events", "pod"}:
-            assert decode_record(raw, stream=kind).to_json() == payload, name
+            env = decode_envelope(raw, stream=kind)
+            assert env.to_json() == payload, name
+            assert env.typed().to_json() == payload["record"], name
         elif kind == "ack":
             assert decode_ack(raw).to_json() == payload, name
         elif kind == "status":
@@ -251,7 +254,9 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("ack", 1, "acks.telemetry", ..., "$.acks"),
         ("telemetryBatch", 0, "fixes.0.course_deg", 360.0, "$.fixes[0].course_deg"),
         ("telemetryBatch", 0, "fixes.0.mode", 4, "$.fixes[0].mode"),
-        ("telemetryBatch", 0, "fixes.0.sats", 1.5, "$.fixes[0].sats"),
+        ("telemetryBatch", 0, "fixes.0.sats_used", 1.5, "$.fixes[0].sats_used"),
+        ("telemetryBatch", 0, "fixes.0.alt_m", "high", "$.fixes[0].alt_m"),
+        ("telemetryBatch", 0, "fixes.0.quality", ..., "$.fixes[0]"),
         ("telemetryBatch", 0, "fixes.1.seq", ..., "$.fixes[1]"),
         ("telemetryBatch", 0, "first_seq", 0, "$.first_seq"),
         ("config", 0, "revision", ..., "$"),
@@ -268,6 +273,8 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("manifest", 0, "stops.0.lat", 95, "$.stops[0].lat"),
         ("fleetstreamPosition", 0, "records.1.hdop", "1", "$.records[1].hdop"),
         ("fleetstreamPosition", 0, "records.0.sats", 9, "$.records[0]"),
+        ("fleetstreamPosition", 0, "records.0.mode", 7, "$.records[0].mode"),
+        ("fleetstreamPosition", 0, "records.0.sats_used", ..., "$.records[0]"),
         ("fleetstreamPosition", 0, "records", [], "$.records"),
         ("fleetstreamPosition", 0, "seq", 1, "$"),
         ("fleetstreamEvent", 0, "records.0.seq", ..., "$.records[0]"),
@@ -304,24 +311,24 @@ def test_unknown_kinds_and_non_objects() -> None:
 
 def run_pipeline(
     van: VanPipeline, fixes: list[Fix], scans: list[Scan]
-) -> tuple[list[dict[str, Any]], list[Fix]]:
-    """Messages in publishing order, and the fixes telemetry selected."""
-    messages: list[dict[str, Any]] = []
+) -> tuple[list[Record], list[Fix]]:
+    """Records in publishing order, and the fixes telemetry selected."""
+    records: list[Record] = []
     selected: list[Fix] = []
     pending = sorted(scans, key=lambda s: s.time)
     for fix in fixes:
         while pending and fix.time is not None and pending[0].time <= fix.time:
-            messages += van.on_scan(pending.pop(0))
+            records += van.on_scan(pending.pop(0))
         out = van.on_fix(fix)
-        selected += [fix for m in out if m["type"] == "telemetry"]
-        messages += out
+        selected += [fix for r in out if isinstance(r, TelemetryPoint)]
+        records += out
     for scan in pending:
-        messages += van.on_scan(scan)
-    return messages, selected
+        records += van.on_scan(scan)
+    return records, selected
 
 
 @pytest.fixture(scope="module")
-def simulated_day() -> tuple[list[dict[str, Any]], Ed25519PrivateKey]:
+def simulated_day() -> tuple[list[Record], Ed25519PrivateKey]:
     """A generated town day through the real decoder and pipeline (as fleet-agent replay)."""
     config = ScenarioConfig(
         seed=5,
@@ -338,12 +345,12 @@ def simulated_day() -> tuple[list[dict[str, Any]], Ed25519PrivateKey]:
     scans = [Scan(time=parse_scan_time(s["time"]), raw=s["raw"], source=s["source"]) for s in log]
     key = Ed25519PrivateKey.generate()
     van = VanPipeline(parse_manifest(doc), pods=PodChain(doc["device_id"], key))
-    messages: list[dict[str, Any]] = []
-    replay(io.BytesIO(nmea), scans, van, messages.append)
-    return messages, key
+    records: list[Record] = []
+    replay(io.BytesIO(nmea), scans, van, records.append)
+    return records, key
 
 
-def street_day() -> tuple[list[dict[str, Any]], list[Fix]]:
+def street_day() -> tuple[list[Record], list[Fix]]:
     """The exceptions a generated day rarely has: a late arrival, a repeat delivery, a
     halt and a route deviation, on tests/vanday.py's straight street."""
     m = manifest(
@@ -379,58 +386,43 @@ def street_day() -> tuple[list[dict[str, Any]], list[Fix]]:
     return run_pipeline(van, fixes, scans)
 
 
-def publish(messages: list[dict[str, Any]]) -> dict[str, list[bytes]]:
-    """What the uplink would publish: one envelope per event or POD, with stream seqs."""
+def publish(records: list[Record]) -> dict[str, list[bytes]]:
+    """What the uplink would publish: one envelope per event or POD, with stream seqs,
+    framed around each record's stored bytes as the uplink frames them."""
     out: dict[str, list[bytes]] = {"events": [], "pod": []}
-    for m in messages:
-        if m["type"] == "telemetry":
+    for r in records:
+        if isinstance(r, TelemetryPoint):
             continue
-        stream = "pod" if m["type"] == "pod" else "events"
-        seq = len(out[stream]) + 1
-        out[stream].append(
-            encode_record("van-0001", stream, seq, m, historical=seq % 3 == 0, sent_at=T0)
+        seq = len(out[r.stream]) + 1
+        body = encode_record(r)
+        out[r.stream].append(
+            frame_record("van-0001", r.stream, seq, body, historical=seq % 3 == 0, sent_at=T0)
         )
     return out
 
 
 def check_envelopes(payloads: dict[str, list[bytes]]) -> Counter[str]:
+    """Each envelope fits its schema, decodes into its record's class, and is stored
+    and republished by ingest's own code in a form that fits the stream's schema."""
     kinds: Counter[str] = Counter()
     for stream, items in payloads.items():
         for payload in items:
-            env = decode_record(payload, stream=stream)
+            env = decode_envelope(payload, stream=stream)
             schema.validate(stream, json.loads(payload))
             schema.validate(stream, env.to_json())
-            normalized = {
-                "device_id": env.device_id,
-                "seq": env.seq,
-                "historical": env.historical,
-                **env.record,
-            }
-            if stream == "events":
+            record = env.typed()
+            assert record.to_json() == env.record
+            if isinstance(record, PodRecord):
+                row = Pod(env.device_id, env.seq, env.historical, record, GENESIS_PREV, "ok")
+                stream_doc = fleetstream.pod_record(row)
                 schema.validate(
-                    "fleetstream-event", {"device_id": env.device_id, "records": [normalized]}
+                    "fleetstream-pod", {"device_id": env.device_id, "records": [stream_doc]}
                 )
             else:
-                r = env.record
+                event = StopEvent(env.device_id, env.seq, env.historical, record)
+                stream_doc = fleetstream.event_record(event)
                 schema.validate(
-                    "fleetstream-pod",
-                    {
-                        "device_id": env.device_id,
-                        "records": [
-                            {
-                                "device_id": env.device_id,
-                                "seq": env.seq,
-                                "historical": env.historical,
-                                "parcel": r["parcel"],
-                                "stop_id": r["stop_id"],
-                                "time": r["time"],
-                                "verdict": r["verdict"],
-                                "jws": r["jws"],
-                                "verified": True,
-                                "chain": "ok",
-                            }
-                        ],
-                    },
+                    "fleetstream-event", {"device_id": env.device_id, "records": [stream_doc]}
                 )
             reason = env.record.get("reason")
             kinds[env.record["type"] + (f"/{reason}" if reason else "")] += 1
@@ -438,7 +430,7 @@ def check_envelopes(payloads: dict[str, list[bytes]]) -> Counter[str]:
 
 
 def test_every_message_of_a_simulated_day_fits_the_contract(
-    simulated_day: tuple[list[dict[str, Any]], Ed25519PrivateKey],
+    simulated_day: tuple[list[Record], Ed25519PrivateKey],
 ) -> None:
     messages, key = simulated_day
     payloads = publish(messages)
@@ -447,7 +439,7 @@ def test_every_message_of_a_simulated_day_fits_the_contract(
     assert kinds["pod"] >= 5
     assert sum(v for k, v in kinds.items() if k.startswith("scan_rejected/")) >= 3
     # The PODs that went through the envelope still verify as a chain from genesis.
-    tokens = [decode_record(p).record["jws"] for p in payloads["pod"]]
+    tokens = [decode_envelope(p).record["jws"] for p in payloads["pod"]]
     report = verify_chain(tokens, key.public_key(), start=ChainState())
     assert report.valid, report.problems
     assert report.ok == len(tokens) == kinds["pod"]
@@ -474,35 +466,23 @@ def test_exceptions_of_a_street_day_fit_the_contract() -> None:
 
 
 def test_telemetry_of_a_simulated_day_fits_the_contract() -> None:
-    messages, selected = street_day()
-    telemetry = [m for m in messages if m["type"] == "telemetry"]
-    assert len(telemetry) == len(selected) > 20
-    records = [r for r in map(fix_record, selected) if r is not None]
-    assert len(records) == len(selected)
-    fixes = list(enumerate(records, start=1))
-    for start in range(0, len(fixes), 60):
-        chunk = fixes[start : start + 60]
+    records, selected = street_day()
+    points = [r for r in records if isinstance(r, TelemetryPoint)]
+    assert len(points) == len(selected) > 20
+    assert points == [TelemetryPoint.from_fix(f) for f in selected]
+    numbered = list(enumerate(points, start=1))
+    for start in range(0, len(numbered), 60):
+        chunk = numbered[start : start + 60]
         batch = decode_batch(encode_batch("van-1", chunk[0][0], chunk, historical=False))
-        doc = batch.to_json()
-        schema.validate("telemetry-batch", doc)
-        for fix, message in zip(doc["fixes"], telemetry[start : start + 60], strict=True):
-            # The batch says what the replay's telemetry message says, at wire resolution.
-            assert fix["time"] == message["time"]
-            assert fix["lat"] == message["lat"]
-            assert fix["lon"] == message["lon"]
-            assert fix["speed_mps"] == message["speed_mps"]
-            assert fix["sats"] == message["sats"]
-            position = {
-                "device_id": batch.device_id,
-                "historical": batch.historical,
-                **{
-                    k: fix[k]
-                    for k in ("seq", "time", "lat", "lon", "speed_mps", "course_deg", "hdop")
-                },
-            }
-            schema.validate(
-                "fleetstream-position", {"device_id": batch.device_id, "records": [position]}
-            )
+        schema.validate("telemetry-batch", batch.to_json())
+        # The batch carries the very points the pipeline made, every field.
+        assert list(batch.points) == chunk
+        rows = [Position(batch.device_id, seq, batch.historical, p) for seq, p in batch.points]
+        stream_doc = {
+            "device_id": "van-1",
+            "records": [fleetstream.position_record(r) for r in rows],
+        }
+        schema.validate("fleetstream-position", stream_doc)
 
 
 def test_status_and_ack_of_the_codec_fit_the_contract() -> None:
@@ -522,10 +502,10 @@ def test_decoder_sketch_in_the_docs_agrees_with_the_codec() -> None:
     exec(code, namespace)  # the documentation's own code, nothing from outside
     hex_example = "".join(text.split("## Worked example", 1)[1].split("```\n", 2)[1].split())
     payloads = [bytes.fromhex(hex_example)]
-    _, selected = street_day()
-    records = [r for r in map(fix_record, selected) if r is not None]
+    records, _ = street_day()
+    points = [r for r in records if isinstance(r, TelemetryPoint)]
     payloads.append(
-        encode_batch("van-1", 1, list(enumerate(records, start=1)), historical=True, last_seq=999)
+        encode_batch("van-1", 1, list(enumerate(points, start=1)), historical=True, last_seq=999)
     )
     for payload in payloads:
         sketch = namespace["decode"](payload)

@@ -49,7 +49,7 @@ from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent
-from firmware_agent.contract.codec import at_wire_resolution, decode_batch
+from firmware_agent.contract.telemetry import decode_batch
 from firmware_agent.contract.topics import STREAMS, uplink_topic
 from tests.broker import Mosquitto
 from tests.netcut import NetCut
@@ -426,11 +426,11 @@ async def _check_network_day(
     first_copy: dict[int, bool] = {}
     for m in watcher.of("fleet", "telemetry", DEVICE):
         batch = decode_batch(m.payload)
-        age_s = (clock.at(m.at) - batch.fixes[0][1].time).total_seconds()
+        age_s = (clock.at(m.at) - batch.points[0][1].time).total_seconds()
         if abs(age_s - 60) > MARGIN_S:
             assert batch.historical == (age_s > 60), (batch.first_seq, age_s, batch.historical)
             flags[batch.historical] += 1
-        for seq, _ in batch.fixes:
+        for seq, _ in batch.points:
             first_copy.setdefault(seq, batch.historical)
     assert flags[True] >= 2
     assert flags[False] >= 5
@@ -753,7 +753,7 @@ def _first_seq(message: tuple[str, bytes]) -> int:
 
 def _records(message: tuple[str, bytes]) -> int:
     topic, payload = message
-    return len(decode_batch(payload).fixes) if topic.endswith("/telemetry") else 1
+    return len(decode_batch(payload).points) if topic.endswith("/telemetry") else 1
 
 
 async def _pods(store: Store) -> list[Pod]:
@@ -784,12 +784,8 @@ def test_duplicates_and_reordering_store_each_record_once(shuffled: Shuffled) ->
             assert (await store.counts()).quarantined == 0
             # Each position is the fix sent, whichever copy came first.
             stored = {p.seq: p for p in await store.track(DEVICE, EPOCH, FOREVER)}
-            for seq, record in shuffled.messages.telemetry:
-                sent = at_wire_resolution(record)
-                got = stored[seq]
-                assert (got.time, got.lat, got.lon, got.speed_mps, got.hdop, got.sats) == (
-                    sent.time, sent.lat, sent.lon, sent.speed_mps, sent.hdop, sent.sats,
-                ), seq  # fmt: skip
+            for seq, sent in shuffled.messages.telemetry:
+                assert stored[seq].point == sent, seq
 
     asyncio.run(check())
     assert shuffled.watcher.contract_failures() == []

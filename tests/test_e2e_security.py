@@ -48,7 +48,7 @@ from cloud_ingest.store.base import Quarantined, Store
 from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.contract.codec import at_wire_resolution, encode_record
+from firmware_agent.contract.records import JsonRecord
 from firmware_agent.contract.topics import STREAMS, uplink_topic
 from firmware_agent.pod.chain import PodChain
 from tests.broker import Mosquitto
@@ -69,6 +69,7 @@ from tests.uplinkday import (
     raw_public_key,
     stored_pods,
 )
+from tests.wire import envelope
 
 pytestmark = pytest.mark.slow
 
@@ -114,10 +115,8 @@ class Attacked:
         return PostgresStore(self.dsn) if self.dsn else SqliteStore(self.directory / "ingest.db")
 
 
-def _envelope(device_id: str, stream: str, seq: int, record: dict[str, Any]) -> bytes:
-    return encode_record(
-        device_id, stream, seq, record, historical=False, sent_at=datetime.now(UTC)
-    )
+def _envelope(device_id: str, stream: str, seq: int, record: dict[str, Any] | JsonRecord) -> bytes:
+    return envelope(device_id, stream, seq, record, historical=False, sent_at=datetime.now(UTC))
 
 
 def _b64(data: bytes) -> str:
@@ -151,14 +150,14 @@ def _attacks(victim: DayMessages, other: DayMessages, first_seq: int) -> list[At
     ``first_seq`` on, as records its outbox would have numbered."""
     vt = uplink_topic(VICTIM, "telemetry")
     vev, vpod = uplink_topic(VICTIM, "events"), uplink_topic(VICTIM, "pod")
-    next_pod = victim.pods[HALF_PODS][1]  # the victim's next genuine POD
+    next_pod = victim.pods[HALF_PODS][1].to_json()  # the victim's next genuine POD
     seq = iter(range(first_seq, first_seq + 100))
 
     forged = PodChain(VICTIM, Ed25519PrivateKey.generate()).issue(fields(1))
     misnamed = PodChain(OTHER, victim.key).issue(fields(2))  # the victim's key, not its id
     altered = _altered_claims(next_pod["jws"], parcel="00106141412345" + "9999")
-    replayed = victim.pods[0][1]  # POD 1, stored already
-    arrival = next(r for _, r in victim.events if r["type"] == "arrival")
+    replayed = victim.pods[0][1].to_json()  # POD 1, stored already
+    arrival = next(r.to_json() for _, r in victim.events if r.type == "arrival")
     no_stop = {k: v for k, v in arrival.items() if k != "stop_id"}
     unknown = DayMessages(UNKNOWN, Ed25519PrivateKey.generate(), telemetry=victim.telemetry[:5])
     pod_mismatch = {**next_pod, "parcel": misnamed.claims["parcel"]}
@@ -302,15 +301,11 @@ def test_nothing_else_is_affected(attacked: Attacked) -> None:
             assert await store.gaps(VICTIM) == []
             positions = await store.track(VICTIM, EPOCH, FOREVER)
             assert [p.seq for p in positions] == list(range(1, tel + 1))
-            for p, (_, sent) in zip(positions, victim.telemetry, strict=True):
-                assert (p.lat, p.lon, p.time) == (
-                    at_wire_resolution(sent).lat,
-                    at_wire_resolution(sent).lon,
-                    at_wire_resolution(sent).time,
-                )
+            # Each stored point is the point the victim sent, every field.
+            assert [p.point for p in positions] == [sent for _, sent in victim.telemetry]
             pods = await stored_pods(store, VICTIM)
             assert [p.seq for p in pods] == attacked.good_pod_seqs
-            assert [p.jws for p in pods] == [r["jws"] for _, r in victim.pods]
+            assert [p.record for p in pods] == [r for _, r in victim.pods]
             assert {p.chain_status for p in pods} == {"ok"}
             # Nothing at all for the unknown device.
             assert await store.get_device(UNKNOWN) is None

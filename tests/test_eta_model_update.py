@@ -34,7 +34,7 @@ from cloud_ingest.downlink import PublishError, publish_retained
 from cloud_ingest.eta.tflite_export import Dense, export_mlp
 from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.contract import schema
-from firmware_agent.contract.codec import decode_record, decode_status
+from firmware_agent.contract.envelope import decode_envelope, decode_status
 from firmware_agent.contract.errors import CodecError, ModelUpdateError
 from firmware_agent.contract.eta_features import FEATURES_VERSION, N_FEATURES
 from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO
@@ -775,7 +775,7 @@ async def watching(port: int) -> AsyncIterator[Seen]:
                 if str(message.topic).endswith("/status"):
                     seen.health.append(dict(decode_status(message.payload).health))
                     continue
-                envelope = decode_record(message.payload, stream="events")
+                envelope = decode_envelope(message.payload, stream="events")
                 if envelope.record["type"] == "eta":
                     seen.etas.append((envelope.seq, envelope.record))
 

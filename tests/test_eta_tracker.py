@@ -29,19 +29,20 @@ from cloud_ingest.verify import Accepted, check_message
 from firmware_agent.agent import Agent, AgentConfig, load_eta_predictor
 from firmware_agent.cli import build_parser
 from firmware_agent.contract import schema
-from firmware_agent.contract.codec import decode_record, decode_status, encode_record
+from firmware_agent.contract.envelope import decode_envelope, decode_status
 from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import FEATURES_VERSION, N_FEATURES, FeatureMatrix
 from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, parse_manifest
+from firmware_agent.contract.records import Record as TypedRecord
 from firmware_agent.contract.times import format_utc
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.interpreter import available_backend
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.pod.chain import PodChain
-from firmware_agent.replay import replay
+from firmware_agent.replay import json_line, replay
 from firmware_agent.replay_cli import run_replay
 from firmware_agent.run_cli import build_config, settings
 from firmware_agent.scan.types import Scan
@@ -54,8 +55,16 @@ from simulator.scenario import ScenarioConfig, generate
 from tests.broker import Mosquitto
 from tests.idle_agent import health_after_load, idle_agent, run_args
 from tests.vanday import T0, drive, fix_at, manifest, route_line, stop
+from tests.wire import envelope
 
 Record = dict[str, Any]
+
+
+def js(records: Iterable[TypedRecord]) -> list[Record]:
+    """Typed records as the JSON they are published as (``fleet-agent replay``'s lines)."""
+    return [json.loads(json_line(r)) for r in records]
+
+
 STOPS_X = (1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0)
 IDS = tuple(f"S{i + 1}" for i in range(len(STOPS_X)))
 
@@ -105,7 +114,7 @@ def feed(
     arrived: Iterable[str] = (),
 ) -> list[Record]:
     predictor.now = at(t_s)
-    return tracker.on_fix(fix_at(at(t_s), x, speed_mps=10.0), arrived=arrived)
+    return js(tracker.on_fix(fix_at(at(t_s), x, speed_mps=10.0), arrived=arrived))
 
 
 def by_stop(records: Sequence[Record], kind: str = "eta") -> dict[str, Record]:
@@ -299,7 +308,7 @@ def test_an_arrival_confirmed_by_a_scan_publishes_from_the_last_position() -> No
     first = feed(tracker, predictor, 0.0)
     assert [r["stop_id"] for r in first] == list(IDS[1:])
     predictor.now = at(4.0)
-    records = tracker.on_arrival("S2", at(4.0))
+    records = js(tracker.on_arrival("S2", at(4.0)))
     assert [(r["stop_id"], r["time"]) for r in records] == [("S3", format_utc(at(4.0)))]
     assert tracker.on_arrival("S2", at(5.0)) == []  # already served
     assert tracker.on_arrival("nowhere", at(5.0)) == []
@@ -514,7 +523,7 @@ def test_a_new_manifest_carries_on_the_runs_and_the_ages_of_kept_stops() -> None
 def drive_east(tracker: EtaTracker, seconds: int, *, speed_mps: float = 10.0) -> list[Record]:
     records: list[Record] = []
     for t in range(seconds):
-        records += tracker.on_fix(fix_at(at(float(t)), speed_mps * t, speed_mps=speed_mps))
+        records += js(tracker.on_fix(fix_at(at(float(t)), speed_mps * t, speed_mps=speed_mps)))
     return records
 
 
@@ -576,9 +585,10 @@ def envelopes_validate(messages: Iterable[Record]) -> int:
         if m["type"] in {"telemetry", "pod"}:
             continue
         n += 1
-        payload = encode_record("van-0001", "events", n, m, historical=False, sent_at=T0)
+        payload = envelope("van-0001", "events", n, m, historical=False, sent_at=T0)
         schema.validate("events", json.loads(payload))
-        env = decode_record(payload, stream="events")
+        env = decode_envelope(payload, stream="events")
+        assert env.typed().to_json() == m
         assert env.record == m
         normalized = {"device_id": env.device_id, "seq": n, "historical": False, **m}
         schema.validate("fleetstream-event", {"device_id": "van-0001", "records": [normalized]})
@@ -613,7 +623,7 @@ def test_ingest_accepts_eta_and_late_risk_records_as_stop_events() -> None:
     device = Device("van-1", b"\0" * 32, True, T0 - timedelta(days=30))
     kinds = set()
     for seq, record in enumerate(records, start=1):
-        payload = encode_record("van-1", "events", seq, record, historical=False, sent_at=T0)
+        payload = envelope("van-1", "events", seq, record, historical=False, sent_at=T0)
         checked = check_message("fleet/v1/van-1/events", payload, received_at=T0, device=device)
         assert isinstance(checked, Accepted), checked
         [event] = checked.items
@@ -624,7 +634,7 @@ def test_ingest_accepts_eta_and_late_risk_records_as_stop_events() -> None:
             "R1",
         )
         assert event.time == T0
-        assert event.record == record
+        assert event.record.to_json() == record
         kinds.add(event.type)
     assert kinds == {"eta", "late_risk"}
 
@@ -650,7 +660,7 @@ def simulated_day() -> dict[str, Any]:
     log = build_scan_log(scenario, doc, seed=23)
     scans = [Scan(time=parse_scan_time(s["time"]), raw=s["raw"], source=s["source"]) for s in log]
     messages: list[Record] = []
-    summary = replay(io.BytesIO(nmea), scans, van, messages.append)
+    summary = replay(io.BytesIO(nmea), scans, van, lambda r: messages.extend(js([r])))
     return {"doc": doc, "messages": messages, "summary": summary, "van": van}
 
 
@@ -719,10 +729,10 @@ def test_an_arrival_a_scan_confirms_is_followed_by_the_next_stops_eta() -> None:
     # Approach S1 and stop in its fence: 5 s later the dwell has not confirmed it yet.
     out = []
     for f in drive([(36, 10.0), (4, 1.0), (5, 0.0)], x0=-364):
-        out += van.on_fix(f)
+        out += js(van.on_fix(f))
     assert {m["stop_id"] for m in out if m["type"] == "eta"} == {"S1", "S2", "S3"}
     assert not [m for m in out if m["type"] == "arrival"]
-    scanned = van.on_scan(Scan(time=at(45.0), raw="]C100" + sscc, source="serial"))
+    scanned = js(van.on_scan(Scan(time=at(45.0), raw="]C100" + sscc, source="serial")))
     types = [(m["type"], m.get("stop_id")) for m in scanned]
     assert types[0] == ("arrival", "S1")
     assert types[-1] == ("pod", "S1")
@@ -736,7 +746,7 @@ def test_without_a_predictor_the_pipeline_publishes_no_eta() -> None:
     van = VanPipeline(street(), pods=PodChain("van-1", Ed25519PrivateKey.generate()))
     messages = []
     for t in range(60):
-        messages += van.on_fix(fix_at(at(float(t)), 10.0 * t, speed_mps=10.0))
+        messages += js(van.on_fix(fix_at(at(float(t)), 10.0 * t, speed_mps=10.0)))
     assert van.eta_tracker is None
     assert not [m for m in messages if m["type"] in {"eta", "late_risk"}]
 
@@ -905,7 +915,7 @@ def test_a_running_agent_publishes_etas_and_its_model_in_the_status(tmp_path: Pa
                             health = dict(decode_status(message.payload).health or {})
                         else:
                             schema.validate("events", json.loads(message.payload))
-                            record = decode_record(message.payload, stream="events").record
+                            record = decode_envelope(message.payload, stream="events").record
                             if record["type"] == "eta":
                                 etas.append(record)
                         if health and len(etas) >= len(doc["stops"]):

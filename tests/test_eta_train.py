@@ -50,6 +50,7 @@ from firmware_agent.contract.eta_features import (
 from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, log_ratio_target
 from firmware_agent.contract.manifest import Manifest
 from firmware_agent.contract.model_file import read_metadata
+from firmware_agent.contract.records import PodRecord, TelemetryPoint
 from firmware_agent.eta.interpreter import TfliteRunner, available_backend
 from firmware_agent.eta.models import default_model_bytes, default_training_record
 from firmware_agent.eta.predictor import EtaPredictor
@@ -148,38 +149,13 @@ def _fill_store(path: Path, day: Day) -> list[dict[str, object]]:
     events: list[StopEvent] = []
     arrivals: list[dict[str, object]] = []
     for fix in day.fixes:
-        for m in pipeline.on_fix(fix):
-            t = datetime.fromisoformat(m["time"])
-            if m["type"] == "telemetry":
-                positions.append(
-                    Position(
-                        DEVICE,
-                        len(positions) + 1,
-                        t,
-                        m["lat"],
-                        m["lon"],
-                        m["speed_mps"],
-                        m["course_deg"],
-                        m["hdop"],
-                        m["sats"],
-                        historical=False,
-                    )
-                )
-            else:
-                events.append(
-                    StopEvent(
-                        DEVICE,
-                        len(events) + 1,
-                        m["type"],
-                        t,
-                        m.get("stop_id"),
-                        m.get("route_id"),
-                        historical=False,
-                        record=m,
-                    )
-                )
-                if m["type"] == "arrival":
-                    arrivals.append(m)
+        for record in pipeline.on_fix(fix):
+            if isinstance(record, TelemetryPoint):
+                positions.append(Position(DEVICE, len(positions) + 1, False, record))
+            elif not isinstance(record, PodRecord):
+                events.append(StopEvent(DEVICE, len(events) + 1, False, record))
+                if record.type == "arrival":
+                    arrivals.append(record.to_json())
 
     async def write() -> None:
         async with SqliteStore(path) as store:

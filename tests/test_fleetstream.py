@@ -9,22 +9,26 @@ from datetime import UTC, datetime, timedelta
 from cloud_ingest import fleetstream
 from cloud_ingest.store.base import Pod, Position, StopEvent
 from firmware_agent.contract import schema
+from firmware_agent.contract.records import Arrival, PodRecord, TelemetryPoint
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 KINDS = {"position": "fleetstream-position", "event": "fleetstream-event", "pod": "fleetstream-pod"}
 
 
 def position(device_id: str, seq: int) -> Position:
-    return Position(
-        device_id, seq, T0 + timedelta(seconds=seq), 48.1, 11.5, 4.25, 90.5, 1.1, 9, seq % 2 == 0
-    )
+    point = TelemetryPoint(
+        time=T0 + timedelta(seconds=seq), lat=48.1, lon=11.5, alt_m=519.4, speed_mps=4.25,
+        course_deg=90.5, mode=3, quality=1, hdop=1.1, sats_used=9,
+    )  # fmt: skip
+    return Position(device_id, seq, seq % 2 == 0, point)
 
 
 def event(device_id: str, seq: int) -> StopEvent:
-    record = {"type": "arrival", "time": "2026-11-21T09:01:00.000Z", "stop_id": "S001"}
-    record |= {"detected_at": "2026-11-21T09:01:30.000Z", "lat": 48.1, "lon": 11.5}
-    record |= {"visit": 1, "confirmed_by": "dwell"}
-    return StopEvent(device_id, seq, "arrival", T0, "S001", None, False, record)
+    record = Arrival(
+        time=T0 + timedelta(minutes=1), stop_id="S001", detected_at=T0 + timedelta(seconds=90),
+        lat=48.1, lon=11.5, visit=1, confirmed_by="dwell",
+    )  # fmt: skip
+    return StopEvent(device_id, seq, False, record)
 
 
 def pod(device_id: str, seq: int, chain: str = "ok") -> Pod:
@@ -32,17 +36,14 @@ def pod(device_id: str, seq: int, chain: str = "ok") -> Pod:
     return Pod(
         device_id=device_id,
         seq=seq,
-        pod_seq=seq,
-        parcel="106141412345678908",
-        stop_id="S001",
-        time=T0,
-        verdict="inside",
-        jws=jws,
-        digest="0" * 64,
+        historical=False,
+        record=PodRecord(
+            time=T0, stop_id="S001", parcel="106141412345678908", seq=seq, verdict="inside",
+            distance_m=0.0, jws=jws,
+        ),
         prev="0" * 64,
         chain_status=chain,  # type: ignore[arg-type]
-        historical=False,
-    )
+    )  # fmt: skip
 
 
 def decoded(messages: list[tuple[str, bytes]]) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
@@ -69,19 +70,37 @@ def test_one_message_per_device_and_kind_in_record_order() -> None:
         assert message["device_id"] == device_id
         assert {r["device_id"] for r in message["records"]} == {device_id}
     assert [r["chain"] for r in out[3][1]["records"]] == ["ok", "pending"]
+    assert out[3][1]["records"][0] == {
+        "device_id": "van-7",
+        "seq": 1,
+        "historical": False,
+        "time": "2026-11-21T09:00:00.000Z",
+        "stop_id": "S001",
+        "parcel": "106141412345678908",
+        "pod_seq": 1,
+        "verdict": "inside",
+        "distance_m": 0.0,
+        "jws": pod("van-7", 1).jws,
+        "verified": True,
+        "chain": "ok",
+    }
     assert out[0][1]["records"][0] == {
         "device_id": "van-7",
         "seq": 3,
         "time": "2026-11-21T09:00:03.000Z",
         "lat": 48.1,
         "lon": 11.5,
+        "alt_m": 519.4,
         "speed_mps": 4.25,
         "course_deg": 90.5,
+        "mode": 3,
+        "quality": 1,
         "hdop": 1.1,
+        "sats_used": 9,
         "historical": False,
     }
     assert out[2][1]["records"][0] == {
-        **event("van-7", 1).record,
+        **event("van-7", 1).record.to_json(),
         "device_id": "van-7",
         "seq": 1,
         "historical": False,
@@ -107,7 +126,14 @@ def test_a_big_batch_is_cut_at_max_records() -> None:
 
 
 def test_records_with_unknown_values_fit_the_contract() -> None:
-    p = replace(position("van-7", 1), speed_mps=None, course_deg=None, hdop=None, sats=None)
-    ((_, message),) = decoded(fleetstream.messages([p]))
-    schema.validate("fleetstream-position", message)
-    assert message["records"][0]["speed_mps"] is None
+    first = position("van-7", 1)
+    bare = TelemetryPoint(time=first.time, lat=first.point.lat, lon=first.point.lon)
+    p = replace(first, point=bare)
+    unknown = replace(pod("van-7", 1), record=replace(pod("van-7", 1).record, distance_m=None))
+    out = decoded(fleetstream.messages([p], pods=[unknown]))
+    for topic, message in out:
+        schema.validate(KINDS[topic.rsplit("/", 1)[1]], message)
+    record = out[0][1]["records"][0]
+    assert [record[k] for k in ("alt_m", "speed_mps", "quality", "sats_used")] == [None] * 4
+    assert record["mode"] == 0
+    assert out[1][1]["records"][0]["distance_m"] is None

@@ -39,13 +39,15 @@ from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.verify import Accepted, check_message
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.contract import schema
-from firmware_agent.contract.codec import FixRecord, encode_batch, encode_record
 from firmware_agent.contract.keys import key_thumbprint, public_key_pem
+from firmware_agent.contract.records import Arrival, TelemetryPoint
+from firmware_agent.contract.telemetry import encode_batch
 from firmware_agent.pod import chain as podchain
 from firmware_agent.pod.chain import PodChain
 from tests.broker import Mosquitto
 from tests.pg import ADMIN_DSN, fresh_database
 from tests.pods import fields, pod_record
+from tests.wire import envelope
 
 T = TypeVar("T")
 # The contract's schemas are files read on first use; read them here, off the loop that
@@ -84,15 +86,17 @@ class Van:
         fixes = [
             (
                 seq,
-                FixRecord(
+                TelemetryPoint(
                     time=T0 + timedelta(minutes=minutes, seconds=seq),
                     lat=48.1 + seq * 1e-5,
                     lon=11.5 + seq * 1e-5,
-                    mode=3,
+                    alt_m=519.5,
                     speed_mps=8.5,
                     course_deg=90.0,
+                    mode=3,
+                    quality=1,
                     hdop=0.9,
-                    sats=9,
+                    sats_used=9,
                 ),
             )
             for seq in range(first, last + 1)
@@ -114,7 +118,7 @@ class Van:
             "confirmed_by": "dwell",
         }
         sent = T0 + timedelta(minutes=minute, seconds=30)
-        return self.topic("events"), encode_record(
+        return self.topic("events"), envelope(
             self.device_id, "events", seq, record, historical=False, sent_at=sent
         )
 
@@ -123,7 +127,7 @@ class Van:
         issued = self.chain.issue({**fields(self.chain.state.seq + 1), **changes})
         self.issued.append(issued)
         record = pod_record(issued)
-        payload = encode_record(
+        payload = envelope(
             self.device_id, "pod", issued.seq, record, historical=False, sent_at=RECEIVED
         )
         return self.topic("pod"), payload
@@ -326,10 +330,13 @@ def test_latest_positions_and_a_track(make_store: StoreFactory) -> None:
             "time": "2026-11-21T09:00:20.000Z",
             "lat": pytest.approx(48.1002),
             "lon": pytest.approx(11.5002),
+            "alt_m": 519.5,
             "speed_mps": 8.5,
             "course_deg": 90.0,
+            "mode": 3,
+            "quality": 1,
             "hdop": 0.9,
-            "sats": 9,
+            "sats_used": 9,
             "historical": False,
         }
 
@@ -453,12 +460,15 @@ def test_arrivals_by_route_and_by_device(make_store: StoreFactory) -> None:
         await ingest(api.store, van7.arrival(1, "S001", minute=20))
         await ingest(api.store, van7.arrival(2, "S002", minute=5))
         await ingest(api.store, van3.arrival(1, "S101", minute=10))
-        # The v1 events schema has no route_id, so arrivals from the wire carry none;
-        # events stored with a route (what the route endpoint serves) are written here.
-        record = {"type": "arrival", "time": "2026-11-21T09:07:00.000Z", "stop_id": "S009"}
-        routed = StopEvent(
-            "van-3", 2, "arrival", T0 + timedelta(minutes=7), "S009", "R-1", True, record
-        )
+        # These arrivals name no route; one that does (what the route endpoint
+        # serves) is written here.
+        at = T0 + timedelta(minutes=7)
+        arrival = Arrival(
+            time=at, stop_id="S009", detected_at=at, lat=48.1, lon=11.5, visit=1,
+            confirmed_by="scan", route_id="R-1",
+        )  # fmt: skip
+        record = arrival.to_json()
+        routed = StopEvent("van-3", 2, True, arrival)
         await api.store.write(WriteBatch(events=[routed]))
 
         arrivals = (await c.get("/v1/devices/van-7/arrivals")).json()

@@ -21,8 +21,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_agent.contract.codec import FixRecord, encode_batch
 from firmware_agent.contract.keys import key_thumbprint, load_or_create_device_key
+from firmware_agent.contract.records import TelemetryPoint
+from firmware_agent.contract.telemetry import encode_batch
 from tests.broker import Mosquitto, free_port
 
 BIN = Path(sys.executable).parent
@@ -67,7 +68,7 @@ def test_migrate_then_enroll_list_disable(tmp_path: Path) -> None:
     db = tmp_path / "ingest.sqlite3"
     url = ("--database-url", f"sqlite:///{db}")
     r = ingest("migrate", *url)
-    assert (r.returncode, r.stdout) == (0, f"{db}: applied migration(s) 1, 2\n"), r.stderr
+    assert (r.returncode, r.stdout) == (0, f"{db}: applied migration(s) 1, 2, 3\n"), r.stderr
     r = ingest("migrate", *url)
     assert (r.returncode, r.stdout) == (0, f"{db}: schema up to date\n")
 
@@ -184,7 +185,7 @@ def test_settings_come_from_file_then_environment_then_flags(tmp_path: Path) -> 
 
 
 async def _publish_a_fix(port: int) -> None:
-    fix = FixRecord(time=datetime(2026, 11, 21, 9, 0, tzinfo=UTC), lat=48.1, lon=11.5, mode=3)
+    fix = TelemetryPoint(time=datetime(2026, 11, 21, 9, 0, tzinfo=UTC), lat=48.1, lon=11.5, mode=3)
     async with aiomqtt.Client("127.0.0.1", port) as client:
         await client.publish(
             "fleet/v1/van-7/telemetry",

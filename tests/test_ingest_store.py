@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cloud_ingest import fleetstream
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store import postgres as postgres_module
 from cloud_ingest.store import sqlite as sqlite_module
@@ -37,10 +38,18 @@ from cloud_ingest.store.base import (
     Store,
     UnknownDeviceError,
     WriteBatch,
+    WriteResult,
 )
 from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.ranges import absorb, cumulative_ack, holes, merge_ranges
 from cloud_ingest.store.sqlite import SqliteStore
+from firmware_agent.contract.records import (
+    Arrival,
+    Departure,
+    EventRecord,
+    PodRecord,
+    TelemetryPoint,
+)
 from firmware_agent.pod.chain import ChainState, PodChain
 from tests.pg import fresh_database
 from tests.pods import fields
@@ -105,38 +114,49 @@ def position(device_id: str, seq: int, *, minute: float | None = None) -> Positi
     return Position(
         device_id=device_id,
         seq=seq,
-        time=T0 + timedelta(minutes=seq if minute is None else minute),
-        lat=48.1 + seq * 1e-4,
-        lon=11.5 + seq * 1e-4,
-        speed_mps=8.25 if seq % 2 else None,
-        course_deg=90.5,
-        hdop=0.9,
-        sats=11,
         historical=False,
+        point=TelemetryPoint(
+            time=T0 + timedelta(minutes=seq if minute is None else minute),
+            lat=48.1 + seq * 1e-4,
+            lon=11.5 + seq * 1e-4,
+            alt_m=519.5 if seq % 3 else None,
+            speed_mps=8.25 if seq % 2 else None,
+            course_deg=90.5,
+            mode=3 if seq % 2 else 2,
+            quality=1 if seq % 3 else None,
+            hdop=0.9,
+            sats_used=11,
+        ),
     )
 
 
 def event(
     device_id: str, seq: int, *, kind: str = "arrival", route_id: str | None = "R-1"
 ) -> StopEvent:
-    record = {
-        "type": kind,
-        "time": f"2026-11-21T09:{seq:02d}:00.000Z",
-        "stop_id": f"S{seq:03d}",
-        "route_id": route_id,
-        "visit": 1,
-        "lat": 48.1371234,
-    }
-    return StopEvent(
-        device_id=device_id,
-        seq=seq,
-        type=kind,
-        time=T0 + timedelta(minutes=seq),
-        stop_id=f"S{seq:03d}",
-        route_id=route_id,
-        historical=False,
-        record=record,
-    )
+    time = T0 + timedelta(minutes=seq)
+    record: EventRecord
+    if kind == "arrival":
+        record = Arrival(
+            time=time,
+            stop_id=f"S{seq:03d}",
+            detected_at=time + timedelta(seconds=10),
+            lat=48.1371234,
+            lon=11.5,
+            visit=1,
+            confirmed_by="dwell",
+            route_id=route_id,
+        )
+    else:
+        record = Departure(
+            time=time,
+            stop_id=f"S{seq:03d}",
+            detected_at=time + timedelta(seconds=10),
+            arrived_at=time - timedelta(minutes=2),
+            dwell_s=120.0,
+            visit=1,
+            route_id=route_id,
+        )
+    return StopEvent(device_id=device_id, seq=seq, historical=False, record=record)
 
 
 def telemetry(device_id: str, first: int, last: int, seqs: list[int]) -> WriteBatch:
@@ -168,21 +188,29 @@ class Van:
             pod = Pod(
                 device_id=self.device_id,
                 seq=claims["seq"],  # envelope seq = chain seq for a well-behaved van
-                pod_seq=claims["seq"],
-                parcel=claims["parcel"],
-                stop_id=claims["stop_id"],
-                time=T0 + timedelta(minutes=claims["seq"]),
-                verdict=claims["verdict"],
-                jws=issued.token,
-                digest=issued.digest,
+                historical=False,
+                record=PodRecord(
+                    time=T0 + timedelta(minutes=claims["seq"]),
+                    stop_id=claims["stop_id"],
+                    parcel=claims["parcel"],
+                    seq=claims["seq"],
+                    verdict=claims["verdict"],
+                    distance_m=claims["distance_m"],
+                    jws=issued.token,
+                ),
                 prev=claims["prev"],
                 chain_status="pending",
-                historical=False,
             )
+            assert pod.digest == issued.digest
             out.append(pod)
             if chain is self.chain:
                 self.pods.append(pod)
         return out
+
+
+async def write(store: Store, batch: WriteBatch, **kwargs: Any) -> WriteResult:
+    """``store.write`` announcing on the normalized stream as the worker does."""
+    return await store.write(batch, announce=fleetstream.messages, **kwargs)
 
 
 async def register(store: Store, *device_ids: str) -> list[Device]:
@@ -203,7 +231,11 @@ def test_migrations_are_idempotent_and_recorded(backend: Backend) -> None:
     assert play(backend, first) == ([], [])
     assert play(backend, scenario) == []
     rows = backend.sql("SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "initial schema"), (2, "fleetstream outbox")]
+    assert rows == [
+        (1, "initial schema"),
+        (2, "fleetstream outbox"),
+        (3, "one shape per record: every field of a telemetry point, a POD's distance"),
+    ]
     tables = {
         "stream_outbox",
         "devices",
@@ -228,7 +260,7 @@ def test_fresh_store_applies_every_migration(backend: Backend) -> None:
         async with backend.make() as store:
             return await store.migrate()
 
-    assert asyncio.run(scenario()) == [1, 2]
+    assert asyncio.run(scenario()) == [1, 2, 3]
 
 
 def test_a_version_1_database_is_upgraded_in_place(
@@ -248,10 +280,68 @@ def test_a_version_1_database_is_upgraded_in_place(
     async def upgraded() -> tuple[list[int], int, int]:
         async with backend.make() as store:
             applied = await store.migrate()
-            result = await store.write(WriteBatch(positions=[position("van-7", 1)]))
+            result = await write(store, WriteBatch(positions=[position("van-7", 1)]))
             return applied, (await store.counts()).devices, len(result.stream)
 
-    assert asyncio.run(upgraded()) == ([2], 1, 1)
+    assert asyncio.run(upgraded()) == ([2, 3], 1, 1)
+
+
+def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows stored before migration 3 read back with what they had: satellites used
+    (the column renamed), no altitude or fix quality, mode unknown, a POD without its
+    distance."""
+    module = sqlite_module if backend.name == "sqlite" else postgres_module
+    everything = module.MIGRATIONS
+    van = Van("van-7")
+    (pod,) = van.issue()
+
+    async def old(store: Store) -> None:
+        await store.register_device("van-7", van.public_key)
+
+    monkeypatch.setattr(module, "MIGRATIONS", everything[:2])
+    play(backend, old)
+    if backend.name == "sqlite":
+        at, no = str(int(T0.timestamp() * 1_000_000)), "0"
+    else:
+        at, no = f"'{T0.isoformat()}'", "false"
+    backend.sql(
+        "INSERT INTO positions (device_id, seq, time" + ("_us" if backend.name == "sqlite" else "")
+        + f", lat, lon, speed_mps, course_deg, hdop, sats, historical) VALUES ('van-7', 1, {at}, "
+        f"48.1, 11.5, 8.25, 90.5, 0.9, 11, {no})"
+    )  # fmt: skip
+    backend.sql(
+        "INSERT INTO pods (device_id, seq, pod_seq, parcel, stop_id, time"
+        + ("_us" if backend.name == "sqlite" else "")
+        + ", verdict, jws, digest, prev, chain_status, historical) VALUES ('van-7', 1, 1, "
+        f"'{pod.record.parcel}', '{pod.record.stop_id}', {at}, 'inside', '{pod.jws}', "
+        f"'{pod.digest}', '{pod.prev}', 'ok', {no})"
+    )  # fmt: skip
+    monkeypatch.setattr(module, "MIGRATIONS", everything)
+
+    async def upgraded() -> tuple[list[int], list[Position], Pod | None]:
+        async with backend.make() as store:
+            applied = await store.migrate()
+            track = await store.track("van-7", T0, T0 + timedelta(seconds=1))
+            return applied, track, await store.pod_by_pod_seq("van-7", 1)
+
+    applied, track, stored = asyncio.run(upgraded())
+    assert applied == [3]
+    assert track == [
+        Position(
+            "van-7",
+            1,
+            False,
+            TelemetryPoint(
+                time=T0, lat=48.1, lon=11.5, speed_mps=8.25, course_deg=90.5, hdop=0.9,
+                sats_used=11,
+            ),
+        )
+    ]  # fmt: skip
+    assert stored is not None
+    assert stored.record == replace(pod.record, time=T0, distance_m=None)
+    assert stored.chain_status == "ok"
 
 
 def test_a_newer_schema_is_refused(backend: Backend) -> None:
@@ -316,7 +406,7 @@ def test_write_is_idempotent(backend: Backend) -> None:
 
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", van.public_key)
-        first = await store.write(batch)
+        first = await write(store, batch)
         assert first.new_positions == tuple(batch.positions)
         assert first.new_events == tuple(batch.events)
         assert [p.pod_seq for p in first.new_pods] == [1, 2]
@@ -325,7 +415,7 @@ def test_write_is_idempotent(backend: Backend) -> None:
         assert first.acks == {"van-7": {"telemetry": 3, "events": 1, "pod": 2}}
         counts = await store.counts()
 
-        again = await store.write(batch)
+        again = await write(store, batch)
         assert (again.new_positions, again.new_events, again.new_pods) == ((), (), ())
         assert again.duplicates == 2 + 1 + 2
         assert again.quarantined == ()
@@ -335,7 +425,7 @@ def test_write_is_idempotent(backend: Backend) -> None:
 
         # A duplicate inside one batch counts once as new, once as duplicate.
         twice = WriteBatch(positions=[position("van-7", 5), position("van-7", 5)])
-        result = await store.write(twice)
+        result = await write(store, twice)
         assert (len(result.new_positions), result.duplicates) == (1, 1)
 
     play(backend, scenario)
@@ -366,7 +456,7 @@ def test_a_write_stores_its_stream_messages_in_the_same_transaction(backend: Bac
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", van.public_key)
         await store.register_device("van-8", raw_key())
-        first = await store.write(batch)
+        first = await write(store, batch)
         assert stream_records(first.stream) == [
             ("fleetstream/v1/van-7/position", 1, None),
             ("fleetstream/v1/van-7/position", 2, None),
@@ -381,10 +471,10 @@ def test_a_write_stores_its_stream_messages_in_the_same_transaction(backend: Bac
         assert ids == sorted(set(ids))
         assert await store.stream_pending() == 4
 
-        again = await store.write(batch)
+        again = await write(store, batch)
         assert again.stream == ()
         # The predecessor relinks p3: both said, p3 with its new status.
-        linked = await store.write(WriteBatch(pods=[p2], streamed=ids[:2]))
+        linked = await write(store, WriteBatch(pods=[p2], streamed=ids[:2]))
         assert stream_records(linked.stream) == [
             ("fleetstream/v1/van-7/pod", 2, "ok"),
             ("fleetstream/v1/van-7/pod", 3, "ok"),
@@ -393,7 +483,7 @@ def test_a_write_stores_its_stream_messages_in_the_same_transaction(backend: Bac
         await store.stream_done([*ids[2:], linked.stream[0].id, 10**9])
         assert await store.stream_pending() == 0
         # An id is never reused: a late stream_done cannot delete a newer message.
-        newer = await store.write(WriteBatch(positions=[position("van-7", 3)]))
+        newer = await write(store, WriteBatch(positions=[position("van-7", 3)]))
         assert newer.stream[0].id > linked.stream[0].id
 
     play(backend, scenario)
@@ -403,8 +493,8 @@ def test_a_failed_write_leaves_no_stream_message(backend: Backend) -> None:
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", raw_key())
         with pytest.raises(UnknownDeviceError):
-            await store.write(
-                WriteBatch(positions=[position("van-7", 1), position("van-unknown", 1)])
+            await write(
+                store, WriteBatch(positions=[position("van-7", 1), position("van-unknown", 1)])
             )
         assert await store.stream_pending() == 0
 
@@ -414,11 +504,11 @@ def test_a_failed_write_leaves_no_stream_message(backend: Backend) -> None:
 def test_stream_messages_are_claimed_once_their_lease_ran_out(backend: Backend) -> None:
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", raw_key())
-        leased = await store.write(
-            WriteBatch(positions=[position("van-7", 1)]), stream_lease_s=60.0
+        leased = await write(
+            store, WriteBatch(positions=[position("van-7", 1)]), stream_lease_s=60.0
         )
-        orphan = await store.write(WriteBatch(positions=[position("van-7", 2)]), stream_lease_s=0)
-        other = await store.write(WriteBatch(events=[event("van-7", 1)]), stream_lease_s=0)
+        orphan = await write(store, WriteBatch(positions=[position("van-7", 2)]), stream_lease_s=0)
+        other = await write(store, WriteBatch(events=[event("van-7", 1)]), stream_lease_s=0)
         # Still leased to its writer: not claimable; the expired ones, oldest first.
         claimed = await store.claim_stream(stream_lease_s=60.0, limit=10)
         assert claimed == [*orphan.stream, *other.stream]
@@ -429,7 +519,7 @@ def test_stream_messages_are_claimed_once_their_lease_ran_out(backend: Backend) 
         assert await store.stream_pending() == 1
 
         more = [
-            await store.write(WriteBatch(positions=[position("van-7", s)]), stream_lease_s=0)
+            await write(store, WriteBatch(positions=[position("van-7", s)]), stream_lease_s=0)
             for s in range(3, 8)
         ]
         first = await store.claim_stream(stream_lease_s=0, limit=2)
@@ -445,7 +535,7 @@ def test_concurrent_sweepers_never_claim_the_same_message(backend: Backend) -> N
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", raw_key())
         for s in range(1, 41):
-            await store.write(WriteBatch(positions=[position("van-7", s)]), stream_lease_s=0)
+            await write(store, WriteBatch(positions=[position("van-7", s)]), stream_lease_s=0)
 
     play(backend, scenario)
 
@@ -475,17 +565,17 @@ def test_cumulative_ack_with_gaps_and_thinned_ranges(backend: Backend) -> None:
     async def scenario(store: Store) -> None:
         await register(store, "van-7")
         # Fixes 2, 3 and 5..9 were thinned away: the range covers them, not a gap.
-        result = await store.write(telemetry("van-7", 1, 10, [1, 4, 10]))
+        result = await write(store, telemetry("van-7", 1, 10, [1, 4, 10]))
         assert result.acks["van-7"]["telemetry"] == 10
-        result = await store.write(telemetry("van-7", 15, 20, [15, 20]))
+        result = await write(store, telemetry("van-7", 15, 20, [15, 20]))
         assert result.acks["van-7"]["telemetry"] == 10
         assert await store.gaps("van-7") == [Gap("telemetry", 11, 14)]
         # An empty batch (everything thinned) still covers its range.
-        result = await store.write(telemetry("van-7", 11, 14, []))
+        result = await write(store, telemetry("van-7", 11, 14, []))
         assert result.acks["van-7"]["telemetry"] == 20
         assert await store.gaps("van-7") == []
 
-        result = await store.write(WriteBatch(events=[event("van-7", s) for s in (1, 2, 4, 7)]))
+        result = await write(store, WriteBatch(events=[event("van-7", s) for s in (1, 2, 4, 7)]))
         assert result.acks["van-7"] == {"telemetry": 20, "events": 2, "pod": 0}
         assert await store.gaps("van-7") == [Gap("events", 3, 3), Gap("events", 5, 6)]
         assert await store.acks("van-7") == {"telemetry": 20, "events": 2, "pod": 0}
@@ -503,7 +593,7 @@ def test_reordering_gives_the_right_acks(backend: Backend) -> None:
         await register(store, "van-7")
         acks = []
         for seq in (3, 1, 2, 5, 4):
-            result = await store.write(WriteBatch(events=[event("van-7", seq)]))
+            result = await write(store, WriteBatch(events=[event("van-7", seq)]))
             acks.append(result.acks["van-7"]["events"])
         return acks
 
@@ -529,7 +619,7 @@ def test_acks_match_a_brute_force_count_under_random_arrival(backend: Backend) -
         await register(store, "van-7")
         seen: set[int] = set()
         for batch in arrivals:
-            result = await store.write(batch)
+            result = await write(store, batch)
             c = batch.covered[0]
             seen.update(range(c.first_seq, c.last_seq + 1))
             expected = 0
@@ -547,7 +637,7 @@ def test_a_batch_for_an_unknown_device_stores_nothing(backend: Backend) -> None:
         await register(store, "van-7")
         batch = WriteBatch(positions=[position("van-7", 1)], events=[event("ghost", 1)])
         with pytest.raises(UnknownDeviceError, match="ghost"):
-            await store.write(batch)
+            await write(store, batch)
         counts = await store.counts()
         assert (counts.positions, counts.stop_events) == (0, 0)
         assert await store.acks("van-7") == {"telemetry": 0, "events": 0, "pod": 0}
@@ -580,7 +670,7 @@ def test_quarantine_keeps_reason_and_payload(backend: Backend) -> None:
 
     async def scenario(store: Store) -> None:
         await register(store, "van-7")
-        result = await store.write(WriteBatch(quarantined=[refused, stranger]))
+        result = await write(store, WriteBatch(quarantined=[refused, stranger]))
         assert result.quarantined == (refused, stranger)
         # The refused POD settles its seq; the unknown device's message moves nothing.
         assert result.acks == {"van-7": {"telemetry": 0, "events": 0, "pod": 1}}
@@ -603,8 +693,8 @@ def test_pods_keep_the_jws_verbatim(backend: Backend) -> None:
 
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", van.public_key)
-        await store.write(WriteBatch(pods=[pod]))
-        (stored,) = await store.pods_by_parcel(pod.parcel)
+        await write(store, WriteBatch(pods=[pod]))
+        (stored,) = await store.pods_by_parcel(pod.record.parcel)
         assert stored == replace(pod, chain_status="ok")
         assert stored.jws == pod.jws
         assert await store.pod_head("van-7") == stored
@@ -622,12 +712,12 @@ def test_chain_pending_until_the_predecessor_arrives(backend: Backend) -> None:
 
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", van.public_key)
-        result = await store.write(WriteBatch(pods=[p1, p3]))
+        result = await write(store, WriteBatch(pods=[p1, p3]))
         assert [(p.pod_seq, p.chain_status) for p in result.new_pods] == [(1, "ok"), (3, "pending")]
         assert result.acks["van-7"]["pod"] == 1
         assert (await store.counts()).pods_pending == 1
 
-        result = await store.write(WriteBatch(pods=[p2]))
+        result = await write(store, WriteBatch(pods=[p2]))
         assert [(p.pod_seq, p.chain_status) for p in result.new_pods] == [(2, "ok")]
         assert [(p.pod_seq, p.chain_status) for p in result.relinked] == [(3, "ok")]
         assert result.acks["van-7"]["pod"] == 3
@@ -635,7 +725,7 @@ def test_chain_pending_until_the_predecessor_arrives(backend: Backend) -> None:
         assert (await store.counts()).pods_pending == 0
 
         # A successor and its predecessor in one batch, successor first: both link.
-        result = await store.write(WriteBatch(pods=[p5, p4]))
+        result = await write(store, WriteBatch(pods=[p5, p4]))
         assert [(p.pod_seq, p.chain_status) for p in result.new_pods] == [(4, "ok"), (5, "ok")]
 
     play(backend, scenario)
@@ -650,8 +740,8 @@ def test_a_late_predecessor_that_does_not_match_breaks_the_successor(backend: Ba
 
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", van.public_key)
-        await store.write(WriteBatch(pods=[p1, p3]))
-        result = await store.write(WriteBatch(pods=[forged2]))
+        await write(store, WriteBatch(pods=[p1, p3]))
+        result = await write(store, WriteBatch(pods=[forged2]))
         # POD 2 itself links to POD 1; POD 3's prev is the digest of the real POD 2.
         assert [p.chain_status for p in result.new_pods] == ["ok"]
         assert [(p.pod_seq, p.chain_status) for p in result.relinked] == [(3, "broken")]
@@ -671,15 +761,15 @@ def test_the_store_refuses_replayed_and_unlinked_pods(backend: Backend) -> None:
 
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", van.public_key)
-        await store.write(WriteBatch(pods=[p1, p2]))
-        result = await store.write(WriteBatch(pods=[replayed, unlinked]))
+        await write(store, WriteBatch(pods=[p1, p2]))
+        result = await write(store, WriteBatch(pods=[replayed, unlinked]))
         assert result.new_pods == ()
         assert [q.reason for q in result.quarantined] == ["replayed_pod", "broken_chain"]
         assert result.quarantined[0].payload == p1.jws.encode()
         # Refused records settle their seqs: the device may delete them.
         assert result.acks["van-7"]["pod"] == 2
         assert await store.gaps("van-7") == [Gap("pod", 3, 3)]
-        result = await store.write(WriteBatch(pods=[p3]))
+        result = await write(store, WriteBatch(pods=[p3]))
         assert result.new_pods[0].chain_status == "ok"
         assert result.acks["van-7"]["pod"] == 5
         assert [q.reason for q in await store.quarantine()] == ["broken_chain", "replayed_pod"]
@@ -701,7 +791,7 @@ def test_concurrent_writers_link_the_chain(backend: Backend) -> None:
 
             async def feed(store: Store, order: list[Pod]) -> None:
                 for pod in order:
-                    await store.write(WriteBatch(pods=[pod]))
+                    await write(store, WriteBatch(pods=[pod]))
 
             await asyncio.gather(feed(a, pods[::2][::-1]), feed(b, pods[1::2]))
             return (await b.acks("van-7"))["pod"]
@@ -722,9 +812,10 @@ def test_queries_return_what_was_written(backend: Backend) -> None:
     async def scenario(store: Store) -> None:
         await store.register_device("van-7", van.public_key)
         await register(store, "van-3", "van-9")
-        await store.write(telemetry("van-7", 1, 10, list(range(1, 11))))
-        await store.write(telemetry("van-3", 1, 3, [1, 2]))
-        await store.write(
+        await write(store, telemetry("van-7", 1, 10, list(range(1, 11))))
+        await write(store, telemetry("van-3", 1, 3, [1, 2]))
+        await write(
+            store,
             WriteBatch(
                 events=[
                     event("van-7", 1),
@@ -733,7 +824,7 @@ def test_queries_return_what_was_written(backend: Backend) -> None:
                     event("van-3", 1),
                 ],
                 pods=pods,
-            )
+            ),
         )
         track = await store.track("van-7", T0 + timedelta(minutes=3), T0 + timedelta(minutes=6))
         assert [p.seq for p in track] == [3, 4, 5]
@@ -756,7 +847,7 @@ def test_queries_return_what_was_written(backend: Backend) -> None:
         assert [e.seq for e in await store.arrivals("R-1", "van-3")] == [1]
         assert len(await store.arrivals(limit=2)) == 2
 
-        assert [p.pod_seq for p in await store.pods_by_parcel(pods[1].parcel)] == [2]
+        assert [p.pod_seq for p in await store.pods_by_parcel(pods[1].record.parcel)] == [2]
         assert await store.pods_by_parcel("nothing") == []
         counts = await store.counts()
         assert (counts.devices, counts.positions, counts.stop_events, counts.pods) == (3, 12, 4, 2)
@@ -766,11 +857,12 @@ def test_queries_return_what_was_written(backend: Backend) -> None:
 
 def test_times_round_trip_as_utc(backend: Backend) -> None:
     cet = datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC).astimezone(ZoneInfo("Europe/Berlin"))
-    fix = replace(position("van-7", 1), time=cet)
+    first = position("van-7", 1)
+    fix = replace(first, point=replace(first.point, time=cet))
 
     async def scenario(store: Store) -> list[Position]:
         await register(store, "van-7")
-        await store.write(WriteBatch(positions=[fix]))
+        await write(store, WriteBatch(positions=[fix]))
         return await store.last_positions()
 
     (stored,) = play(backend, scenario)

@@ -24,13 +24,16 @@ from cloud_ingest.verify import (
     check_message,
     check_replay,
 )
-from firmware_agent.contract.codec import FixRecord, encode_batch, encode_record, encode_status
+from firmware_agent.contract.envelope import encode_status
 from firmware_agent.contract.jws import b64url_decode, b64url_encode, sign_compact
 from firmware_agent.contract.keys import key_thumbprint
 from firmware_agent.contract.pod import GENESIS_PREV, pod_digest
+from firmware_agent.contract.records import Arrival, PodRecord, TelemetryPoint
+from firmware_agent.contract.telemetry import encode_batch
 from firmware_agent.pod import chain as podchain
 from firmware_agent.pod.chain import PodChain
 from tests.pods import fields, pod_record
+from tests.wire import envelope
 
 RECEIVED = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 SENT = datetime(2026, 11, 21, 9, 29, 59, tzinfo=UTC)
@@ -63,7 +66,7 @@ def pod_payload(
     device_id: str = "van-7",
     **changes: Any,
 ) -> bytes:
-    return encode_record(
+    return envelope(
         device_id,
         "pod",
         pod.seq if envelope_seq is None else envelope_seq,
@@ -88,7 +91,7 @@ def arrival(stop_id: str = "S001", **changes: Any) -> dict[str, Any]:
 
 
 def event_payload(record: dict[str, Any], *, seq: int = 17, device_id: str = "van-7") -> bytes:
-    return encode_record(device_id, "events", seq, record, historical=True, sent_at=SENT)
+    return envelope(device_id, "events", seq, record, historical=True, sent_at=SENT)
 
 
 def check(topic: str, payload: bytes, dev: Device | None = VAN7, **kwargs: Any) -> Checked:
@@ -123,32 +126,48 @@ def test_a_signed_pod_is_accepted_with_its_jws_verbatim() -> None:
     assert pod == Pod(
         device_id="van-7",
         seq=41,
-        pod_seq=1,
-        parcel=issued.claims["parcel"],
-        stop_id=issued.claims["stop_id"],
-        time=datetime(2026, 11, 21, 9, 14, 3, 250000, tzinfo=UTC),
-        verdict="inside",
-        jws=issued.token,
-        digest=pod_digest(issued.token),
+        historical=False,
+        record=PodRecord(
+            time=datetime(2026, 11, 21, 9, 14, 3, 250000, tzinfo=UTC),
+            stop_id=issued.claims["stop_id"],
+            parcel=issued.claims["parcel"],
+            seq=1,
+            verdict="inside",
+            distance_m=0.0,
+            jws=issued.token,
+        ),
         prev=GENESIS_PREV,
         chain_status="pending",
-        historical=False,
     )
+    assert pod.digest == pod_digest(issued.token)
     assert check_chain(pod, None) == "ok"
 
 
 def test_a_telemetry_batch_gives_positions_and_its_range() -> None:
     t0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
     fixes = [
-        (5, FixRecord(time=t0, lat=48.1, lon=11.5, mode=3, speed_mps=8.5, hdop=0.9, sats=9)),
-        (9, FixRecord(time=t0 + timedelta(seconds=4), lat=48.1001, lon=11.5002, mode=2)),
+        (
+            5,
+            TelemetryPoint(
+                time=t0,
+                lat=48.1,
+                lon=11.5,
+                alt_m=519.2,
+                speed_mps=8.5,
+                mode=3,
+                quality=2,
+                hdop=0.9,
+                sats_used=9,
+            ),
+        ),
+        (9, TelemetryPoint(time=t0 + timedelta(seconds=4), lat=48.1001, lon=11.5002, mode=2)),
     ]
     payload = encode_batch("van-7", 3, fixes, historical=True, last_seq=12)
     result = accepted(check("fleet/v1/van-7/telemetry", payload))
     first, second, covered = result.items
-    assert first == Position("van-7", 5, t0, 48.1, 11.5, 8.5, None, 0.9, 9, True)
+    assert first == Position("van-7", 5, True, fixes[0][1])
     assert isinstance(second, Position)
-    assert (second.seq, second.speed_mps, second.hdop, second.sats) == (9, None, None, None)
+    assert second == Position("van-7", 9, True, fixes[1][1])
     assert covered == Covered("van-7", "telemetry", 3, 12)
 
 
@@ -156,16 +175,15 @@ def test_an_event_is_accepted_as_a_stop_event() -> None:
     record = arrival()
     result = accepted(check("fleet/v1/van-7/events", event_payload(record)))
     assert result.items == (
-        StopEvent(
-            device_id="van-7",
-            seq=17,
-            type="arrival",
-            time=datetime(2026, 11, 21, 9, 14, 2, tzinfo=UTC),
-            stop_id="S001",
-            route_id=None,
-            historical=True,
-            record=record,
-        ),
+        StopEvent(device_id="van-7", seq=17, historical=True, record=Arrival.from_json(record)),
+    )
+    (event,) = result.items
+    assert isinstance(event, StopEvent)
+    assert (event.type, event.time, event.stop_id, event.route_id) == (
+        "arrival",
+        datetime(2026, 11, 21, 9, 14, 2, tzinfo=UTC),
+        "S001",
+        None,
     )
 
 
@@ -229,7 +247,7 @@ def test_a_payload_for_another_devices_topic_is_refused() -> None:
     payload = event_payload(arrival(), device_id="van-7")
     rejected(check("fleet/v1/van-3/events", payload, van3), "device_mismatch")
     batch = encode_batch(
-        "van-7", 1, [(1, FixRecord(time=SENT, lat=1.0, lon=2.0, mode=3))], historical=False
+        "van-7", 1, [(1, TelemetryPoint(time=SENT, lat=1.0, lon=2.0, mode=3))], historical=False
     )
     rejected(check("fleet/v1/van-3/telemetry", batch, van3), "device_mismatch")
     status = encode_status("van-7", "online", time=SENT)
@@ -244,6 +262,7 @@ def test_a_payload_for_another_devices_topic_is_refused() -> None:
         {"seq": 2},
         {"verdict": "outside"},
         {"time": "2026-11-21T09:14:04.000Z"},
+        {"distance_m": 12.5},
     ],
     ids=lambda c: next(iter(c)),
 )
@@ -256,11 +275,13 @@ def test_a_record_that_disagrees_with_its_claims_is_refused(changes: dict[str, A
 @pytest.mark.parametrize(
     "scan_time", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "yesterday", 17]
 )
-def test_a_signed_scan_time_that_is_no_utc_time_is_a_mismatch(scan_time: object) -> None:
+def test_a_signed_scan_time_that_is_no_utc_time_is_not_a_pod(scan_time: object) -> None:
     chain = PodChain("van-7", KEY)
     issued = chain.issue(fields(1) | {"scan_time": scan_time})
     payload = pod_payload(issued, time="2026-11-21T09:14:03.250Z")
-    rejected(check("fleet/v1/van-7/pod", payload), "pod_mismatch")
+    result = rejected(check("fleet/v1/van-7/pod", payload), "malformed")
+    assert "signed, but not a POD" in result.detail
+    assert result.covered == Covered("van-7", "pod", 1, 1)
 
 
 def test_a_signed_payload_that_is_not_a_pod_is_malformed() -> None:
@@ -384,7 +405,7 @@ def test_check_replay_tells_duplicates_from_replays() -> None:
     assert isinstance(again, Rejected)
     assert again.reason == "replayed_pod"
     assert again.covered == Covered("van-7", "pod", 999, 999)
-    forked = check_replay(replace(p2, pod_seq=1, seq=998), p1)
+    forked = check_replay(replace(p2, record=replace(p2.record, seq=1), seq=998), p1)
     assert isinstance(forked, Rejected)
     assert "forked" in forked.detail
 

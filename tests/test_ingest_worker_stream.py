@@ -12,10 +12,12 @@ from pathlib import Path
 
 import aiomqtt
 
+from cloud_ingest import fleetstream
 from cloud_ingest.store.base import Position, WriteBatch
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.contract.codec import FixRecord, encode_batch
+from firmware_agent.contract.records import TelemetryPoint
+from firmware_agent.contract.telemetry import encode_batch
 from tests.broker import Mosquitto
 from tests.uplinkday import Watcher
 
@@ -23,7 +25,10 @@ T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
 
 def position(seq: int) -> Position:
-    return Position("van-7", seq, T0, 48.1, 11.5, 3.5, 90.0, 1.0, 9, False)
+    point = TelemetryPoint(
+        time=T0, lat=48.1, lon=11.5, speed_mps=3.5, course_deg=90.0, mode=3, hdop=1.0, sats_used=9
+    )
+    return Position("van-7", seq, False, point)
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
@@ -39,7 +44,9 @@ def test_a_dead_workers_stream_messages_are_published_once_by_another(tmp_path: 
             await store.register_device("van-7", b"k" * 32)
             # A "dead" worker's commit: its messages are leased to it for 1.5 s.
             dead = await store.write(
-                WriteBatch(positions=[position(1), position(2)]), stream_lease_s=1.5
+                WriteBatch(positions=[position(1), position(2)]),
+                stream_lease_s=1.5,
+                announce=fleetstream.messages,
             )
             assert len(dead.stream) == 1
             worker = IngestWorker(
@@ -83,7 +90,9 @@ def test_published_messages_leave_the_outbox_when_no_batch_follows(tmp_path: Pat
             task = asyncio.create_task(worker.run(), name="ingest")
             try:
                 await asyncio.wait_for(worker.connected.wait(), 10)
-                fix = FixRecord(time=T0, lat=48.1, lon=11.5, mode=3, speed_mps=3.5, sats=9)
+                fix = TelemetryPoint(
+                    time=T0, lat=48.1, lon=11.5, mode=3, speed_mps=3.5, sats_used=9
+                )
                 payload = encode_batch("van-7", 1, [(1, fix), (2, fix)], historical=False)
                 async with aiomqtt.Client("127.0.0.1", broker.port) as van:
                     await van.publish("fleet/v1/van-7/telemetry", payload, qos=1)

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from firmware_agent.agent import Agent, AgentConfig
-from firmware_agent.contract.codec import decode_status
+from firmware_agent.contract.envelope import decode_status
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.errors import RemoteConfigError
 from firmware_agent.eta.predictor import EtaPredictor
@@ -377,7 +377,7 @@ def test_reconfigure_changes_the_running_sampler_and_keeps_its_state() -> None:
     parked = drive([(120, 0.0)], x0=-300)
 
     def telemetry(fixes: list[Any]) -> int:
-        return sum(m["type"] == "telemetry" for f in fixes for m in van.on_fix(f))
+        return sum(m.type == "telemetry" for f in fixes for m in van.on_fix(f))
 
     assert telemetry(parked[:60]) == 1  # the first fix; next due after 60 s parked
     new, _ = apply_config(
@@ -392,8 +392,8 @@ def test_reconfigure_changes_the_running_sampler_and_keeps_its_state() -> None:
 def test_reconfigure_changes_geofence_and_scan_settings_and_keeps_stop_state() -> None:
     van = _pipeline()
     fixes = drive([(36, 10.0), (4, 1.0), (60, 0.0)], x0=-364)
-    arrived = [m for f in fixes for m in van.on_fix(f) if m["type"] != "telemetry"]
-    assert [m["type"] for m in arrived] == ["arrival"]
+    arrived = [m for f in fixes for m in van.on_fix(f) if m.type != "telemetry"]
+    assert [m.type for m in arrived] == ["arrival"]
     new, _ = apply_config(
         config(2, geofence={"halt_after_s": 30, "border_m": 5}, van={"dedup_window_s": 60}),
         van=VanConfig(),
@@ -404,7 +404,7 @@ def test_reconfigure_changes_geofence_and_scan_settings_and_keeps_stop_state() -
     assert van.engine.config.border_m == 5.0
     assert van.engine.current_stop == "S1"  # still arrived
     t = T0 + dt.timedelta(seconds=100)
-    assert [m["type"] for m in van.on_scan(Scan(time=t, raw=SSCC, source="serial"))] == ["pod"]
+    assert [m.type for m in van.on_scan(Scan(time=t, raw=SSCC, source="serial"))] == ["pod"]
     # 30 s later: within the new 60 s window (not the default 10 s), a duplicate.
     later = Scan(time=t + dt.timedelta(seconds=30), raw=SSCC, source="serial")
     assert van.on_scan(later) == []
@@ -427,10 +427,10 @@ def test_reconfigure_gives_the_running_eta_tracker_its_new_settings_and_keeps_it
     def etas(first_s: int, seconds: int) -> list[tuple[int, str, str]]:
         # Parked 500 m before S1.
         return [
-            (t, msg["stop_id"], msg["trigger"])
+            (t, msg.stop_id, msg.trigger)
             for t in range(first_s, first_s + seconds)
             for msg in van.on_fix(fix_at(T0 + dt.timedelta(seconds=t), -500.0))
-            if msg["type"] == "eta"
+            if msg.type == "eta"
         ]
 
     assert [(t, trigger) for t, _, trigger in etas(0, 60)] == [(0, "first"), (0, "first")]
@@ -458,7 +458,7 @@ def test_reconfigure_rebuilds_the_geofence_indexes_for_their_new_reach() -> None
             fix_at(T0 + dt.timedelta(seconds=i), -1000.0 + 10 * i, 150.0, speed_mps=10.0)
             for i in range(60)
         ]
-        return [msg["type"] for f in fixes for msg in van.on_fix(f) if msg["type"] != "telemetry"]
+        return [msg.type for f in fixes for msg in van.on_fix(f) if msg.type != "telemetry"]
 
     assert deviations(None) == ["deviation"]  # beyond the default 75 m
     wider, _ = apply_config(

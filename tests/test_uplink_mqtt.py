@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent, AgentConfig, GnssClock
-from firmware_agent.contract.codec import decode_status, encode_ack
+from firmware_agent.contract.envelope import decode_status, encode_ack
 from firmware_agent.contract.mqtt import TlsConfig
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
 from firmware_agent.uplink.queue import AsyncOutbox

@@ -18,7 +18,7 @@ from firmware_agent.pod.chain import PodChain
 from firmware_agent.pod.verify import verify_chain
 from firmware_agent.scan.types import Scan
 from firmware_agent.van import VanPipeline
-from tests.vanday import T0, drive, fix_at, manifest, stop
+from tests.vanday import T0, JsonVan, drive, fix_at, manifest, stop
 
 SSCC_1 = "106141412345678908"  # GS1's own example SSCC: check digit 8
 LABEL_1 = "]C100" + SSCC_1
@@ -33,7 +33,7 @@ class Recorder:
         self.signals.append(s)
 
 
-def day() -> tuple[VanPipeline, Recorder, Ed25519PrivateKey]:
+def day() -> tuple[JsonVan, Recorder, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.generate()
     m = manifest(
         [
@@ -43,10 +43,10 @@ def day() -> tuple[VanPipeline, Recorder, Ed25519PrivateKey]:
     )
     recorder = Recorder()
     van = VanPipeline(m, pods=PodChain("van-1", key), feedback=recorder, telemetry=False)
-    return van, recorder, key
+    return JsonVan(van), recorder, key
 
 
-def feed(van: VanPipeline, fixes: list[Fix]) -> list[dict[str, Any]]:
+def feed(van: JsonVan, fixes: list[Fix]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for f in fixes:
         out += van.on_fix(f)

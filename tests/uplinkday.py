@@ -42,21 +42,21 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cloud_ingest.store.base import Pod, Store, WriteResult
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.agent import Agent, AgentConfig, GnssClock, telemetry_fix
-from firmware_agent.contract.codec import (
-    FixRecord,
-    decode_batch,
-    decode_record,
-    decode_status,
-    encode_batch,
-    encode_record,
-    fix_record,
-)
+from firmware_agent.agent import Agent, AgentConfig, GnssClock
+from firmware_agent.contract.envelope import decode_envelope, decode_status, frame_record
 from firmware_agent.contract.errors import CodecError, SchemaError
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import parse_manifest
+from firmware_agent.contract.records import (
+    EventRecord,
+    PodRecord,
+    Record,
+    TelemetryPoint,
+    encode_record,
+)
 from firmware_agent.contract.schema import validate
+from firmware_agent.contract.telemetry import decode_batch, encode_batch
 from firmware_agent.contract.topics import STREAMS
 from firmware_agent.faults import FaultCounter
 from firmware_agent.pod.chain import ChainState, PodChain
@@ -66,7 +66,7 @@ from firmware_agent.replay import replay
 from firmware_agent.scan.log import read_scan_log
 from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.uplink.outbox import Outbox
-from firmware_agent.van import Message, VanPipeline
+from firmware_agent.van import VanPipeline
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -453,7 +453,7 @@ def _contract_view(m: Seen) -> list[tuple[str, dict[str, Any]]]:
         return [("telemetry-batch", decode_batch(m.payload).to_json())]
     if m.leaf == "status":
         return [("status", decode_status(m.payload).to_json())]
-    return [(UPLINK_KINDS[m.leaf], decode_record(m.payload, stream=m.leaf).to_json())]
+    return [(UPLINK_KINDS[m.leaf], decode_envelope(m.payload, stream=m.leaf).to_json())]
 
 
 # -- exactly once ----------------------------------------------------------------------------
@@ -580,9 +580,9 @@ class DayMessages:
 
     device_id: str
     key: Ed25519PrivateKey
-    telemetry: list[tuple[int, FixRecord]] = field(default_factory=list)
-    events: list[tuple[int, Message]] = field(default_factory=list)
-    pods: list[tuple[int, Message]] = field(default_factory=list)
+    telemetry: list[tuple[int, TelemetryPoint]] = field(default_factory=list)
+    events: list[tuple[int, EventRecord]] = field(default_factory=list)
+    pods: list[tuple[int, PodRecord]] = field(default_factory=list)
 
     def last_seqs(self) -> dict[str, int]:
         return {
@@ -600,8 +600,13 @@ class DayMessages:
         records = self.events if stream == "events" else self.pods
         got, record = records[seq - 1]
         assert got == seq
-        return encode_record(
-            self.device_id, stream, seq, record, historical=historical, sent_at=datetime.now(UTC)
+        return frame_record(
+            self.device_id,
+            stream,
+            seq,
+            encode_record(record),
+            historical=historical,
+            sent_at=datetime.now(UTC),
         )
 
 
@@ -613,15 +618,13 @@ def day_messages(day: Day, key: Ed25519PrivateKey, device_id: str = DEVICE) -> D
         scans = list(read_scan_log(lines, FaultCounter()))
     out = DayMessages(device_id, key)
 
-    def emit(message: Message) -> None:
-        if message["type"] == "telemetry":
-            record = fix_record(telemetry_fix(message))
-            if record is not None:
-                out.telemetry.append((len(out.telemetry) + 1, record))
-        elif message["type"] == "pod":
-            out.pods.append((len(out.pods) + 1, message))
+    def emit(record: Record) -> None:
+        if isinstance(record, TelemetryPoint):
+            out.telemetry.append((len(out.telemetry) + 1, record))
+        elif isinstance(record, PodRecord):
+            out.pods.append((len(out.pods) + 1, record))
         else:
-            out.events.append((len(out.events) + 1, message))
+            out.events.append((len(out.events) + 1, record))
 
     with day.nmea.open("rb") as nmea:
         replay(nmea, scans, pipeline, emit)

@@ -7,6 +7,7 @@ fixes, so a test reads like the day it describes.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,11 @@ from typing import Any
 
 from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.contract.manifest import Manifest, parse_manifest
+from firmware_agent.contract.records import Record
 from firmware_agent.geofence.index import Plane
+from firmware_agent.replay import json_line
+from firmware_agent.scan.types import Scan
+from firmware_agent.van import VanPipeline
 
 ORIGIN = (48.0, 11.0)
 PLANE = Plane.at(*ORIGIN)
@@ -109,3 +114,26 @@ def at(fixes: Sequence[Fix], x: float) -> datetime:
 
 def hypot_m(a: tuple[float, float], b: tuple[float, float]) -> float:
     return math.dist(PLANE.xy(*a), PLANE.xy(*b))
+
+
+def js(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """Records as the JSON they are published as: ``fleet-agent replay``'s lines."""
+    return [json.loads(json_line(r)) for r in records]
+
+
+class JsonVan:
+    """A :class:`VanPipeline` whose records come out as their published JSON, for tests
+    that read what a backend would read; everything else is the pipeline's."""
+
+    def __init__(self, van: VanPipeline) -> None:
+        self.van = van
+
+    def on_fix(self, fix: Fix) -> list[dict[str, Any]]:
+        return js(self.van.on_fix(fix))
+
+    def on_scan(self, scan: Scan) -> list[dict[str, Any]]:
+        return js(self.van.on_scan(scan))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.van.counts

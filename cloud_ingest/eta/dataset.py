@@ -46,7 +46,6 @@ Simulator imports are deferred to the functions that need them: ``train-eta
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ from firmware_agent.contract.eta_features import (
 from firmware_agent.contract.eta_model import NAIVE_COLUMN, log_ratio_target
 from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.contract.manifest import Manifest, parse_manifest
+from firmware_agent.contract.records import Arrival
 from firmware_agent.gnss.decoder import GnssDecoder
 
 if TYPE_CHECKING:
@@ -427,19 +427,23 @@ def trip_day(csv_path: Path, *, name: str | None = None) -> Day:
 
 
 def position_fix(position: Position) -> Fix:
-    """A stored position as the fix the van had (it sent only fixes with a position)."""
-    t = position.time.astimezone(UTC)
+    """A stored position as the fix the van had: the telemetry point carries every field
+    the ETA features read (it sent only fixes with a position)."""
+    point = position.point
+    t = point.time.astimezone(UTC)
     midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
     return Fix(
         time=t,
         tod_s=(t - midnight).total_seconds(),
-        lat=position.lat,
-        lon=position.lon,
-        speed_mps=position.speed_mps,
-        course_deg=position.course_deg,
-        mode=FixMode.FIX_3D,
-        hdop=position.hdop,
-        sats_used=position.sats,
+        lat=point.lat,
+        lon=point.lon,
+        speed_mps=point.speed_mps,
+        course_deg=point.course_deg,
+        alt_m=point.alt_m,
+        mode=FixMode(point.mode),
+        quality=point.quality,
+        hdop=point.hdop,
+        sats_used=point.sats_used,
     )
 
 
@@ -458,15 +462,12 @@ def store_route_day(
     arrival (the agent was off: the day had not begun); it is the route as well. The
     manifest's date is the first position's UTC date (a stored route has no service day).
     """
-    first_visit: dict[str, StopEvent] = {}
+    first_visit: dict[str, Arrival] = {}
     for event in sorted(arrivals, key=lambda e: e.time):
         record = event.record
-        lat, lon = record.get("lat"), record.get("lon")
-        if event.stop_id is None or event.stop_id in first_visit:
+        if not isinstance(record, Arrival) or record.stop_id in first_visit:
             continue
-        if not _finite_number(lat) or not _finite_number(lon):
-            continue
-        first_visit[event.stop_id] = event
+        first_visit[record.stop_id] = record
     if not first_visit:
         return None
     events = list(first_visit.values())
@@ -487,8 +488,8 @@ def store_route_day(
         "stops": [
             {
                 "id": e.stop_id,
-                "lat": e.record["lat"],
-                "lon": e.record["lon"],
+                "lat": e.lat,
+                "lon": e.lon,
                 "radius_m": STORE_STOP_RADIUS_M,
                 "type": "other",
                 "parcels": [],
@@ -497,19 +498,15 @@ def store_route_day(
         ],
         "route": {
             "type": "LineString",
-            "coordinates": [[p.lon, p.lat] for p in track],
+            "coordinates": [[p.point.lon, p.point.lat] for p in track],
         },
     }
     return Day(
         f"store-{device_id}-{route_id}",
         parse_manifest(doc),
         [position_fix(p) for p in track],
-        {e.stop_id: e.time for e in events if e.stop_id is not None},
+        {e.stop_id: e.time for e in events},
     )
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 async def store_days(store: Store, *, max_arrivals: int = STORE_MAX_ARRIVALS) -> list[Day]:

@@ -19,13 +19,16 @@ backend:
   transaction that stores the predecessor (or marked "broken" if the predecessor's
   digest is not its ``prev``). See :func:`cloud_ingest.store.podlinks.plan_pods`.
 - The normalized stream (:mod:`cloud_ingest.fleetstream`) has an outbox: the messages
-  announcing a write's new records are stored by that same transaction, leased to the
-  writer for ``stream_lease_s``. The writer publishes them and names them in a later
-  batch's ``streamed`` (or :meth:`Store.stream_done`), which deletes them; a message
-  whose writer died before that is claimed again by any worker once its lease ran out
-  (:meth:`Store.claim_stream`). So a record stored is announced at least once, even if
-  the worker is killed between its commit and its publishes.
+  announcing a write's new records (built by the writer, ``announce``) are stored by
+  that same transaction, leased to the writer for ``stream_lease_s``. The writer
+  publishes them and names them in a later batch's ``streamed`` (or
+  :meth:`Store.stream_done`), which deletes them; a message whose writer died before
+  that is claimed again by any worker once its lease ran out (:meth:`Store.claim_stream`).
+  So a record stored is announced at least once, even if the worker is killed between
+  its commit and its publishes.
 - Times are UTC-aware datetimes; naive ones are refused when a record is built.
+- A row holds the contract's record as the van made it (:class:`Position`,
+  :class:`StopEvent`, :class:`Pod`), so no field is lost between the wire and the row.
 
 Backends open their connection in :meth:`Store.open` (or ``async with``), create or
 upgrade their schema in :meth:`Store.migrate` (idempotent, recorded in a
@@ -34,24 +37,24 @@ upgrade their schema in :meth:`Store.migrate` (idempotent, recorded in a
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, get_args
 
 from cloud_ingest.errors import IngestError, StorageError
+from firmware_agent.contract.pod import pod_digest
+from firmware_agent.contract.records import EventRecord, PodRecord, TelemetryPoint, decode_event
+from firmware_agent.contract.topics import MAX_SEQ, STREAMS, Stream, valid_device_id
 
-Stream = Literal["telemetry", "events", "pod"]
-STREAMS: tuple[Stream, ...] = get_args(Stream)
+if TYPE_CHECKING:
+    from cloud_ingest.store.plan import Announcer
+
 ChainStatus = Literal["ok", "pending", "broken"]
 CHAIN_STATUSES: tuple[ChainStatus, ...] = get_args(ChainStatus)
 
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# Sequence numbers are stored as signed 64-bit integers (PostgreSQL bigint, SQLite
-# INTEGER); anything larger cannot be stored and is refused before it reaches a backend.
-MAX_SEQ = 2**63 - 1
 PUBLIC_KEY_BYTES = 32
 
 
@@ -67,9 +70,8 @@ class MigrationError(StorageError):
     """The database schema is newer than this code, or a migration failed."""
 
 
-def is_device_id(text: object) -> bool:
-    """Whether ``text`` is a valid device id (``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``)."""
-    return isinstance(text, str) and DEVICE_ID_RE.fullmatch(text) is not None
+# The contract's rule, named as the store's callers know it.
+is_device_id = valid_device_id
 
 
 def require_utc(name: str, value: datetime) -> None:
@@ -126,72 +128,138 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """One fix of a telemetry batch (``seq`` on the telemetry stream)."""
+    """One telemetry point as stored: the van's :class:`~firmware_agent.contract.records.
+    TelemetryPoint` as it decoded, with its device, its seq on the telemetry stream and
+    whether it came late (historical)."""
 
     device_id: str
     seq: int
-    time: datetime
-    lat: float
-    lon: float
-    speed_mps: float | None
-    course_deg: float | None
-    hdop: float | None
-    sats: int | None
     historical: bool
+    point: TelemetryPoint
 
     def __post_init__(self) -> None:
         _require_seq("seq", self.seq)
-        require_utc("time", self.time)
+
+    @property
+    def time(self) -> datetime:
+        return self.point.time
 
 
 @dataclass(frozen=True, slots=True)
 class StopEvent:
-    """One record of the events stream; ``record`` is the van's message as sent."""
+    """One record of the events stream as stored: the van's record, decoded."""
 
     device_id: str
     seq: int
-    type: str
-    time: datetime
-    stop_id: str | None
-    route_id: str | None
     historical: bool
-    record: Mapping[str, Any]
+    record: EventRecord
 
     def __post_init__(self) -> None:
         _require_seq("seq", self.seq)
-        require_utc("time", self.time)
+
+    @property
+    def type(self) -> str:
+        return self.record.type
+
+    @property
+    def time(self) -> datetime:
+        return self.record.time
+
+    @property
+    def stop_id(self) -> str | None:
+        value = getattr(self.record, "stop_id", None)
+        return value if isinstance(value, str) else None
+
+    @property
+    def route_id(self) -> str | None:
+        value = getattr(self.record, "route_id", None)
+        return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
 class Pod:
-    """A verified proof of delivery; ``seq`` is the envelope's, ``pod_seq`` the chain's.
+    """A verified proof of delivery as stored: the van's :class:`~firmware_agent.contract.
+    records.PodRecord` (``record.seq`` is the chain's seq, :attr:`pod_seq`; ``seq`` is
+    the envelope's on the pod stream), its ``prev`` claim and its link in the chain.
 
-    ``jws`` is the compact serialization exactly as received (it is the evidence, and
-    its SHA-256, ``digest``, is what the next POD's ``prev`` must be). ``chain_status``:
-    "ok" when this POD's ``prev`` matched the digest of its stored predecessor (or it is
-    the first POD, with the genesis ``prev``), "pending" while the predecessor is not
-    stored, "broken" when the predecessor arrived after this POD and did not match.
+    ``record.jws`` is the compact serialization exactly as received (it is the evidence,
+    and its SHA-256, :attr:`digest`, is what the next POD's ``prev`` must be).
+    ``chain_status``: "ok" when this POD's ``prev`` matched the digest of its stored
+    predecessor (or it is the first POD, with the genesis ``prev``), "pending" while the
+    predecessor is not stored, "broken" when the predecessor arrived after this POD and
+    did not match.
     """
 
     device_id: str
     seq: int
-    pod_seq: int
-    parcel: str
-    stop_id: str
-    time: datetime
-    verdict: str
-    jws: str
-    digest: str
+    historical: bool
+    record: PodRecord
     prev: str
     chain_status: ChainStatus
-    historical: bool
+    digest: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         _require_seq("seq", self.seq)
-        _require_seq("pod_seq", self.pod_seq)
-        require_utc("time", self.time)
+        _require_seq("pod_seq", self.record.seq)
         if self.chain_status not in CHAIN_STATUSES:
             raise ValueError(f"chain_status must be one of {CHAIN_STATUSES}")
+        object.__setattr__(self, "digest", pod_digest(self.record.jws))
+
+    @property
+    def pod_seq(self) -> int:
+        return self.record.seq
+
+    @property
+    def jws(self) -> str:
+        return self.record.jws
+
+    @property
+    def time(self) -> datetime:
+        return self.record.time
+
+
+def point_columns(point: TelemetryPoint) -> tuple[Any, ...]:
+    """A point's columns after its time, as both backends store them: lat, lon, alt_m,
+    speed_mps, course_deg, mode, quality, hdop, sats_used."""
+    p = point
+    return (
+        p.lat,
+        p.lon,
+        p.alt_m,
+        p.speed_mps,
+        p.course_deg,
+        p.mode,
+        p.quality,
+        p.hdop,
+        p.sats_used,
+    )
+
+
+def point_from_columns(time: datetime, columns: Sequence[Any]) -> TelemetryPoint:
+    """The point stored as ``time`` and :func:`point_columns`."""
+    lat, lon, alt_m, speed_mps, course_deg, mode, quality, hdop, sats_used = columns
+    return TelemetryPoint(
+        time=time,
+        lat=lat,
+        lon=lon,
+        alt_m=alt_m,
+        speed_mps=speed_mps,
+        course_deg=course_deg,
+        mode=mode,
+        quality=quality,
+        hdop=hdop,
+        sats_used=sats_used,
+    )
+
+
+def event_json(event: StopEvent) -> str:
+    """An event's record as stored: its JSON, as the van sent it."""
+    return json.dumps(event.record.to_json(), ensure_ascii=False, separators=(",", ":"))
+
+
+def event_from_json(stored: str | Mapping[str, Any]) -> EventRecord:
+    """The record :func:`event_json` stored (PostgreSQL's jsonb hands back an object)."""
+    return decode_event(json.loads(stored) if isinstance(stored, str) else stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,13 +491,19 @@ class Store(Protocol):
         """Every registered device, by device id."""
 
     async def write(
-        self, batch: WriteBatch, *, stream_lease_s: float = STREAM_LEASE_S
+        self,
+        batch: WriteBatch,
+        *,
+        stream_lease_s: float = STREAM_LEASE_S,
+        announce: Announcer | None = None,
     ) -> WriteResult:
         """Store ``batch`` in one transaction; see the module doc and :class:`WriteResult`.
 
-        The same transaction stores the stream messages announcing what it changed
-        (``WriteResult.stream``, leased to the caller for ``stream_lease_s``) and
-        deletes the outbox rows ``batch.streamed`` names.
+        The same transaction stores the stream messages ``announce`` builds for the
+        records it found new or relinked (``WriteResult.stream``, leased to the caller
+        for ``stream_lease_s``; none without ``announce``) and deletes the outbox rows
+        ``batch.streamed`` names. Every backend runs one plan
+        (:func:`cloud_ingest.store.plan.write_plan`).
 
         The chain status of each POD is decided here, under a per-device lock, from
         what is stored (:func:`cloud_ingest.store.podlinks.plan_pods`): the status a

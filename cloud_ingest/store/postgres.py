@@ -23,7 +23,6 @@ migration and its ``schema_migrations`` row commit together or not at all.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -33,13 +32,10 @@ from typing import Any, Self, cast
 
 import psycopg
 
-from cloud_ingest import fleetstream
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
-    MAX_SEQ,
     PUBLIC_KEY_BYTES,
     STREAM_LEASE_S,
-    STREAMS,
     ChainStatus,
     Counts,
     Covered,
@@ -52,18 +48,39 @@ from cloud_ingest.store.base import (
     Position,
     Quarantined,
     StopEvent,
-    Stream,
     StreamMessage,
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
+    event_from_json,
+    event_json,
     is_device_id,
+    point_columns,
+    point_from_columns,
     require_utc,
     storable_text,
 )
-from cloud_ingest.store.podlinks import neighbour_pod_seqs, plan_pods
-from cloud_ingest.store.ranges import SeqRange, absorb, holes, received_ranges
-from cloud_ingest.verify import Rejected
+from cloud_ingest.store.plan import (
+    Announcer,
+    DeleteStreamed,
+    InsertEvents,
+    InsertPods,
+    InsertPositions,
+    InsertQuarantine,
+    InsertStream,
+    LockDevices,
+    Op,
+    ReadAcks,
+    RelinkPods,
+    ReplaceRanges,
+    StoredPods,
+    TouchingRanges,
+    run_plan_async,
+    write_plan,
+)
+from cloud_ingest.store.ranges import SeqRange, holes
+from firmware_agent.contract.records import PodRecord
+from firmware_agent.contract.topics import MAX_SEQ, STREAMS, Stream
 
 _Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 _Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
@@ -161,13 +178,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX stream_outbox_by_lease ON stream_outbox (leased_until, id)",
         ),
     ),
+    Migration(
+        3,
+        "one shape per record: every field of a telemetry point, a POD's distance",
+        (
+            # Rows stored before have no altitude or fix quality (NULL: unknown) and
+            # mode 0 (unknown): the van sent its mode, ingest did not keep it.
+            "ALTER TABLE positions ADD COLUMN alt_m double precision, "
+            "ADD COLUMN mode integer NOT NULL DEFAULT 0 CHECK (mode BETWEEN 0 AND 3), "
+            "ADD COLUMN quality integer",
+            "ALTER TABLE positions RENAME COLUMN sats TO sats_used",
+            "ALTER TABLE pods ADD COLUMN distance_m double precision",
+        ),
+    ),
 )
 
-_POSITION_COLUMNS = "device_id, seq, time, lat, lon, speed_mps, course_deg, hdop, sats, historical"
-_EVENT_COLUMNS = "device_id, seq, type, time, stop_id, route_id, historical, record"
+_POSITION_COLUMNS = (
+    "device_id, seq, historical, time, lat, lon, alt_m, speed_mps, course_deg, mode, quality, "
+    "hdop, sats_used"
+)
+_EVENT_COLUMNS = "device_id, seq, historical, record"
 _POD_COLUMNS = (
-    "device_id, seq, pod_seq, parcel, stop_id, time, verdict, jws, digest, prev, "
-    "chain_status, historical"
+    "device_id, seq, historical, time, stop_id, parcel, pod_seq, verdict, distance_m, jws, "
+    "prev, chain_status"
 )
 _QUARANTINE_COLUMNS = (
     "received_at, topic, device_id, reason, detail, payload, stream, first_seq, last_seq"
@@ -178,22 +211,24 @@ _SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM stop_events"  # noqa: S608
 _SELECT_PODS = f"SELECT {_POD_COLUMNS} FROM pods"  # noqa: S608
 _INSERT_POSITIONS = (
     f"INSERT INTO positions ({_POSITION_COLUMNS}) "  # noqa: S608
-    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::float8[], "
-    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::int[], %s::bool[]) "
+    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bool[], %s::timestamptz[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::int[], "
+    "%s::int[], %s::float8[], %s::int[]) "
     "ON CONFLICT DO NOTHING RETURNING device_id, seq"
 )
+# type, time, stop_id and route_id are the record's, in columns for the indexes.
 _INSERT_EVENTS = (
-    f"INSERT INTO stop_events ({_EVENT_COLUMNS}) "  # noqa: S608
-    "SELECT d, s, t, at, st, r, h, rec::jsonb FROM unnest(%s::text[], %s::bigint[], "
-    "%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::bool[], %s::text[]) "
-    "AS u(d, s, t, at, st, r, h, rec) "
+    "INSERT INTO stop_events (device_id, seq, historical, record, type, time, stop_id, "
+    "route_id) SELECT d, s, h, rec::jsonb, t, at, st, r FROM unnest(%s::text[], %s::bigint[], "
+    "%s::bool[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[]) "
+    "AS u(d, s, h, rec, t, at, st, r) "
     "ON CONFLICT DO NOTHING RETURNING device_id, seq"
 )
 _INSERT_PODS = (
-    f"INSERT INTO pods ({_POD_COLUMNS}) "  # noqa: S608
-    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[], "
-    "%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::bool[])"
+    f"INSERT INTO pods ({_POD_COLUMNS}, digest) "  # noqa: S608
+    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bool[], %s::timestamptz[], "
+    "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::float8[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[])"
 )
 _INSERT_QUARANTINE = (
     f"INSERT INTO quarantine ({_QUARANTINE_COLUMNS}) "  # noqa: S608
@@ -261,29 +296,29 @@ def _device(row: Sequence[Any]) -> Device:
 
 
 def _position(row: Sequence[Any]) -> Position:
-    return Position(
-        row[0], row[1], _utc(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9]
-    )
+    return Position(row[0], row[1], row[2], point_from_columns(_utc(row[3]), row[4:]))
 
 
 def _event(row: Sequence[Any]) -> StopEvent:
-    return StopEvent(row[0], row[1], row[2], _utc(row[3]), row[4], row[5], row[6], row[7])
+    return StopEvent(row[0], row[1], row[2], event_from_json(row[3]))
 
 
 def _pod(row: Sequence[Any]) -> Pod:
     return Pod(
         device_id=row[0],
         seq=row[1],
-        pod_seq=row[2],
-        parcel=row[3],
-        stop_id=row[4],
-        time=_utc(row[5]),
-        verdict=row[6],
-        jws=row[7],
-        digest=row[8],
-        prev=row[9],
-        chain_status=cast(ChainStatus, row[10]),
-        historical=row[11],
+        historical=row[2],
+        record=PodRecord(
+            time=_utc(row[3]),
+            stop_id=row[4],
+            parcel=row[5],
+            seq=row[6],
+            verdict=row[7],
+            distance_m=row[8],
+            jws=row[9],
+        ),
+        prev=row[10],
+        chain_status=cast(ChainStatus, row[11]),
     )
 
 
@@ -454,11 +489,17 @@ class PostgresStore:
     # --- writing ----------------------------------------------------------------------
 
     async def write(
-        self, batch: WriteBatch, *, stream_lease_s: float = STREAM_LEASE_S
+        self,
+        batch: WriteBatch,
+        *,
+        stream_lease_s: float = STREAM_LEASE_S,
+        announce: Announcer | None = None,
     ) -> WriteResult:
-        now = datetime.now(UTC)
+        plan = write_plan(
+            batch, now=datetime.now(UTC), stream_lease_s=stream_lease_s, announce=announce
+        )
         async with self._session() as conn, conn.transaction(), conn.cursor() as cur:
-            return await _write(cur, batch, now, stream_lease_s)
+            return await run_plan_async(plan, lambda op: _execute(cur, op))
 
     async def stream_done(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -597,172 +638,87 @@ async def _acks(cur: _Cursor, device_ids: Sequence[str]) -> dict[str, dict[str, 
     return acks
 
 
-async def _insert_new(cur: _Cursor, query: str, columns: list[list[Any]]) -> set[tuple[str, int]]:
+async def _execute(cur: _Cursor, op: Op) -> Any:
+    """One op of the write plan (:mod:`.plan`), in SQL, inside its transaction: each a
+    single statement over arrays (``unnest``), one round trip for any number of rows."""
+    match op:
+        case DeleteStreamed(ids):
+            await cur.execute(_DELETE_STREAMED, (list(ids),))
+            return None
+        case LockDevices(device_ids):
+            await cur.execute(
+                "SELECT device_id FROM devices WHERE device_id = ANY(%s) "
+                "ORDER BY device_id FOR NO KEY UPDATE",
+                (list(device_ids),),
+            )
+            return {d for (d,) in await cur.fetchall()}
+        case InsertPositions(positions):
+            rows = [
+                (p.device_id, p.seq, p.historical, p.time, *point_columns(p.point))
+                for p in positions
+            ]
+            return await _inserted(cur, _INSERT_POSITIONS, _columns(rows, 13))
+        case InsertEvents(events):
+            rows = [
+                (e.device_id, e.seq, e.historical, event_json(e), e.type, e.time, e.stop_id,
+                 e.route_id)
+                for e in events
+            ]  # fmt: skip
+            return await _inserted(cur, _INSERT_EVENTS, _columns(rows, 8))
+        case StoredPods(seq_keys, pod_seq_keys):
+            await cur.execute(
+                _STORED_NEIGHBOURS, (*_columns(seq_keys, 2), *_columns(pod_seq_keys, 2))
+            )
+            return [_pod(row) for row in await cur.fetchall()]
+        case InsertPods(pods):
+            rows = [
+                (p.device_id, p.seq, p.historical, p.time, p.record.stop_id, p.record.parcel,
+                 p.pod_seq, p.record.verdict, p.record.distance_m, p.jws, p.prev,
+                 p.chain_status, p.digest)
+                for p in pods
+            ]  # fmt: skip
+            await cur.execute(_INSERT_PODS, _columns(rows, 13))
+            return None
+        case RelinkPods(pods):
+            links = [(p.device_id, p.seq, p.chain_status) for p in pods]
+            await cur.execute(_RELINK_PODS, _columns(links, 3))
+            return None
+        case InsertQuarantine(quarantined):
+            rows = [
+                (q.received_at, storable_text(q.topic),
+                 None if q.device_id is None else storable_text(q.device_id),
+                 storable_text(q.reason), storable_text(q.detail), q.payload,
+                 None if q.covered is None else q.covered.stream,
+                 None if q.covered is None else q.covered.first_seq,
+                 None if q.covered is None else q.covered.last_seq)
+                for q in quarantined
+            ]  # fmt: skip
+            await cur.execute(_INSERT_QUARANTINE, _columns(rows, 9))
+            return None
+        case TouchingRanges(probes):
+            await cur.execute(_TOUCHING_RANGES, _columns(probes, 4))
+            return list(await cur.fetchall())
+        case ReplaceRanges(removals, additions):
+            if removals:
+                await cur.execute(_DELETE_RANGES, _columns(removals, 3))
+            if additions:
+                await cur.execute(_INSERT_RANGES, _columns(additions, 4))
+            return None
+        case InsertStream(messages, leased_until):
+            await cur.execute(_STREAM_IDS, (len(messages),))
+            ids = [i for (i,) in await cur.fetchall()]
+            stream = [StreamMessage(i, t, p) for i, (t, p) in zip(ids, messages, strict=True)]
+            await cur.execute(
+                _INSERT_STREAM,
+                (leased_until, *_columns([(m.id, m.topic, m.payload) for m in stream], 3)),
+            )
+            return stream
+        case ReadAcks(device_ids):
+            return await _acks(cur, device_ids)
+    raise TypeError(f"not a write op: {op!r}")
+
+
+async def _inserted(cur: _Cursor, query: str, columns: list[list[Any]]) -> set[tuple[str, int]]:
     """Run a batched ``INSERT ... RETURNING device_id, seq``; the keys it inserted."""
     await cur.execute(query, columns)
     return {(d, s) for d, s in await cur.fetchall()}
-
-
-def _first_new(items: Sequence[Any], inserted: set[tuple[str, int]]) -> list[Any]:
-    """The items whose key was inserted, in input order; a key twice in the batch counts
-    once (the first), like a key stored before."""
-    new = []
-    for item in items:
-        key = (item.device_id, item.seq)
-        if key in inserted:
-            inserted.discard(key)
-            new.append(item)
-    return new
-
-
-async def _write_pods(
-    cur: _Cursor, pods: Sequence[Pod]
-) -> tuple[list[Pod], list[Pod], list[tuple[Pod, Rejected]], int]:
-    """Store ``pods`` linked into their chains (:func:`plan_pods`): the new PODs, the
-    relinked ones, the refused ones and the number of duplicates."""
-    if not pods:
-        return [], [], [], 0
-    by_device: dict[str, list[Pod]] = defaultdict(list)
-    for pod in pods:
-        by_device[pod.device_id].append(pod)
-    seq_keys = sorted({(p.device_id, p.seq) for p in pods})
-    pod_seq_keys = [
-        (d, n) for d, incoming in by_device.items() for n in neighbour_pod_seqs(incoming)
-    ]
-    await cur.execute(
-        _STORED_NEIGHBOURS,
-        (*_columns(seq_keys, 2), *_columns(pod_seq_keys, 2)),
-    )
-    stored: dict[str, list[Pod]] = defaultdict(list)
-    for row in await cur.fetchall():
-        stored[row[0]].append(_pod(row))
-    new: list[Pod] = []
-    relinked: list[Pod] = []
-    refused: list[tuple[Pod, Rejected]] = []
-    duplicates = 0
-    for device_id, incoming in by_device.items():
-        plan = plan_pods(incoming, stored[device_id])
-        new += plan.insert
-        relinked += plan.relinked
-        refused += plan.refused
-        duplicates += plan.duplicates
-    if new:
-        rows = [
-            (p.device_id, p.seq, p.pod_seq, p.parcel, p.stop_id, p.time, p.verdict, p.jws,
-             p.digest, p.prev, p.chain_status, p.historical)
-            for p in new
-        ]  # fmt: skip
-        await cur.execute(_INSERT_PODS, _columns(rows, 12))
-    if relinked:
-        links = [(p.device_id, p.seq, p.chain_status) for p in relinked]
-        await cur.execute(_RELINK_PODS, _columns(links, 3))
-    return new, relinked, refused, duplicates
-
-
-async def _write(
-    cur: _Cursor, batch: WriteBatch, now: datetime, stream_lease_s: float
-) -> WriteResult:
-    if batch.streamed:
-        await cur.execute(_DELETE_STREAMED, (list(batch.streamed),))
-    device_ids = batch.device_ids()
-    if device_ids:
-        await cur.execute(
-            "SELECT device_id FROM devices WHERE device_id = ANY(%s) "
-            "ORDER BY device_id FOR NO KEY UPDATE",
-            (device_ids,),
-        )
-        missing = sorted(set(device_ids) - {d for (d,) in await cur.fetchall()})
-        if missing:
-            raise UnknownDeviceError(f"not registered: {', '.join(missing)}")
-
-    new_positions: list[Position] = []
-    if batch.positions:
-        rows: list[tuple[Any, ...]] = [
-            (p.device_id, p.seq, p.time, p.lat, p.lon, p.speed_mps, p.course_deg, p.hdop,
-             p.sats, p.historical)
-            for p in batch.positions
-        ]  # fmt: skip
-        inserted = await _insert_new(cur, _INSERT_POSITIONS, _columns(rows, 10))
-        new_positions = _first_new(batch.positions, inserted)
-
-    new_events: list[StopEvent] = []
-    if batch.events:
-        rows = [
-            (e.device_id, e.seq, e.type, e.time, e.stop_id, e.route_id, e.historical,
-             json.dumps(e.record, ensure_ascii=False, separators=(",", ":")))
-            for e in batch.events
-        ]  # fmt: skip
-        inserted = await _insert_new(cur, _INSERT_EVENTS, _columns(rows, 8))
-        new_events = _first_new(batch.events, inserted)
-
-    new_pods, relinked, refused, pod_duplicates = await _write_pods(cur, batch.pods)
-
-    # The store refuses a POD only in a race the worker's own check could not see; the
-    # original envelope is gone by now, the JWS (the evidence) is kept.
-    quarantined = [
-        *batch.quarantined,
-        *(
-            r.quarantined(
-                topic=f"fleet/v1/{p.device_id}/pod", payload=p.jws.encode("ascii"), received_at=now
-            )
-            for p, r in refused
-        ),
-    ]
-    if quarantined:
-        rows = [
-            (q.received_at, storable_text(q.topic),
-             None if q.device_id is None else storable_text(q.device_id), storable_text(q.reason),
-             storable_text(q.detail), q.payload,
-             None if q.covered is None else q.covered.stream,
-             None if q.covered is None else q.covered.first_seq,
-             None if q.covered is None else q.covered.last_seq)
-            for q in quarantined
-        ]  # fmt: skip
-        await cur.execute(_INSERT_QUARANTINE, _columns(rows, 9))
-
-    received = received_ranges(batch)
-    if received:
-        probes = [
-            (d, s, first, min(last + 1, MAX_SEQ))
-            for (d, s), new in received.items()
-            for first, last in new
-        ]
-        await cur.execute(_TOUCHING_RANGES, _columns(probes, 4))
-        touching: dict[tuple[str, str], list[SeqRange]] = defaultdict(list)
-        for d, s, first, last in await cur.fetchall():
-            touching[d, s].append((first, last))
-        removals: list[tuple[str, str, int]] = []
-        additions: list[tuple[str, str, int, int]] = []
-        for (d, s), new in received.items():
-            remove, add = absorb(sorted(touching[d, s]), new)
-            removals += [(d, s, first) for first in remove]
-            additions += [(d, s, first, last) for first, last in add]
-        if removals:
-            await cur.execute(_DELETE_RANGES, _columns(removals, 3))
-        if additions:
-            await cur.execute(_INSERT_RANGES, _columns(additions, 4))
-
-    stream: list[StreamMessage] = []
-    announce = fleetstream.messages(new_positions, new_events, (*new_pods, *relinked))
-    if announce:
-        await cur.execute(_STREAM_IDS, (len(announce),))
-        ids = [i for (i,) in await cur.fetchall()]
-        stream = [StreamMessage(i, t, p) for i, (t, p) in zip(ids, announce, strict=True)]
-        until = now + timedelta(seconds=max(0.0, stream_lease_s))
-        await cur.execute(
-            _INSERT_STREAM, (until, *_columns([(m.id, m.topic, m.payload) for m in stream], 3))
-        )
-
-    duplicates = (
-        len(batch.positions) - len(new_positions) + len(batch.events) - len(new_events)
-    ) + pod_duplicates
-    return WriteResult(
-        acks=await _acks(cur, device_ids),
-        new_positions=tuple(new_positions),
-        new_events=tuple(new_events),
-        new_pods=tuple(new_pods),
-        duplicates=duplicates,
-        quarantined=tuple(quarantined),
-        relinked=tuple(relinked),
-        stream=tuple(stream),
-    )

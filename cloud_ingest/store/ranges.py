@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from cloud_ingest.store.base import Stream, WriteBatch
+from cloud_ingest.store.base import WriteBatch
+from firmware_agent.contract.topics import Stream
 
 SeqRange = tuple[int, int]
 

@@ -28,13 +28,10 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
-from cloud_ingest import fleetstream
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
-    MAX_SEQ,
     PUBLIC_KEY_BYTES,
     STREAM_LEASE_S,
-    STREAMS,
     ChainStatus,
     Counts,
     Covered,
@@ -47,18 +44,39 @@ from cloud_ingest.store.base import (
     Position,
     Quarantined,
     StopEvent,
-    Stream,
     StreamMessage,
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
+    event_from_json,
+    event_json,
     is_device_id,
+    point_columns,
+    point_from_columns,
     require_utc,
     storable_text,
 )
-from cloud_ingest.store.podlinks import neighbour_pod_seqs, plan_pods
-from cloud_ingest.store.ranges import SeqRange, absorb, holes, received_ranges
-from cloud_ingest.verify import Rejected
+from cloud_ingest.store.plan import (
+    Announcer,
+    DeleteStreamed,
+    InsertEvents,
+    InsertPods,
+    InsertPositions,
+    InsertQuarantine,
+    InsertStream,
+    LockDevices,
+    Op,
+    ReadAcks,
+    RelinkPods,
+    ReplaceRanges,
+    StoredPods,
+    TouchingRanges,
+    run_plan,
+    write_plan,
+)
+from cloud_ingest.store.ranges import SeqRange, holes
+from firmware_agent.contract.records import PodRecord
+from firmware_agent.contract.topics import MAX_SEQ, STREAMS, Stream
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -155,15 +173,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX stream_outbox_by_lease ON stream_outbox (leased_until_us, id)",
         ),
     ),
+    Migration(
+        3,
+        "one shape per record: every field of a telemetry point, a POD's distance",
+        (
+            # Rows stored before have no altitude or fix quality (NULL: unknown) and
+            # mode 0 (unknown): the van sent its mode, ingest did not keep it.
+            "ALTER TABLE positions ADD COLUMN alt_m REAL",
+            "ALTER TABLE positions ADD COLUMN mode INTEGER NOT NULL DEFAULT 0 "
+            "CHECK (mode BETWEEN 0 AND 3)",
+            "ALTER TABLE positions ADD COLUMN quality INTEGER",
+            "ALTER TABLE positions RENAME COLUMN sats TO sats_used",
+            "ALTER TABLE pods ADD COLUMN distance_m REAL",
+        ),
+    ),
 )
 
 _POSITION_COLUMNS = (
-    "device_id, seq, time_us, lat, lon, speed_mps, course_deg, hdop, sats, historical"
+    "device_id, seq, historical, time_us, lat, lon, alt_m, speed_mps, course_deg, mode, "
+    "quality, hdop, sats_used"
 )
-_EVENT_COLUMNS = "device_id, seq, type, time_us, stop_id, route_id, historical, record"
+_EVENT_COLUMNS = "device_id, seq, historical, record"
 _POD_COLUMNS = (
-    "device_id, seq, pod_seq, parcel, stop_id, time_us, verdict, jws, digest, prev, "
-    "chain_status, historical"
+    "device_id, seq, historical, time_us, stop_id, parcel, pod_seq, verdict, distance_m, jws, "
+    "prev, chain_status"
 )
 _QUARANTINE_COLUMNS = (
     "received_at_us, topic, device_id, reason, detail, payload, stream, first_seq, last_seq"
@@ -175,15 +208,16 @@ _SELECT_PODS = f"SELECT {_POD_COLUMNS} FROM pods"  # noqa: S608
 _SELECT_QUARANTINE = f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine"  # noqa: S608
 _INSERT_POSITION = (
     f"INSERT INTO positions ({_POSITION_COLUMNS}) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
+# type, time, stop_id and route_id are the record's, in columns for the indexes.
 _INSERT_EVENT = (
-    f"INSERT INTO stop_events ({_EVENT_COLUMNS}) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "INSERT INTO stop_events (device_id, seq, historical, record, type, time_us, stop_id, "
+    "route_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _INSERT_POD = (
-    f"INSERT INTO pods ({_POD_COLUMNS}) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO pods ({_POD_COLUMNS}, digest) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_QUARANTINE = (
     f"INSERT INTO quarantine ({_QUARANTINE_COLUMNS}) "  # noqa: S608
@@ -204,14 +238,27 @@ def _device(row: Sequence[Any]) -> Device:
 
 
 def _position(row: Sequence[Any]) -> Position:
-    return Position(
-        row[0], row[1], _time(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], bool(row[9])
-    )
+    return Position(row[0], row[1], bool(row[2]), point_from_columns(_time(row[3]), row[4:]))
+
+
+def _position_row(p: Position) -> tuple[Any, ...]:
+    return (p.device_id, p.seq, int(p.historical), _us(p.time), *point_columns(p.point))
 
 
 def _event(row: Sequence[Any]) -> StopEvent:
-    return StopEvent(
-        row[0], row[1], row[2], _time(row[3]), row[4], row[5], bool(row[6]), json.loads(row[7])
+    return StopEvent(row[0], row[1], bool(row[2]), event_from_json(row[3]))
+
+
+def _event_row(e: StopEvent) -> tuple[Any, ...]:
+    return (
+        e.device_id,
+        e.seq,
+        int(e.historical),
+        event_json(e),
+        e.type,
+        _us(e.time),
+        e.stop_id,
+        e.route_id,
     )
 
 
@@ -219,16 +266,37 @@ def _pod(row: Sequence[Any]) -> Pod:
     return Pod(
         device_id=row[0],
         seq=row[1],
-        pod_seq=row[2],
-        parcel=row[3],
-        stop_id=row[4],
-        time=_time(row[5]),
-        verdict=row[6],
-        jws=row[7],
-        digest=row[8],
-        prev=row[9],
-        chain_status=cast(ChainStatus, row[10]),
-        historical=bool(row[11]),
+        historical=bool(row[2]),
+        record=PodRecord(
+            time=_time(row[3]),
+            stop_id=row[4],
+            parcel=row[5],
+            seq=row[6],
+            verdict=row[7],
+            distance_m=row[8],
+            jws=row[9],
+        ),
+        prev=row[10],
+        chain_status=cast(ChainStatus, row[11]),
+    )
+
+
+def _pod_row(p: Pod) -> tuple[Any, ...]:
+    r = p.record
+    return (
+        p.device_id,
+        p.seq,
+        int(p.historical),
+        _us(r.time),
+        r.stop_id,
+        r.parcel,
+        r.seq,
+        r.verdict,
+        r.distance_m,
+        r.jws,
+        p.prev,
+        p.chain_status,
+        p.digest,
     )
 
 
@@ -399,10 +467,21 @@ class SqliteStore:
     # --- writing ----------------------------------------------------------------------
 
     async def write(
-        self, batch: WriteBatch, *, stream_lease_s: float = STREAM_LEASE_S
+        self,
+        batch: WriteBatch,
+        *,
+        stream_lease_s: float = STREAM_LEASE_S,
+        announce: Announcer | None = None,
     ) -> WriteResult:
-        now = datetime.now(UTC)
-        return await self._call(lambda conn: _write(conn, batch, now, stream_lease_s))
+        plan = write_plan(
+            batch, now=datetime.now(UTC), stream_lease_s=stream_lease_s, announce=announce
+        )
+
+        def run(conn: sqlite3.Connection) -> WriteResult:
+            with _transaction(conn):
+                return run_plan(plan, lambda op: _execute(conn, op))
+
+        return await self._call(run)
 
     async def stream_done(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -611,87 +690,123 @@ def _acks(conn: sqlite3.Connection, device_ids: Sequence[str]) -> dict[str, dict
     return acks
 
 
-def _touching(
-    conn: sqlite3.Connection, device_id: str, stream: str, new: Sequence[SeqRange]
-) -> list[SeqRange]:
-    """The stored ranges that overlap or adjoin one of ``new``, by two index probes each:
-    the last range starting before it, and those starting inside it or right after."""
-    found: set[SeqRange] = set()
-    for first, last in new:
-        before = conn.execute(
-            "SELECT first_seq, last_seq FROM stream_ranges WHERE device_id = ? AND stream = ? "
-            "AND first_seq < ? ORDER BY first_seq DESC LIMIT 1",
-            (device_id, stream, first),
-        ).fetchone()
-        if before is not None and before[1] >= first - 1:
-            found.add((before[0], before[1]))
-        found.update(
-            conn.execute(
-                "SELECT first_seq, last_seq FROM stream_ranges WHERE device_id = ? AND stream = ? "
-                "AND first_seq BETWEEN ? AND ?",
-                (device_id, stream, first, min(last + 1, MAX_SEQ)),
-            )
-        )
-    return sorted(found)
-
-
-def _write_pods(
-    conn: sqlite3.Connection, pods: Sequence[Pod]
-) -> tuple[list[Pod], list[Pod], list[tuple[Pod, Rejected]], int]:
-    """Store ``pods`` linked into their chains (:func:`plan_pods`): the new PODs, the
-    relinked ones, the refused ones and the number of duplicates."""
-    by_device: dict[str, list[Pod]] = defaultdict(list)
-    for pod in pods:
-        by_device[pod.device_id].append(pod)
-    new: list[Pod] = []
-    relinked: list[Pod] = []
-    refused: list[tuple[Pod, Rejected]] = []
-    duplicates = 0
-    for device_id, incoming in by_device.items():
-        # json_each: any number of values in one parameter (SQLite caps parameters).
-        stored = [
-            _pod(row)
-            for row in conn.execute(
-                _SELECT_PODS  # noqa: S608
-                + " WHERE device_id = ? AND (seq IN (SELECT value FROM json_each(?))"
-                " OR pod_seq IN (SELECT value FROM json_each(?)))",
-                (
-                    device_id,
-                    json.dumps(sorted({p.seq for p in incoming})),
-                    json.dumps(neighbour_pod_seqs(incoming)),
-                ),
-            )
-        ]
-        plan = plan_pods(incoming, stored)
-        conn.executemany(
-            _INSERT_POD,
-            [
-                (
-                    p.device_id,
-                    p.seq,
-                    p.pod_seq,
-                    p.parcel,
-                    p.stop_id,
-                    _us(p.time),
-                    p.verdict,
-                    p.jws,
-                    p.digest,
-                    p.prev,
-                    p.chain_status,
-                    int(p.historical),
+def _execute(conn: sqlite3.Connection, op: Op) -> Any:
+    """One op of the write plan (:mod:`.plan`), in SQL, inside its transaction."""
+    match op:
+        case DeleteStreamed(ids):
+            _delete_streamed(conn, ids)
+            return None
+        case LockDevices(device_ids):
+            # BEGIN IMMEDIATE holds the database's write lock already: finding them is all.
+            return {
+                d
+                for (d,) in conn.execute(
+                    "SELECT device_id FROM devices "
+                    "WHERE device_id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(device_ids)),),
                 )
-                for p in plan.insert
-            ],
+            }
+        case InsertPositions(positions):
+            return {
+                (p.device_id, p.seq)
+                for p in positions
+                if conn.execute(_INSERT_POSITION, _position_row(p)).rowcount == 1
+            }
+        case InsertEvents(events):
+            return {
+                (e.device_id, e.seq)
+                for e in events
+                if conn.execute(_INSERT_EVENT, _event_row(e)).rowcount == 1
+            }
+        case StoredPods(seq_keys, pod_seq_keys):
+            # json_each: any number of values in one parameter (SQLite caps parameters).
+            rows = conn.execute(
+                _SELECT_PODS  # noqa: S608
+                + " WHERE (device_id, seq) IN (SELECT json_extract(value, '$[0]'),"
+                " json_extract(value, '$[1]') FROM json_each(?)) OR (device_id, pod_seq) IN"
+                " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+                " FROM json_each(?))",
+                (json.dumps(seq_keys), json.dumps(pod_seq_keys)),
+            )
+            return [_pod(row) for row in rows]
+        case InsertPods(pods):
+            conn.executemany(_INSERT_POD, [_pod_row(p) for p in pods])
+            return None
+        case RelinkPods(pods):
+            conn.executemany(
+                "UPDATE pods SET chain_status = ? WHERE device_id = ? AND seq = ?",
+                [(p.chain_status, p.device_id, p.seq) for p in pods],
+            )
+            return None
+        case InsertQuarantine(rows):
+            conn.executemany(_INSERT_QUARANTINE, [_quarantine_row(q) for q in rows])
+            return None
+        case TouchingRanges(probes):
+            return [r for probe in probes for r in _touching(conn, *probe)]
+        case ReplaceRanges(removals, additions):
+            conn.executemany(
+                "DELETE FROM stream_ranges WHERE device_id = ? AND stream = ? AND first_seq = ?",
+                removals,
+            )
+            conn.executemany("INSERT INTO stream_ranges VALUES (?, ?, ?, ?)", additions)
+            return None
+        case InsertStream(messages, leased_until):
+            until_us = _us(leased_until)
+            return [
+                StreamMessage(
+                    conn.execute(
+                        "INSERT INTO stream_outbox (topic, payload, leased_until_us) "
+                        "VALUES (?, ?, ?)",
+                        (topic, payload, until_us),
+                    ).lastrowid
+                    or 0,
+                    topic,
+                    payload,
+                )
+                for topic, payload in messages
+            ]
+        case ReadAcks(device_ids):
+            return _acks(conn, device_ids)
+    raise TypeError(f"not a write op: {op!r}")
+
+
+def _touching(
+    conn: sqlite3.Connection, device_id: str, stream: str, first: int, last: int
+) -> list[tuple[str, str, int, int]]:
+    """The stored ranges :class:`~.plan.TouchingRanges` asks for, by two index probes:
+    the last range starting before ``first``, and those starting within ``first..last``."""
+    found: list[tuple[str, str, int, int]] = []
+    before = conn.execute(
+        "SELECT first_seq, last_seq FROM stream_ranges WHERE device_id = ? AND stream = ? "
+        "AND first_seq < ? ORDER BY first_seq DESC LIMIT 1",
+        (device_id, stream, first),
+    ).fetchone()
+    if before is not None and before[1] >= first - 1:
+        found.append((device_id, stream, before[0], before[1]))
+    found.extend(
+        (device_id, stream, a, b)
+        for a, b in conn.execute(
+            "SELECT first_seq, last_seq FROM stream_ranges WHERE device_id = ? AND stream = ? "
+            "AND first_seq BETWEEN ? AND ?",
+            (device_id, stream, first, last),
         )
-        conn.executemany(
-            "UPDATE pods SET chain_status = ? WHERE device_id = ? AND seq = ?",
-            [(p.chain_status, p.device_id, p.seq) for p in plan.relinked],
-        )
-        new += plan.insert
-        relinked += plan.relinked
-        refused += plan.refused
-        duplicates += plan.duplicates
-    return new, relinked, refused, duplicates
+    )
+    return found
+
+
+def _quarantine_row(q: Quarantined) -> tuple[Any, ...]:
+    c = q.covered
+    return (
+        _us(q.received_at),
+        storable_text(q.topic),
+        None if q.device_id is None else storable_text(q.device_id),
+        storable_text(q.reason),
+        storable_text(q.detail),
+        q.payload,
+        None if c is None else c.stream,
+        None if c is None else c.first_seq,
+        None if c is None else c.last_seq,
+    )
 
 
 def _lease_us(stream_lease_s: float) -> int:
@@ -703,139 +818,3 @@ def _delete_streamed(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         "DELETE FROM stream_outbox WHERE id IN (SELECT value FROM json_each(?))",
         (json.dumps(list(ids)),),
     )
-
-
-def _write(
-    conn: sqlite3.Connection, batch: WriteBatch, now: datetime, stream_lease_s: float
-) -> WriteResult:
-    with _transaction(conn):
-        if batch.streamed:
-            _delete_streamed(conn, batch.streamed)
-        device_ids = batch.device_ids()
-        if device_ids:
-            found = {
-                d
-                for (d,) in conn.execute(
-                    "SELECT device_id FROM devices "
-                    "WHERE device_id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(device_ids),),
-                )
-            }
-            missing = sorted(set(device_ids) - found)
-            if missing:
-                raise UnknownDeviceError(f"not registered: {', '.join(missing)}")
-
-        new_positions = [
-            p
-            for p in batch.positions
-            if conn.execute(
-                _INSERT_POSITION,
-                (
-                    p.device_id,
-                    p.seq,
-                    _us(p.time),
-                    p.lat,
-                    p.lon,
-                    p.speed_mps,
-                    p.course_deg,
-                    p.hdop,
-                    p.sats,
-                    int(p.historical),
-                ),
-            ).rowcount
-            == 1
-        ]
-        new_events = [
-            e
-            for e in batch.events
-            if conn.execute(
-                _INSERT_EVENT,
-                (
-                    e.device_id,
-                    e.seq,
-                    e.type,
-                    _us(e.time),
-                    e.stop_id,
-                    e.route_id,
-                    int(e.historical),
-                    json.dumps(e.record, ensure_ascii=False, separators=(",", ":")),
-                ),
-            ).rowcount
-            == 1
-        ]
-
-        new_pods, relinked, refused, pod_duplicates = _write_pods(conn, batch.pods)
-        # The store refuses a POD only in a race the worker's own check could not see;
-        # the original envelope is gone by now, the JWS (the evidence) is kept.
-        quarantined = [
-            *batch.quarantined,
-            *(
-                r.quarantined(
-                    topic=f"fleet/v1/{p.device_id}/pod",
-                    payload=p.jws.encode("ascii"),
-                    received_at=now,
-                )
-                for p, r in refused
-            ),
-        ]
-        for q in quarantined:
-            c = q.covered
-            conn.execute(
-                _INSERT_QUARANTINE,
-                (
-                    _us(q.received_at),
-                    storable_text(q.topic),
-                    None if q.device_id is None else storable_text(q.device_id),
-                    storable_text(q.reason),
-                    storable_text(q.detail),
-                    q.payload,
-                    None if c is None else c.stream,
-                    None if c is None else c.first_seq,
-                    None if c is None else c.last_seq,
-                ),
-            )
-
-        for (device_id, stream), new in received_ranges(batch).items():
-            remove, add = absorb(_touching(conn, device_id, stream, new), new)
-            conn.executemany(
-                "DELETE FROM stream_ranges WHERE device_id = ? AND stream = ? AND first_seq = ?",
-                [(device_id, stream, first) for first in remove],
-            )
-            conn.executemany(
-                "INSERT INTO stream_ranges VALUES (?, ?, ?, ?)",
-                [(device_id, stream, first, last) for first, last in add],
-            )
-
-        leased_until_us = _us(now) + _lease_us(stream_lease_s)
-        announced = [
-            StreamMessage(
-                conn.execute(
-                    "INSERT INTO stream_outbox (topic, payload, leased_until_us) VALUES (?, ?, ?)",
-                    (topic, payload, leased_until_us),
-                ).lastrowid
-                or 0,
-                topic,
-                payload,
-            )
-            for topic, payload in fleetstream.messages(
-                new_positions, new_events, (*new_pods, *relinked)
-            )
-        ]
-
-        duplicates = (
-            len(batch.positions)
-            - len(new_positions)
-            + len(batch.events)
-            - len(new_events)
-            + pod_duplicates
-        )
-        return WriteResult(
-            acks=_acks(conn, device_ids),
-            new_positions=tuple(new_positions),
-            new_events=tuple(new_events),
-            new_pods=tuple(new_pods),
-            duplicates=duplicates,
-            quarantined=tuple(quarantined),
-            relinked=tuple(relinked),
-            stream=tuple(announced),
-        )

@@ -50,7 +50,6 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from firmware_agent.contract.codec import UTC_PATTERN
 from firmware_agent.contract.errors import ModelError, ModelUpdateError
 from firmware_agent.contract.jws import (
     MAX_TOKEN_CHARS,
@@ -62,7 +61,7 @@ from firmware_agent.contract.jws import (
 )
 from firmware_agent.contract.keys import key_thumbprint
 from firmware_agent.contract.model_file import MAX_MODEL_BYTES, read_metadata
-from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.times import UTC_PATTERN, format_utc
 from firmware_agent.contract.topics import valid_device_id
 
 MODEL_TYP: Final = "fleet-eta-model"

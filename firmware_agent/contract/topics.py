@@ -24,6 +24,9 @@ STREAM_ROOT: Final = "fleetstream/v1"
 Stream = Literal["telemetry", "events", "pod"]
 STREAMS: Final[tuple[Stream, ...]] = ("telemetry", "events", "pod")
 STATUS: Final = "status"
+# Every stream numbers its records 1, 2, 3, ...; a signed 64-bit column in SQLite and
+# PostgreSQL holds them.
+MAX_SEQ: Final = 2**63 - 1
 UPLINK_LEAVES: Final = (*STREAMS, STATUS)
 DOWNLINK_KINDS: Final = ("ack", "manifest", "config", "model")
 STREAM_KINDS: Final = ("position", "event", "pod")

@@ -88,10 +88,11 @@ events on the wire").
 
 Records
 -------
-Every record has ``type``, ``time`` (when issued: the fix's time, ISO 8601 UTC with
-milliseconds, :func:`~firmware_agent.contract.times.format_utc`), ``stop_id``, ``route_id``
-(the manifest's, as on the other stop events) and ``model`` (the model's version, or
-``"baseline"`` when the van has no model and ``eta`` is the baseline)::
+The tracker returns the contract's :class:`~firmware_agent.contract.records.EtaUpdate`
+and :class:`~firmware_agent.contract.records.LateRisk`. Each has ``time`` (when issued:
+the fix's time), ``stop_id``, ``route_id`` (the manifest's, as on the other stop
+events) and ``model`` (the model's version, or ``"baseline"`` when the van has no model
+and ``eta`` is the baseline)::
 
     {"type": "eta", "time", "stop_id", "route_id", "eta", "eta_baseline", "horizon_s",
      "model", "trigger"}
@@ -115,7 +116,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -124,15 +125,15 @@ from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import PlanPosition, RoutePlan, SpeedHistory, eta_features
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest
-from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.records import EtaTrigger, EtaUpdate, LateRisk
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
 
-Record = dict[str, Any]
-"""A JSON-ready message, as :data:`firmware_agent.van.Message`."""
+Record = EtaUpdate | LateRisk
+"""What the tracker publishes."""
 
 BASELINE_MODEL: Final = "baseline"
-TRIGGERS: Final = ("first", "moved", "arrival", "heartbeat")
+TRIGGERS: Final[tuple[EtaTrigger, ...]] = ("first", "moved", "arrival", "heartbeat")
 _FIRST, _MOVED, _ARRIVAL, _HEARTBEAT = range(len(TRIGGERS))
 _NONE: Final = len(TRIGGERS)
 # What EtaTracker remembers per stop (arrays indexed like the plan's stops).
@@ -378,24 +379,22 @@ class EtaTracker:
 
         model = prediction.model_version or BASELINE_MODEL
         records: list[Record] = []
-        issued = format_utc(now)
         for k in np.flatnonzero(trigger != _NONE):
             i = int(idx[k])
             self._published_s[i] = arrive_s[k]
             self._published_at_s[i] = now_s
             self._move_since_s[i] = np.nan
             records.append(
-                {
-                    "type": "eta",
-                    "time": issued,
-                    "stop_id": self.plan.stop_ids[i],
-                    "route_id": self._route_id,
-                    "eta": self._at(now, eta_s[k]),
-                    "eta_baseline": self._at(now, prediction.baseline_s[k]),
-                    "horizon_s": round(float(eta_s[k]), 1),
-                    "model": model,
-                    "trigger": TRIGGERS[trigger[k]],
-                }
+                EtaUpdate(
+                    time=now,
+                    stop_id=self.plan.stop_ids[i],
+                    route_id=self._route_id,
+                    eta=self._at(now, eta_s[k]),
+                    eta_baseline=self._at(now, prediction.baseline_s[k]),
+                    horizon_s=float(eta_s[k]),
+                    model=model,
+                    trigger=TRIGGERS[trigger[k]],
+                )
             )
         self.counts["eta"] += len(records)
         records += self._late_risks(now, idx, prediction, arrive_s, model)
@@ -461,28 +460,26 @@ class EtaTracker:
         standing = self._late[idx]
         self._late[idx[clear]] = False
         records: list[Record] = []
-        issued = format_utc(now)
         for k in np.flatnonzero(confirmed & ~standing):
             i = int(idx[k])
             self._late[i] = True
             window_end = self._window_end[i]
             assert window_end is not None  # a finite window_end_s comes from one
             records.append(
-                {
-                    "type": "late_risk",
-                    "time": issued,
-                    "stop_id": self.plan.stop_ids[i],
-                    "route_id": self._route_id,
-                    "eta": self._at(now, prediction.eta_s[k]),
-                    "eta_baseline": self._at(now, prediction.baseline_s[k]),
-                    "window_end": format_utc(window_end),
-                    "late_by_s": round(float(arrive_s[k] - window_end_s[k]), 1),
-                    "model": model,
-                }
+                LateRisk(
+                    time=now,
+                    stop_id=self.plan.stop_ids[i],
+                    route_id=self._route_id,
+                    eta=self._at(now, prediction.eta_s[k]),
+                    eta_baseline=self._at(now, prediction.baseline_s[k]),
+                    window_end=window_end,
+                    late_by_s=float(arrive_s[k] - window_end_s[k]),
+                    model=model,
+                )
             )
         self.counts["late_risk"] += len(records)
         return records
 
     @staticmethod
-    def _at(now: datetime, seconds: float) -> str:
-        return format_utc(now + timedelta(seconds=float(seconds)))
+    def _at(now: datetime, seconds: float) -> datetime:
+        return now + timedelta(seconds=float(seconds))

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.contract.manifest import Manifest, Stop
@@ -239,7 +239,14 @@ class GeofenceEngine:
             if speed >= c.moving_speed_mps:
                 self._has_moved = True
             if self._halt_s is not None:
-                events.append(HaltEnd(fix.time, _utc(self._halt_s)))
+                started = _utc(self._halt_s)
+                events.append(
+                    HaltEnd(
+                        time=fix.time,
+                        started_at=started,
+                        duration_s=(fix.time - started).total_seconds(),
+                    )
+                )
                 self._halt_s = None
 
         self._observe_fences(t_s, x, y, speed > c.slow_speed_mps, events)
@@ -282,7 +289,15 @@ class GeofenceEngine:
         departed_s, arrived_s = departed
         self._active.discard(fence)
         events.append(
-            Departure(fence.stop_id, _utc(departed_s), _utc(t_s), _utc(arrived_s), fence.visits)
+            Departure(
+                time=_utc(departed_s),
+                stop_id=fence.stop_id,
+                detected_at=_utc(t_s),
+                arrived_at=_utc(arrived_s),
+                dwell_s=departed_s - arrived_s,
+                visit=fence.visits,
+                route_id=self.manifest.route_id,
+            )
         )
 
     def _stopped_at(self) -> tuple[float, float]:
@@ -358,15 +373,27 @@ class GeofenceEngine:
         now: datetime,
         x: float,
         y: float,
-        by: str,
+        by: Literal["dwell", "scan"],
         events: list[GeofenceEvent],
     ) -> None:
         arrived = _utc(fence.confirm())
         self._confirmed_dwell = self._slow_s
         lat, lon = self.plane.latlon(x, y)
-        events.append(Arrival(fence.stop_id, arrived, now, lat, lon, fence.visits, by))
+        events.append(
+            Arrival(
+                time=arrived,
+                stop_id=fence.stop_id,
+                detected_at=now,
+                lat=lat,
+                lon=lon,
+                visit=fence.visits,
+                confirmed_by=by,
+                route_id=self.manifest.route_id,
+            )
+        )
         stop = self._stops[fence.index]
         if stop.window_start is not None and stop.window_end is not None:
+            kind: Literal["early", "late"]
             if arrived < stop.window_start:
                 by_s = (stop.window_start - arrived).total_seconds()
                 kind = "early"
@@ -376,7 +403,15 @@ class GeofenceEngine:
             else:
                 return
             events.append(
-                WindowMiss(stop.id, arrived, stop.window_start, stop.window_end, kind, by_s)
+                WindowMiss(
+                    time=arrived,
+                    stop_id=stop.id,
+                    kind=kind,
+                    by_s=by_s,
+                    window_start=stop.window_start,
+                    window_end=stop.window_end,
+                    route_id=self.manifest.route_id,
+                )
             )
 
     def _maybe_halt(self, t_s: float, now: datetime, events: list[GeofenceEvent]) -> None:
@@ -391,7 +426,7 @@ class GeofenceEngine:
             return
         self._halt_s = slow_s
         lat, lon = self.plane.latlon(*self._stopped_at())
-        events.append(Halt(_utc(slow_s), now, lat, lon))
+        events.append(Halt(time=_utc(slow_s), detected_at=now, lat=lat, lon=lon))
 
     def _check_route(
         self, t_s: float, x: float, y: float, now: datetime, events: list[GeofenceEvent]
@@ -411,11 +446,27 @@ class GeofenceEngine:
                 lat, lon = self.plane.latlon(x, y)
                 distance_m = self._route.distance(x, y)
                 self._off_max_m = max(self._off_max_m, distance_m)
-                events.append(Deviation(_utc(self._off_s), now, distance_m, lat, lon))
+                events.append(
+                    Deviation(
+                        time=_utc(self._off_s),
+                        detected_at=now,
+                        distance_m=distance_m,
+                        lat=lat,
+                        lon=lon,
+                    )
+                )
         elif self._off_s is not None:
             if near_m <= c.deviation_clear_m:
                 if self._off_reported:
-                    events.append(DeviationEnd(now, _utc(self._off_s), self._off_max_m))
+                    started = _utc(self._off_s)
+                    events.append(
+                        DeviationEnd(
+                            time=now,
+                            started_at=started,
+                            duration_s=(now - started).total_seconds(),
+                            max_distance_m=self._off_max_m,
+                        )
+                    )
                 self._off_s = None
             elif not self._off_reported:
                 self._off_s = None  # back within the threshold before it counted

@@ -62,10 +62,12 @@ class SentenceFramer:
         append = out.append
         limit = self._max
         for line in buf[: cut + 1].splitlines():
-            # The common case inline: one clean "$...*HH" sentence alone on its line.
+            # The common case inline: one clean "$...*HH" sentence alone on its line
+            # (its only "*" the checksum's: "...*HH*\x00\x00" is a sentence with
+            # noise glued after it, for _line to cut).
             if (
                 line[:1] == b"$"
-                and line[-3:-2] == b"*"
+                and line.find(b"*") == len(line) - 3
                 and len(line) <= limit
                 and line.count(b"$") == 1
                 and line.isascii()

@@ -23,6 +23,8 @@ from firmware_agent.contract.pod import (
     GENESIS_PREV,
     POD_VERSION,
     RESERVED_CLAIMS,
+    PodClaims,
+    PodFields,
     is_hex_digest,
     pod_digest,
 )
@@ -96,8 +98,21 @@ class PodChain:
         """The last issued POD's seq and digest (what the next POD links to)."""
         return self._state
 
+    def deliver(self, fields: PodFields) -> tuple[Pod, PodClaims]:
+        """Sign a delivery as the next POD of the chain: the claims the van's pipeline
+        makes, typed (:class:`~firmware_agent.contract.pod.PodClaims`), and the POD.
+
+        :class:`~firmware_agent.contract.errors.CodecError` (a ValueError) if a field
+        cannot be carried. The state advances only when a POD was issued.
+        """
+        claims = PodClaims.of(
+            fields, device_id=self._device_id, seq=self._state.seq + 1, prev=self._state.prev
+        )
+        return self._sign(claims.to_json()), claims
+
     def issue(self, fields: Mapping[str, Any]) -> Pod:
-        """Sign ``fields`` plus v, device_id, seq and prev as the next POD of the chain.
+        """Sign any ``fields`` plus v, device_id, seq and prev as the next POD of the
+        chain (the chain itself, for tests and tools; the van signs with :meth:`deliver`).
 
         :class:`ValueError` if ``fields`` sets one of :data:`RESERVED_CLAIMS`;
         :class:`~firmware_agent.contract.jws.JwsError` (a ValueError) if a value is not JSON.
@@ -106,16 +121,19 @@ class PodChain:
         clash = RESERVED_CLAIMS & fields.keys()
         if clash:
             raise ValueError(f"fields must not set {sorted(clash)}: the chain sets them")
-        seq = self._state.seq + 1
-        claims = {
-            **fields,
-            "v": POD_VERSION,
-            "device_id": self._device_id,
-            "seq": seq,
-            "prev": self._state.prev,
-        }
+        return self._sign(
+            {
+                **fields,
+                "v": POD_VERSION,
+                "device_id": self._device_id,
+                "seq": self._state.seq + 1,
+                "prev": self._state.prev,
+            }
+        )
+
+    def _sign(self, claims: Mapping[str, Any]) -> Pod:
         token = sign_compact(claims, self._key, kid=self._kid)
         digest = pod_digest(token)
-        self._state = ChainState(seq=seq, prev=digest)
+        self._state = ChainState(seq=self._state.seq + 1, prev=digest)
         # The claims as a verifier will read them (tuples become lists, ...).
         return Pod(token=token, claims=peek_claims(token), digest=digest)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-SOURCES: Final = ("serial", "hid")
+from firmware_agent.contract.records import SCAN_SOURCES, ScanSource
+
+SOURCES: Final = SCAN_SOURCES
 
 
 def utc_now() -> datetime:
@@ -28,7 +30,7 @@ class Scan:
 
     time: datetime
     raw: str
-    source: str
+    source: ScanSource
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None or self.time.utcoffset() is None:

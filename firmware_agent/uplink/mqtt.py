@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import time
@@ -30,16 +29,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from firmware_agent.contract.backoff import Backoff
-from firmware_agent.contract.codec import (
-    decode_ack,
-    encode_batch,
-    encode_record,
-    encode_status,
-    is_historical,
-    unpack_fix,
-)
+from firmware_agent.contract.envelope import decode_ack, encode_status, frame_record
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.mqtt import TlsConfig, stay_connected, until_one_ends
+from firmware_agent.contract.telemetry import frame_batch, is_historical
 from firmware_agent.contract.topics import downlink_topic, status_topic, uplink_topic
 from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.uplink.queue import AsyncOutbox
@@ -312,21 +305,21 @@ class Uplink:
             age_s = (now - records[0].created).total_seconds()
             if len(records) < c.batch_max_fixes and age_s < c.batch_max_age_s and not self._flush:
                 return False
-            payload = encode_batch(
+            payload = frame_batch(
                 device,
                 self._sent[stream] + 1,
-                [(r.seq, unpack_fix(r.payload)) for r in records],
+                [(r.seq, r.payload) for r in records],
                 historical=is_historical(records[0].created, now),
             )
             self.counts.fixes_sent += len(records)
             await self._publish(client, topic, payload, window, publishes, stream)
         else:
             for r in records:
-                payload = encode_record(
+                payload = frame_record(
                     device,
                     stream,
                     r.seq,
-                    _record(r.payload),
+                    r.payload,
                     historical=is_historical(r.created, now),
                     sent_at=now,
                 )
@@ -354,11 +347,3 @@ class Uplink:
                 window.release()
 
         publishes.create_task(publish(), name=f"publish-{stream}")
-
-
-def _record(payload: bytes) -> dict[str, Any]:
-    """An events/pod outbox record: the van message, stored as its JSON."""
-    value = json.loads(payload)
-    if not isinstance(value, dict):
-        raise CodecError("outbox record is not a JSON object")
-    return value

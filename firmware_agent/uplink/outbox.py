@@ -12,7 +12,7 @@ Contract
 - A record leaves only when ingest's cumulative ack covers it (:meth:`Outbox.ack`),
   never on the broker's PUBACK. :meth:`Outbox.pending` gives records oldest first, so a
   replay after an outage starts with the oldest; whether a record is historical is the
-  sender's call at send time (:func:`firmware_agent.contract.codec.is_historical`).
+  sender's call at send time (:func:`firmware_agent.contract.telemetry.is_historical`).
 - The database's used size is held near ``budget_bytes`` by thinning telemetry, oldest
   first (see :meth:`Outbox._enforce_budget` for the policy). Events and PODs are never
   dropped: past the budget they are still accepted, and counted (``over_budget``).

@@ -1,8 +1,10 @@
-"""The uplink codec and topics: exact round trips at wire resolution, and hostile input.
+"""The contract on the wire: telemetry points and batches, envelopes, acks, status, topics.
 
-Every decoder must answer a payload with a value or a CodecError, whatever the bytes:
-truncated, trailing, garbage, deeply nested, non-UTF-8. A decoded batch re-encodes to
-the very same bytes (one encoding per value), which the mutation test leans on.
+Exact round trips at wire resolution, and hostile input: every decoder must answer a
+payload with a value or a CodecError, whatever the bytes: truncated, trailing, garbage,
+deeply nested, non-UTF-8. A decoded batch re-frames to the very same bytes (one encoding
+per value), which the mutation test leans on. The typed records themselves are
+tests/test_contract_records.py.
 """
 
 from __future__ import annotations
@@ -18,29 +20,34 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_agent.contract import codec
-from firmware_agent.contract.codec import (
-    MAX_FIXES,
-    MAX_JSON_BYTES,
-    PACKED_FIX_SIZE,
-    FixRecord,
-    TelemetryBatch,
-    at_wire_resolution,
+from firmware_agent.contract import telemetry, wirejson
+from firmware_agent.contract.envelope import (
     decode_ack,
-    decode_batch,
-    decode_record,
+    decode_envelope,
     decode_status,
     encode_ack,
-    encode_batch,
-    encode_record,
     encode_status,
-    fix_record,
-    is_historical,
-    pack_fix,
-    unpack_fix,
+    frame_record,
 )
 from firmware_agent.contract.errors import CodecError, ContractError
 from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.records import (
+    STORED_POINT_SIZE,
+    STORED_POINT_SIZE_V1,
+    Arrival,
+    TelemetryPoint,
+    decode_point,
+    encode_point,
+    encode_record,
+)
+from firmware_agent.contract.telemetry import (
+    MAX_FIXES,
+    TelemetryBatch,
+    decode_batch,
+    encode_batch,
+    frame_batch,
+    is_historical,
+)
 from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAM_KINDS,
@@ -54,6 +61,7 @@ from firmware_agent.contract.topics import (
     uplink_topic,
     valid_device_id,
 )
+from firmware_agent.contract.wirejson import MAX_JSON_BYTES
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
@@ -63,25 +71,33 @@ def rec(
     lat: float = 48.1372081,
     lon: float = 11.5756033,
     *,
+    alt_m: float | None = 519.4,
     speed_mps: float | None = 8.42,
     course_deg: float | None = 87.3,
-    hdop: float | None = 0.9,
-    sats: int | None = 11,
     mode: int = 3,
-) -> FixRecord:
-    return FixRecord(
+    quality: int | None = 1,
+    hdop: float | None = 0.9,
+    sats_used: int | None = 11,
+) -> TelemetryPoint:
+    return TelemetryPoint(
         time=t,
         lat=lat,
         lon=lon,
-        mode=mode,
+        alt_m=alt_m,
         speed_mps=speed_mps,
         course_deg=course_deg,
+        mode=mode,
+        quality=quality,
         hdop=hdop,
-        sats=sats,
+        sats_used=sats_used,
     )
 
 
-def drive(n: int, *, first_seq: int = 100, step_s: float = 5.0) -> list[tuple[int, FixRecord]]:
+def at_wire_resolution(point: TelemetryPoint) -> TelemetryPoint:
+    return decode_point(encode_point(point))
+
+
+def drive(n: int, *, first_seq: int = 100, step_s: float = 5.0) -> list[tuple[int, TelemetryPoint]]:
     return [
         (
             first_seq + i,
@@ -105,12 +121,21 @@ def zz(n: int) -> bytes:
     return varint(2 * n if n >= 0 else -2 * n - 1)
 
 
-def header(device: bytes = b"van-7", first: int = 10, span: int = 5, n: int = 1) -> bytes:
-    return b"FT\x01\x00" + varint(len(device)) + device + varint(first) + varint(span) + varint(n)
+def header(
+    device: bytes = b"van-7", first: int = 10, span: int = 5, n: int = 1, version: int = 2
+) -> bytes:
+    return (
+        b"FT" + bytes([version, 0]) + varint(len(device)) + device
+        + varint(first) + varint(span) + varint(n)
+    )  # fmt: skip
 
 
 def fix_bytes(dseq: int = 0, dt: int = 1_795_000_000_000, dlat: int = 0, dlon: int = 0) -> bytes:
-    # speed, course, hdop, sats stored + 1; mode 3
+    # speed, course, hdop, sats 0 (stored + 1); mode 3; quality and altitude unknown (0)
+    return varint(dseq) + zz(dt) + zz(dlat) + zz(dlon) + b"\x01\x01\x01\x01\x03\x00\x00"
+
+
+def fix_bytes_v1(dseq: int = 0, dt: int = 1_795_000_000_000, dlat: int = 0, dlon: int = 0) -> bytes:
     return varint(dseq) + zz(dt) + zz(dlat) + zz(dlon) + b"\x01\x01\x01\x01\x03"
 
 
@@ -128,20 +153,22 @@ def finite(lo: float | None = None, hi: float | None = None) -> st.SearchStrateg
 
 
 records = st.builds(
-    FixRecord,
+    TelemetryPoint,
     time=times,
     lat=finite(-90, 90),
     lon=finite(-180, 180),
-    mode=st.integers(0, 3),
+    alt_m=st.none() | finite(-100_000, 100_000),
     speed_mps=st.none() | finite(0, 655.34),
     course_deg=st.none() | finite(-1000, 1000),
+    mode=st.integers(0, 3),
+    quality=st.none() | st.integers(0, 254),
     hdop=st.none() | finite(0, 6553.4),
-    sats=st.none() | st.integers(0, 254),
+    sats_used=st.none() | st.integers(0, 254),
 )
 
 
 @st.composite
-def batches(draw: st.DrawFn) -> tuple[int, list[tuple[int, FixRecord]], int, bool]:
+def batches(draw: st.DrawFn) -> tuple[int, list[tuple[int, TelemetryPoint]], int, bool]:
     first_seq = draw(st.integers(1, 2**40))
     recs = draw(st.lists(records, max_size=20))
     gaps = draw(st.lists(st.integers(1, 1000), min_size=len(recs), max_size=len(recs)))
@@ -162,10 +189,10 @@ json_values = st.recursive(
 )
 
 
-# --- Fix records and the packed form --------------------------------------------------------
+# --- Telemetry points and their stored form --------------------------------------------------
 
 
-def test_fix_record_of_a_fix_and_of_fixes_without_time_or_position() -> None:
+def test_the_point_of_a_fix_and_of_fixes_without_time_or_position() -> None:
     fix = Fix(
         time=T0,
         tod_s=32400.0,
@@ -173,43 +200,64 @@ def test_fix_record_of_a_fix_and_of_fixes_without_time_or_position() -> None:
         lon=151.2093,
         speed_mps=3.2,
         course_deg=271.5,
+        alt_m=58.3,
         mode=FixMode.FIX_3D,
+        quality=2,
         hdop=1.3,
+        pdop=2.1,
+        vdop=1.7,
         sats_used=8,
+        sats_view=14,
+        talker="GN",
     )
-    assert fix_record(fix) == rec(T0, -33.8688, 151.2093, speed_mps=3.2, course_deg=271.5,
-                                  hdop=1.3, sats=8)  # fmt: skip
-    assert fix_record(fix._replace(time=None)) is None
-    assert fix_record(fix._replace(lat=None, lon=None)) is None
-    assert fix_record(fix._replace(lat=91.0)) is None
-    assert fix_record(fix._replace(time=datetime(1969, 12, 31, tzinfo=UTC))) is None
+    assert TelemetryPoint.from_fix(fix) == rec(
+        T0, -33.8688, 151.2093, alt_m=58.3, speed_mps=3.2, course_deg=271.5, quality=2,
+        hdop=1.3, sats_used=8,
+    )  # fmt: skip
+    assert TelemetryPoint.from_fix(fix._replace(time=None)) is None
+    assert TelemetryPoint.from_fix(fix._replace(lat=None, lon=None)) is None
+    assert TelemetryPoint.from_fix(fix._replace(lat=91.0)) is None
+    assert TelemetryPoint.from_fix(fix._replace(time=datetime(1969, 12, 31, tzinfo=UTC))) is None
     # What the contract cannot carry becomes unknown instead of failing to encode later.
-    odd = fix_record(fix._replace(speed_mps=900.0, hdop=99_999.0, sats_used=300))
+    odd = TelemetryPoint.from_fix(
+        fix._replace(speed_mps=900.0, hdop=99_999.0, sats_used=300, alt_m=1e6, quality=999)
+    )
     assert odd is not None
-    assert (odd.speed_mps, odd.hdop, odd.sats) == (None, None, None)
-    bare = fix_record(Fix(time=T0, tod_s=0.0, lat=1.0, lon=2.0))
-    assert bare == FixRecord(time=T0, lat=1.0, lon=2.0, mode=0)
+    assert (odd.speed_mps, odd.hdop, odd.sats_used, odd.alt_m, odd.quality) == (None,) * 5
+    bare = TelemetryPoint.from_fix(Fix(time=T0, tod_s=0.0, lat=1.0, lon=2.0))
+    assert bare == TelemetryPoint(time=T0, lat=1.0, lon=2.0, mode=0)
     assert bare is not None
-    assert unpack_fix(pack_fix(bare)) == bare
+    assert decode_point(encode_point(bare)) == bare
+    # A point is at wire resolution from the start: what the van stores is what decodes.
+    fine = TelemetryPoint.from_fix(fix._replace(time=T0 + timedelta(microseconds=1500)))
+    assert fine is not None
+    assert fine.time == T0 + timedelta(milliseconds=2)
+    assert decode_point(encode_point(fine)) == fine
 
 
 @given(records)
-def test_packed_fix_is_24_bytes_and_lossless_at_wire_resolution(r: FixRecord) -> None:
-    packed = pack_fix(r)
-    assert len(packed) == PACKED_FIX_SIZE <= 24
-    q = unpack_fix(packed)
+def test_the_stored_point_is_lossless_at_wire_resolution(r: TelemetryPoint) -> None:
+    stored = encode_point(r)
+    assert len(stored) == STORED_POINT_SIZE == 29
+    q = decode_point(stored)
     assert q == at_wire_resolution(r)
-    assert pack_fix(q) == packed
+    assert encode_point(q) == stored
     assert at_wire_resolution(q) == q
+    assert TelemetryPoint.from_json(q.to_json()) == q
     # Within half a unit of the wire resolution of what went in.
     assert abs((q.time - r.time).total_seconds()) <= 0.0005
     assert abs(q.lat - r.lat) <= 0.5e-7 + 1e-12
     assert abs(q.lon - r.lon) <= 0.5e-7 + 1e-12
     assert q.time.tzinfo is UTC
-    for got, want, unit in ((q.speed_mps, r.speed_mps, 0.01), (q.hdop, r.hdop, 0.1)):
+    for got, want, unit in (
+        (q.speed_mps, r.speed_mps, 0.01),
+        (q.hdop, r.hdop, 0.1),
+        (q.alt_m, r.alt_m, 0.1),
+    ):
         assert (got is None) == (want is None)
         if got is not None and want is not None:
             assert abs(got - want) <= unit / 2 + 1e-9
+    assert (q.mode, q.quality, q.sats_used) == (r.mode, r.quality, r.sats_used)
     if r.course_deg is None:
         assert q.course_deg is None
     else:
@@ -218,22 +266,40 @@ def test_packed_fix_is_24_bytes_and_lossless_at_wire_resolution(r: FixRecord) ->
         assert abs((q.course_deg - r.course_deg + 180) % 360 - 180) <= 0.05 + 1e-9
 
 
-def test_unpack_rejects_wrong_sizes_and_out_of_range_values() -> None:
-    good = pack_fix(rec())
+def test_a_version_1_stored_point_still_reads() -> None:
+    """An outbox filled before the upgrade holds 24-byte points: they are sent as they
+    are, with altitude and quality unknown."""
+    v1 = struct.Struct("<qiiHHHBB").pack(
+        int(T0.timestamp() * 1000), 481_372_081, 115_756_033, 843, 874, 10, 12, 3
+    )
+    assert len(v1) == STORED_POINT_SIZE_V1
+    assert decode_point(v1) == rec(alt_m=None, quality=None)
+    framed = decode_batch(
+        frame_batch("van-7", 5, [(5, v1), (6, encode_point(rec()))], historical=False)
+    )
+    assert [p for _, p in framed.points] == [rec(alt_m=None, quality=None), rec()]
+
+
+def test_stored_points_of_wrong_sizes_or_out_of_range_values_are_refused() -> None:
+    good = encode_point(rec())
     for data in (b"", good[:-1], good + b"\x00"):
-        with pytest.raises(CodecError, match="packed fix"):
-            unpack_fix(data)
-    layout = struct.Struct("<qiiHHHBB")
+        with pytest.raises(CodecError, match="stored point"):
+            decode_point(data)
+    layout = struct.Struct("<qiiiHHHBBB")
+    no_alt = -(2**31)
     bad = [
-        (-1, 0, 0, 0, 0, 0, 0, 3),  # before 1970
-        (0, 900_000_001, 0, 0, 0, 0, 0, 3),
-        (0, 0, -1_800_000_001, 0, 0, 0, 0, 3),
-        (0, 0, 0, 0, 3601, 0, 0, 3),  # course 360.0
-        (0, 0, 0, 0, 0, 0, 0, 4),  # mode
+        (-1, 0, 0, no_alt, 0, 0, 0, 0, 3, 0),  # before 1970
+        (0, 900_000_001, 0, no_alt, 0, 0, 0, 0, 3, 0),
+        (0, 0, -1_800_000_001, no_alt, 0, 0, 0, 0, 3, 0),
+        (0, 0, 0, 1_000_001, 0, 0, 0, 0, 3, 0),  # 100 km up
+        (0, 0, 0, no_alt, 0, 3601, 0, 0, 3, 0),  # course 360.0
+        (0, 0, 0, no_alt, 0, 0, 0, 0, 4, 0),  # mode
     ]
     for values in bad:
         with pytest.raises(CodecError):
-            unpack_fix(layout.pack(*values))
+            decode_point(layout.pack(*values))
+        with pytest.raises(CodecError):
+            frame_batch("van-7", 1, [(1, layout.pack(*values))], historical=False)
 
 
 def test_encoders_refuse_values_the_contract_cannot_carry() -> None:
@@ -243,17 +309,22 @@ def test_encoders_refuse_values_the_contract_cannot_carry() -> None:
         rec(lat=90.1),
         rec(lon=-180.5),
         rec(lat=math.nan),
+        rec(alt_m=100_000.1),
+        rec(alt_m=math.inf),
         rec(speed_mps=-1.0),
         rec(speed_mps=655.36),
         rec(course_deg=math.inf),
         rec(hdop=7000.0),
-        rec(sats=255),
-        rec(sats=-1),
+        rec(sats_used=255),
+        rec(sats_used=-1),
+        rec(quality=255),
         rec(mode=4),
     ]
     for r in bad:
         with pytest.raises(CodecError):
-            pack_fix(r)
+            encode_point(r)
+        with pytest.raises(CodecError):
+            encode_record(r)
         with pytest.raises(CodecError):
             encode_batch("van-7", 1, [(1, r)], historical=False)
 
@@ -261,26 +332,23 @@ def test_encoders_refuse_values_the_contract_cannot_carry() -> None:
 def test_negative_coordinates_date_line_course_wrap_and_unknowns() -> None:
     fixes = [
         (1, rec(T0, -33.8688, -70.6693, course_deg=359.96)),  # rounds to 360.0: north, 0.0
-        (2, rec(T0 + timedelta(seconds=1), -89.9999999, 179.9999999, course_deg=-0.06)),
+        (
+            2,
+            rec(
+                T0 + timedelta(seconds=1), -89.9999999, 179.9999999, course_deg=-0.06, alt_m=-430.5
+            ),
+        ),
         (3, rec(T0 + timedelta(seconds=2), -89.9999998, -179.9999999, course_deg=720.0)),
         (
             4,
-            rec(
-                T0 + timedelta(seconds=3),
-                0.0,
-                -180.0,
-                speed_mps=None,
-                course_deg=None,
-                hdop=None,
-                sats=None,
-                mode=0,
-            ),
+            TelemetryPoint(time=T0 + timedelta(seconds=3), lat=0.0, lon=-180.0, mode=0),
         ),
-        (5, rec(T0 - timedelta(seconds=30), 90.0, 180.0)),  # a clock step back
+        (5, rec(T0 - timedelta(seconds=30), 90.0, 180.0, alt_m=8848.9)),  # a clock step back
     ]
     batch = decode_batch(encode_batch("van-7", 1, fixes, historical=True))
-    got = [r for _, r in batch.fixes]
+    got = [r for _, r in batch.points]
     assert [r.course_deg for r in got] == [0.0, 359.9, 0.0, None, 87.3]
+    assert [r.alt_m for r in got] == [519.4, -430.5, 519.4, None, 8848.9]
     assert [(r.lat, r.lon) for r in got] == [
         (-33.8688, -70.6693),
         (-89.9999999, 179.9999999),
@@ -288,7 +356,7 @@ def test_negative_coordinates_date_line_course_wrap_and_unknowns() -> None:
         (0.0, -180.0),
         (90.0, 180.0),
     ]
-    assert got[3] == FixRecord(time=T0 + timedelta(seconds=3), lat=0.0, lon=-180.0, mode=0)
+    assert got[3] == TelemetryPoint(time=T0 + timedelta(seconds=3), lat=0.0, lon=-180.0, mode=0)
     assert got[4].time == T0 - timedelta(seconds=30)
     assert batch.historical is True
 
@@ -298,7 +366,7 @@ def test_negative_coordinates_date_line_course_wrap_and_unknowns() -> None:
 
 @given(device_ids, batches())
 def test_batch_round_trip_at_wire_resolution(
-    device_id: str, b: tuple[int, list[tuple[int, FixRecord]], int, bool]
+    device_id: str, b: tuple[int, list[tuple[int, TelemetryPoint]], int, bool]
 ) -> None:
     first_seq, fixes, last_seq, historical = b
     payload = encode_batch(device_id, first_seq, fixes, historical=historical, last_seq=last_seq)
@@ -308,10 +376,10 @@ def test_batch_round_trip_at_wire_resolution(
         first_seq=first_seq,
         last_seq=last_seq,
         historical=historical,
-        fixes=tuple((seq, at_wire_resolution(r)) for seq, r in fixes),
+        points=tuple((seq, at_wire_resolution(r)) for seq, r in fixes),
     )
     again = encode_batch(
-        batch.device_id, batch.first_seq, batch.fixes, historical=historical, last_seq=last_seq
+        batch.device_id, batch.first_seq, batch.points, historical=historical, last_seq=last_seq
     )
     assert again == payload
     doc = batch.to_json()
@@ -321,20 +389,10 @@ def test_batch_round_trip_at_wire_resolution(
 
 def test_batch_layout_is_the_documented_one() -> None:
     # docs/telemetry-batch.md walks through exactly this payload.
+    kw: dict[str, Any] = {"speed_mps": 10.0, "course_deg": 90.0, "hdop": 0.9, "sats_used": 9}
     fixes = [
-        (11, rec(T0, 48.1372, 11.5756, speed_mps=10.0, course_deg=90.0, hdop=0.9, sats=9)),
-        (
-            12,
-            rec(
-                T0 + timedelta(seconds=5),
-                48.1372,
-                11.5763,
-                speed_mps=10.0,
-                course_deg=90.0,
-                hdop=0.9,
-                sats=9,
-            ),
-        ),
+        (11, rec(T0, 48.1372, 11.5756, alt_m=519.4, quality=1, **kw)),
+        (12, rec(T0 + timedelta(seconds=5), 48.1372, 11.5763, alt_m=519.6, quality=1, **kw)),
     ]
     payload = encode_batch("van-7", 10, fixes, historical=False)
     t0_ms = int(T0.timestamp() * 1000)
@@ -342,15 +400,35 @@ def test_batch_layout_is_the_documented_one() -> None:
         header(first=10, span=2, n=2)
         + varint(1) + zz(t0_ms) + zz(481_372_000) + zz(115_756_000)
         + varint(1001) + varint(901) + varint(10) + varint(10) + varint(3)
+        + varint(2) + varint(2 * 5194 + 1)
         + varint(1) + zz(5000) + zz(0) + zz(7000)
         + varint(1001) + varint(901) + varint(10) + varint(10) + varint(3)
+        + varint(2) + varint(2 * 2 + 1)
     )  # fmt: skip
     assert payload == expected
     assert payload.hex() == (
-        "465401000576616e2d370a020201"
-        "80eaabd5bf68c09d89cb03c0afb26ee90785070a0a03"
-        "01904e00b06de90785070a0a03"
+        "465402000576616e2d370a020201"
+        "80eaabd5bf68c09d89cb03c0afb26ee90785070a0a03029551"
+        "01904e00b06de90785070a0a030205"
     )
+
+
+def test_a_version_1_batch_still_decodes() -> None:
+    """Vans not yet upgraded send version 1: no altitude, no fix quality."""
+    t0_ms = int(T0.timestamp() * 1000)
+    payload = header(first=10, span=1, n=1, version=1) + fix_bytes_v1(
+        dseq=1, dt=t0_ms, dlat=481_372_000, dlon=115_756_000
+    )
+    batch = decode_batch(payload)
+    assert batch.version == 1
+    zeros: dict[str, Any] = {"speed_mps": 0.0, "course_deg": 0.0, "hdop": 0.0, "sats_used": 0}
+    point = TelemetryPoint(time=T0, lat=48.1372, lon=11.5756, mode=3, **zeros)
+    assert batch.points == ((11, point),)
+    # What ingest stores of it re-frames in this version's layout, the same point.
+    again = decode_batch(encode_batch("van-7", 10, batch.points, historical=False))
+    assert (again.version, again.points) == (2, batch.points)
+    with pytest.raises(CodecError, match="trailing"):
+        decode_batch(payload + b"\x00\x00")
 
 
 def test_typical_driving_batch_is_compact() -> None:
@@ -371,7 +449,11 @@ def test_every_truncation_and_any_trailing_byte_is_an_error() -> None:
 
 @given(st.binary(max_size=300))
 def test_garbage_only_raises_codec_error(data: bytes) -> None:
-    for payload in (data, b"FT\x01\x00" + data, header(n=1) + data):
+    for payload in (data, b"FT\x02\x00" + data, b"FT\x01\x00" + data, header(n=1) + data):
+        if payload[:3] == b"FT\x01":
+            with contextlib.suppress(CodecError):
+                decode_batch(payload)  # version 1 decodes or fails, and frames as version 2
+            continue
         try:
             batch = decode_batch(payload)
         except CodecError:
@@ -379,7 +461,7 @@ def test_garbage_only_raises_codec_error(data: bytes) -> None:
         assert encode_batch(
             batch.device_id,
             batch.first_seq,
-            batch.fixes,
+            batch.points,
             historical=batch.historical,
             last_seq=batch.last_seq,
         ) == bytes(payload)
@@ -399,7 +481,7 @@ def test_any_mutation_of_a_valid_batch_is_an_error_or_its_own_encoding(data: st.
     again = encode_batch(
         batch.device_id,
         batch.first_seq,
-        batch.fixes,
+        batch.points,
         historical=batch.historical,
         last_seq=batch.last_seq,
     )
@@ -411,10 +493,11 @@ def test_any_mutation_of_a_valid_batch_is_an_error_or_its_own_encoding(data: st.
     [
         (b"", "truncated header"),
         (b"XT\x01\x00", "bad magic"),
-        (b"FT\x02\x00", "version 2"),
-        (b"FT\x01\x02", "unknown flag"),
-        (b"FT\x01\x00\x00", "device_id length 0"),
-        (b"FT\x01\x00" + varint(65) + b"a" * 65, "device_id length 65"),
+        (b"FT\x03\x00", "version 3"),
+        (b"FT\x00\x00", "version 0"),
+        (b"FT\x02\x02", "unknown flag"),
+        (b"FT\x02\x00\x00", "device_id length 0"),
+        (b"FT\x02\x00" + varint(65) + b"a" * 65, "device_id length 65"),
         (header(device=b"van 7"), "bad device id"),
         (header(device=b"-van"), "bad device id"),
         (header(device=b"v\xc3\xa4n"), "not ASCII"),
@@ -430,8 +513,11 @@ def test_any_mutation_of_a_valid_batch_is_an_error_or_its_own_encoding(data: st.
         (header() + fix_bytes(dt=253_402_300_800_000), "time"),
         (header() + fix_bytes(dlat=900_000_001), "lat"),
         (header() + fix_bytes(dlon=-1_800_000_001), "lon"),
-        (header() + fix_bytes()[:-5] + b"\x01\xa2\x1c\x01\x01\x03", "course"),  # 3618
-        (header() + fix_bytes()[:-1] + b"\x04", "mode"),
+        (header() + fix_bytes()[:-7] + b"\x01\xa2\x1c\x01\x01\x03\x00\x00", "course"),  # 3618
+        (header() + fix_bytes()[:-3] + b"\x04\x00\x00", "mode"),
+        (header() + fix_bytes()[:-2] + b"\x80\x02\x00", "quality"),  # 256
+        (header() + fix_bytes()[:-1] + varint(2 * 1_000_001 + 1), "alt"),
+        (header(version=1) + fix_bytes(), "trailing"),
     ],
 )
 def test_malformed_batches_are_named(payload: bytes, message: str) -> None:
@@ -445,13 +531,13 @@ def test_decode_accepts_bytes_likes_and_refuses_text() -> None:
     with pytest.raises(CodecError, match="must be bytes"):
         decode_batch(payload.hex())  # type: ignore[arg-type]
     with pytest.raises(CodecError, match="at most"):
-        decode_batch(b"FT\x01\x00" + bytes(codec.MAX_BATCH_BYTES))
+        decode_batch(b"FT\x02\x00" + bytes(telemetry.MAX_BATCH_BYTES))
 
 
 def test_seq_rules_when_encoding() -> None:
     fixes = drive(3, first_seq=10)
     assert decode_batch(encode_batch("van-7", 8, fixes, historical=False)).last_seq == 12
-    cases: list[tuple[int, list[tuple[int, FixRecord]], int | None, str]] = [
+    cases: list[tuple[int, list[tuple[int, TelemetryPoint]], int | None, str]] = [
         (11, fixes, None, "not strictly increasing"),  # first fix before first_seq
         (10, fixes, 11, "not strictly increasing"),  # last fix after last_seq
         (10, [fixes[0], fixes[0]], None, "not strictly increasing"),
@@ -470,7 +556,7 @@ def test_seq_rules_when_encoding() -> None:
         encode_batch("van-7", 1, drive(MAX_FIXES + 1, first_seq=1, step_s=1), historical=False)
     # An empty batch acknowledges a thinned-out range.
     empty = decode_batch(encode_batch("van-7", 10, [], historical=False, last_seq=20))
-    assert (empty.first_seq, empty.last_seq, empty.fixes) == (10, 20, ())
+    assert (empty.first_seq, empty.last_seq, empty.points) == (10, 20, ())
 
 
 def test_to_json_is_the_documented_form() -> None:
@@ -487,11 +573,13 @@ def test_to_json_is_the_documented_form() -> None:
                 "time": "2026-11-21T09:00:00.000Z",
                 "lat": 48.1372,
                 "lon": 11.5756,
+                "alt_m": 519.4,
                 "speed_mps": 8.42,
                 "course_deg": 87.3,
-                "hdop": 0.9,
-                "sats": 11,
                 "mode": 3,
+                "quality": 1,
+                "hdop": 0.9,
+                "sats_used": 11,
             }
         ],
     }
@@ -525,9 +613,14 @@ def envelope(**changes: Any) -> bytes:
     return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
 
 
+def stored(record: dict[str, Any]) -> bytes:
+    """A record's stored bytes, as the outbox holds them."""
+    return wirejson.dumps(record, "record")
+
+
 def test_record_envelope_round_trip_and_exact_form() -> None:
-    payload = encode_record("van-7", "events", 17, ARRIVAL, historical=False, sent_at=T0)
-    assert json.loads(payload) == {
+    payload = frame_record("van-7", "events", 17, stored(ARRIVAL), historical=False, sent_at=T0)
+    expected = {
         "v": 1,
         "device_id": "van-7",
         "stream": "events",
@@ -536,13 +629,28 @@ def test_record_envelope_round_trip_and_exact_form() -> None:
         "sent_at": "2026-11-21T09:00:00.000Z",
         "record": ARRIVAL,
     }
-    env = decode_record(payload, stream="events")
+    assert json.loads(payload) == expected
+    # Framed around the stored bytes: the same bytes as encoding the whole object.
+    assert payload == wirejson.dumps(expected, "envelope")
+    env = decode_envelope(payload, stream="events")
     assert (env.device_id, env.stream, env.seq, env.historical) == ("van-7", "events", 17, False)
     assert env.sent_at == T0
     assert env.record == ARRIVAL
     assert env.to_json() == json.loads(payload)
+    assert env.typed() == Arrival.from_json(ARRIVAL)
     with pytest.raises(CodecError, match="sent on the pod topic"):
-        decode_record(payload, stream="pod")
+        decode_envelope(payload, stream="pod")
+
+
+def test_a_typed_record_frames_and_decodes_to_itself() -> None:
+    arrival = Arrival.from_json(ARRIVAL)
+    payload = frame_record(
+        "van-7", "events", 3, encode_record(arrival), historical=True, sent_at=T0
+    )
+    env = decode_envelope(payload)
+    assert env.historical is True
+    assert env.typed() == arrival
+    assert env.record == arrival.to_json()
 
 
 @given(
@@ -558,9 +666,13 @@ def test_record_envelopes_round_trip(
     record = {"type": kind, "time": "2026-11-21T08:14:03.000Z", **extra}
     stream = "pod" if kind == "pod" else "events"
     sent_at = T0 + timedelta(microseconds=seq % 1_000_000)
-    payload = encode_record(device_id, stream, seq, record, historical=historical, sent_at=sent_at)
-    env = decode_record(payload)
-    assert env.record == json.loads(json.dumps(record))
+    try:
+        body = stored(record)
+    except CodecError:
+        return  # a value JSON cannot carry: the outbox never holds it
+    payload = frame_record(device_id, stream, seq, body, historical=historical, sent_at=sent_at)
+    env = decode_envelope(payload)
+    assert env.record == json.loads(body)
     assert env.seq == seq
     assert env.sent_at == sent_at.replace(microsecond=sent_at.microsecond // 1000 * 1000)
 
@@ -589,7 +701,7 @@ def test_record_envelopes_round_trip(
         (envelope(stream="telemetry"), "stream"),
         (envelope(sent_at="2026-11-21T09:00:03"), "ISO 8601 UTC"),
         (envelope(sent_at="2026-11-21T09:00:03+01:00"), "ISO 8601 UTC"),
-        (envelope(sent_at="2026-02-30T09:00:03Z"), "no such time"),
+        (envelope(sent_at="2026-02-30T09:00:03Z"), "ISO 8601 UTC"),
         (envelope(sent_at="\uff12026-11-21T09:00:03Z"), "ISO 8601 UTC"),  # a wide digit
         (envelope(record=[]), "must be an object"),
         (envelope(record={"time": "2026-11-21T09:00:03Z"}), "no type"),
@@ -606,32 +718,37 @@ def test_record_envelopes_round_trip(
 )
 def test_malformed_envelopes_are_named(payload: bytes, message: str) -> None:
     with pytest.raises(CodecError, match=message):
-        decode_record(payload)
+        decode_envelope(payload)
 
 
 @given(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_json_garbage_only_raises_codec_error(payload: bytes) -> None:
-    for decode in (decode_record, decode_ack, decode_status):
+    for decode in (decode_envelope, decode_ack, decode_status):
         with contextlib.suppress(CodecError):
             decode(payload)
 
 
-def test_encode_record_refuses_what_would_not_decode() -> None:
+def test_framing_refuses_what_would_not_decode() -> None:
     good: dict[str, Any] = {"historical": False, "sent_at": T0}
-    with pytest.raises(CodecError, match="cannot encode"):
-        encode_record("van-7", "events", 1, {**ARRIVAL, "at": T0}, **good)
-    with pytest.raises(CodecError, match="cannot encode"):
-        encode_record("van-7", "events", 1, {**ARRIVAL, "x": math.inf}, **good)
-    with pytest.raises(CodecError, match="does not belong"):
-        encode_record("van-7", "pod", 1, ARRIVAL, **good)
+    body = stored(ARRIVAL)
+    with pytest.raises(CodecError, match="stream"):
+        frame_record("van-7", "telemetry", 1, body, **good)
     with pytest.raises(CodecError, match="seq"):
-        encode_record("van-7", "events", 0, ARRIVAL, **good)
+        frame_record("van-7", "events", 0, body, **good)
+    with pytest.raises(CodecError, match="device id"):
+        frame_record("van 7", "events", 1, body, **good)
     with pytest.raises(CodecError, match="UTC-aware"):
-        encode_record(
-            "van-7", "events", 1, ARRIVAL, historical=False, sent_at=T0.replace(tzinfo=None)
-        )
+        frame_record("van-7", "events", 1, body, historical=False, sent_at=T0.replace(tzinfo=None))
+    with pytest.raises(CodecError, match="not a stored record"):
+        frame_record("van-7", "events", 1, b'{"time":"x"}', **good)
     with pytest.raises(CodecError, match="at most"):
-        encode_record("van-7", "events", 1, {**ARRIVAL, "raw": "x" * MAX_JSON_BYTES}, **good)
+        frame_record(
+            "van-7", "events", 1, stored({**ARRIVAL, "raw": "x" * (MAX_JSON_BYTES - 250)}), **good
+        )
+    with pytest.raises(CodecError, match="cannot encode"):
+        stored({**ARRIVAL, "x": math.inf})
+    with pytest.raises(CodecError, match=r"lone surrogate|cannot encode"):
+        stored({**ARRIVAL, "raw": "\ud800"})
 
 
 def test_ack_round_trip_and_errors() -> None:
@@ -791,7 +908,7 @@ def test_shared_subscriptions() -> None:
 
 @given(device_ids, batches())
 def test_every_decodable_batch_fits_the_telemetry_schema(
-    device_id: str, b: tuple[int, list[tuple[int, FixRecord]], int, bool]
+    device_id: str, b: tuple[int, list[tuple[int, TelemetryPoint]], int, bool]
 ) -> None:
     # Ingest validates only a batch's header against the schema (cloud_ingest/verify.py):
     # this is the premise that makes that safe. Every fix a decoder rebuilds from the

@@ -1,0 +1,299 @@
+"""The telemetry batch: points on ``fleet/v1/{device_id}/telemetry``, compact and binary.
+
+:func:`frame_batch` frames the points the outbox stored (:func:`.records.encode_point`)
+into one payload, delta-encoding their integers without turning them back into points;
+:func:`decode_batch` reads a payload into :class:`TelemetryBatch`, whose points are
+:class:`~.records.TelemetryPoint` as the van made them. The layout is
+docs/telemetry-batch.md; :meth:`TelemetryBatch.to_json` is what
+docs/schemas/telemetry-batch.schema.json describes.
+
+The layout has a version byte: this code writes version 2 (altitude and fix quality
+added to every point) and still reads version 1, what vans not yet upgraded send.
+Each valid payload has exactly one encoding (no overlong varints, no stray flag bits):
+``frame_batch`` of what ``decode_batch`` read gives back the same bytes.
+
+The decoder raises :class:`~.errors.CodecError` for anything malformed, whatever the
+bytes, and nothing else; the framer raises it for values the contract cannot carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.records import (
+    NO_ALT,
+    Quantized,
+    TelemetryPoint,
+    check_integers,
+    encode_point,
+    point_from_integers,
+    stored_integers,
+)
+from firmware_agent.contract.topics import MAX_SEQ, check_device_id
+from firmware_agent.contract.wirejson import Payload, as_bytes
+
+VERSION: Final = 1  # the contract's (JSON) version, as every payload's "v"
+BATCH_VERSION: Final = 2  # the binary layout this code writes
+READS: Final = (1, 2)  # the binary layouts it reads
+MAGIC: Final = b"FT"
+FLAG_HISTORICAL: Final = 0x01
+
+# A record is historical when it was created more than this long before it was first
+# sent (replayed after an outage): downstream never raises live alerts for it.
+HISTORICAL_AFTER_S: Final = 60.0
+
+# Bounds a decoder enforces before it allocates anything, whoever sent the bytes.
+MAX_FIXES: Final = 4096  # per batch; over an hour of 1 Hz driving
+MAX_BATCH_BYTES: Final = 256 * 1024  # 4096 fixes of the largest encoding fit
+
+# Varints per point, each at least one byte: version 1 has nine, version 2 eleven.
+_MIN_FIX_BYTES: Final = {1: 9, 2: 11}
+_MAX_VARINT_BYTES = 10  # 70 bits; every field is range-checked after reading
+
+
+def is_historical(created_at: datetime, first_sent_at: datetime) -> bool:
+    """Whether a record created at ``created_at`` and first sent at ``first_sent_at`` is
+    historical (more than :data:`HISTORICAL_AFTER_S` late)."""
+    return (first_sent_at - created_at).total_seconds() > HISTORICAL_AFTER_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryBatch:
+    """A decoded batch: points ``(seq, point)`` covering ``first_seq..last_seq``.
+
+    Sequence numbers in the range without a point were thinned away by the outbox: they
+    are covered (acknowledged by this batch), not missing. ``version`` is the binary
+    layout it came in.
+    """
+
+    device_id: str
+    first_seq: int
+    last_seq: int
+    historical: bool
+    points: tuple[tuple[int, TelemetryPoint], ...] = ()
+    version: int = BATCH_VERSION
+
+    def header_json(self) -> dict[str, Any]:
+        """The batch's JSON form without its points (what ingest checks per message)."""
+        return {
+            "v": VERSION,
+            "device_id": self.device_id,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "historical": self.historical,
+            "fixes": [],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form docs/schemas/telemetry-batch.schema.json describes."""
+        out = self.header_json()
+        out["fixes"] = [{"seq": seq, **point.to_json()} for seq, point in self.points]
+        return out
+
+
+def frame_batch(
+    device_id: str,
+    first_seq: int,
+    stored: Sequence[tuple[int, bytes]],
+    *,
+    historical: bool,
+    last_seq: int | None = None,
+) -> bytes:
+    """The telemetry payload of ``stored`` points: ``(seq, bytes)`` as the outbox keeps
+    them (:func:`~.records.encode_point`; version 1's form too), seqs strictly
+    increasing in ``first_seq..last_seq``. ``last_seq`` defaults to the last point's
+    seq (an empty batch, which only acknowledges a thinned-out range, must give it).
+    :class:`CodecError` for anything the layout cannot carry."""
+    check_device_id(device_id)
+    if len(stored) > MAX_FIXES:
+        raise CodecError(f"batch of {len(stored)} fixes: at most {MAX_FIXES}")
+    if last_seq is None:
+        if not stored:
+            raise CodecError("an empty batch needs last_seq")
+        last_seq = stored[-1][0]
+    _check_seq(first_seq, "first_seq")
+    _check_seq(last_seq, "last_seq")
+    if last_seq < first_seq:
+        raise CodecError(f"last_seq {last_seq} < first_seq {first_seq}")
+    out = bytearray(MAGIC)
+    out.append(BATCH_VERSION)
+    out.append(FLAG_HISTORICAL if historical else 0)
+    name = device_id.encode("ascii")
+    _put(out, len(name))
+    out += name
+    _put(out, first_seq)
+    _put(out, last_seq - first_seq)
+    _put(out, len(stored))
+    prev_seq, prev_ms, prev_lat, prev_lon, prev_alt = first_seq, 0, 0, 0, 0
+    for i, (seq, data) in enumerate(stored):
+        _check_seq(seq, "fix seq")
+        if seq > last_seq or seq < prev_seq or (i and seq == prev_seq):
+            raise CodecError(
+                f"fix {i}: seq {seq} not strictly increasing within {first_seq}..{last_seq}"
+            )
+        ms, lat, lon, alt, speed, course, hdop, sats, mode, quality = stored_integers(data)
+        _put(out, seq - prev_seq)
+        _put(out, _zigzag(ms - prev_ms))
+        _put(out, _zigzag(lat - prev_lat))
+        _put(out, _zigzag(lon - prev_lon))
+        for value in (speed, course, hdop, sats, mode, quality):
+            _put(out, value)
+        if alt == NO_ALT:
+            _put(out, 0)
+        else:
+            _put(out, _zigzag(alt - prev_alt) + 1)
+            prev_alt = alt
+        prev_seq, prev_ms, prev_lat, prev_lon = seq, ms, lat, lon
+    return bytes(out)
+
+
+def encode_batch(
+    device_id: str,
+    first_seq: int,
+    points: Sequence[tuple[int, TelemetryPoint]],
+    *,
+    historical: bool,
+    last_seq: int | None = None,
+) -> bytes:
+    """:func:`frame_batch` of points not stored yet (benchmarks, tests, simulators)."""
+    stored = [(seq, encode_point(point)) for seq, point in points]
+    return frame_batch(device_id, first_seq, stored, historical=historical, last_seq=last_seq)
+
+
+def decode_batch(payload: Payload) -> TelemetryBatch:
+    """The batch in ``payload``; :class:`CodecError` for anything else (see module doc)."""
+    buf = as_bytes(payload, "telemetry batch")
+    if len(buf) > MAX_BATCH_BYTES:
+        raise CodecError(f"telemetry batch: {len(buf)} bytes, at most {MAX_BATCH_BYTES}")
+    if len(buf) < 4:
+        raise CodecError(f"telemetry batch: truncated header ({len(buf)} bytes)")
+    if buf[:2] != MAGIC:
+        raise CodecError(f"telemetry batch: bad magic {buf[:2]!r}, want {MAGIC!r}")
+    version = buf[2]
+    if version not in READS:
+        raise CodecError(f"telemetry batch: version {version}, this decoder reads {READS}")
+    flags = buf[3]
+    if flags & ~FLAG_HISTORICAL:
+        raise CodecError(f"telemetry batch: unknown flag bits 0x{flags:02x}")
+    r = _Reader(buf, 4)
+    name_len = r.varint("device_id length")
+    if not 1 <= name_len <= 64:
+        raise CodecError(f"telemetry batch: device_id length {name_len}, want 1..64")
+    device_id = _device_id(r.take(name_len, "device_id"))
+    first_seq = r.varint("first_seq")
+    _check_seq(first_seq, "first_seq")
+    last_seq = first_seq + r.varint("last_seq - first_seq")
+    _check_seq(last_seq, "last_seq")
+    n = r.varint("fix count")
+    min_bytes = _MIN_FIX_BYTES[version]
+    if n > MAX_FIXES or n * min_bytes > r.remaining:
+        raise CodecError(
+            f"telemetry batch: {n} fixes cannot fit in the {r.remaining} bytes left "
+            f"(at most {MAX_FIXES}, each at least {min_bytes} bytes)"
+        )
+    points: list[tuple[int, TelemetryPoint]] = []
+    seq, ms, lat, lon, alt = first_seq, 0, 0, 0, 0
+    for i in range(n):
+        step = r.varint("seq delta")
+        if i and step == 0:
+            raise CodecError(f"telemetry batch: fix {i}: seq not strictly increasing")
+        seq += step
+        if seq > last_seq:
+            raise CodecError(f"telemetry batch: fix {i}: seq {seq} beyond last_seq {last_seq}")
+        ms += _unzigzag(r.varint("dt_ms"))
+        lat += _unzigzag(r.varint("dlat"))
+        lon += _unzigzag(r.varint("dlon"))
+        speed, course, hdop = r.varint("speed"), r.varint("course"), r.varint("hdop")
+        sats, mode = r.varint("sats"), r.varint("mode")
+        quality, point_alt = 0, NO_ALT
+        if version >= 2:
+            quality = r.varint("quality")
+            alt_code = r.varint("alt")
+            if alt_code:
+                alt += _unzigzag(alt_code - 1)
+                point_alt = alt
+        q: Quantized = (ms, lat, lon, point_alt, speed, course, hdop, sats, mode, quality)
+        try:
+            check_integers(q)
+        except CodecError as err:
+            raise CodecError(f"telemetry batch: fix {i} (seq {seq}): {err}") from None
+        points.append((seq, point_from_integers(q)))
+    if r.remaining:
+        raise CodecError(f"telemetry batch: {r.remaining} trailing bytes after {n} fixes")
+    return TelemetryBatch(
+        device_id=device_id,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        historical=bool(flags & FLAG_HISTORICAL),
+        points=tuple(points),
+        version=version,
+    )
+
+
+def _check_seq(value: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEQ:
+        raise CodecError(f"{what} {value!r:.40} out of range 1..{MAX_SEQ}")
+
+
+def _device_id(value: bytes) -> str:
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        raise CodecError(f"bad device id {value!r:.80}: not ASCII") from None
+    return check_device_id(text)
+
+
+class _Reader:
+    """A cursor over ``buf`` whose reads raise :class:`CodecError` past the end."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes, pos: int) -> None:
+        self.buf = buf
+        self.pos = pos
+
+    @property
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.remaining:
+            raise CodecError(f"telemetry batch: truncated in {what}")
+        self.pos += n
+        return self.buf[self.pos - n : self.pos]
+
+    def varint(self, what: str) -> int:
+        """An unsigned LEB128 value in its shortest form."""
+        buf, pos = self.buf, self.pos
+        value = shift = 0
+        for i in range(pos, min(pos + _MAX_VARINT_BYTES, len(buf))):
+            byte = buf[i]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                if byte == 0 and i > pos:
+                    raise CodecError(f"telemetry batch: overlong varint in {what}")
+                self.pos = i + 1
+                return value
+            shift += 7
+        if len(buf) - pos < _MAX_VARINT_BYTES:
+            raise CodecError(f"telemetry batch: truncated in {what}")
+        raise CodecError(f"telemetry batch: varint longer than {_MAX_VARINT_BYTES} in {what}")
+
+
+def _put(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _zigzag(n: int) -> int:
+    return n << 1 if n >= 0 else ((-n) << 1) - 1
+
+
+def _unzigzag(u: int) -> int:
+    return (u >> 1) ^ -(u & 1)
