@@ -4,7 +4,7 @@ Synthetic suite: simulator days whose seeds the model never saw (default 1-40; t
 shipped model was trained on 1000-1059, and the script refuses seeds its training
 record lists). Real runs: the Liverpool bus runs in
 ../shared/corpus/trajectories/liverpool_bus, with stops where the buses really halted
-(:func:`cloud_ingest.eta.dataset.trip_day`, as bench/arrivals.py replays them). Both
+(:func:`simulator.eta_days.trip_day`, as bench/arrivals.py replays them). Both
 suites are sampled every 30 s exactly as the training rows are
 (:mod:`cloud_ingest.eta.dataset`); each (sample time, unserved stop) is one prediction
 of the stop's arrival, scored against the real arrival. Predictions go through the
@@ -34,6 +34,7 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -41,14 +42,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from cloud_ingest.eta.dataset import (
-    EtaDataset,
-    build_dataset,
-    format_seeds,
-    parse_seeds,
-    simulator_dataset,
-    trip_day,
-)
+from cloud_ingest.eta.dataset import EtaDataset, build_dataset
 from cloud_ingest.eta.train import ErrorStats
 from firmware_agent.contract.eta_features import (
     FeatureMatrix,
@@ -61,6 +55,7 @@ from firmware_agent.contract.manifest import parse_manifest
 from firmware_agent.contract.model_file import read_metadata
 from firmware_agent.eta.models import DEFAULT_MODEL
 from firmware_agent.eta.predictor import EtaPredictor
+from simulator.eta_days import format_seeds, parse_seeds, simulator_day, trained_seeds, trip_day
 from simulator.manifest import build_manifest
 from simulator.scenario import ScenarioConfig, generate
 
@@ -143,12 +138,6 @@ def _bucket_ratio(suite: Suite, lo_s: float, hi_s: float) -> float:
     return model.mae_s / base.mae_s if base.n else float("nan")
 
 
-def trained_seeds(model: bytes) -> set[int]:
-    training = json.loads(read_metadata(model).get("training", "{}"))
-    spec = training.get("sources", {}).get("simulator", {}).get("seeds", "")
-    return set(parse_seeds(spec))
-
-
 def cost(model: bytes) -> list[str]:
     """Per-update cost on a 150-stop route, and the model's load time."""
     loads_us = []
@@ -226,14 +215,15 @@ def main() -> None:
     predictor = EtaPredictor.load(model)
     if predictor.model_version is None:
         sys.exit(f"eta_eval: the model cannot run here: {predictor.unavailable}")
-    overlap = trained_seeds(model) & set(seeds)
+    overlap = trained_seeds(json.loads(read_metadata(model).get("training", "{}"))) & set(seeds)
     if overlap:
         sys.exit(f"eta_eval: seeds {format_seeds(sorted(overlap))} were used in training")
     print(f"model {predictor.model_version} ({args.model})", file=sys.stderr)
 
     started = time.perf_counter()
     suites = []
-    synthetic = simulator_dataset(seeds, n_stops, jobs=args.jobs)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        synthetic = build_dataset(pool.map(simulator_day, seeds, [n_stops] * len(seeds)))
     suites.append(
         Suite(
             f"synthetic x{len(seeds)}",

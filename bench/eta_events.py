@@ -3,8 +3,8 @@
 Simulator days the shipped model never saw (default: 25-stop days 1-12 and 150-stop
 days 2, 3, 5, 6; the model was trained on 1000-1059 and the script refuses seeds its
 training record lists), each built as the ETA training and evaluation build them
-(:func:`cloud_ingest.eta.dataset.simulator_day`: the scenario rendered to NMEA, decoded
-by the agent's own decoder; the seed draws the start hour, whether the stops have
+(:func:`simulator.eta_days.simulator_day`: the receiver's reports of the scenario,
+noise and outages included; the seed draws the start hour, whether the stops have
 promised windows, whether they are typed). Every day is played twice through the real
 :class:`~firmware_agent.van.VanPipeline` and its real
 :class:`~firmware_agent.eta.tracker.EtaTracker` (geofence arrivals, no scans): once with
@@ -54,7 +54,6 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_ingest.eta.dataset import format_seeds, parse_seeds, simulator_day
 from firmware_agent.contract.envelope import frame_record
 from firmware_agent.contract.eta_features import FeatureMatrix
 from firmware_agent.contract.model_file import read_metadata
@@ -64,6 +63,7 @@ from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.tracker import TRIGGERS, EtaConfig
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.van import VanConfig, VanPipeline
+from simulator.eta_days import format_seeds, parse_seeds, simulator_day, trained_seeds
 
 SHIPPED = Path(__file__).resolve().parents[1] / "firmware_agent" / "eta" / "models" / DEFAULT_MODEL
 SAMPLE_EVERY_S = 30.0
@@ -237,12 +237,6 @@ def run_day(seed: int, n_stops: int, model: bytes, config: EtaConfig) -> tuple[T
     return play(day, _PREDICTORS["model"], config), play(day, baseline, config)
 
 
-def trained_seeds(model: bytes) -> set[int]:
-    training = json.loads(read_metadata(model).get("training", "{}"))
-    spec = training.get("sources", {}).get("simulator", {}).get("seeds", "")
-    return set(parse_seeds(spec))
-
-
 def _median_min(values: list[float]) -> str:
     return f"{statistics.median(values) / 60:.1f}" if values else "-"
 
@@ -338,7 +332,8 @@ def main() -> None:
     version = EtaPredictor.load(model).model_version
     if version is None:
         sys.exit("eta_events: the model cannot run here (no interpreter?)")
-    overlap = trained_seeds(model) & (set(short) | set(long))
+    training = json.loads(read_metadata(model).get("training", "{}"))
+    overlap = trained_seeds(training) & (set(short) | set(long))
     if overlap:
         sys.exit(f"eta_events: seeds {format_seeds(sorted(overlap))} were used in training")
 

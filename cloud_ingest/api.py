@@ -789,7 +789,8 @@ def create_app(
     async def health(response: Response) -> HealthOut:
         """200 when the store answers and every MQTT worker is connected, else 503."""
         try:
-            await asyncio.wait_for(store.get_device(_HEALTH_PROBE_ID), health_timeout_s)
+            async with asyncio.timeout(health_timeout_s):
+                await store.get_device(_HEALTH_PROBE_ID)
         except TimeoutError:
             store_health = StoreHealthOut(ok=False, detail=f"no answer in {health_timeout_s} s")
         except StorageError as err:
@@ -818,7 +819,8 @@ def create_app(
         now = time.monotonic()
         if now - collector.counts_at >= counts_max_age_s:
             try:
-                collector.counts = await asyncio.wait_for(store.counts(), health_timeout_s)
+                async with asyncio.timeout(health_timeout_s):
+                    collector.counts = await store.counts()
             except (StorageError, TimeoutError):
                 collector.counts, collector.store_up = None, False
             else:

@@ -6,9 +6,9 @@
   van with the public key it printed (``fleet-agent pod pubkey --key ...``; PEM or JWK).
 - ``fleet-ingest device enable ID`` / ``device disable ID`` / ``device list [--json]``.
 - ``fleet-ingest config``: the effective settings, as JSON.
-- ``fleet-ingest train-eta --out FILE [--sim-seeds 1000-1059] [--sim-stops 25]
-  [--from-store]``: build the ETA training set from simulator days and/or the stored
-  history, train the model and write the .tflite file the vans run (docs/eta.md).
+- ``fleet-ingest train-eta --out FILE [--days DIR ...] [--from-store]``: build the ETA
+  training set from day directories (``fleet-sim eta-days`` writes them) and/or the
+  stored history, train the model and write the .tflite file the vans run (docs/eta.md).
 - ``fleet-ingest model-key --out FILE [--pubkey-out FILE]``: create the fleet's
   Ed25519 key that signs ETA models (0600, never overwritten) and its public key for
   the vans (``[eta] model_keys``).
@@ -51,9 +51,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-# The simulator days the shipped ETA model was trained on (docs/eta.md); the
-# evaluation (bench/eta_eval.py) uses other seeds.
-DEFAULT_TRAIN_SEEDS = "1000-1059"
 # docs/mosquitto/fleet.conf's message_size_limit: a larger signed model is refused by
 # a broker run with the shipped settings.
 BROKER_MESSAGE_LIMIT_BYTES = 256 * 1024
@@ -130,22 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train-eta",
         parents=[common],
-        help="train the ETA model on simulator days and/or the stored history",
-        description="Build ETA training rows from simulator days (--sim-seeds) and/or "
-        "the configured database's history (--from-store), train the MLP with numpy and "
-        "write the .tflite file the vans run. See docs/eta.md.",
+        help="train the ETA model on days the simulator wrote and/or the stored history",
+        description="Build ETA training rows from day directories (--days: what "
+        "`fleet-sim eta-days` writes, simulated days and real trips) and/or the configured "
+        "database's history (--from-store), train the MLP with numpy and write the .tflite "
+        "file the vans run. See docs/eta.md.",
     )
     p.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
     p.add_argument(
-        "--sim-seeds",
-        type=_seed_list,
-        default=None,
-        metavar="SEEDS",
-        help=f"simulator days, e.g. 1000-1039 or 1,5,9-12; 'none' for none "
-        f"(default {DEFAULT_TRAIN_SEEDS})",
-    )
-    p.add_argument(
-        "--sim-stops", type=_positive_int, default=25, help="stops per simulator day (25)"
+        "--days",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="day directories, or directories of them (fleet-sim eta-days --out)",
     )
     p.add_argument(
         "--from-store",
@@ -155,12 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", help="the model's name (default eta-YYYYMMDD-<weights hash>)")
     p.add_argument("--epochs", type=_positive_int, default=60, help="at most this many epochs (60)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and minibatch order (0)")
-    p.add_argument(
-        "--jobs",
-        type=_positive_int,
-        default=2,
-        help="processes building simulator days (2)",
-    )
     p.add_argument("--record", type=Path, help="also write the training record (JSON) to this file")
     p.set_defaults(func=_cmd_train_eta)
 
@@ -222,15 +211,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def _seed_list(text: str) -> list[int]:
-    from cloud_ingest.eta.dataset import parse_seeds  # noqa: PLC0415 (numpy: only here)
-
-    try:
-        return parse_seeds(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _config(args: argparse.Namespace) -> IngestConfig:
@@ -374,28 +354,20 @@ def _cmd_train_eta(args: argparse.Namespace) -> int:
 
     from cloud_ingest.eta import dataset, train  # noqa: PLC0415 (numpy, tflite: only here)
 
-    def progress(line: str) -> None:
-        print(f"  {line}", file=sys.stderr)
-
-    if args.sim_seeds is None:
-        args.sim_seeds = dataset.parse_seeds(DEFAULT_TRAIN_SEEDS)
     parts = []
     sources: dict[str, Any] = {}
-    if args.sim_seeds:
-        print(
-            f"simulating {len(args.sim_seeds)} days of {args.sim_stops} stops "
-            f"({args.jobs} processes)...",
-            file=sys.stderr,
-        )
-        parts.append(
-            dataset.simulator_dataset(
-                args.sim_seeds, args.sim_stops, jobs=args.jobs, progress=progress
-            )
-        )
-        sources["simulator"] = {
-            "seeds": dataset.format_seeds(args.sim_seeds),
-            "n_stops": args.sim_stops,
-            "rows": len(parts[-1]),
+    if args.days:
+        try:
+            days = dataset.read_days(args.days)
+        except ConfigError as err:
+            return _error(str(err), EXIT_USAGE)
+        rows = dataset.build_dataset(days)
+        print(f"days: {len(days)} from {len(args.days)} path(s), {len(rows)} rows", file=sys.stderr)
+        parts.append(rows)
+        sources["days"] = {
+            "paths": [str(path) for path in args.days],
+            "days": [day.name for day in days],
+            "rows": len(rows),
         }
     if args.from_store:
         days = _with_store(args, dataset.store_days)
@@ -408,7 +380,7 @@ def _cmd_train_eta(args: argparse.Namespace) -> int:
             "rows": len(stored),
         }
     if not parts:
-        return _error("nothing to learn from: give --sim-seeds and/or --from-store", EXIT_USAGE)
+        return _error("nothing to learn from: give --days and/or --from-store", EXIT_USAGE)
     rows = dataset.EtaDataset.concat(parts)
     config = train.TrainConfig(max_epochs=args.epochs, seed=args.seed)
     print(f"training on {len(rows)} rows...", file=sys.stderr)
@@ -420,7 +392,7 @@ def _cmd_train_eta(args: argparse.Namespace) -> int:
         model_version=version,
         trained_at=trained_at,
         sources=sources,
-        command=_train_command(args, dataset.format_seeds(args.sim_seeds)),
+        command=_train_command(args),
     )
     model = train.export_model(result, record)
     try:
@@ -477,6 +449,7 @@ def _cmd_sign_model(args: argparse.Namespace) -> int:
 
     from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
     from firmware_agent.contract.errors import ModelError, ModelUpdateError  # noqa: PLC0415
+    from firmware_agent.contract.eta_model import check_model  # noqa: PLC0415
     from firmware_agent.contract.keys import (  # noqa: PLC0415
         KeyFileError,
         key_thumbprint,
@@ -485,7 +458,6 @@ def _cmd_sign_model(args: argparse.Namespace) -> int:
     )
     from firmware_agent.contract.model import read_unverified, sign_model  # noqa: PLC0415
     from firmware_agent.contract.times import format_utc  # noqa: PLC0415
-    from firmware_agent.eta.predictor import EtaPredictor  # noqa: PLC0415
 
     bad = [d for d in args.devices or () if not is_device_id(d)]
     if bad:
@@ -499,10 +471,10 @@ def _cmd_sign_model(args: argparse.Namespace) -> int:
     except OSError as err:
         return _error(f"cannot read {args.model}: {err.strerror or err}", EXIT_USAGE)
     try:
-        # What every van does before it takes a model (contract, trial invoke): a model
-        # they would all refuse is not worth a signature. Without an interpreter here
-        # only the file's metadata is checked (sign_model).
-        EtaPredictor.load(model)
+        # What every van checks before it hands a model to its interpreter (the file,
+        # the metadata, the shapes): a model they would all refuse is not worth a
+        # signature. Their trial invoke needs an interpreter, which ingest does not ship.
+        check_model(model)
         payload = sign_model(model, key, issued=datetime.now(UTC), devices=args.devices)
     except (ModelError, ModelUpdateError) as err:
         return _error(f"{args.model}: the vans would refuse it: {err}", EXIT_USAGE)
@@ -585,13 +557,14 @@ def _days(names: Sequence[str]) -> str:
     return f"{len(names)} day{'' if len(names) == 1 else 's'}"
 
 
-def _train_command(args: argparse.Namespace, seeds: str) -> str:
+def _train_command(args: argparse.Namespace) -> str:
     """The command line that repeats this training."""
     import shlex  # noqa: PLC0415
 
-    words = ["fleet-ingest", "train-eta", "--sim-seeds", seeds or "none"]
-    words += ["--sim-stops", str(args.sim_stops), "--epochs", str(args.epochs)]
-    words += ["--seed", str(args.seed)]
+    words = ["fleet-ingest", "train-eta"]
+    if args.days:
+        words += ["--days", *(str(path) for path in args.days)]
+    words += ["--epochs", str(args.epochs), "--seed", str(args.seed)]
     if args.from_store:
         words.append("--from-store")
     if args.model_version:

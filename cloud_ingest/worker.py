@@ -210,8 +210,12 @@ class IngestWorker:
                         remaining_s = deadline - time.monotonic()
                         if remaining_s <= 0:
                             break
+                        # asyncio.timeout, not wait_for, which on Python 3.11 can swallow
+                        # a cancellation (CPython gh-86296). A get cut short loses
+                        # nothing: the message stays queued.
                         try:
-                            batch.append(await asyncio.wait_for(queue.get(), remaining_s))
+                            async with asyncio.timeout(remaining_s):
+                                batch.append(await queue.get())
                         except TimeoutError:
                             break
                     else:

@@ -6,6 +6,8 @@
     fleet-sim play --seed 7 --stops 3 --tcp 127.0.0.1:2947 --afap
     fleet-sim trace trip.csv --rate-hz 5 --noise-m 2 --out trip.nmea
     fleet-sim trip trip.csv --out out/trip
+    fleet-sim eta-days --seeds 1000-1059 --trip bus1.csv bus2.csv --out out/eta-days
+    fleet-sim demo --speed 60
 
 ``play`` prints where to connect (``pty: /dev/pts/N linked at LINK``, ``tcp: HOST:PORT``
 or ``file: PATH``) on stdout as its first line, at once, so a script can wait for it;
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from simulator.epoch import RATES_HZ, TALKERS, Talker
 from simulator.errors import ConfigError, SimulatorError
+from simulator.eta_days import DEFAULT_SIM_STOPS, parse_seeds, write_days
 from simulator.gnss_errors import OutageWindow
 from simulator.live import LiveView
 from simulator.manifest import DEFAULT_DEVICE_ID, build_manifest
@@ -293,7 +296,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--device-id", default=DEFAULT_DEVICE_ID, help=f"the van (default {DEFAULT_DEVICE_ID})"
     )
     trip.set_defaults(handler=_cmd_trip)
+
+    days = commands.add_parser(
+        "eta-days",
+        help="write days for ETA training: generated days and real trips (fleet-ingest "
+        "train-eta --days reads them)",
+    )
+    days.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=[],
+        metavar="SEEDS",
+        help="simulator days, e.g. 1000-1059 or 1,5,9-12 (the shipped model's: 1000-1059)",
+    )
+    days.add_argument(
+        "--stops", type=int, default=DEFAULT_SIM_STOPS, help="stops per simulator day (25)"
+    )
+    days.add_argument(
+        "--trip", type=Path, nargs="+", default=[], metavar="CSV", help="real trip CSVs"
+    )
+    days.add_argument("--jobs", type=int, default=2, help="processes for simulator days (2)")
+    days.add_argument("--out", type=Path, required=True, help="directory of day directories")
+    days.set_defaults(handler=_cmd_eta_days)
     return parser
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return parse_seeds(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,6 +406,25 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         talker=args.talker,
     )
     print(f"trace {args.csv}: {summary.line(args.out, args.rate_hz)}")
+    return 0
+
+
+def _cmd_eta_days(args: argparse.Namespace) -> int:
+    if not args.seeds and not args.trip:
+        raise ConfigError("nothing to write: give --seeds and/or --trip")
+
+    def progress(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    written = write_days(
+        args.out,
+        seeds=args.seeds,
+        n_stops=args.stops,
+        trips=args.trip,
+        jobs=args.jobs,
+        progress=progress,
+    )
+    print(f"eta-days: {len(written)} days -> {args.out}")
     return 0
 
 

@@ -1,16 +1,21 @@
-"""``fleet-sim demo``: one simulated van day, end to end, on this machine.
+"""``fleet-sim demo``: one simulated van day, end to end, on this machine, as installed.
 
 1. A scenario (a generated town, its stops, GNSS noise, multipath, a tunnel) is written
    as an NMEA log, the day's manifest and the driver's scan log.
 2. A private Mosquitto starts on a free port.
-3. Ingest: a SQLite database, the van enrolled with its public key, one worker on the
-   shared subscription.
-4. The agent (the real one: geofences, PODs, durable outbox, MQTT uplink) plays the day
-   at ``speed`` times real time, with the scans, until ingest has acknowledged
-   everything.
+3. Ingest, the real service: ``fleet-ingest device add`` enrolls the van's key, then
+   ``fleet-ingest serve`` runs its worker and HTTP API on a SQLite database.
+4. The agent, the real service: ``fleet-agent run`` plays the day at ``speed`` times
+   real time, with the scans (geofences, PODs, durable outbox, MQTT uplink), until
+   ingest has acknowledged everything.
 5. A backend-team subscriber prints the normalized stream (``fleetstream/v1/...``) as
    stops, PODs and exceptions are stored; a summary compares what the agent committed
-   with what ingest stored, and the detected arrivals with the simulator's truth.
+   (its exit line) with what ingest stored and acknowledged (its HTTP API and metrics),
+   and the detected arrivals with the simulator's truth.
+
+The demo drives both services as processes, as an installer runs them: it imports
+neither, only the contract they share (keys, topics, the telemetry batch it measures on
+the wire).
 """
 
 from __future__ import annotations
@@ -18,25 +23,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import signal
+import sys
 import tempfile
-from dataclasses import dataclass
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiomqtt
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from cloud_ingest.store.sqlite import SqliteStore
-from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.agent import Agent, AgentConfig
-from firmware_agent.contract.keys import load_or_create_device_key
-from firmware_agent.uplink.mqtt import UplinkConfig
-from simulator.broker import Mosquitto
+from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.keys import load_or_create_device_key, public_key_pem
+from firmware_agent.contract.telemetry import decode_batch
+from firmware_agent.contract.topics import STREAM_ROOT, status_topic, uplink_topic
+from simulator.broker import Mosquitto, free_port
+from simulator.errors import SimulatorError
 from simulator.scenario import ScenarioConfig, generate
 from simulator.scenario_dir import write_scenario_dir
 
 DEVICE_ID = "van-0001"
+BIN = Path(sys.executable).parent
+# "fleet-agent run: 3602 fixes, 31 scans; committed telemetry=310 events=52 pod=17"
+_COMMITTED = re.compile(r"committed telemetry=(\d+) events=(\d+) pod=(\d+)")
+_ROWS = re.compile(r'^fleet_ingest_rows\{table="(\w+)"\} ([0-9.e+]+)$', re.MULTILINE)
+_PODS = re.compile(r'^fleet_ingest_pods\{chain_status="(\w+)"\} ([0-9.e+]+)$', re.MULTILINE)
+
+
+class DemoError(SimulatorError, RuntimeError):
+    """A service of the demo failed; the message says which and where its log is."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,18 +68,48 @@ class DemoConfig:
     timeout_s: float = 900.0
 
 
-async def _watch(port: int, out: TextIO, ready: asyncio.Event) -> None:
-    """What a backend team sees: the normalized stream, one line per stop event/POD."""
-    async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend") as client:
-        await client.subscribe("fleetstream/v1/+/event", qos=1)
-        await client.subscribe("fleetstream/v1/+/pod", qos=1)
-        ready.set()
-        async for message in client.messages:
-            if not isinstance(message.payload, bytes):
-                continue
-            for m in json.loads(message.payload)["records"]:
-                out.write(_stream_line(m))
-            out.flush()
+@dataclass
+class Backend:
+    """What a backend team sees on the broker: the stream, the van's status, and (for
+    the summary) the telemetry the van put on the wire."""
+
+    out: TextIO
+    kinds: Counter[str] = field(default_factory=Counter)
+    status_health: dict[str, Any] = field(default_factory=dict)
+    telemetry_bytes: int = 0
+    telemetry_fixes: int = 0
+    telemetry_batches: int = 0
+
+    async def watch(self, port: int, ready: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend") as client:
+            for kind in ("event", "pod"):
+                await client.subscribe(f"{STREAM_ROOT}/+/{kind}", qos=1)
+            await client.subscribe(status_topic(DEVICE_ID), qos=1)
+            await client.subscribe(uplink_topic(DEVICE_ID, "telemetry"), qos=1)
+            ready.set()
+            async for message in client.messages:
+                if isinstance(message.payload, bytes):
+                    self._take(str(message.topic), message.payload)
+
+    def _take(self, topic: str, payload: bytes) -> None:
+        leaf = topic.rsplit("/", 1)[-1]
+        if leaf == "telemetry":
+            try:
+                batch = decode_batch(payload)
+            except CodecError:
+                return
+            self.telemetry_bytes += len(payload)
+            self.telemetry_fixes += len(batch.points)
+            self.telemetry_batches += 1
+            return
+        doc = json.loads(payload)
+        if leaf == "status":
+            self.status_health = doc.get("health") or self.status_health
+            return
+        for m in doc["records"]:
+            self.kinds[m.get("type", "pod")] += 1
+            self.out.write(_stream_line(m))
+        self.out.flush()
 
 
 def _stream_line(m: dict[str, Any]) -> str:
@@ -84,10 +134,56 @@ def _truth(path: Path) -> dict[str, datetime]:
     return {s["id"]: datetime.fromisoformat(s["arrival"]) for s in stops}
 
 
+def _route_id(manifest: Path) -> str:
+    route_id: str = json.loads(manifest.read_text())["route_id"]
+    return route_id
+
+
+async def _run(argv: list[str], log: Path, what: str) -> str:
+    """Run a command to its end; its stderr and stdout go to ``log``, stdout is returned.
+    :class:`DemoError` if it fails."""
+    with log.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=err
+        )
+        out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    with log.open("a") as f:
+        f.write(text)
+    if proc.returncode != 0:
+        raise DemoError(f"{what} failed (exit {proc.returncode}):\n{_tail(log)}")
+    return text
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    """The end of a service's log, for an error message (the log may be in a temporary
+    directory that is gone once the demo stops)."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own localhost)
+        body: bytes = response.read()
+    return body.decode()
+
+
+async def _until_healthy(url: str, service: asyncio.subprocess.Process, log: Path) -> None:
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        if service.returncode is not None:
+            raise DemoError(f"fleet-ingest serve exited ({service.returncode}):\n{_tail(log)}")
+        with contextlib.suppress(OSError):
+            if json.loads(await asyncio.to_thread(_get, url + "/health"))["status"] == "ok":
+                return
+        await asyncio.sleep(0.2)
+    raise DemoError(f"fleet-ingest serve did not become healthy in 60 s:\n{_tail(log)}")
+
+
 async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
     """Run the day; returns the summary figures (also printed to ``out``)."""
     with contextlib.ExitStack() as stack:
         work = config.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
         day = work / "day"
         scenario = generate(ScenarioConfig(seed=config.seed, n_stops=config.stops, talker="GN"))
         summary = write_scenario_dir(scenario, day, device_id=DEVICE_ID)
@@ -96,62 +192,102 @@ async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
         van.mkdir(parents=True, exist_ok=True)
         (van / "manifest.json").write_bytes((day / "manifest.json").read_bytes())
         key = await asyncio.to_thread(load_or_create_device_key, van / "device.key")
-        public_key = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        (work / "van.pub.pem").write_bytes(public_key_pem(key.public_key()))
         broker = stack.enter_context(Mosquitto(work / "broker"))
         out.write(f"broker: mosquitto on 127.0.0.1:{broker.port}\n")
-        async with SqliteStore(work / "ingest.db") as store:
-            await store.migrate()
-            await store.register_device(DEVICE_ID, public_key)
-            worker = IngestWorker(store, WorkerConfig(port=broker.port))
-            agent = Agent(
-                AgentConfig(
-                    state_dir=van,
-                    uplink=UplinkConfig(device_id=DEVICE_ID, port=broker.port),
-                    nmea_file=day / "nmea.log",
-                    scans_file=day / "scans.jsonl",
-                    speed=config.speed,
-                    exit_when_drained=True,
-                )
-            )
-            out.write(
-                f"agent: {DEVICE_ID} plays the day at {config.speed:g}x "
-                f"({summary.duration_s / 60 / max(config.speed, 1e-9):.1f} min); "
-                "the backend's stream as ingest stores it:\n"
-            )
-            ready = asyncio.Event()
-            async with asyncio.timeout(config.timeout_s):
-                tasks = [
-                    asyncio.create_task(worker.run(), name="ingest"),
-                    asyncio.create_task(_watch(broker.port, out, ready), name="backend"),
-                ]
-                try:
-                    await worker.connected.wait()
-                    await ready.wait()
-                    await agent.run()
-                    await asyncio.sleep(0.5)  # the last republished lines
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            figures = await _summary(store, agent, day, out)
-    return figures
+        http_port = free_port()
+        ingest_toml = work / "ingest.toml"
+        ingest_toml.write_text(
+            f'[database]\nurl = "sqlite:///{work / "ingest.db"}"\n'
+            f'[mqtt]\nport = {broker.port}\nclient_id = "demo-ingest"\n'
+            f"[http]\nport = {http_port}\n",
+            encoding="utf-8",
+        )
+        ingest = [str(BIN / "fleet-ingest")]
+        await _run(
+            [*ingest, "device", "add", DEVICE_ID, "--pubkey", str(work / "van.pub.pem"),
+             "--config", str(ingest_toml)],
+            work / "ingest.log",
+            "fleet-ingest device add",
+        )  # fmt: skip
+        return await _serve_and_drive(config, work, broker.port, http_port, summary, out)
 
 
-async def _summary(store: SqliteStore, agent: Agent, day: Path, out: TextIO) -> dict[str, Any]:
-    counts = await store.counts()
-    acks = await store.acks(DEVICE_ID)
-    committed = agent.counts.records
-    stored = {"telemetry": counts.positions, "events": counts.stop_events, "pod": counts.pods}
-    truth = _truth(day / "stops.json")
-    route_id = json.loads((day / "manifest.json").read_text())["route_id"]
-    arrivals = {e.stop_id: e.time for e in await store.arrivals(route_id=route_id)}
+async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order)
+    config: DemoConfig,
+    work: Path,
+    broker_port: int,
+    http_port: int,
+    summary: Any,
+    out: TextIO,
+) -> dict[str, Any]:
+    api = f"http://127.0.0.1:{http_port}"
+    ingest_log = work / "ingest.log"
+    with ingest_log.open("ab") as log:
+        service = await asyncio.create_subprocess_exec(
+            str(BIN / "fleet-ingest"), "serve", "--config", str(work / "ingest.toml"),
+            stdout=log, stderr=log,
+        )  # fmt: skip
+    backend = Backend(out)
+    ready = asyncio.Event()
+    watcher = asyncio.create_task(backend.watch(broker_port, ready), name="demo-backend")
+    try:
+        await _until_healthy(api, service, ingest_log)
+        async with asyncio.timeout(10):
+            await ready.wait()
+        out.write(
+            f"ingest: fleet-ingest serve on SQLite, API on {api}\n"
+            f"agent: {DEVICE_ID} plays the day at {config.speed:g}x "
+            f"({summary.duration_s / 60 / max(config.speed, 1e-9):.1f} min); "
+            "the backend's stream as ingest stores it:\n"
+        )
+        agent_log = work / "agent.log"
+        day = work / "day"
+        async with asyncio.timeout(config.timeout_s):
+            await _run(
+                [str(BIN / "fleet-agent"), "run", "--config", os.devnull,
+                 "--device-id", DEVICE_ID, "--state-dir", str(work / "van"),
+                 "--mqtt-port", str(broker_port), "--nmea-file", str(day / "nmea.log"),
+                 "--scans-file", str(day / "scans.jsonl"), "--speed", str(config.speed),
+                 "--exit-when-drained"],
+                agent_log,
+                "fleet-agent run",
+            )  # fmt: skip
+        await asyncio.sleep(0.5)  # the last republished lines
+        return await _summary(api, backend, day, agent_log, out)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        if service.returncode is None:
+            service.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(20):
+                    await service.wait()
+            except TimeoutError:
+                service.kill()
+                await service.wait()
+
+
+async def _summary(
+    api: str, backend: Backend, day: Path, agent_log: Path, out: TextIO
+) -> dict[str, Any]:
+    found = _COMMITTED.search(await asyncio.to_thread(agent_log.read_text, errors="replace"))
+    if found is None:
+        raise DemoError(f"the agent's summary line is missing:\n{_tail(agent_log)}")
+    committed = dict(zip(("telemetry", "events", "pod"), map(int, found.groups()), strict=True))
+    metrics = await asyncio.to_thread(_get, api + "/metrics")
+    rows = {table: int(float(n)) for table, n in _ROWS.findall(metrics)}
+    pods = {status: int(float(n)) for status, n in _PODS.findall(metrics)}
+    stored = {"telemetry": rows["positions"], "events": rows["stop_events"], "pod": rows["pods"]}
+    gaps = json.loads(await asyncio.to_thread(_get, f"{api}/v1/devices/{DEVICE_ID}/gaps"))
+    acks: dict[str, int] = gaps["acks"]
+    truth = await asyncio.to_thread(_truth, day / "stops.json")
+    route_id = await asyncio.to_thread(_route_id, day / "manifest.json")
+    arrived = json.loads(await asyncio.to_thread(_get, f"{api}/v1/routes/{route_id}/arrivals"))
+    arrivals = {a["stop_id"]: datetime.fromisoformat(a["time"]) for a in arrived}
     errors_s = [(arrivals[s] - t).total_seconds() for s, t in truth.items() if s in arrivals]
-    uplink = agent.uplink
-    assert uplink is not None
     bytes_per_fix = (
-        uplink.counts.payload_bytes["telemetry"] / uplink.counts.fixes_sent
-        if uplink.counts.fixes_sent
-        else 0.0
+        backend.telemetry_bytes / backend.telemetry_fixes if backend.telemetry_fixes else 0.0
     )
     out.write("\nsummary\n")
     out.write(f"  {'stream':<10} {'committed':>9} {'stored':>7} {'acked seq':>9}\n")
@@ -161,17 +297,16 @@ async def _summary(store: SqliteStore, agent: Agent, day: Path, out: TextIO) -> 
     out.write(
         f"  arrivals: {len(arrivals)} of {len(truth)} stops detected, "
         f"median error {median_s:+.1f} s (detected - true)\n"
-        f"  PODs: {counts.pods} stored, chain pending {counts.pods_pending}, "
-        f"broken {counts.pods_broken}; quarantined messages: {counts.quarantined}\n"
+        f"  PODs: {rows['pods']} stored, chain pending {pods.get('pending', 0)}, "
+        f"broken {pods.get('broken', 0)}; quarantined messages: {rows['quarantine']}\n"
         f"  telemetry on the wire: {bytes_per_fix:.1f} bytes per fix "
-        f"({uplink.counts.fixes_sent} fixes in {uplink.counts.published['telemetry']} batches)\n"
+        f"({backend.telemetry_fixes} fixes in {backend.telemetry_batches} batches)\n"
     )
-    tracker = agent.pipeline.eta_tracker if agent.pipeline is not None else None
-    if tracker is not None:
-        health = agent.health()
+    health = backend.status_health
+    if health.get("eta_model") not in (None, "off"):
         out.write(
             f"  ETAs: {health.get('eta_model')} on {health.get('eta_backend')}: "
-            f"{tracker.counts['eta']} eta and {tracker.counts['late_risk']} late_risk events\n"
+            f"{backend.kinds['eta']} eta and {backend.kinds['late_risk']} late_risk events\n"
         )
     ok = committed == stored and all(acks[s] == committed[s] for s in committed)
     out.write(f"  {'OK: every record stored exactly once' if ok else 'MISMATCH'}\n")
@@ -181,7 +316,7 @@ async def _summary(store: SqliteStore, agent: Agent, day: Path, out: TextIO) -> 
         "acks": acks,
         "arrivals": len(arrivals),
         "stops": len(truth),
-        "quarantined": counts.quarantined,
+        "quarantined": rows["quarantine"],
         "bytes_per_fix": bytes_per_fix,
         "ok": ok,
     }

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from firmware_agent.contract.fix import FixMode
+from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.contract.geo import haversine_m
 
 Talker = Literal["GP", "GN"]
@@ -90,6 +90,31 @@ class Epoch:
     def has_fix(self) -> bool:
         """Whether the receiver reports a position this epoch."""
         return self.reported_lat is not None and self.reported_lon is not None
+
+    def fix(self, talker: Talker) -> Fix:
+        """What the receiver reports this epoch, as the van's decoder makes it of the
+        NMEA (:mod:`simulator.nmea_writer`): the reported position, speed, course and
+        altitude, the mode, GGA's quality (1 with a fix, else 0), the DOPs, the
+        satellites used and in view, at full resolution (the NMEA rounds them)."""
+        t = self.time
+        midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return Fix(
+            time=t,
+            tod_s=(t - midnight).total_seconds(),
+            lat=self.reported_lat,
+            lon=self.reported_lon,
+            speed_mps=self.reported_speed_mps,
+            course_deg=self.reported_course_deg,
+            alt_m=self.reported_alt_m,
+            mode=self.mode,
+            quality=1 if self.has_fix else 0,
+            hdop=self.hdop,
+            pdop=self.pdop,
+            vdop=self.vdop,
+            sats_used=self.sats_used,
+            sats_view=len(self.satellites),
+            talker=talker if self.has_fix else "",  # the talker of the position
+        )
 
     @property
     def horizontal_error_m(self) -> float:

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -99,6 +100,8 @@ def test_each_record_round_trips_and_fits_its_envelope_schema(record: JsonRecord
     assert doc["type"] == record.type
     decoded = type(record).from_json(doc)
     assert decoded.to_json() == doc
+    # Made at wire resolution: the van's record is the one ingest decodes.
+    assert decoded == record
     if not isinstance(record, PodRecord):
         assert decode_event(doc) == decoded
     # Its stored bytes are its JSON; framed, they fit the schema of its stream.
@@ -117,6 +120,12 @@ def test_values_cross_at_wire_resolution() -> None:
     assert EXAMPLES[1].to_json()["dwell_s"] == 31.5
     decoded = Arrival.from_json(arrival)
     assert decoded.time == T0.replace(microsecond=123000)
+    # A record holds its values so from the start; a time in another zone becomes UTC.
+    assert EXAMPLES[0].time == decoded.time
+    assert (EXAMPLES[0].lat, EXAMPLES[1].dwell_s) == (48.1372123, 31.5)  # type: ignore[attr-defined]
+    paris = Halt(time=T0.astimezone(ZoneInfo("Europe/Paris")), detected_at=T1, lat=1.0, lon=2.0)
+    assert paris.time.tzinfo is UTC
+    assert paris == Halt(time=T0, detected_at=T1, lat=1.0, lon=2.0)
     # Optional fields the van has no value for are left out, not null ...
     unreadable = EXAMPLES[7].to_json()
     assert set(unreadable) == {"type", "time", "reason", "raw", "source", "error"}

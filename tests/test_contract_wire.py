@@ -48,6 +48,7 @@ from firmware_agent.contract.telemetry import (
     frame_batch,
     is_historical,
 )
+from firmware_agent.contract.times import format_utc
 from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAM_KINDS,
@@ -229,9 +230,12 @@ def test_the_point_of_a_fix_and_of_fixes_without_time_or_position() -> None:
     assert bare is not None
     assert decode_point(encode_point(bare)) == bare
     # A point is at wire resolution from the start: what the van stores is what decodes.
-    fine = TelemetryPoint.from_fix(fix._replace(time=T0 + timedelta(microseconds=1500)))
+    # Its time is cut to the millisecond as every time of the contract is (format_utc):
+    # a point and an event made from the same fix say the same millisecond.
+    fine = TelemetryPoint.from_fix(fix._replace(time=T0 + timedelta(microseconds=1999)))
     assert fine is not None
-    assert fine.time == T0 + timedelta(milliseconds=2)
+    assert fine.time == T0 + timedelta(milliseconds=1)
+    assert format_utc(fine.time) == format_utc(T0 + timedelta(microseconds=1999))
     assert decode_point(encode_point(fine)) == fine
 
 
@@ -244,8 +248,11 @@ def test_the_stored_point_is_lossless_at_wire_resolution(r: TelemetryPoint) -> N
     assert encode_point(q) == stored
     assert at_wire_resolution(q) == q
     assert TelemetryPoint.from_json(q.to_json()) == q
-    # Within half a unit of the wire resolution of what went in.
-    assert abs((q.time - r.time).total_seconds()) <= 0.0005
+    # The fix a point stands for makes that point again (ingest trains on stored points).
+    assert TelemetryPoint.from_fix(q.to_fix()) == q
+    # Within half a unit of the wire resolution of what went in; the time cut to the
+    # millisecond below it, as format_utc cuts every time of the contract.
+    assert timedelta(0) <= r.time - q.time < timedelta(milliseconds=1)
     assert abs(q.lat - r.lat) <= 0.5e-7 + 1e-12
     assert abs(q.lon - r.lon) <= 0.5e-7 + 1e-12
     assert q.time.tzinfo is UTC

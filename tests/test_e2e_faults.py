@@ -228,7 +228,8 @@ async def _last_run(state: Path, day: Day, port: int) -> None:
             stderr=log,
         )
         try:
-            rc = await asyncio.wait_for(proc.wait(), timeout=60)
+            async with asyncio.timeout(60):
+                rc = await proc.wait()
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -469,7 +470,8 @@ class IngestProc:
 
     async def line(self, timeout_s: float = 30.0) -> str:
         assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            raw = await self.proc.stdout.readline()
         assert raw, f"ingest_proc ended (rc {self.proc.returncode})"
         return raw.decode().strip()
 

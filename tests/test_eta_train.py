@@ -1,5 +1,6 @@
-"""Training the ETA model: rows from simulator days and from ingest's history, numpy
-training, the exported .tflite file, ``fleet-ingest train-eta`` and the shipped model.
+"""Training the ETA model: rows from the days the simulator writes and from ingest's
+history, numpy training, the exported .tflite file, ``fleet-ingest train-eta`` and the
+shipped model.
 
 The rows are checked against the simulator's truth directly (labels to the microsecond,
 only unserved stops); the trained model must beat the baseline on held-out days of a
@@ -25,8 +26,7 @@ from cloud_ingest.eta.dataset import (
     EtaDataset,
     build_dataset,
     day_rows,
-    simulator_dataset,
-    simulator_day,
+    read_days,
     store_days,
 )
 from cloud_ingest.eta.tflite_export import mlp_forward
@@ -56,6 +56,8 @@ from firmware_agent.eta.models import default_model_bytes, default_training_reco
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.van import VanPipeline
+from simulator.cli import main as sim_main
+from simulator.eta_days import simulator_day, write_days
 
 MAX_ABS_ERROR = 1e-4
 DEVICE = "van-0007"
@@ -76,9 +78,12 @@ def tiny_day() -> Day:
 
 
 @pytest.fixture(scope="module")
-def small_set() -> EtaDataset:
-    """Twelve simulator days of eight stops (seeds never used elsewhere in this file)."""
-    return simulator_dataset(range(300, 312), n_stops=8, jobs=2)
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> EtaDataset:
+    """Twelve simulator days of eight stops (seeds never used elsewhere in this file),
+    written by the simulator and read back as training reads them."""
+    out = tmp_path_factory.mktemp("days")
+    write_days(out, seeds=range(300, 312), n_stops=8, jobs=2)
+    return build_dataset(read_days([out]))
 
 
 # -- rows ---------------------------------------------------------------------------------
@@ -290,6 +295,8 @@ def test_train_eta_end_to_end_writes_a_model_the_agent_loads(
 ) -> None:
     db = tmp_path / "ingest.sqlite3"
     _fill_store(db, simulator_day(12, n_stops=3))
+    days = tmp_path / "days"
+    assert sim_main(["eta-days", "--seeds", "401-403", "--stops", "3", "--out", str(days)]) == 0
     out, record = tmp_path / "model.tflite", tmp_path / "model.json"
     code = ingest_main(
         [
@@ -297,14 +304,10 @@ def test_train_eta_end_to_end_writes_a_model_the_agent_loads(
             "--database-url",
             f"sqlite:///{db}",
             "--from-store",
-            "--sim-seeds",
-            "401-403",
-            "--sim-stops",
-            "3",
+            "--days",
+            str(days),
             "--epochs",
             "2",
-            "--jobs",
-            "1",
             "--model-version",
             "eta-test-1",
             "--out",
@@ -320,20 +323,22 @@ def test_train_eta_end_to_end_writes_a_model_the_agent_loads(
     predictor = EtaPredictor.load(out.read_bytes())
     assert predictor.model_version == "eta-test-1"
     saved = json.loads(record.read_text(encoding="utf-8"))
-    assert saved["sources"]["simulator"]["seeds"] == "401-403"
+    assert saved["sources"]["days"]["days"] == ["sim-401", "sim-402", "sim-403"]
     assert saved["sources"]["store"]["routes"] == 1
+    assert saved["command"].startswith(f"fleet-ingest train-eta --days {days} ")
     assert json.loads(read_metadata(out.read_bytes())["training"]) == saved
 
 
 def test_train_eta_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "m.tflite")
-    assert ingest_main(["train-eta", "--sim-seeds", "none", "--out", out]) == 2
+    assert ingest_main(["train-eta", "--out", out]) == 2
     assert "nothing to learn from" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        ingest_main(["train-eta", "--sim-seeds", "5-1", "--out", out])
-    assert exc.value.code == 2
+    # A path with no day in it is a mistake, not an empty training set.
+    assert ingest_main(["train-eta", "--days", str(tmp_path), "--out", out]) == 2
+    assert "no day here" in capsys.readouterr().err
     # One day cannot be split into training and validation days: the command fails.
-    assert ingest_main(["train-eta", "--sim-seeds", "9", "--sim-stops", "2", "--out", out]) == 1
+    write_days(tmp_path / "one", seeds=[9], n_stops=2)
+    assert ingest_main(["train-eta", "--days", str(tmp_path / "one"), "--out", out]) == 1
     assert "two days" in capsys.readouterr().err
 
 

@@ -745,7 +745,8 @@ def test_health_and_metrics_with_a_live_worker(make_store: StoreFactory, tmp_pat
         await api.enroll(van)
         task = asyncio.create_task(worker.run())
         try:
-            await asyncio.wait_for(worker.connected.wait(), 10)
+            async with asyncio.timeout(10):
+                await worker.connected.wait()
             r = await c.get("/health")
             assert (r.status_code, r.json()["status"]) == (200, "ok")
 
@@ -761,7 +762,8 @@ def test_health_and_metrics_with_a_live_worker(make_store: StoreFactory, tmp_pat
                 for topic, payload in messages:
                     worker.stored.clear()
                     await mqtt.publish(topic, payload, qos=1)
-                    await asyncio.wait_for(worker.stored.wait(), 10)
+                    async with asyncio.timeout(10):
+                        await worker.stored.wait()
 
             text = (await c.get("/metrics")).text
             w = {"worker": "api-test-1"}

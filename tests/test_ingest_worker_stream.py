@@ -54,7 +54,8 @@ def test_a_dead_workers_stream_messages_are_published_once_by_another(tmp_path: 
             )
             task = asyncio.create_task(worker.run(), name="ingest")
             try:
-                await asyncio.wait_for(worker.connected.wait(), 10)
+                async with asyncio.timeout(10):
+                    await worker.connected.wait()
                 await asyncio.sleep(0.8)
                 # Still within the dead worker's lease: not taken over yet.
                 assert watcher.fleetstream("position") == []
@@ -89,7 +90,8 @@ def test_published_messages_leave_the_outbox_when_no_batch_follows(tmp_path: Pat
             )
             task = asyncio.create_task(worker.run(), name="ingest")
             try:
-                await asyncio.wait_for(worker.connected.wait(), 10)
+                async with asyncio.timeout(10):
+                    await worker.connected.wait()
                 fix = TelemetryPoint(
                     time=T0, lat=48.1, lon=11.5, mode=3, speed_mps=3.5, sats_used=9
                 )

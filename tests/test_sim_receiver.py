@@ -132,15 +132,18 @@ def test_tcp_clients_each_get_the_stream() -> None:
             assert tcp.write(b"nobody listens\r\n") == 0
             first = await asyncio.open_connection("127.0.0.1", tcp.port)
             second = await asyncio.open_connection("127.0.0.1", tcp.port)
-            await asyncio.wait_for(tcp.wait_for_client(2), 2.0)
+            async with asyncio.timeout(2.0):
+                await tcp.wait_for_client(2)
             assert tcp.clients == 2
             stats = await play(chunks, tcp, speedup=None)
             assert stats.bytes_written == len(expected)
             for reader, _ in (first, second):
-                assert await asyncio.wait_for(reader.readexactly(len(expected)), 5.0) == expected
+                async with asyncio.timeout(5.0):
+                    assert await reader.readexactly(len(expected)) == expected
         # Closing the receiver disconnects the clients.
         for reader, writer in (first, second):
-            assert await asyncio.wait_for(reader.read(), 2.0) == b""
+            async with asyncio.timeout(2.0):
+                assert await reader.read() == b""
             writer.close()
         assert tcp.dropped_bytes == len(b"nobody listens\r\n")
 

@@ -313,3 +313,29 @@ def test_cancelling_the_uplink_stops_it_even_when_a_child_fails_meanwhile(
 
     with Mosquitto(tmp_path / "broker") as broker:
         asyncio.run(main(broker))
+
+
+def test_the_sender_stops_when_cancelled_as_the_outbox_changes(tmp_path: Path) -> None:
+    # Python 3.11's asyncio.wait_for swallows a cancellation that lands in the tick its
+    # awaited event fires (CPython gh-86296): the sender then looped on, and the agent
+    # never stopped (seen once in ~30 runs of the ETA end-to-end test on a loaded
+    # machine). Cancel it at every tick offset around the outbox's change.
+    async def main(broker: Mosquitto) -> None:
+        async with (
+            AsyncOutbox(tmp_path / "outbox.db") as outbox,
+            aiomqtt.Client("127.0.0.1", broker.port) as client,
+        ):
+            uplink = Uplink(UplinkConfig(device_id=DEVICE, port=broker.port), outbox)
+            for ticks in range(8):
+                sender = asyncio.create_task(uplink._send(client), name="uplink-send")
+                await asyncio.sleep(0.05)  # asleep on the outbox
+                outbox.changed.set()
+                for _ in range(ticks):
+                    await asyncio.sleep(0)
+                sender.cancel()
+                done, _ = await asyncio.wait([sender], timeout=3)
+                assert done, f"the sender swallowed a cancellation {ticks} ticks after a change"
+                assert sender.cancelled()
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        asyncio.run(main(broker))

@@ -1,7 +1,8 @@
 """Training rows for the ETA model: simulator days, real trips and ingest's history.
 
-Every source becomes a :class:`Day` (the manifest the van drove, the fixes it saw in
-time order, and when each stop was really reached) and every day goes through the same
+Every source becomes a :class:`Day` (the contract's :class:`~firmware_agent.contract.
+eta_days.EtaDay`: the manifest the van drove, the fixes it saw in time order, and when
+each stop was really reached) and every day goes through the same
 pure core, :func:`day_rows`, which plays the fixes the way the agent does: each fix
 into :class:`~firmware_agent.contract.eta_features.SpeedHistory`, each position through
 :meth:`~firmware_agent.contract.eta_features.RoutePlan.project`, and every ``sample_every_s``
@@ -22,32 +23,26 @@ Which stops are served at a sample time
     within seconds, see bench/arrivals.py) and keeps detection errors out of the labels.
 
 Sources
-    - :func:`simulator_day`: a generated day (:func:`sim_day_plan`: the seed also draws
-      the start time and weekday, and whether the manifest keeps its windows and stop
-      types), rendered to NMEA and decoded by the agent's own decoder, as
-      ``bench/arrivals.py`` does: the noisy receiver output, jumps and outages
-      included. The labels are the simulator's true arrivals.
-    - :func:`trip_day`: a recorded position CSV (the Liverpool bus runs), its stops
-      where the vehicle really halted (:func:`simulator.trips.find_dwells`, the manifest
-      of :func:`simulator.trips.trip_manifest`), interpolated to 1 Hz and decoded like
-      a simulated day. The labels are the first sample of each halt.
+    - :func:`read_days`: day directories the simulator wrote (``fleet-sim eta-days``:
+      generated days, with their noisy receiver output, jumps and outages, and real
+      trips, with their stops where the vehicle really halted), in the contract's
+      format (:mod:`firmware_agent.contract.eta_days`). The labels are the simulator's
+      true arrivals, or the first sample of each real halt. Ingest reads what the
+      simulator wrote; it never runs the simulator or the van's NMEA decoder.
     - :func:`store_days`: ingest's stored history (:mod:`cloud_ingest.store`). The store
       keeps no manifests, so each route's stop list is rebuilt from its arrival events
       (first visit of each ``stop_id``, in arrival order, at the ``lat``/``lon`` where
       the van stood), every stop typed ``other`` with no parcels (neither is stored),
-      and the route is the stored track itself. The positions are the telemetry the
-      van sent (smart-sampled: every 5 s moving, 60 s parked), fed as they are; the
-      labels are the arrival events' ``time``. See :func:`store_days` for the limits.
-
-Simulator imports are deferred to the functions that need them: ``train-eta
---from-store`` runs on an ingest install without the simulator's extras.
+      and the route is the stored track itself. The positions are the telemetry points
+      the van sent (smart-sampled: every 5 s moving, 60 s parked), every field of
+      them, fed as they are; the labels are the arrival events' ``time``. See
+      :func:`store_days` for the limits.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_ingest.errors import ConfigError
+from firmware_agent.contract.eta_days import EtaDay, EtaDayError, day_directories, read_day
 from firmware_agent.contract.eta_features import (
     N_FEATURES,
     PlanPosition,
@@ -65,14 +61,11 @@ from firmware_agent.contract.eta_features import (
     eta_features,
 )
 from firmware_agent.contract.eta_model import NAIVE_COLUMN, log_ratio_target
-from firmware_agent.contract.fix import Fix, FixMode
-from firmware_agent.contract.manifest import Manifest, parse_manifest
+from firmware_agent.contract.manifest import parse_manifest
 from firmware_agent.contract.records import Arrival
-from firmware_agent.gnss.decoder import GnssDecoder
 
 if TYPE_CHECKING:
     from cloud_ingest.store.base import Position, StopEvent, Store
-    from simulator.scenario import ScenarioConfig
 
 SAMPLE_EVERY_S: Final = 30.0
 """How often a day is sampled: the agent's ETA update rate is higher, but rows 30 s
@@ -93,56 +86,13 @@ _ONE_US: Final = timedelta(microseconds=1)
 FloatArray = npt.NDArray[np.float64]
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``1000-1039``, ``1,5,9-12`` or ``none``: the seeds in the order given
-    (:class:`~cloud_ingest.errors.ConfigError`, a ``ValueError``, for anything else)."""
-    if text.strip().lower() in {"", "none"}:
-        return []
-    seeds: list[int] = []
-    for part in text.split(","):
-        first, sep, last = part.strip().partition("-")
-        try:
-            lo, hi = int(first), int(last) if sep else int(first)
-        except ValueError:
-            raise ConfigError(f"seeds must look like 1000-1039 or 1,5,9-12, got {text!r}") from None
-        if hi < lo:
-            raise ConfigError(f"empty seed range {part.strip()!r}")
-        seeds.extend(range(lo, hi + 1))
-    return seeds
-
-
-def format_seeds(seeds: Sequence[int]) -> str:
-    """``[1, 2, 3, 7]`` -> ``"1-3,7"``, the inverse of :func:`parse_seeds`."""
-    out: list[str] = []
-    i = 0
-    while i < len(seeds):
-        j = i
-        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
-            j += 1
-        out.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
 def _us(t: datetime) -> int:
     """Microseconds since the epoch: integer labels are exact to the microsecond."""
     return (t - _EPOCH) // _ONE_US
 
 
-@dataclass(frozen=True, slots=True)
-class Day:
-    """One day to learn from or evaluate on.
-
-    ``manifest`` is the plan the van had; ``fixes`` what it saw, in time order (fixes
-    without a time are skipped); ``arrivals`` when each stop was really reached (UTC-
-    aware). A stop missing from ``arrivals`` still counts as unserved in the features
-    but gives no rows (there is no label).
-    """
-
-    name: str
-    manifest: Manifest
-    fixes: Sequence[Fix]
-    arrivals: Mapping[str, datetime]
+Day = EtaDay
+"""One day to learn from (:class:`~firmware_agent.contract.eta_days.EtaDay`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,128 +247,14 @@ def build_dataset(days: Iterable[Day], *, sample_every_s: float = SAMPLE_EVERY_S
     return EtaDataset.concat(day_rows(d, sample_every_s=sample_every_s) for d in days)
 
 
-def decode_nmea(chunks: Iterable[bytes]) -> list[Fix]:
-    """The fixes the agent's decoder makes of an NMEA byte stream (its filters on)."""
-    decoder = GnssDecoder()
-    fixes: list[Fix] = []
-    for chunk in chunks:
-        fixes.extend(decoder.feed(chunk))
-    fixes.extend(decoder.flush())
-    return fixes
-
-
-# =====================================================================================
-# Simulator days and real trips
-# =====================================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class SimDay:
-    """What a simulator day is made of, all drawn from its seed (:func:`sim_day_plan`)."""
-
-    config: ScenarioConfig
-    windows: bool  # the manifest keeps its promised windows
-    stop_types: bool  # the manifest keeps its stop types (else every stop is "other")
-
-
-def sim_day_plan(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> SimDay:
-    """Simulator day ``seed``: its town, stops and receiver noise are the seed's, and so
-    are the variations a fleet's days have that one generated day lacks:
-
-    - the start, 05:00 to 19:00 UTC on any weekday (the simulator's traffic follows the
-      hour, and the model sees the time of day);
-    - one day in three without promised windows (not every customer gets one, and then
-      ``late_known`` is 0);
-    - one day in four with every stop typed ``other`` (a dispatch system that does not
-      say), so the model learns what an unknown type means rather than never seeing one;
-    - the talker (GPS alone or GPS + GLONASS), alternating.
-
-    The same seed always gives the same day.
-    """
-    from simulator.rng import stream as random_stream  # noqa: PLC0415 (module doc)
-    from simulator.scenario import DEFAULT_START, ScenarioConfig  # noqa: PLC0415
-
-    rng = random_stream("eta-day", seed)
-    day = DEFAULT_START.replace(hour=0, minute=0) + timedelta(days=rng.randrange(7))
-    start = day + timedelta(minutes=rng.randrange(5 * 60, 19 * 60))
-    config = ScenarioConfig(
-        seed=seed, n_stops=n_stops, start=start, rate_hz=1, talker="GN" if seed % 2 else "GP"
-    )
-    return SimDay(config, windows=rng.random() >= 1 / 3, stop_types=rng.random() >= 1 / 4)
-
-
-def simulator_day(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> Day:
-    """Simulator day ``seed`` (:func:`sim_day_plan`) as the agent sees it (module doc)."""
-    from simulator.manifest import build_manifest  # noqa: PLC0415 (module doc)
-    from simulator.nmea_writer import epoch_bytes  # noqa: PLC0415
-    from simulator.scenario import generate  # noqa: PLC0415
-
-    plan = sim_day_plan(seed, n_stops)
-    scenario = generate(plan.config)
-    doc = build_manifest(scenario, seed=seed)
-    for stop in doc["stops"]:
-        if not plan.windows:
-            stop.pop("window_start", None)
-            stop.pop("window_end", None)
-        if not plan.stop_types:
-            stop["type"] = "other"
-    fixes = decode_nmea(epoch_bytes(e, plan.config.talker) for e in scenario.epochs())
-    arrivals = {s.id: s.arrival for s in scenario.stops}
-    return Day(f"sim-{seed}", parse_manifest(doc), fixes, arrivals)
-
-
-def _sim_rows(seed: int, n_stops: int, sample_every_s: float) -> EtaDataset:
-    return day_rows(simulator_day(seed, n_stops), sample_every_s=sample_every_s)
-
-
-def simulator_dataset(
-    seeds: Sequence[int],
-    n_stops: int = DEFAULT_SIM_STOPS,
-    *,
-    sample_every_s: float = SAMPLE_EVERY_S,
-    jobs: int = 1,
-    progress: Callable[[str], None] | None = None,
-) -> EtaDataset:
-    """The rows of simulator days ``seeds``, in seed order, built in ``jobs`` processes
-    (a 25-stop day takes about 3 s of CPU: decoding its NMEA and projecting every fix).
-    The result does not depend on ``jobs``."""
-    seeds = list(seeds)
-    parts: list[EtaDataset] = []
-
-    def done(part: EtaDataset) -> None:
-        parts.append(part)
-        if progress is not None:
-            progress(f"simulator day {len(parts)}/{len(seeds)}: {len(part)} rows")
-
-    if jobs <= 1 or len(seeds) <= 1:
-        for seed in seeds:
-            done(_sim_rows(seed, n_stops, sample_every_s))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for part in pool.map(
-                _sim_rows, seeds, [n_stops] * len(seeds), [sample_every_s] * len(seeds)
-            ):
-                done(part)
-    return EtaDataset.concat(parts)
-
-
-def trip_day(csv_path: Path, *, name: str | None = None) -> Day:
-    """A recorded trip (``timestamp_utc,lat,lon`` CSV) as a day: stops where the vehicle
-    really halted, fixes at 1 Hz interpolated between the samples and decoded from NMEA,
-    exactly as ``fleet-sim trip`` writes it (:mod:`simulator.trips`).
-
-    Raises :class:`simulator.errors.TraceFileError` for a bad CSV.
-    """
-    from simulator.nmea_writer import epoch_bytes  # noqa: PLC0415 (module doc)
-    from simulator.trace import read_trace_csv, trace_epochs  # noqa: PLC0415
-    from simulator.trips import find_dwells, trip_manifest  # noqa: PLC0415
-
-    points = read_trace_csv(csv_path)
-    dwells = find_dwells(points)
-    manifest = parse_manifest(trip_manifest(points, dwells))
-    fixes = decode_nmea(epoch_bytes(e, "GP") for e in trace_epochs(points, rate_hz=1))
-    arrivals = {stop.id: dwell.arrival for stop, dwell in zip(manifest.stops, dwells, strict=True)}
-    return Day(name or csv_path.stem, manifest, fixes, arrivals)
+def read_days(paths: Iterable[Path]) -> list[Day]:
+    """The days in ``paths`` (day directories, or directories of them; see
+    :func:`~firmware_agent.contract.eta_days.day_directories`), in order.
+    :class:`~cloud_ingest.errors.ConfigError` naming the first that cannot be read."""
+    try:
+        return [read_day(d) for d in day_directories(paths)]
+    except (EtaDayError, OSError) as err:
+        raise ConfigError(f"training days: {err}") from err
 
 
 # =====================================================================================
@@ -426,25 +262,6 @@ def trip_day(csv_path: Path, *, name: str | None = None) -> Day:
 # =====================================================================================
 
 
-def position_fix(position: Position) -> Fix:
-    """A stored position as the fix the van had: the telemetry point carries every field
-    the ETA features read (it sent only fixes with a position)."""
-    point = position.point
-    t = point.time.astimezone(UTC)
-    midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
-    return Fix(
-        time=t,
-        tod_s=(t - midnight).total_seconds(),
-        lat=point.lat,
-        lon=point.lon,
-        speed_mps=point.speed_mps,
-        course_deg=point.course_deg,
-        alt_m=point.alt_m,
-        mode=FixMode(point.mode),
-        quality=point.quality,
-        hdop=point.hdop,
-        sats_used=point.sats_used,
-    )
 
 
 def store_route_day(
@@ -504,7 +321,8 @@ def store_route_day(
     return Day(
         f"store-{device_id}-{route_id}",
         parse_manifest(doc),
-        [position_fix(p) for p in track],
+        # A point carries every field the ETA features read.
+        [p.point.to_fix() for p in track],
         {e.stop_id: e.time for e in events},
     )
 

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, cast, get_args
 
 from cloud_ingest.errors import IngestError, StorageError
 from firmware_agent.contract.pod import pod_digest
@@ -250,6 +250,61 @@ def point_from_columns(time: datetime, columns: Sequence[Any]) -> TelemetryPoint
         hdop=hdop,
         sats_used=sats_used,
     )
+
+
+def pod_from_columns(time: datetime, row: Sequence[Any]) -> Pod:
+    """The POD stored as the columns both backends keep, in this order: device_id, seq,
+    historical, time (converted by the backend: ``time``), stop_id, parcel, pod_seq,
+    verdict, distance_m, jws, prev, chain_status."""
+    return Pod(
+        device_id=row[0],
+        seq=row[1],
+        historical=bool(row[2]),
+        record=PodRecord(
+            time=time,
+            stop_id=row[4],
+            parcel=row[5],
+            seq=row[6],
+            verdict=row[7],
+            distance_m=row[8],
+            jws=row[9],
+        ),
+        prev=row[10],
+        chain_status=cast(ChainStatus, row[11]),
+    )
+
+
+def check_enrollment(device_id: str, public_key: bytes) -> None:
+    """ValueError unless ``device_id`` may be enrolled with ``public_key`` (raw 32 bytes
+    of an Ed25519 key): what :meth:`Store.register_device` refuses before any SQL."""
+    if not is_device_id(device_id):
+        raise ValueError(f"invalid device_id {device_id!r}")
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+        raise ValueError("public_key must be the raw 32 bytes of an Ed25519 key")
+
+
+class StoreLifetime:
+    """``async with store:`` opens it and closes it, whatever the backend."""
+
+    __slots__ = ()
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 def event_json(event: StopEvent) -> str:

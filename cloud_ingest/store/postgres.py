@@ -27,16 +27,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import psycopg
 
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
-    PUBLIC_KEY_BYTES,
     STREAM_LEASE_S,
-    ChainStatus,
     Counts,
     Covered,
     Device,
@@ -48,13 +45,15 @@ from cloud_ingest.store.base import (
     Position,
     Quarantined,
     StopEvent,
+    StoreLifetime,
     StreamMessage,
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
+    check_enrollment,
     event_from_json,
     event_json,
-    is_device_id,
+    pod_from_columns,
     point_columns,
     point_from_columns,
     require_utc,
@@ -79,7 +78,6 @@ from cloud_ingest.store.plan import (
     write_plan,
 )
 from cloud_ingest.store.ranges import SeqRange, holes
-from firmware_agent.contract.records import PodRecord
 from firmware_agent.contract.topics import MAX_SEQ, STREAMS, Stream
 
 _Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -304,22 +302,7 @@ def _event(row: Sequence[Any]) -> StopEvent:
 
 
 def _pod(row: Sequence[Any]) -> Pod:
-    return Pod(
-        device_id=row[0],
-        seq=row[1],
-        historical=row[2],
-        record=PodRecord(
-            time=_utc(row[3]),
-            stop_id=row[4],
-            parcel=row[5],
-            seq=row[6],
-            verdict=row[7],
-            distance_m=row[8],
-            jws=row[9],
-        ),
-        prev=row[10],
-        chain_status=cast(ChainStatus, row[11]),
-    )
+    return pod_from_columns(_utc(row[3]), row)
 
 
 def _quarantined(row: Sequence[Any]) -> Quarantined:
@@ -334,7 +317,7 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-class PostgresStore:
+class PostgresStore(StoreLifetime):
     """:class:`~cloud_ingest.store.base.Store` on a PostgreSQL database (``dsn``: a
     libpq connection string or URI; the database must exist)."""
 
@@ -348,18 +331,6 @@ class PostgresStore:
     def __repr__(self) -> str:
         # The DSN may hold a password: show only where it points.
         return f"PostgresStore(<{len(self._dsn)}-character DSN>)"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         async with self._lock:
@@ -437,10 +408,7 @@ class PostgresStore:
         enabled: bool = True,
         replace_key: bool = False,
     ) -> Device:
-        if not is_device_id(device_id):
-            raise ValueError(f"invalid device_id {device_id!r}")
-        if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
-            raise ValueError("public_key must be the raw 32 bytes of an Ed25519 key")
+        check_enrollment(device_id, public_key)
         async with self._session() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.execute(
                 "INSERT INTO devices VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",

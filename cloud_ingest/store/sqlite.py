@@ -25,14 +25,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
-    PUBLIC_KEY_BYTES,
     STREAM_LEASE_S,
-    ChainStatus,
     Counts,
     Covered,
     Device,
@@ -44,13 +41,15 @@ from cloud_ingest.store.base import (
     Position,
     Quarantined,
     StopEvent,
+    StoreLifetime,
     StreamMessage,
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
+    check_enrollment,
     event_from_json,
     event_json,
-    is_device_id,
+    pod_from_columns,
     point_columns,
     point_from_columns,
     require_utc,
@@ -75,7 +74,6 @@ from cloud_ingest.store.plan import (
     write_plan,
 )
 from cloud_ingest.store.ranges import SeqRange, holes
-from firmware_agent.contract.records import PodRecord
 from firmware_agent.contract.topics import MAX_SEQ, STREAMS, Stream
 
 _T = TypeVar("_T")
@@ -263,22 +261,7 @@ def _event_row(e: StopEvent) -> tuple[Any, ...]:
 
 
 def _pod(row: Sequence[Any]) -> Pod:
-    return Pod(
-        device_id=row[0],
-        seq=row[1],
-        historical=bool(row[2]),
-        record=PodRecord(
-            time=_time(row[3]),
-            stop_id=row[4],
-            parcel=row[5],
-            seq=row[6],
-            verdict=row[7],
-            distance_m=row[8],
-            jws=row[9],
-        ),
-        prev=row[10],
-        chain_status=cast(ChainStatus, row[11]),
-    )
+    return pod_from_columns(_time(row[3]), row)
 
 
 def _pod_row(p: Pod) -> tuple[Any, ...]:
@@ -318,7 +301,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-class SqliteStore:
+class SqliteStore(StoreLifetime):
     """:class:`~cloud_ingest.store.base.Store` on one SQLite file (created if absent)."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
@@ -329,18 +312,6 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -409,10 +380,7 @@ class SqliteStore:
         enabled: bool = True,
         replace_key: bool = False,
     ) -> Device:
-        if not is_device_id(device_id):
-            raise ValueError(f"invalid device_id {device_id!r}")
-        if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
-            raise ValueError("public_key must be the raw 32 bytes of an Ed25519 key")
+        check_enrollment(device_id, public_key)
         now = datetime.now(UTC)
 
         def run(conn: sqlite3.Connection) -> Device:

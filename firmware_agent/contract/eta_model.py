@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import FEATURE_NAMES, FEATURES_VERSION
+from firmware_agent.contract.model_file import read_model
 
 OUTPUT_LOG_RATIO: Final = "log_ratio_plus60/1"
 OFFSET_S: Final = 60.0
@@ -55,3 +56,27 @@ def check_model_metadata(metadata: dict[str, str]) -> None:
         raise ModelError(f"model output {metadata.get('output')!r}, expected {OUTPUT_LOG_RATIO!r}")
     if not metadata.get("model_version"):
         raise ModelError("model has no model_version in its metadata")
+
+
+def check_model(model_bytes: bytes) -> dict[str, str]:
+    """Check a model file as a van does before it hands it to an interpreter: the file
+    (:func:`~.model_file.read_model`, bounds-checked), its metadata (for these features,
+    this output, with a version) and its shapes (one float input ``[batch,
+    N_FEATURES]``, one output ``[batch, >= 1]``). Returns its metadata;
+    :class:`ModelError` saying what is wrong. The van's trial invoke is the one check
+    this cannot make."""
+    model = read_model(model_bytes)
+    check_model_metadata(model.metadata)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(
+            f"the model must have one input and one output, has {len(model.inputs)} and "
+            f"{len(model.outputs)}"
+        )
+    (given,), (answer,) = model.inputs, model.outputs
+    if len(given) != 2 or given[1] != len(FEATURE_NAMES):
+        raise ModelError(
+            f"model takes input {list(given)}; the features are [batch, {len(FEATURE_NAMES)}]"
+        )
+    if len(answer) != 2 or answer[1] < 1:
+        raise ModelError(f"model gives output {list(answer)}; it must be [batch, n >= 1]")
+    return model.metadata

@@ -8,11 +8,15 @@ training shares with the van, read it. Its JSON form (:meth:`Fix.to_json`) is wh
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.times import format_utc, parse_utc
 
 
 class FixMode(IntEnum):
@@ -101,6 +105,71 @@ class Fix(NamedTuple):
             # The talker is two ASCII word characters (pynmea2's grammar): no escaping.
             f'"talker":{chr(34) + self.talker + chr(34) if self.talker else "null"}}}'
         )
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Fix:
+        """The fix of a :meth:`to_json_dict` object (a ``gnss decode`` line);
+        :class:`~.errors.CodecError` naming the field that is not one. ``tod_s``, which
+        the JSON leaves out, is the time of day of ``time`` (0 without a time)."""
+        time = None if obj.get("time") is None else parse_utc(obj["time"])
+        if obj.get("time") is not None and time is None:
+            raise CodecError(f"fix time must be an ISO 8601 UTC time, not {obj['time']!r:.40}")
+        mode = obj.get("mode", 0)
+        if not _is_int(mode) or not FixMode.UNKNOWN <= mode <= FixMode.FIX_3D:
+            raise CodecError(f"fix mode must be 0..3, not {mode!r:.20}")
+        talker = obj.get("talker")
+        if talker is not None and not (isinstance(talker, str) and _TALKER.fullmatch(talker)):
+            raise CodecError(f"fix talker must be two letters or digits, not {talker!r:.20}")
+        lat, lon = _float(obj, "lat"), _float(obj, "lon")
+        if (lat is None) != (lon is None):
+            raise CodecError("fix lat and lon go together")
+        tod_s = 0.0
+        if time is not None:
+            midnight = time.replace(hour=0, minute=0, second=0, microsecond=0)
+            tod_s = (time - midnight).total_seconds()
+        return cls(
+            time=time,
+            tod_s=tod_s,
+            lat=lat,
+            lon=lon,
+            speed_mps=_float(obj, "speed_mps"),
+            course_deg=_float(obj, "course_deg"),
+            alt_m=_float(obj, "alt_m"),
+            mode=FixMode(mode),
+            quality=_int(obj, "quality"),
+            hdop=_float(obj, "hdop"),
+            pdop=_float(obj, "pdop"),
+            vdop=_float(obj, "vdop"),
+            sats_used=_int(obj, "sats_used"),
+            sats_view=_int(obj, "sats_view"),
+            talker=talker or "",
+        )
+
+
+_TALKER = re.compile(r"[A-Z0-9]{2}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _float(obj: Mapping[str, Any], name: str) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise CodecError(f"fix {name} must be a finite number or null, not {value!r:.40}")
+    return float(value)
+
+
+def _int(obj: Mapping[str, Any], name: str) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise CodecError(f"fix {name} must be an integer or null, not {value!r:.40}")
+    assert isinstance(value, int)
+    return value
 
 
 def _num(v: float | None) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from firmware_agent.contract.errors import ModelError
@@ -312,6 +313,25 @@ def read_metadata(model_bytes: bytes) -> dict[str, str]:
     Needs no interpreter: the agent can report a model's version even without one.
     Raises :class:`ModelError` as :meth:`TfliteRunner.open` does for a bad file.
     """
+    return read_model(model_bytes).metadata
+
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """What a checked model file says without an interpreter: its metadata, and the
+    shapes of its first subgraph's input and output tensors."""
+
+    metadata: dict[str, str]
+    inputs: tuple[Shape, ...]
+    outputs: tuple[Shape, ...]
+
+
+def read_model(model_bytes: bytes) -> ModelFile:
+    """:func:`read_metadata`, and the input and output shapes; :class:`ModelError` for
+    a file this reader refuses."""
     if len(model_bytes) > MAX_MODEL_BYTES:
         raise ModelError(f"model of {len(model_bytes)} bytes, the limit is {MAX_MODEL_BYTES}")
     if len(model_bytes) < 8 or model_bytes[4:8] != _FILE_IDENTIFIER:
@@ -348,4 +368,25 @@ def read_metadata(model_bytes: bytes) -> dict[str, str]:
         if name in metadata:
             raise ModelError(f"model metadata name {name!r} appears twice")
         metadata[name] = metadata_value
-    return metadata
+    subgraphs = fb.tables(fb.get(model, _MODEL, "subgraphs"))
+    if not subgraphs:
+        raise ModelError("corrupt model: no subgraph")
+    graph = subgraphs[0]
+    tensors = fb.tables(fb.get(graph, _SUBGRAPH, "tensors"))
+
+    def shapes(name: str) -> tuple[Shape, ...]:
+        out = []
+        for index in _ints(fb, fb.get(graph, _SUBGRAPH, name)):
+            if not 0 <= index < len(tensors):
+                raise ModelError(f"corrupt model: subgraph {name} names tensor {index}")
+            out.append(tuple(_ints(fb, fb.get(tensors[index], _TENSOR, "shape"))))
+        return tuple(out)
+
+    return ModelFile(metadata, shapes("inputs"), shapes("outputs"))
+
+
+def _ints(fb: _Flatbuffer, vector_pos: int | None) -> list[int]:
+    if vector_pos is None:
+        return []
+    start, n = fb.vector(vector_pos, 4)
+    return [fb.int_at("<i", start + 4 * i) for i in range(n)]

@@ -132,6 +132,22 @@ def _encode_value(spec: _Spec, value: Any, what: str) -> Any:
     return value
 
 
+def _at_resolution(spec: _Spec, value: Any) -> Any:
+    """``value`` as the wire will carry it, when it is of the field's type."""
+    if spec.kind == "time" and isinstance(value, datetime) and value.tzinfo is not None:
+        utc = value.astimezone(UTC)
+        return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+    if (
+        spec.kind == "float"
+        and spec.ndigits is not None
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    ):
+        return round(float(value), spec.ndigits)
+    return value
+
+
 def encode_fields(
     record: object, what: str, head: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -218,11 +234,24 @@ _OMITTED_TENTH: Final = wire(ndigits=1, omit_none=True)
 
 
 class JsonRecord:
-    """A record of the events or pod stream: ``type`` names its kind on the wire."""
+    """A record of the events or pod stream: ``type`` names its kind on the wire.
+
+    A record holds its values at wire resolution from the moment it is made (times cut
+    to the millisecond in UTC, numbers rounded to their field's resolution), so the
+    record the van keeps is equal to the one ingest decodes. Values of the wrong type
+    are left as they are, for the encoder to refuse by name.
+    """
 
     __slots__ = ()
     type: ClassVar[str]
     stream: ClassVar[Stream]
+
+    def __post_init__(self) -> None:
+        for spec in _specs(type(self)):
+            value = getattr(self, spec.name)
+            normal = _at_resolution(spec, value)
+            if normal is not value:
+                object.__setattr__(self, spec.name, normal)
 
     def to_json(self) -> dict[str, Any]:
         """The record as the JSON object the wire carries (``type`` first)."""
@@ -538,6 +567,25 @@ class TelemetryPoint:
             )
         )
 
+    def to_fix(self) -> Fix:
+        """The fix this point stands for: what the van's decoder had, at wire resolution;
+        the fields a point does not carry (module doc) unknown."""
+        t = self.time.astimezone(UTC)
+        midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return Fix(
+            time=t,
+            tod_s=(t - midnight).total_seconds(),
+            lat=self.lat,
+            lon=self.lon,
+            speed_mps=self.speed_mps,
+            course_deg=self.course_deg,
+            alt_m=self.alt_m,
+            mode=FixMode(self.mode),
+            quality=self.quality,
+            hdop=self.hdop,
+            sats_used=self.sats_used,
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The point's fields as JSON values (``time`` as ISO 8601 UTC, milliseconds)."""
         return {
@@ -636,10 +684,11 @@ def point_from_integers(q: Quantized) -> TelemetryPoint:
 
 
 def _time_ms(t: datetime) -> int:
+    """Milliseconds since 1970, cut as :func:`~.times.format_utc` cuts a time: a point
+    and an event at the same fix say the same millisecond."""
     # Integer arithmetic: a float of microseconds since 1970 is already 0.25 us coarse.
     d = t - _EPOCH
-    us = (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
-    return (us + 500) // 1000
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
 
 
 def _fits(value: float | None, scale: int, low: int, high: int) -> bool:

@@ -17,8 +17,7 @@ import numpy.typing as npt
 
 from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import FEATURE_NAMES, FeatureMatrix
-from firmware_agent.contract.eta_model import NAIVE_COLUMN, check_model_metadata, eta_from_log_ratio
-from firmware_agent.contract.model_file import read_metadata
+from firmware_agent.contract.eta_model import NAIVE_COLUMN, check_model, eta_from_log_ratio
 from firmware_agent.errors import ModelUnavailableError
 from firmware_agent.eta.interpreter import TfliteRunner
 
@@ -59,8 +58,7 @@ class EtaPredictor:
     @classmethod
     def load(cls, model: bytes | Path) -> EtaPredictor:
         data = model.read_bytes() if isinstance(model, Path) else model
-        metadata = read_metadata(data)  # ModelError for a damaged file
-        check_model_metadata(metadata)
+        metadata = check_model(data)  # ModelError for a damaged or foreign file
         try:
             runner = TfliteRunner.open(data)
         except ModelUnavailableError as err:

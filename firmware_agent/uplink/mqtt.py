@@ -274,8 +274,12 @@ class Uplink:
                 for stream in SEND_ORDER:
                     sent_any |= await self._send_stream(client, stream, window, publishes)
                 if not sent_any:
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+                    # cancellation that lands as the event fires (CPython gh-86296), and
+                    # this loop then never ends: the agent hung on shutdown.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.outbox.changed.wait(), timeout=1.0)
+                        async with asyncio.timeout(1.0):
+                            await self.outbox.changed.wait()
 
     def _maybe_resend(self) -> None:
         unacked = any(self._sent[s] > self._acked[s] for s in SEND_ORDER)
