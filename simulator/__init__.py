@@ -20,7 +20,8 @@ Module map: ``town`` (generated street network), ``route`` (GeoJSON/GPX routes),
 (satellites in view), ``scenario`` (the day), ``nmea_writer``, ``truth``,
 ``manifest``, ``labels`` (parcel codes, scanner renderings), ``scans`` (scan logs),
 ``scenario_dir``, ``receiver``, ``scanner``, ``playback``, ``trace``, ``trips``,
-``live`` (rich panel), ``cli``. See docs/simulator.md.
+``live`` (rich panel), ``eta_days`` (days for ETA training), ``demo``, ``cli``. See
+docs/simulator.md.
 """
 
 from simulator.epoch import Epoch, Satellite

@@ -24,6 +24,7 @@ What is here, by module:
 - :mod:`.model`, :mod:`.model_file`: the signed model downlink and the model file.
 - :mod:`.eta_features`, :mod:`.eta_model`, :mod:`.geo`: the ETA features and the
   model's output, which training and the van must compute alike.
+- :mod:`.eta_days`: the days ETA training reads (written by the simulator).
 - :mod:`.schema`: the JSON Schemas (``schemas/``, also docs/schemas) and ``validate``
   (needs the ``jsonschema`` packages: ingest and the tests use it, the van does not).
 - :mod:`.mqtt`, :mod:`.backoff`: the connection both sides make (TLS settings, the

@@ -1,5 +1,6 @@
-"""The uplink: the v1 MQTT contract's topics and payload codec, the outbox, the client.
+"""The uplink: the durable outbox (``outbox``, and ``queue``, its asyncio face) and the
+MQTT client (``mqtt``) that sends what the outbox holds and deletes what ingest acked.
 
-``topics`` names every topic, ``codec`` encodes and decodes every payload with no I/O
-(docs/asyncapi.yaml and docs/telemetry-batch.md are their contract).
+The topics and payloads are the contract's (:mod:`firmware_agent.contract`): the outbox
+stores each record's final bytes, and the client frames them without parsing them.
 """
