@@ -262,8 +262,6 @@ def read_days(paths: Iterable[Path]) -> list[Day]:
 # =====================================================================================
 
 
-
-
 def store_route_day(
     device_id: str,
     route_id: str,
