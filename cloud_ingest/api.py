@@ -332,7 +332,7 @@ def _arrival_out(e: StopEvent) -> ArrivalOut:
             "stop_id": e.stop_id,
             "route_id": e.route_id,
             "historical": e.historical,
-            "record": e.record.to_json(),
+            "record": e.record_json(),
         }
     )
 

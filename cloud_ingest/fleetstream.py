@@ -67,12 +67,15 @@ def _grouped(
 
 def position_record(p: Position) -> dict[str, Any]:
     """A stored point as the stream (and the HTTP track) say it: every field it has."""
-    return {"device_id": p.device_id, "seq": p.seq, **p.point.to_json(), "historical": p.historical}
+    record = {"device_id": p.device_id, "seq": p.seq}
+    record.update(p.point.to_json())
+    record["historical"] = p.historical
+    return record
 
 
 def event_record(e: StopEvent) -> dict[str, Any]:
     return {
-        **e.record.to_json(),
+        **e.record_json(),
         "device_id": e.device_id,
         "seq": e.seq,
         "historical": e.historical,

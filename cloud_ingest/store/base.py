@@ -153,9 +153,18 @@ class StopEvent:
     seq: int
     historical: bool
     record: EventRecord
+    _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _require_seq("seq", self.seq)
+
+    def record_json(self) -> dict[str, Any]:
+        """The record's JSON (:meth:`~firmware_agent.contract.records.JsonRecord.to_json`),
+        encoded once: the stored row, the stream and the API all say it. Read only."""
+        if self._json is None:
+            object.__setattr__(self, "_json", self.record.to_json())
+        assert self._json is not None
+        return self._json
 
     @property
     def type(self) -> str:
@@ -309,7 +318,7 @@ class StoreLifetime:
 
 def event_json(event: StopEvent) -> str:
     """An event's record as stored: its JSON, as the van sent it."""
-    return json.dumps(event.record.to_json(), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(event.record_json(), ensure_ascii=False, separators=(",", ":"))
 
 
 def event_from_json(stored: str | Mapping[str, Any]) -> EventRecord:

@@ -63,10 +63,12 @@ _Kind = Literal["time", "str", "int", "float", "bool", "choice"]
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
+    """One field's wire form: its kind, whether it may be None (and then whether the key
+    is left out rather than written as null), its resolution, its allowed values."""
+
     name: str
     kind: _Kind
     optional: bool
-    # None is written by leaving the key out (else as null).
     omit_none: bool
     ndigits: int | None
     choices: tuple[object, ...]
@@ -100,60 +102,159 @@ def _field_spec(name: str, hint: Any, metadata: Mapping[str, Any]) -> _Spec:
     )
 
 
-_SPECS: dict[type, tuple[_Spec, ...]] = {}
+# Per kind: encode a value (a CodecError names what is wrong), decode a JSON value, and
+# bring a value to wire resolution (only times and rounded numbers have one; a value of
+# the wrong type is left for the encoder to refuse). Chosen once per field, as a record
+# is decoded at ingest for every message.
 
 
-def _specs(cls: type) -> tuple[_Spec, ...]:
-    """The wire settings of ``cls``'s fields, read from its type hints once."""
-    specs = _SPECS.get(cls)
-    if specs is None:
+def _encode_time(spec: _Spec, value: Any, what: str) -> Any:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise CodecError(f"{what}.{spec.name} must be a UTC-aware datetime, not {value!r}")
+    return format_utc(value)
+
+
+def _encode_float(spec: _Spec, value: Any, what: str) -> Any:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise CodecError(f"{what}.{spec.name} must be a number, not {value!r:.40}")
+    if not math.isfinite(value):
+        raise CodecError(f"{what}.{spec.name} is not finite: {value!r}")
+    return float(value) if spec.ndigits is None else round(float(value), spec.ndigits)
+
+
+def _encode_choice(spec: _Spec, value: Any, what: str) -> Any:
+    if value not in spec.choices:
+        raise CodecError(f"{what}.{spec.name} {value!r:.40} is not one of {spec.choices}")
+    return int(value) if isinstance(value, int) else value
+
+
+def _encode_as_is(spec: _Spec, value: Any, what: str) -> Any:
+    return value
+
+
+def _decode_time(spec: _Spec, value: object, what: str) -> Any:
+    parsed = parse_utc(value)
+    if parsed is None:
+        raise CodecError(f"{what}.{spec.name} must be an ISO 8601 UTC time, not {value!r:.40}")
+    return parsed
+
+
+def _decode_choice(spec: _Spec, value: object, what: str) -> Any:
+    if isinstance(value, bool) or value not in spec.choices:
+        raise CodecError(f"{what}.{spec.name} {value!r:.40} is not one of {spec.choices}")
+    return value
+
+
+def _decode_float(spec: _Spec, value: object, what: str) -> Any:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise CodecError(f"{what}.{spec.name} must be a number, not {value!r:.40}")
+    if not math.isfinite(value):
+        raise CodecError(f"{what}.{spec.name} is not finite")
+    return float(value)
+
+
+def _decode_int(spec: _Spec, value: object, what: str) -> Any:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CodecError(f"{what}.{spec.name} must be an integer, not {value!r:.40}")
+    return value
+
+
+def _decode_bool(spec: _Spec, value: object, what: str) -> Any:
+    if not isinstance(value, bool):
+        raise CodecError(f"{what}.{spec.name} must be true or false, not {value!r:.40}")
+    return value
+
+
+def _decode_str(spec: _Spec, value: object, what: str) -> Any:
+    if not isinstance(value, str):
+        raise CodecError(f"{what}.{spec.name} must be a string, not {value!r:.40}")
+    return value
+
+
+def _normal_time(spec: _Spec, value: Any) -> Any:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        return value
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    cut = utc.microsecond % 1000
+    return utc.replace(microsecond=utc.microsecond - cut) if cut else utc
+
+
+def _normal_float(spec: _Spec, value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        assert spec.ndigits is not None
+        rounded = round(float(value), spec.ndigits)
+        return value if rounded == value and type(value) is float else rounded
+    return value
+
+
+_Coder = typing.Callable[[_Spec, Any, str], Any]
+_ENCODERS: Final[dict[_Kind, _Coder]] = {
+    "time": _encode_time,
+    "float": _encode_float,
+    "choice": _encode_choice,
+    "int": _encode_as_is,
+    "bool": _encode_as_is,
+    "str": _encode_as_is,
+}
+_DECODERS: Final[dict[_Kind, _Coder]] = {
+    "time": _decode_time,
+    "float": _decode_float,
+    "choice": _decode_choice,
+    "int": _decode_int,
+    "bool": _decode_bool,
+    "str": _decode_str,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    """A record class's field codec, built once from its type hints and metadata."""
+
+    specs: tuple[_Spec, ...]
+    names: frozenset[str]
+    encoders: tuple[tuple[_Spec, _Coder], ...]
+    decoders: tuple[tuple[_Spec, _Coder], ...]
+    normalizers: tuple[tuple[_Spec, typing.Callable[[_Spec, Any], Any]], ...]
+
+
+_CODECS: dict[type, _Codec] = {}
+
+
+def _codec(cls: type) -> _Codec:
+    codec = _CODECS.get(cls)
+    if codec is None:
         hints = typing.get_type_hints(cls)
-        specs = _SPECS[cls] = tuple(
-            _field_spec(f.name, hints[f.name], f.metadata) for f in fields(cls)
+        specs = tuple(_field_spec(f.name, hints[f.name], f.metadata) for f in fields(cls))
+        codec = _CODECS[cls] = _Codec(
+            specs,
+            frozenset(s.name for s in specs),
+            tuple((s, _ENCODERS[s.kind]) for s in specs),
+            tuple((s, _DECODERS[s.kind]) for s in specs),
+            tuple(
+                (s, _normal_time if s.kind == "time" else _normal_float)
+                for s in specs
+                if s.kind == "time" or (s.kind == "float" and s.ndigits is not None)
+            ),
         )
-    return specs
+    return codec
 
 
-def _encode_value(spec: _Spec, value: Any, what: str) -> Any:
-    if spec.kind == "time":
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise CodecError(f"{what}.{spec.name} must be a UTC-aware datetime, not {value!r}")
-        return format_utc(value)
-    if spec.kind == "float":
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise CodecError(f"{what}.{spec.name} must be a number, not {value!r:.40}")
-        if not math.isfinite(value):
-            raise CodecError(f"{what}.{spec.name} is not finite: {value!r}")
-        return float(value) if spec.ndigits is None else round(float(value), spec.ndigits)
-    if spec.kind == "choice":
-        if value not in spec.choices:
-            raise CodecError(f"{what}.{spec.name} {value!r:.40} is not one of {spec.choices}")
-        return int(value) if isinstance(value, int) else value
-    return value
-
-
-def _at_resolution(spec: _Spec, value: Any) -> Any:
-    """``value`` as the wire will carry it, when it is of the field's type."""
-    if spec.kind == "time" and isinstance(value, datetime) and value.tzinfo is not None:
-        utc = value.astimezone(UTC)
-        return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
-    if (
-        spec.kind == "float"
-        and spec.ndigits is not None
-        and isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    ):
-        return round(float(value), spec.ndigits)
-    return value
+def at_resolution(record: object) -> None:
+    """Bring ``record``'s times and rounded numbers to wire resolution, in place (a
+    frozen dataclass's ``__post_init__`` calls it)."""
+    for spec, normal in _codec(type(record)).normalizers:
+        value = getattr(record, spec.name)
+        fixed = normal(spec, value)  # ``value`` itself when it is at resolution
+        if fixed is not value:
+            object.__setattr__(record, spec.name, fixed)
 
 
 def encode_fields(
     record: object, what: str, head: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """``record``'s dataclass fields as JSON values, after ``head``."""
-    out: dict[str, Any] = dict(head or {})
-    for spec in _specs(type(record)):
+    out: dict[str, Any] = dict(head) if head else {}
+    for spec, encode in _codec(type(record)).encoders:
         value = getattr(record, spec.name)
         if value is None:
             if not spec.optional:
@@ -161,39 +262,8 @@ def encode_fields(
             if not spec.omit_none:
                 out[spec.name] = None
             continue
-        out[spec.name] = _encode_value(spec, value, what)
+        out[spec.name] = encode(spec, value, what)
     return out
-
-
-def _decode_value(spec: _Spec, value: object, what: str) -> Any:
-    where = f"{what}.{spec.name}"
-    kind = spec.kind
-    if kind == "time":
-        parsed = parse_utc(value)
-        if parsed is None:
-            raise CodecError(f"{where} must be an ISO 8601 UTC time, not {value!r:.40}")
-        return parsed
-    if kind == "choice":
-        if isinstance(value, bool) or value not in spec.choices:
-            raise CodecError(f"{where} {value!r:.40} is not one of {spec.choices}")
-        return value
-    if kind == "float":
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise CodecError(f"{where} must be a number, not {value!r:.40}")
-        if not math.isfinite(value):
-            raise CodecError(f"{where} is not finite")
-        return float(value)
-    if kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise CodecError(f"{where} must be an integer, not {value!r:.40}")
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise CodecError(f"{where} must be true or false, not {value!r:.40}")
-        return value
-    if not isinstance(value, str):
-        raise CodecError(f"{where} must be a string, not {value!r:.40}")
-    return value
 
 
 def decode_fields(
@@ -201,19 +271,20 @@ def decode_fields(
 ) -> dict[str, Any]:
     """The constructor arguments of ``cls`` from a JSON object; :class:`CodecError` for
     a missing or mistyped field, or (unless it is in ``skip``) a key ``cls`` lacks."""
-    specs = _specs(cls)
-    extra = obj.keys() - {s.name for s in specs} - skip
-    if extra:
-        raise CodecError(f"{what}: unknown keys {sorted(extra)[:5]!r:.120}")
+    codec = _codec(cls)
+    if not codec.names.issuperset(obj.keys()):
+        extra = obj.keys() - codec.names - skip
+        if extra:
+            raise CodecError(f"{what}: unknown keys {sorted(extra)[:5]!r:.120}")
     out: dict[str, Any] = {}
-    for spec in specs:
+    for spec, decode in codec.decoders:
         value = obj.get(spec.name)
         if value is None:
             if not spec.optional:
                 raise CodecError(f"{what}: {spec.name} is required")
             out[spec.name] = None
             continue
-        out[spec.name] = _decode_value(spec, value, what)
+        out[spec.name] = decode(spec, value, what)
     return out
 
 
@@ -247,11 +318,7 @@ class JsonRecord:
     stream: ClassVar[Stream]
 
     def __post_init__(self) -> None:
-        for spec in _specs(type(self)):
-            value = getattr(self, spec.name)
-            normal = _at_resolution(spec, value)
-            if normal is not value:
-                object.__setattr__(self, spec.name, normal)
+        at_resolution(self)
 
     def to_json(self) -> dict[str, Any]:
         """The record as the JSON object the wire carries (``type`` first)."""
