@@ -190,7 +190,8 @@ def check_message(
     rejected = _schema(leaf, env.to_json(), device_id)
     if rejected is not None:
         return rejected
-    if _holds_nul(env.record):
+    # A NUL reaches a decoded string only through a \u0000 escape: walk only then.
+    if b"\\u0000" in payload and _holds_nul(env.record):
         # Valid JSON (\u0000), but no PostgreSQL text or jsonb value can hold it.
         return Rejected("schema", "record holds a NUL character", device_id)
     if env.device_id != device_id:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 import struct
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -48,7 +48,7 @@ from firmware_agent.contract.telemetry import (
     frame_batch,
     is_historical,
 )
-from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.times import format_utc, parse_utc
 from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAM_KINDS,
@@ -925,3 +925,21 @@ def test_every_decodable_batch_fits_the_telemetry_schema(
     first_seq, fixes, last_seq, historical = b
     payload = encode_batch(device_id, first_seq, fixes, historical=historical, last_seq=last_seq)
     schema.validate("telemetry-batch", decode_batch(payload).to_json())
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999)),
+    st.integers(min_value=-14 * 60, max_value=14 * 60),
+)
+def test_times_are_written_as_iso_8601_utc_to_the_millisecond(naive: datetime, offset: int) -> None:
+    zone = timezone(timedelta(minutes=offset))
+    try:
+        t = naive.replace(tzinfo=zone)
+        utc = t.astimezone(UTC)
+    except OverflowError:  # an offset that moves the instant out of datetime's years
+        return
+    text = format_utc(t)
+    assert text == utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert parse_utc(text) == utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+    assert parse_utc(text.replace("Z", "+00:00")) == parse_utc(text)
+    assert parse_utc(text).tzinfo is UTC  # type: ignore[union-attr]

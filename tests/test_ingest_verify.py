@@ -337,6 +337,17 @@ def test_schema_violations_are_refused() -> None:
     rejected(check("fleet/v1/van-7/pod", pod_payload(issued, jws="not-a-jws")), "schema")
 
 
+def test_a_nul_anywhere_in_a_record_is_refused_and_its_spelling_is_not() -> None:
+    # No PostgreSQL text or jsonb value holds a NUL; a string spelling "\\u0000" is text.
+    base = {"type": "scan_rejected", "time": "2026-11-21T09:00:00.000Z", "reason": "unreadable"}
+    nul = {**base, "raw": "junk\x00", "source": "hid", "error": "not_printable"}
+    result = rejected(check("fleet/v1/van-7/events", event_payload(nul)), "schema")
+    assert "NUL" in result.detail
+    spelt = {**base, "raw": "junk\\u0000", "source": "hid", "error": "not_printable"}
+    assert b"\\\\u0000" in event_payload(spelt)
+    accepted(check("fleet/v1/van-7/events", event_payload(spelt)))
+
+
 @pytest.mark.parametrize(
     "topic",
     [

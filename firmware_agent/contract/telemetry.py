@@ -269,6 +269,9 @@ class _Reader:
     def varint(self, what: str) -> int:
         """An unsigned LEB128 value in its shortest form."""
         buf, pos = self.buf, self.pos
+        if pos < len(buf) and buf[pos] < 0x80:  # one byte: most fields of most points
+            self.pos = pos + 1
+            return buf[pos]
         value = shift = 0
         for i in range(pos, min(pos + _MAX_VARINT_BYTES, len(buf))):
             byte = buf[i]

@@ -25,7 +25,18 @@ def format_utc(t: datetime) -> str:
         raise ValueError("naive datetime: times in the contract are UTC-aware")
     if t.tzinfo is not UTC:
         t = t.astimezone(UTC)
-    return t.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" -> "Z"
+    # %-formatting, not isoformat(timespec="milliseconds") and a slice: the same text for
+    # every year datetime has (tests/test_contract_wire.py), in half the time; ingest
+    # formats a time for every record it republishes.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.microsecond // 1000,
+    )
 
 
 def parse_utc(text: object) -> datetime | None:
@@ -34,6 +45,7 @@ def parse_utc(text: object) -> datetime | None:
     if not isinstance(text, str) or _UTC_TEXT.fullmatch(text) is None:
         return None
     try:
-        return datetime.fromisoformat(text).astimezone(UTC)
+        parsed = datetime.fromisoformat(text)
     except (ValueError, OverflowError):
         return None
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)

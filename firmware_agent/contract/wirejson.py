@@ -61,7 +61,11 @@ def loads(payload: object, what: str) -> dict[str, Any]:
         raise CodecError(f"{what}: invalid JSON: {str(err)[:200]}") from None
     if not isinstance(obj, dict):
         raise CodecError(f"{what}: not a JSON object")
-    check_tree(obj, what)
+    # The walk only where the text can hold what it looks for: a lone surrogate comes
+    # only from a \uD800-\uDFFF escape (UTF-8 cannot carry one), and the nesting is at
+    # most the brackets there are. Most messages skip it.
+    if "\\ud" in text or "\\uD" in text or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+        check_tree(obj, what)
     return obj
 
 
