@@ -18,7 +18,7 @@ Printed per suite (days of one size) and predictor:
   :func:`~firmware_agent.contract.envelope.frame_record` around the compact record JSON the
   agent stores (the events stream is neither batched nor compressed; MQTT headers and
   the topic are not counted, as in bench/wire_bytes.py); kB per van-hour, to compare
-  with the 5.9 kB the van's telemetry costs (docs/benchmarks.md);
+  with the 6.6 kB the van's telemetry costs (docs/benchmarks.md);
 - ``late_risk`` against the simulator's truth: windowed stops really late (true
   arrival after ``window_end``), how many got a ``late_risk`` before arriving (recall),
   the median lead of the first one before the window's end and before the arrival;

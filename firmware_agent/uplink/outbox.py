@@ -109,7 +109,7 @@ _SCHEMA: Final = (
     )""",
     # Keyed (stream, seq) without a rowid: the key is the b-tree's key, so a row costs
     # its columns plus a few bytes, and a stream's records are contiguous in seq order
-    # (acks and thinning delete whole pages). About 47 bytes per 24-byte fix on disk.
+    # (acks and thinning delete whole pages). About 53 bytes per 29-byte point on disk.
     """CREATE TABLE IF NOT EXISTS record (
         stream INTEGER NOT NULL REFERENCES stream (id),
         seq INTEGER NOT NULL,
