@@ -9,8 +9,14 @@ renders it).
 Conventions: JSON in and out; times are ISO 8601 UTC with milliseconds and a ``Z``
 (``2026-11-21T09:14:03.250Z``); query times must carry an offset (``Z`` or
 ``+01:00``, written ``%2B01:00`` in a URL). Errors are ``{"detail": ...}``: 404 for
-an unknown device or parcel, 409 for an enrollment conflict, 400 for a bad time range,
-422 for input that breaks the declared schema, 503 when the database cannot be used.
+an unknown device or parcel, 409 for an enrollment conflict, 400 for a bad time range
+or cursor, 422 for input that breaks the declared schema, 503 when the database cannot
+be used.
+
+Lists that can grow with what the vans send are pages read with a keyset: the database
+reads one page (``LIMIT`` in SQL, never a range loaded and sliced), and a response says
+how to ask for the next one (``next_cursor``, or a ``Link: <...>; rel="next"`` header
+where the body is a bare list). A cursor is opaque: pass it back as it came.
 
 A POD is served with its JWS verbatim and a verification made at request time with
 the key the device is registered with now (plus the chain status the store recorded
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import codecs
 import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -58,6 +66,7 @@ from cloud_ingest.store.base import (
     DeviceConflictError,
     Pod,
     Position,
+    QuarantineEntry,
     StopEvent,
     Store,
     UnknownDeviceError,
@@ -82,6 +91,12 @@ MAX_TRACK_POSITIONS = 100_000
 DEFAULT_TRACK_POSITIONS = 20_000
 MAX_ARRIVALS = 10_000
 MAX_QUARANTINE = 1_000
+# Of each quarantined payload a page shows its first bytes (a page of 1,000 costs a few
+# MB whatever the messages were); GET /v1/quarantine/{id}/payload gives what is kept.
+QUARANTINE_PREVIEW_BYTES = 4096
+# PODs of one parcel per response: normally one; a van that signs thousands for one
+# parcel code must not make a request verify them all.
+MAX_PARCEL_PODS = 100
 _MAX_PEM_CHARS = 4096
 # Any id will do: a primary-key lookup that finds nothing is the cheapest round trip
 # through the store's connection (a count would scan the tables).
@@ -94,6 +109,9 @@ UtcTime = Annotated[
     WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
 ]
 ArrivalsLimit = Annotated[int, Query(ge=1, le=MAX_ARRIVALS, description="Oldest first")]
+ArrivalsCursor = Annotated[
+    str | None, Query(max_length=400, description='From the Link header (rel="next")')
+]
 DeviceIdPath = Annotated[
     str,
     Path(pattern=DEVICE_ID_PATTERN, description="Device id (the MQTT client certificate's CN)"),
@@ -167,8 +185,10 @@ class PositionOut(_Out):
 
 
 class TrackOut(_Out):
-    """Positions with ``start <= time < end`` in time order. ``truncated``: there are
-    more; ask again from ``next_start`` (a position exactly at it may come twice)."""
+    """Positions with ``start <= time < end`` in (time, seq) order. ``truncated``: there
+    are more; ask again with ``cursor=next_cursor`` (and the same start and end), or
+    from ``next_start`` (the time of the next position: one exactly at it may come
+    twice)."""
 
     device_id: str
     start: UtcTime
@@ -176,6 +196,7 @@ class TrackOut(_Out):
     positions: list[PositionOut]
     truncated: bool
     next_start: UtcTime | None
+    next_cursor: str | None = Field(description="The next page: pass it as cursor")
 
 
 class ArrivalOut(_Out):
@@ -228,6 +249,9 @@ class PodOut(_Out):
 class ParcelPodsOut(_Out):
     parcel: str
     pods: list[PodOut]
+    truncated: bool = Field(
+        default=False, description=f"More than {MAX_PARCEL_PODS} PODs name this parcel"
+    )
 
 
 class CoveredOut(_Out):
@@ -237,20 +261,49 @@ class CoveredOut(_Out):
 
 
 class QuarantinedOut(_Out):
+    id: int = Field(description="The row: GET /v1/quarantine/{id}/payload for its payload")
     received_at: UtcTime
     topic: str
     device_id: str | None
     reason: str
     detail: str
-    payload_base64: str
-    payload_text: str | None = Field(description="The payload when it is UTF-8")
+    payload_bytes: int = Field(description="Length of the message as received")
+    payload_sha256: str = Field(description="SHA-256 of the message as received (hex)")
+    kept_bytes: int = Field(
+        description="How much of the message the quarantine keeps: all of it (payload_bytes) "
+        "when it settled seqs, else at most its first quarantine.payload_max_bytes"
+    )
+    payload_base64: str = Field(
+        description=f"The message's first bytes, at most {QUARANTINE_PREVIEW_BYTES}: all of "
+        "it unless payload_truncated"
+    )
+    payload_text: str | None = Field(
+        description="The same bytes as text when they are UTF-8 (a character cut at the "
+        "end of a truncated payload left out)"
+    )
+    payload_truncated: bool = Field(description="payload_base64 holds less than the message")
     covered: CoveredOut | None = Field(description="Seqs this message settled in the acks")
+
+
+class QuarantinePageOut(_Out):
+    """Refused messages, newest first. ``next_cursor``: older ones remain; pass it as
+    ``cursor``."""
+
+    messages: list[QuarantinedOut]
+    next_cursor: str | None
 
 
 class GapOut(_Out):
     stream: Stream
     first_seq: int
     last_seq: int
+    reason: Literal["missing", "released"] = Field(
+        description="missing: not received (yet); released: they will never come: the "
+        "device released them in its signed sequence report (it holds none of them any "
+        "more) and the store does not hold them: lost with a dropped or restored database, "
+        "or numbers the van skipped after its outbox was lost or damaged (the ack moved "
+        "past them)"
+    )
 
 
 class GapsOut(_Out):
@@ -443,6 +496,92 @@ def parse_time(name: str, text: str) -> datetime:
         ) from None
 
 
+# --- keyset cursors -------------------------------------------------------------------
+# Opaque to clients (base64url of "kind:fields"), so their shape can change; each
+# endpoint takes back only its own kind.
+
+
+def _cursor(kind: str, *fields: object) -> str:
+    text = ":".join([kind, *(str(f) for f in fields)])
+    return base64.urlsafe_b64encode(text.encode()).decode("ascii").rstrip("=")
+
+
+def _uncursor(kind: str, cursor: str, count: int) -> list[str]:
+    """The ``count`` fields of a cursor of ``kind``; :class:`HTTPException` 400 otherwise."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError):
+        text = ""
+    parts = text.split(":", count)
+    if len(parts) != count + 1 or parts[0] != kind:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "cursor: not one this endpoint gave (pass next_cursor)"
+        )
+    return parts[1:]
+
+
+def _cursor_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > 2**63 - 1:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "cursor: out of range")
+    return int(text)
+
+
+def _cursor_time(text: str) -> datetime:
+    us = _cursor_int(text)
+    try:
+        return _EPOCH + timedelta(microseconds=us)
+    except OverflowError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "cursor: out of range") from None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def _time_us(t: datetime) -> int:
+    return (t - _EPOCH) // _ONE_US
+
+
+def track_cursor(p: Position) -> str:
+    """The cursor of the track page that starts after ``p``."""
+    return _cursor("t", _time_us(p.time), p.seq)
+
+
+def arrivals_cursor(e: StopEvent) -> str:
+    """The cursor of the arrivals page that starts after ``e``."""
+    return _cursor("a", _time_us(e.time), e.seq, e.device_id)
+
+
+def _quarantined_out(q: QuarantineEntry) -> QuarantinedOut:
+    shown = q.payload[:QUARANTINE_PREVIEW_BYTES]
+    truncated = len(shown) < q.payload_bytes
+    try:
+        # A truncated payload may end inside a character: leave that one out.
+        text: str | None = codecs.getincrementaldecoder("utf-8")().decode(
+            shown, final=not truncated
+        )
+    except UnicodeDecodeError:
+        text = None
+    c = q.covered
+    return QuarantinedOut(
+        id=q.id,
+        received_at=q.received_at,
+        topic=q.topic,
+        device_id=q.device_id,
+        reason=q.reason,
+        detail=q.detail,
+        payload_bytes=q.payload_bytes,
+        payload_sha256=q.payload_sha256.hex(),
+        kept_bytes=q.kept_bytes,
+        payload_base64=base64.b64encode(shown).decode("ascii"),
+        payload_text=text,
+        payload_truncated=truncated,
+        covered=None
+        if c is None
+        else CoveredOut(stream=c.stream, first_seq=c.first_seq, last_seq=c.last_seq),
+    )
+
+
 # Positions serialized per chunk: a day at 1 Hz (86,400) would hold the event loop for
 # over a second in one piece; a chunk takes a few milliseconds, and the response is
 # sent chunk by chunk, so the workers sharing the loop keep running. Each position is
@@ -459,6 +598,26 @@ async def _track_json(head: TrackOut, positions: Sequence[Position]) -> AsyncIte
         chunk = [position_record(p) for p in positions[i : i + _TRACK_CHUNK]]
         text = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
         yield (b"," if i else b"") + text[1:-1].encode()
+        await asyncio.sleep(0)
+    yield b"]" + after
+
+
+# Quarantine rows serialized per chunk (each up to ~20 KB of JSON: a 4 KiB preview as
+# base64 and as escaped text).
+_QUARANTINE_CHUNK = 50
+
+
+async def _quarantine_json(
+    head: QuarantinePageOut, rows: Sequence[QuarantineEntry]
+) -> AsyncIterator[bytes]:
+    """``head`` (its ``messages`` empty) as JSON with ``rows`` filled in, in pieces: the
+    page's JSON is never one buffer, and the loop the workers share is never held long."""
+    before, after = head.model_dump_json().encode().split(b'"messages":[]', 1)
+    yield before + b'"messages":['
+    for i in range(0, len(rows), _QUARANTINE_CHUNK):
+        chunk = rows[i : i + _QUARANTINE_CHUNK]
+        text = b",".join(_quarantined_out(q).model_dump_json().encode() for q in chunk)
+        yield (b"," if i else b"") + text
         await asyncio.sleep(0)
     yield b"]" + after
 
@@ -500,6 +659,12 @@ class IngestCollector(Collector):
             "stream_messages_reclaimed",
             "fleetstream/v1 messages taken over from the outbox after their writer's lease",
         )
+        lost = counter(
+            "seqs_lost",
+            "Seqs a device released that the store did not hold (lost with a dropped or "
+            "restored database, or skipped by a van whose outbox was reset; listed as "
+            "released in /gaps)",
+        )
         connected = GaugeMetricFamily(
             "fleet_ingest_worker_connected", "1 while the worker is subscribed", labels=["worker"]
         )
@@ -515,9 +680,10 @@ class IngestCollector(Collector):
             store_errors.add_metric([name], c.store_errors)
             published.add_metric([name], c.stream_published)
             reclaimed.add_metric([name], c.stream_reclaimed)
+            lost.add_metric([name], c.lost)
             connected.add_metric([name], 1 if w.connected.is_set() else 0)
         yield from (received, stored, duplicates, quarantined, batches, connects, store_errors)
-        yield from (published, reclaimed)
+        yield from (published, reclaimed, lost)
         yield connected
         yield GaugeMetricFamily(
             "fleet_ingest_store_up", "1 when the last row count succeeded", value=self.store_up
@@ -678,8 +844,16 @@ def create_app(
         start: Annotated[str, Query(description="ISO 8601 with offset; inclusive")],
         end: Annotated[str, Query(description="ISO 8601 with offset; exclusive")],
         limit: Annotated[int, Query(ge=1, le=MAX_TRACK_POSITIONS)] = DEFAULT_TRACK_POSITIONS,
+        cursor: Annotated[
+            str | None, Query(max_length=200, description="next_cursor of the page before")
+        ] = None,
     ) -> StreamingResponse:
-        """The device's positions in ``[start, end)``, at most 24 h per request."""
+        """The device's positions in ``[start, end)``, at most 24 h per request, at most
+        ``limit`` per page (read with LIMIT: a page costs its size, not its range's)."""
+        after = None
+        if cursor is not None:
+            t, seq = _uncursor("t", cursor, 2)
+            after = (_cursor_time(t), _cursor_int(seq))
         t0, t1 = parse_time("start", start), parse_time("end", end)
         if t1 <= t0:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "end must be after start")
@@ -690,7 +864,7 @@ def create_app(
                 "(ask for consecutive ranges)",
             )
         await known_device(device_id)
-        positions = await store.track(device_id, t0, t1)
+        positions = await store.track(device_id, t0, t1, limit=limit + 1, after=after)
         truncated = len(positions) > limit
         head = TrackOut(
             device_id=device_id,
@@ -699,6 +873,7 @@ def create_app(
             positions=[],
             truncated=truncated,
             next_start=positions[limit].time if truncated else None,
+            next_cursor=track_cursor(positions[limit - 1]) if truncated else None,
         )
         return StreamingResponse(
             _track_json(head, positions[:limit]), media_type="application/json"
@@ -706,21 +881,54 @@ def create_app(
 
     # --- arrivals -------------------------------------------------------------------
 
-    @app.get("/v1/routes/{route_id}/arrivals", tags=["arrivals"])
+    async def arrivals_page(
+        request: Request,
+        response: Response,
+        limit: int,
+        cursor: str | None,
+        *,
+        route_id: str | None = None,
+        device_id: str | None = None,
+    ) -> list[ArrivalOut]:
+        after = None
+        if cursor is not None:
+            t, seq, device = _uncursor("a", cursor, 3)
+            after = (_cursor_time(t), device, _cursor_int(seq))
+        events = await store.arrivals(
+            route_id=route_id, device_id=device_id, limit=limit + 1, after=after
+        )
+        if len(events) > limit:
+            events = events[:limit]
+            url = request.url.include_query_params(cursor=arrivals_cursor(events[-1]))
+            response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        return [_arrival_out(e) for e in events]
+
+    @app.get(
+        "/v1/routes/{route_id}/arrivals", tags=["arrivals"], responses={400: {"model": ErrorOut}}
+    )
     async def route_arrivals(
+        request: Request,
+        response: Response,
         route_id: Annotated[str, Path(max_length=200, pattern=_TEXT_PATTERN)],
         limit: ArrivalsLimit = 1000,
+        cursor: ArrivalsCursor = None,
     ) -> list[ArrivalOut]:
-        """Arrival events recorded for a route, in time order (empty: none yet)."""
-        return [_arrival_out(e) for e in await store.arrivals(route_id=route_id, limit=limit)]
+        """Arrival events recorded for a route, in time order (empty: none yet); more
+        than ``limit``: a ``Link`` header (rel="next") names the next page."""
+        return await arrivals_page(request, response, limit, cursor, route_id=route_id)
 
-    @app.get("/v1/devices/{device_id}/arrivals", tags=["arrivals"], responses=_NOT_FOUND)
+    @app.get("/v1/devices/{device_id}/arrivals", tags=["arrivals"], responses=_BAD_RANGE)
     async def device_arrivals(
-        device_id: DeviceIdPath, limit: ArrivalsLimit = 1000
+        request: Request,
+        response: Response,
+        device_id: DeviceIdPath,
+        limit: ArrivalsLimit = 1000,
+        cursor: ArrivalsCursor = None,
     ) -> list[ArrivalOut]:
-        """The device's arrival events, in time order."""
+        """The device's arrival events, in time order; more than ``limit``: a ``Link``
+        header (rel="next") names the next page."""
         await known_device(device_id)
-        return [_arrival_out(e) for e in await store.arrivals(device_id=device_id, limit=limit)]
+        return await arrivals_page(request, response, limit, cursor, device_id=device_id)
 
     # --- PODs -----------------------------------------------------------------------
 
@@ -728,51 +936,87 @@ def create_app(
     async def pods_by_parcel(
         parcel: Annotated[str, Path(max_length=200, pattern=_TEXT_PATTERN)],
     ) -> ParcelPodsOut:
-        """Every POD of a parcel (normally one), each verified now."""
-        pods = await store.pods_by_parcel(parcel)
+        """Every POD of a parcel (normally one; at most 100), each verified now."""
+        pods = await store.pods_by_parcel(parcel, limit=MAX_PARCEL_PODS + 1)
         if not pods:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no POD for parcel {parcel!r}")
+        truncated = len(pods) > MAX_PARCEL_PODS
+        pods = pods[:MAX_PARCEL_PODS]
         devices: dict[str, Device | None] = {}
         for device_id in sorted({p.device_id for p in pods}):
             devices[device_id] = await store.get_device(device_id)
         now = datetime.now(UTC)
         return ParcelPodsOut(
-            parcel=parcel, pods=[verify_pod(p, devices[p.device_id], now) for p in pods]
+            parcel=parcel,
+            pods=[verify_pod(p, devices[p.device_id], now) for p in pods],
+            truncated=truncated,
         )
 
     # --- operations -----------------------------------------------------------------
 
-    @app.get("/v1/quarantine", tags=["operations"])
+    @app.get(
+        "/v1/quarantine",
+        tags=["operations"],
+        response_model=QuarantinePageOut,
+        responses={400: {"model": ErrorOut}},
+    )
     async def quarantine(
         limit: Annotated[int, Query(ge=1, le=MAX_QUARANTINE)] = 100,
-    ) -> list[QuarantinedOut]:
-        """The latest refused messages, newest first, with why."""
-        out = []
-        for q in await store.quarantine(limit):
-            try:
-                text: str | None = q.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            c = q.covered
-            out.append(
-                QuarantinedOut(
-                    received_at=q.received_at,
-                    topic=q.topic,
-                    device_id=q.device_id,
-                    reason=q.reason,
-                    detail=q.detail,
-                    payload_base64=base64.b64encode(q.payload).decode("ascii"),
-                    payload_text=text,
-                    covered=None
-                    if c is None
-                    else CoveredOut(stream=c.stream, first_seq=c.first_seq, last_seq=c.last_seq),
-                )
-            )
-        return out
+        cursor: Annotated[
+            str | None, Query(max_length=200, description="next_cursor of the page before")
+        ] = None,
+    ) -> StreamingResponse:
+        """The latest refused messages, newest first, with why: per message its length,
+        SHA-256 and first bytes (``GET /v1/quarantine/{id}/payload``: all that is kept).
+        A page holds at most ``limit``; ``next_cursor`` asks for the older ones."""
+        before_id = None if cursor is None else _cursor_int(_uncursor("q", cursor, 1)[0])
+        rows = await store.quarantine(
+            limit + 1, before_id=before_id, payload_max_bytes=QUARANTINE_PREVIEW_BYTES
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        head = QuarantinePageOut(
+            messages=[], next_cursor=_cursor("q", rows[-1].id) if more else None
+        )
+        return StreamingResponse(_quarantine_json(head, rows), media_type="application/json")
+
+    @app.get(
+        "/v1/quarantine/{row_id}/payload",
+        tags=["operations"],
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"application/octet-stream": {}},
+                "description": "What the quarantine kept of the message (X-Payload-Bytes: "
+                "the message's length; X-Payload-SHA256: its digest, hex)",
+            },
+            404: {"model": ErrorOut},
+        },
+    )
+    async def quarantine_payload(
+        row_id: Annotated[int, Path(ge=1, le=2**63 - 2, description="The message's id")],
+    ) -> Response:
+        """The bytes the quarantine kept of one message: all of it when it settled seqs,
+        else its first ``quarantine.payload_max_bytes`` (``X-Payload-Bytes`` says how long
+        the message was)."""
+        rows = await store.quarantine(1, before_id=row_id + 1)
+        if not rows or rows[0].id != row_id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no quarantined message {row_id}")
+        q = rows[0]
+        return Response(
+            q.payload,
+            media_type="application/octet-stream",
+            headers={
+                "X-Payload-Bytes": str(q.payload_bytes),
+                "X-Payload-SHA256": q.payload_sha256.hex(),
+            },
+        )
 
     @app.get("/v1/devices/{device_id}/gaps", tags=["operations"], responses=_NOT_FOUND)
     async def gaps(device_id: DeviceIdPath) -> GapsOut:
-        """Each stream's cumulative ack and the seq ranges missing below its highest seq."""
+        """Each stream's cumulative ack, the seq ranges missing below its highest seq, and
+        those the device released that the store does not hold (``released``: lost with a
+        dropped or restored database, or skipped by a van whose outbox was reset)."""
         await known_device(device_id)
         acks = await store.acks(device_id)
         return GapsOut(

@@ -17,6 +17,11 @@
 - ``fleet-ingest publish-model (--signed FILE | --clear) (--device ID ... | --all)``:
   publish it retained on each van's ``fleet/v1/{id}/model`` (``--all``: every enabled
   enrolled device), or clear it (the vans go back to their shipped model).
+- ``fleet-ingest publish-manifest --manifest FILE [--gzip | --no-gzip] [--dry-run]``:
+  check a day's manifest as the van will (its parser, its device) and that its payload
+  fits the broker (:data:`~firmware_agent.contract.manifest.MAX_MANIFEST_PAYLOAD_BYTES`,
+  gzip-compressed when the JSON alone does not), then publish it retained on
+  ``fleet/v1/{its device_id}/manifest``.
 
 Every command but ``model-key`` and ``sign-model`` takes ``--config FILE`` (TOML; see
 :mod:`cloud_ingest.config`) and ``--database-url URL`` (over the file and
@@ -53,7 +58,7 @@ EXIT_USAGE = 2
 
 # docs/mosquitto/fleet.conf's message_size_limit: a larger signed model is refused by
 # a broker run with the shipped settings.
-BROKER_MESSAGE_LIMIT_BYTES = 256 * 1024
+BROKER_MESSAGE_LIMIT_BYTES = 1024 * 1024
 
 log = logging.getLogger("cloud_ingest")
 
@@ -200,6 +205,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     who.add_argument("--all", action="store_true", help="every enabled enrolled device")
     p.set_defaults(func=_cmd_publish_model)
+
+    p = sub.add_parser(
+        "publish-manifest",
+        parents=[common],
+        help="publish a day's manifest to its van (retained), checked first",
+        description="Check the manifest as the van will (the van's own parser; exit 2 if "
+        "the van would refuse it) and that its payload fits the broker (at most "
+        "1,000,000 bytes as sent), then publish it retained at QoS 1 on "
+        "fleet/v1/{its device_id}/manifest with the MQTT settings of --config (on a "
+        "broker with the shipped ACLs, the dispatcher's certificate). Sent as compact "
+        "JSON, gzip-compressed when that alone is over the limit.",
+    )
+    p.add_argument("--manifest", type=Path, required=True, help="the manifest (JSON, or gzip)")
+    p.add_argument("--device", metavar="ID", help="the van it must be for (default: its device_id)")
+    gz = p.add_mutually_exclusive_group()
+    gz.add_argument(
+        "--gzip",
+        dest="compress",
+        action="store_const",
+        const=True,
+        help="always gzip (agents before the gzip form refuse it)",
+    )
+    gz.add_argument(
+        "--no-gzip", dest="compress", action="store_const", const=False, help="never gzip"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check and size the payload, publish nothing"
+    )
+    p.set_defaults(func=_cmd_publish_manifest, compress=None)
     return parser
 
 
@@ -550,6 +584,51 @@ def _cmd_publish_model(args: argparse.Namespace) -> int:
     for device, reason in zip(targets, reasons, strict=True):
         print(f"{downlink_topic(device, 'model')}: {reason}")
     print(f"published {what}, retained, to {len(targets)} device(s)")
+    return EXIT_OK
+
+
+def _cmd_publish_manifest(args: argparse.Namespace) -> int:
+    from cloud_ingest.store.base import is_device_id  # noqa: PLC0415
+    from firmware_agent.contract.manifest import (  # noqa: PLC0415
+        MAX_MANIFEST_PAYLOAD_BYTES,
+        ManifestError,
+        encode_manifest_payload,
+        load_manifest,
+    )
+    from firmware_agent.contract.topics import downlink_topic  # noqa: PLC0415
+
+    try:
+        # The van's own checks (load_manifest reads a gzip file as well): a manifest
+        # every van would refuse is not worth a publish.
+        manifest = load_manifest(args.manifest)
+    except ManifestError as err:
+        return _error(f"{args.manifest}: the van would refuse it: {err}", EXIT_USAGE)
+    device = manifest.device_id
+    if not is_device_id(device):
+        return _error(f"{args.manifest}: device_id {device!r} is no device id", EXIT_USAGE)
+    if args.device is not None and args.device != device:
+        return _error(
+            f"{args.manifest} is for {device!r}, not {args.device!r}: that van would refuse it",
+            EXIT_USAGE,
+        )
+    try:
+        payload = encode_manifest_payload(manifest, compress=args.compress)
+    except ManifestError as err:
+        return _error(f"{args.manifest}: {err}", EXIT_USAGE)
+    form = "gzip" if payload[:2] == b"\x1f\x8b" else "JSON"
+    what = (
+        f"manifest {manifest.route_id} for {device} ({len(manifest.stops)} stops): "
+        f"{len(payload):,} bytes as {form}, limit {MAX_MANIFEST_PAYLOAD_BYTES:,}"
+    )
+    if args.dry_run:
+        print(f"checked {what}; not published (--dry-run)")
+        return EXIT_OK
+    from cloud_ingest.downlink import publish_retained  # noqa: PLC0415 (paho: only here)
+
+    topic = downlink_topic(device, "manifest")
+    (reason,) = publish_retained(_config(args).mqtt, [(topic, payload)])
+    print(f"{topic}: {reason}")
+    print(f"published {what}, retained")
     return EXIT_OK
 
 

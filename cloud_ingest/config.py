@@ -28,6 +28,17 @@ TOML layout (every key optional)::
     port = 8080
     access_log = false
 
+    [quarantine]                       # refused messages (docs/ingest.md, "Quarantine")
+    payload_max_bytes = 4096           # kept of a payload that settled nothing (+ length, SHA-256)
+    max_age_days = 90                  # rows older are deleted (0: kept for ever)
+    max_unsettled_rows = 100000        # of the rows that settled nothing, the newest kept (0: all)
+    prune_interval_s = 600             # how often the service applies the two limits
+
+    [record_time]                      # record times taken as plausible (implausible_time)
+    max_ahead_s = 300                  # at most this far ahead of the receipt
+    earliest = 2020-01-01T00:00:00Z    # never before
+    max_age_days = 0                   # at most this old at receipt (0: any age)
+
 Environment: ``FLEET_INGEST_`` + the key path in capitals joined by ``_``:
 ``FLEET_INGEST_WORKERS``, ``FLEET_INGEST_DATABASE_URL``, ``FLEET_INGEST_MQTT_PORT``,
 ``FLEET_INGEST_HTTP_PORT``, ... (:func:`environment_variables` lists them all).
@@ -43,11 +54,20 @@ import os
 import socket
 import tomllib
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cloud_ingest.errors import ConfigError
 
@@ -159,6 +179,35 @@ class HttpSettings(_Section):
     access_log: bool = False
 
 
+class QuarantineSettings(_Section):
+    """What the quarantine keeps of a refused message, and for how long.
+
+    ``payload_max_bytes``: of a payload that settled nothing (its sender still holds
+    the records, or it is none), the first bytes kept, with its length and SHA-256; a
+    payload that settled seqs is the only copy of those records and is kept whole.
+    ``max_age_days``: rows received longer ago are deleted (0: never).
+    ``max_unsettled_rows``: of the rows that settled nothing, only the newest are kept
+    (0: no limit); a flood of junk never pushes out evidence of settled records.
+    ``prune_interval_s``: how often ``serve`` applies the two limits.
+    """
+
+    payload_max_bytes: int = Field(default=4096, ge=0, le=16 * 1024 * 1024)
+    max_age_days: float = Field(default=90.0, ge=0, le=100 * 366)
+    max_unsettled_rows: int = Field(default=100_000, ge=0)
+    prune_interval_s: float = Field(default=600.0, gt=0, le=7 * 86_400)
+
+
+class RecordTimeSettings(_Section):
+    """The record times ingest takes as plausible (:class:`cloud_ingest.verify.RecordTimes`);
+    others are quarantined as ``implausible_time``. ``max_ahead_s``: how far ahead of the
+    receipt (clock skew); ``earliest``: never before it; ``max_age_days``: how old at
+    receipt (0: any age, so a van's replay after however long an outage is accepted)."""
+
+    max_ahead_s: float = Field(default=300.0, ge=0, le=366 * 86_400)
+    earliest: AwareDatetime = datetime(2020, 1, 1, tzinfo=UTC)
+    max_age_days: float = Field(default=0.0, ge=0, le=100 * 366)
+
+
 class IngestConfig(_Section):
     """Every setting of ``fleet-ingest`` (see the module doc)."""
 
@@ -167,6 +216,8 @@ class IngestConfig(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
+    record_time: RecordTimeSettings = Field(default_factory=RecordTimeSettings)
 
 
 def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

@@ -84,7 +84,12 @@ def event_record(e: StopEvent) -> dict[str, Any]:
 
 def pod_record(pod: Pod) -> dict[str, Any]:
     """A stored POD: its record's fields (the chain's seq as ``pod_seq``: ``seq`` is the
-    envelope's), its JWS verified against the device's key, its link in the chain."""
+    envelope's), its JWS and what ingest verified, as the HTTP API's ``verification``
+    says it: ``signature_valid`` (the JWS verifies with the device's registered key) and
+    ``claims_match`` (the signed claims are the record's), both true for every stored
+    POD (ingest quarantines it otherwise); ``chain``, its link in the device's hash
+    chain; ``verified``: all three hold, so false while the chain is ``pending`` (the
+    record is said again with ``verified`` true once it links)."""
     r = pod.record
     return {
         "device_id": pod.device_id,
@@ -97,7 +102,9 @@ def pod_record(pod: Pod) -> dict[str, Any]:
         "verdict": r.verdict,
         "distance_m": r.distance_m,
         "jws": r.jws,
-        "verified": True,
+        "signature_valid": True,
+        "claims_match": True,
+        "verified": pod.chain_status == "ok",
         "chain": pod.chain_status,
     }
 

@@ -20,21 +20,29 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from cloud_ingest.config import DatabaseSettings, IngestConfig, MqttSettings
-from cloud_ingest.errors import ConfigError, IngestError
-from cloud_ingest.store.base import Store
+from cloud_ingest.config import (
+    DatabaseSettings,
+    IngestConfig,
+    MqttSettings,
+    QuarantineSettings,
+    RecordTimeSettings,
+)
+from cloud_ingest.errors import ConfigError, IngestError, StorageError
+from cloud_ingest.store.base import QUARANTINE_PAYLOAD_MAX_BYTES, Store
 
 # The HTTP stack and the MQTT client load only for `serve`: the other commands of
 # fleet-ingest (migrate, device ...) open a store and should start fast.
 if TYPE_CHECKING:
     import uvicorn
 
+    from cloud_ingest.verify import RecordTimes
     from cloud_ingest.worker import WorkerConfig
     from firmware_agent.contract.mqtt import TlsConfig
 
@@ -48,31 +56,39 @@ class ServiceError(IngestError, OSError):
     """The service cannot start (the HTTP address is taken, ...)."""
 
 
-def make_store(url: str) -> Store:
+def make_store(
+    url: str, *, quarantine_payload_max_bytes: int = QUARANTINE_PAYLOAD_MAX_BYTES
+) -> Store:
     """An unopened store for a database URL (see :class:`DatabaseSettings`):
     :class:`~cloud_ingest.store.sqlite.SqliteStore` or
     :class:`~cloud_ingest.store.postgres.PostgresStore`. :class:`ConfigError` for a
-    URL neither takes."""
+    URL neither takes. ``quarantine_payload_max_bytes``: see :class:`QuarantineSettings`."""
     try:
         settings = DatabaseSettings(url=url)
     except ValidationError as err:
         raise ConfigError(f"database URL: {err.errors()[0]['msg']}") from None
+    keep = quarantine_payload_max_bytes
     if settings.backend == "sqlite":
         from cloud_ingest.store.sqlite import SqliteStore  # noqa: PLC0415 (only what is used)
 
-        return SqliteStore(settings.sqlite_path)
+        return SqliteStore(settings.sqlite_path, quarantine_payload_max_bytes=keep)
     from cloud_ingest.store.postgres import PostgresStore  # noqa: PLC0415
 
-    return PostgresStore(url)
+    return PostgresStore(url, quarantine_payload_max_bytes=keep)
 
 
 @asynccontextmanager
-async def open_store(url: str, *, migrate: bool = True) -> AsyncIterator[Store]:
+async def open_store(
+    url: str,
+    *,
+    migrate: bool = True,
+    quarantine_payload_max_bytes: int = QUARANTINE_PAYLOAD_MAX_BYTES,
+) -> AsyncIterator[Store]:
     """``async with open_store(url) as store``: opened, migrated (unless ``migrate`` is
     false), closed on the way out. :class:`~cloud_ingest.errors.StorageError` if the
     database cannot be used, :class:`~cloud_ingest.store.base.MigrationError` if its
     schema is newer than this code."""
-    async with make_store(url) as store:
+    async with make_store(url, quarantine_payload_max_bytes=quarantine_payload_max_bytes) as store:
         if migrate:
             applied = await store.migrate()
             if applied:
@@ -95,12 +111,24 @@ def mqtt_tls(mqtt: MqttSettings) -> TlsConfig | None:
     return TlsConfig(ca_file=mqtt.tls_ca, cert_file=mqtt.tls_cert, key_file=mqtt.tls_key)
 
 
+def record_times(settings: RecordTimeSettings) -> RecordTimes:
+    """The workers' :class:`~cloud_ingest.verify.RecordTimes` of ``[record_time]``."""
+    from cloud_ingest.verify import RecordTimes  # noqa: PLC0415
+
+    return RecordTimes(
+        max_ahead=timedelta(seconds=settings.max_ahead_s),
+        earliest=settings.earliest.astimezone(UTC),
+        max_age=timedelta(days=settings.max_age_days) if settings.max_age_days else None,
+    )
+
+
 def worker_configs(config: IngestConfig) -> list[WorkerConfig]:
     """One :class:`WorkerConfig` per worker of ``config``."""
     from cloud_ingest.worker import WorkerConfig  # noqa: PLC0415
 
     mqtt = config.mqtt
     tls = mqtt_tls(mqtt)
+    times = record_times(config.record_time)
     return [
         WorkerConfig(
             host=mqtt.host,
@@ -109,9 +137,45 @@ def worker_configs(config: IngestConfig) -> list[WorkerConfig]:
             group=mqtt.group,
             max_message_bytes=config.max_message_bytes,
             tls=tls,
+            record_times=times,
         )
         for i in range(1, config.workers + 1)
     ]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def prune_quarantine(
+    store: Store, settings: QuarantineSettings, *, now: datetime | None = None
+) -> int:
+    """Apply the quarantine's retention (``[quarantine]``) once; the rows deleted."""
+    now = now or _utcnow()
+    return await store.prune_quarantine(
+        received_before=now - timedelta(days=settings.max_age_days)
+        if settings.max_age_days
+        else None,
+        max_unsettled_rows=settings.max_unsettled_rows or None,
+    )
+
+
+async def quarantine_retention(
+    store: Store, settings: QuarantineSettings, *, clock: Callable[[], datetime] = _utcnow
+) -> None:
+    """:func:`prune_quarantine` now and every ``prune_interval_s``, until cancelled. A
+    failure is logged and tried again next time: retention never stops ingest."""
+    while True:
+        try:
+            deleted = await prune_quarantine(store, settings, now=clock())
+        except StorageError as err:
+            log.warning(
+                "quarantine retention: %s; trying again in %g s", err, settings.prune_interval_s
+            )
+        else:
+            if deleted:
+                log.info("quarantine retention: %d rows deleted", deleted)
+        await asyncio.sleep(settings.prune_interval_s)
 
 
 def _http_server(config: uvicorn.Config) -> uvicorn.Server:
@@ -174,12 +238,17 @@ async def serve(
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     try:
         async with AsyncExitStack() as stack:
-            store = await stack.enter_async_context(open_store(url))
+            keep = config.quarantine.payload_max_bytes
+            store = await stack.enter_async_context(
+                open_store(url, quarantine_payload_max_bytes=keep)
+            )
             workers = []
             for wc in configs:
                 worker_store = store
                 if config.database.backend == "postgresql":
-                    worker_store = await stack.enter_async_context(open_store(url, migrate=False))
+                    worker_store = await stack.enter_async_context(
+                        open_store(url, migrate=False, quarantine_payload_max_bytes=keep)
+                    )
                 workers.append(IngestWorker(worker_store, wc))
             app = create_app(store, workers=workers)
             server = _http_server(
@@ -209,6 +278,11 @@ async def serve(
                     tg.create_task(w.run(), name=f"ingest-worker-{w.config.client_id}")
                     for w in workers
                 ]
+                tasks.append(
+                    tg.create_task(
+                        quarantine_retention(store, config.quarantine), name="quarantine-retention"
+                    )
+                )
                 await stop.wait()
                 log.info("fleet-ingest: stopping")
                 server.should_exit = True

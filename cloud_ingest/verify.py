@@ -21,7 +21,11 @@ schema              decodes, but breaks its JSON Schema (docs/schemas/), lacks a
                     ingest needs, or holds a NUL character (no PostgreSQL text takes it)
 device_mismatch     the payload's device_id is not the topic's
 bad_signature       the POD's JWS does not verify with the device's key (altered,
-                    signed by another key, or an algorithm other than EdDSA/Ed25519)
+                    signed by another key, or an algorithm other than EdDSA/Ed25519);
+                    or a signed telemetry batch, or a status's sequence report
+                    (``seqs``), whose signature does not verify
+unproven_range      an unsigned telemetry batch without a fix: it could only settle
+                    seqs it does not carry, which takes the device's signature
 wrong_device        a validly signed POD whose claims name another device
 pod_mismatch        the envelope's record disagrees with the signed claims (parcel,
                     stop_id, the chain seq, verdict, scan time): the claims are the
@@ -30,11 +34,37 @@ replayed_pod        (:func:`check_replay`) another envelope seq already holds th
                     POD's chain seq: a POD sent again as a new record, or a forked chain
 broken_chain        (:func:`check_chain`) ``prev`` is not the digest of the stored
                     predecessor, or the first POD does not start from the genesis
+implausible_time    a record dated later than its receipt plus a clock skew, or before
+                    the earliest plausible time (:class:`RecordTimes`); checked last,
+                    on records that passed everything else
 ==================  ================================================================
+
+Record times (issue 13, finding 10): a fix, event or POD dated in 2099 or 0001 would
+show as a device's latest position, sort first or last in every list, and break
+consumers' date types. A record is plausible from :attr:`RecordTimes.earliest` (2020,
+before any van of this fleet: an unset clock says 1970, a GNSS week-number rollover
+about 2006) or, when :attr:`RecordTimes.max_age` is set, its receipt minus that age,
+up to its receipt plus :attr:`RecordTimes.max_ahead` (5 min of clock skew). A replay of
+a long outage is therefore accepted, however old, unless ``max_age`` says otherwise.
+An implausible record is quarantined whole and settles its seq (it came from its own,
+enrolled device, signed when it is a POD, and resending it can never make it
+plausible): the quarantine keeps it, so it is not lost, and the device moves on. A
+telemetry batch keeps its plausible fixes: they are stored, and the batch goes to the
+quarantine as well, settling the seqs of the fixes it refused. A quarantined POD's
+successor stays chain ``pending``: its predecessor is in the quarantine, not the chain.
 
 The store runs the same two checks again inside its write transaction, under a lock
 on the device (:mod:`cloud_ingest.store.podlinks`): with N workers, a POD and its
 predecessor may be checked at the same moment by two of them, neither seeing the other.
+
+What a message settles in the acks (docs/ingest.md, "Acks"): a record its own seq; a
+telemetry batch the seqs of the fixes it carries and, only when it is signed with the
+device key (:data:`~firmware_agent.contract.telemetry.FLAG_SIGNED`), the seqs of its
+range it does not carry (thinned away by the van's outbox); a status the seqs its
+device released (the signed sequence report, ``seqs``: :class:`~cloud_ingest.store.
+base.Released`). No message settles a seq by merely naming it: a batch claiming
+``1..2**63-1`` with no fix, from whoever can publish on the van's topic, settled every
+seq the van would ever send (issue 13, finding 7).
 
 A :class:`Rejected` carries ``covered`` when the message came from a known, enabled
 device on its own topic with a readable envelope, retrying it can never succeed, and
@@ -49,8 +79,9 @@ enrolled or enabled.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -61,6 +92,7 @@ from cloud_ingest.store.base import (
     Pod,
     Position,
     Quarantined,
+    Released,
     StopEvent,
 )
 from firmware_agent.contract.envelope import RecordEnvelope, decode_envelope, decode_status
@@ -69,8 +101,10 @@ from firmware_agent.contract.jws import POD_TYP, JwsError, verify_compact
 from firmware_agent.contract.pod import GENESIS_PREV, PodClaims
 from firmware_agent.contract.records import PodRecord
 from firmware_agent.contract.schema import validate
-from firmware_agent.contract.telemetry import decode_batch
-from firmware_agent.contract.topics import ROOT, STATUS, parse_topic
+from firmware_agent.contract.seqreport import verify_report
+from firmware_agent.contract.telemetry import decode_batch, verify_batch
+from firmware_agent.contract.times import format_utc
+from firmware_agent.contract.topics import ROOT, STATUS, STREAMS, parse_topic
 
 Reason = Literal[
     "bad_topic",
@@ -85,6 +119,8 @@ Reason = Literal[
     "pod_mismatch",
     "replayed_pod",
     "broken_chain",
+    "unproven_range",
+    "implausible_time",
 ]
 Leaf = Literal["telemetry", "events", "pod", "status"]
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -109,15 +145,18 @@ class StatusUpdate:
 class Accepted:
     """A message that passed every check, as the records to store.
 
-    ``items``: a telemetry batch's :class:`Position` per fix and one :class:`Covered`
-    for its declared range; one :class:`StopEvent`; one :class:`Pod` (chain status
-    "pending" until :func:`check_chain` or the store decides); or one
-    :class:`StatusUpdate`.
+    ``items``: a telemetry batch's :class:`Position` per fix, and when it is signed one
+    :class:`Covered` for its declared range; one :class:`StopEvent`; one :class:`Pod`
+    (chain status "pending" until :func:`check_chain` or the store decides); or one
+    :class:`StatusUpdate` and, when it carries a sequence report, a :class:`Released`
+    per stream with something released. A telemetry batch some of whose fixes are
+    dated implausibly also holds its :class:`Quarantined` and what it settles
+    (:class:`RecordTimes`).
     """
 
     device_id: str
     leaf: Leaf
-    items: tuple[Position | Covered | StopEvent | Pod | StatusUpdate, ...]
+    items: tuple[Position | Covered | StopEvent | Pod | StatusUpdate | Released | Quarantined, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +187,44 @@ class Rejected:
 
 Checked = Accepted | Rejected
 
+EARLIEST_RECORD_TIME = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordTimes:
+    """The record times ingest takes as plausible, against the message's receipt time:
+    from ``earliest`` (and, when ``max_age`` is set, from the receipt minus it) to the
+    receipt plus ``max_ahead``. See the module doc."""
+
+    max_ahead: timedelta = timedelta(minutes=5)
+    earliest: datetime = EARLIEST_RECORD_TIME
+    max_age: timedelta | None = None
+
+    def bounds(self, received_at: datetime) -> tuple[datetime, datetime]:
+        """The first and the last plausible time of a record received at ``received_at``."""
+        try:
+            last = received_at + self.max_ahead
+        except OverflowError:
+            last = datetime.max.replace(tzinfo=UTC)
+        first = self.earliest
+        if self.max_age is not None:
+            with contextlib.suppress(OverflowError):  # a max_age beyond year 1: none
+                first = max(first, received_at - self.max_age)
+        return first, last
+
+    def why(self, t: datetime, received_at: datetime) -> str:
+        """Why ``t`` is implausible for a record received at ``received_at``."""
+        last = self.bounds(received_at)[1]
+        when = f"dated {format_utc(t)}, received {format_utc(received_at)}"
+        if t > last:
+            return f"{when}: more than {self.max_ahead} ahead of its receipt"
+        if t < self.earliest:
+            return f"{when}: before {format_utc(self.earliest)}, the earliest plausible time"
+        return f"{when}: older than {self.max_age} (record_time.max_age_days)"
+
+
+RECORD_TIMES = RecordTimes()
+
 
 def check_message(
     topic: str,
@@ -156,14 +233,90 @@ def check_message(
     received_at: datetime,
     device: Device | None,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    times: RecordTimes | None = RECORD_TIMES,
 ) -> Checked:
     """Check one uplink message; see the module doc for the reasons and their order.
 
     ``device``: the store's record of the topic's device (``None`` when unknown); a
     device with another id is a caller error (:class:`ValueError`). ``received_at``
-    stands in for a status message's missing time. PODs are verified with the device's
-    key; their chain links are checked separately (:func:`check_chain`).
+    stands in for a status message's missing time, and is what record times are held
+    to (``times``; None: any time). PODs are verified with the device's key; their
+    chain links are checked separately (:func:`check_chain`).
     """
+    checked = _check_message(
+        topic, payload, received_at=received_at, device=device, max_bytes=max_bytes
+    )
+    if times is None or not isinstance(checked, Accepted) or checked.leaf == STATUS:
+        return checked
+    return _check_times(checked, times, topic=topic, payload=payload, received_at=received_at)
+
+
+def _check_times(
+    checked: Accepted,
+    times: RecordTimes,
+    *,
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+) -> Checked:
+    """``checked`` less its implausibly dated records (see the module doc)."""
+    first, last = times.bounds(received_at)
+    device_id = checked.device_id
+    if checked.leaf != "telemetry":
+        for item in checked.items:
+            if isinstance(item, StopEvent | Pod) and not first <= item.time <= last:
+                stream: Literal["events", "pod"] = "pod" if isinstance(item, Pod) else "events"
+                return Rejected(
+                    "implausible_time",
+                    f"{stream} seq {item.seq}: {times.why(item.time, received_at)}",
+                    device_id,
+                    Covered(device_id, stream, item.seq, item.seq),
+                )
+        return checked
+    kept: list[Position | Covered | StopEvent | Pod | StatusUpdate | Released | Quarantined] = []
+    refused: list[Position] = []
+    for item in checked.items:
+        if isinstance(item, Position) and not first <= item.point.time <= last:
+            refused.append(item)
+        else:
+            kept.append(item)
+    if not refused:
+        return checked
+    runs = _runs(sorted({p.seq for p in refused}))
+    shown = ", ".join(f"{a}..{b}" if a < b else str(a) for a, b in runs[:10])
+    detail = (
+        f"{len(refused)} of {len(refused) + sum(isinstance(i, Position) for i in kept)} "
+        f"fixes refused, settled here (seqs {shown}{', ...' if len(runs) > 10 else ''}); "
+        f"the others are stored. Seq {refused[0].seq}: "
+        f"{times.why(refused[0].point.time, received_at)}"
+    )
+    settled = [Covered(device_id, "telemetry", a, b) for a, b in runs]
+    quarantined = Quarantined(
+        received_at, topic, device_id, "implausible_time", detail, payload, settled[0]
+    )
+    return Accepted(device_id, "telemetry", (*kept, *settled[1:], quarantined))
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct ``seqs`` as runs of consecutive seqs."""
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+def _check_message(
+    topic: str,
+    payload: bytes,
+    *,
+    received_at: datetime,
+    device: Device | None,
+    max_bytes: int,
+) -> Checked:
+    """:func:`check_message` but for record times."""
     try:
         parsed = parse_topic(topic)
     except CodecError as err:
@@ -180,9 +333,9 @@ def check_message(
     if not device.enabled:
         return Rejected("disabled_device", f"device {device_id!r} is disabled", device_id)
     if leaf == "telemetry":
-        return _check_telemetry(device_id, payload)
+        return _check_telemetry(device, payload)
     if leaf == STATUS:
-        return _check_status(device_id, payload, received_at)
+        return _check_status(device, payload, received_at)
     try:
         env = decode_envelope(payload, stream=leaf)
     except CodecError as err:
@@ -289,7 +442,8 @@ def _device_mismatch(payload_device: str, topic_device: str) -> Rejected:
     )
 
 
-def _check_telemetry(device_id: str, payload: bytes) -> Checked:
+def _check_telemetry(device: Device, payload: bytes) -> Checked:
+    device_id = device.device_id
     try:
         batch = decode_batch(payload)
     except CodecError as err:
@@ -305,11 +459,35 @@ def _check_telemetry(device_id: str, payload: bytes) -> Checked:
     items: list[Position | Covered] = [
         Position(device_id, seq, batch.historical, point) for seq, point in batch.points
     ]
-    items.append(Covered(device_id, "telemetry", batch.first_seq, batch.last_seq))
+    if batch.signature is not None:
+        # The van's word that the seqs of its range it does not carry are gone.
+        key = _public_key(device)
+        if key is None or not verify_batch(payload, key):
+            return Rejected(
+                "bad_signature", "telemetry batch: signature does not verify", device_id
+            )
+        items.append(Covered(device_id, "telemetry", batch.first_seq, batch.last_seq))
+    elif not items:
+        return Rejected(
+            "unproven_range",
+            f"unsigned telemetry batch {batch.first_seq}..{batch.last_seq} without a fix: "
+            "settling seqs it does not carry needs the device's signature",
+            device_id,
+        )
+    # Unsigned, with fixes: each settles its own seq, and a thinned seq of its range
+    # stays a hole until a signed batch covers it.
     return Accepted(device_id, "telemetry", tuple(items))
 
 
-def _check_status(device_id: str, payload: bytes, received_at: datetime) -> Checked:
+def _public_key(device: Device) -> Ed25519PublicKey | None:
+    try:
+        return Ed25519PublicKey.from_public_bytes(device.public_key)
+    except ValueError:  # a registered key that is no Ed25519 point
+        return None
+
+
+def _check_status(device: Device, payload: bytes, received_at: datetime) -> Checked:
+    device_id = device.device_id
     try:
         status = decode_status(payload)
     except CodecError as err:
@@ -319,6 +497,20 @@ def _check_status(device_id: str, payload: bytes, received_at: datetime) -> Chec
         return rejected
     if status.device_id != device_id:
         return _device_mismatch(status.device_id, device_id)
+    released: list[Released] = []
+    if status.seqs is not None:
+        key = _public_key(device)
+        if key is None:
+            return Rejected("bad_signature", "status seqs: device key unusable", device_id)
+        try:
+            report = verify_report(status.seqs, key)
+        except JwsError as err:
+            return Rejected("bad_signature", f"status seqs: {err}", device_id)
+        except CodecError as err:
+            return Rejected("malformed", f"status seqs: {err}", device_id)
+        if report.device_id != device_id:
+            return _device_mismatch(report.device_id, device_id)
+        released = [Released(device_id, s, report.acked[s]) for s in STREAMS if report.acked[s]]
     update = StatusUpdate(
         device_id=device_id,
         state=status.state,
@@ -326,7 +518,7 @@ def _check_status(device_id: str, payload: bytes, received_at: datetime) -> Chec
         received_at=received_at,
         health=status.health,
     )
-    return Accepted(device_id, "status", (update,))
+    return Accepted(device_id, "status", (update, *released))
 
 
 def _check_pod(env: RecordEnvelope, record: PodRecord, device: Device) -> Checked:

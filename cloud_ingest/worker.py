@@ -34,7 +34,14 @@ import aiomqtt
 
 from cloud_ingest import fleetstream
 from cloud_ingest.store.base import STREAM_LEASE_S, Device, Store, WriteBatch, WriteResult
-from cloud_ingest.verify import Accepted, Rejected, StatusUpdate, check_message
+from cloud_ingest.verify import (
+    RECORD_TIMES,
+    Accepted,
+    RecordTimes,
+    Rejected,
+    StatusUpdate,
+    check_message,
+)
 from firmware_agent.contract import schema
 from firmware_agent.contract.backoff import Backoff
 from firmware_agent.contract.envelope import encode_ack
@@ -57,6 +64,8 @@ class WorkerConfig:
     batch_max: int = 500
     batch_wait_s: float = 0.02
     max_message_bytes: int = 256 * 1024
+    # Record times taken as plausible against the receipt (others: implausible_time).
+    record_times: RecordTimes = RECORD_TIMES
     # QoS 1 publishes (acks, normalized stream) on the wire awaiting PUBACK at once.
     max_inflight: int = 100
     backoff_initial_s: float = 0.5
@@ -82,6 +91,9 @@ class WorkerCounts:
     store_errors: int = 0
     stream_published: int = 0  # fleetstream messages PUBACKed
     stream_reclaimed: int = 0  # of which taken over from the outbox after their lease
+    # Seqs devices released that the store did not hold (a restored database, a van's
+    # outbox reset).
+    lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +290,7 @@ class IngestWorker:
                 received_at=r.received_at,
                 device=await self._device(_topic_device(r.topic)),
                 max_bytes=self.config.max_message_bytes,
+                times=self.config.record_times,
             )
             if isinstance(checked, Rejected):
                 items.append(
@@ -287,6 +300,7 @@ class IngestWorker:
             assert isinstance(checked, Accepted)
             for item in checked.items:
                 if isinstance(item, StatusUpdate):
+                    _note_outbox_reset(self.status.get(item.device_id), item)
                     self.status[item.device_id] = item
                 else:
                     items.append(item)
@@ -320,6 +334,17 @@ class IngestWorker:
             for q in result.quarantined:
                 self.counts.quarantined[q.reason] = self.counts.quarantined.get(q.reason, 0) + 1
                 log.info("ingest: quarantined %s from %s: %s", q.reason, q.topic, q.detail)
+            for x in result.lost:
+                self.counts.lost += x.last_seq - x.first_seq + 1
+                log.warning(
+                    "ingest: %s released %s %d..%d, which the store does not hold (lost with "
+                    "a dropped or restored database, or skipped by an outbox reset the van "
+                    "reports); settled, listed as released",
+                    x.device_id,
+                    x.stream,
+                    x.first_seq,
+                    x.last_seq,
+                )
             await self._publish(client, result)
         finally:
             self._publish_turn.release()
@@ -362,3 +387,24 @@ def _reap(tasks: set[asyncio.Task[WriteResult]]) -> None:
 def _topic_device(topic: str) -> str | None:
     parts = topic.split("/")
     return parts[2] if len(parts) == 4 and parts[0] == "fleet" else None
+
+
+def _note_outbox_reset(before: StatusUpdate | None, now: StatusUpdate) -> None:
+    """Log a van's outbox numbering reset (its status health ``outbox_last_reset``: the
+    van lost or rebuilt its outbox and numbers on above its high-water mark) the first
+    time this worker sees it. The seqs it skipped reach the store as released by the
+    van's sequence report, which this log line explains."""
+    reset = now.health.get("outbox_last_reset")
+    if not isinstance(reset, dict) or (
+        before is not None and before.health.get("outbox_last_reset") == reset
+    ):
+        return
+    log.warning(
+        "ingest: %s reports an outbox reset at %s (%s): numbering %s -> %s; the seqs it "
+        "skipped come released in its sequence report (never used, or lost with its file)",
+        now.device_id,
+        reset.get("at"),
+        str(reset.get("reason"))[:200],
+        reset.get("from"),
+        reset.get("to"),
+    )

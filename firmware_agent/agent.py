@@ -14,6 +14,17 @@ an empty one returns them to the agent's own. Status health reports the running
 config's revision (``config_revision``, 0 on defaults) at every connect and at once
 when it changes.
 
+No downlink can brick the van: a manifest or config is validated (a manifest for
+another device is refused), its geofence geometry built off the event loop (bounded:
+:mod:`firmware_agent.geofence.index`), and only then stored and switched to. Anything
+refused leaves the running manifest and config as they are, is logged with its reason
+every time, and is reported in status health: ``manifest_route_id`` and
+``manifest_stops`` (what runs), ``manifests_refused`` and ``configs_refused`` (counts
+since start) and ``manifest_refused`` / ``config_refused`` (the last refusal: its
+``route_id`` or ``revision`` when known, ``reason``, ``at``). A stored manifest or
+config the agent refuses at start (stored by an older version, say) is reported the
+same way and the agent starts without it; the broker delivers the retained ones again.
+
 ETAs: at start, off the event loop, the agent loads the ETA model (``AgentConfig.
 eta_model``, else the default shipped in the package, ``firmware_agent/eta/models/
 default.tflite``) and hands it to the pipeline, which then publishes ``eta`` and
@@ -36,16 +47,27 @@ start it runs ``eta/current.model`` if that verifies and loads, else the previou
 it to that one and removes both files.
 
 State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 0600),
-``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db``, ``eta/``.
+``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db`` with its
+high-water mark ``outbox.db.seqmark`` and disk-full reserve ``outbox.db.reserve``,
+``eta/``.
 
-The POD chain state is saved after the POD is in the outbox; at start, a pending POD in
-the outbox newer than the saved state wins (a crash between the two), so the chain
-never forks and no signed POD is lost.
+The POD chain state is saved after the POD is in the outbox, and kept by the outbox in
+the POD's own transaction; at start the newest of the saved state, the outbox's copy
+and the pending PODs wins (a crash between the two, a save a full disk refused), so
+the chain never forks and no signed POD is lost.
+
+A full disk does not stop the van (:mod:`firmware_agent.uplink.holdback`): what the
+outbox refuses waits in memory, bounded, and is stored at the first retry once space
+returns; once the PODs memory may hold are held, scans are refused before anything is
+signed. An outbox that cannot even be opened is retried until it opens. Status health
+says so (``outbox_degraded``, ``outbox_held``, ``scans_refused``, ...) and reports a
+numbering reset of a damaged or lost outbox (``outbox_resets``, ``outbox_last_reset``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -55,7 +77,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from firmware_agent.contract import wirejson
 from firmware_agent.contract.errors import CodecError, ModelError, ModelUpdateError
@@ -64,7 +86,12 @@ from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import Manifest, ManifestError, parse_manifest
 from firmware_agent.contract.records import PodRecord, Record, encode_record
 from firmware_agent.contract.times import format_utc
-from firmware_agent.errors import ConfigError, ModelUnavailableError, RemoteConfigError
+from firmware_agent.errors import (
+    ConfigError,
+    ModelUnavailableError,
+    OutboxStorageError,
+    RemoteConfigError,
+)
 from firmware_agent.eta.model_store import (
     ModelStore,
     RunningModel,
@@ -74,23 +101,38 @@ from firmware_agent.eta.model_store import (
 )
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.faults import FaultCounter, log_first_seen
+from firmware_agent.geofence import GeofenceIndex, build_index
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.reader import GnssReader, ReaderConfig
-from firmware_agent.manifest_store import ManifestStore
-from firmware_agent.pod.chain import PodChain
-from firmware_agent.pod.state import ChainStateStore, recover_state
+from firmware_agent.manifest_store import (
+    ManifestRefusedError,
+    ManifestStore,
+    check_device,
+    prepare_manifest,
+)
+from firmware_agent.pod.chain import ChainState, PodChain
+from firmware_agent.pod.state import (
+    ChainStateError,
+    ChainStateStore,
+    encode_state,
+    parse_state,
+    recover_state,
+)
 from firmware_agent.remote_config import (
     RemoteConfig,
     RemoteConfigStore,
     admit,
     apply_config,
+    offered_revision,
     parse_config,
     running_revision,
 )
 from firmware_agent.scan.log import read_scan_log
 from firmware_agent.scan.serial_reader import ScannerConfig, SerialScanner
 from firmware_agent.scan.types import Scan
+from firmware_agent.uplink.holdback import Committer, Held, HoldLimits
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
+from firmware_agent.uplink.outbox import META_POD_CHAIN
 from firmware_agent.uplink.queue import AsyncOutbox
 from firmware_agent.van import VanConfig, VanPipeline
 
@@ -116,6 +158,8 @@ class AgentConfig:
     # Playback speed of nmea_file: 1.0 real time, 0 as fast as possible.
     speed: float = 0.0
     outbox_budget_bytes: int = 100 * 1024 * 1024
+    # What is held in memory while the outbox cannot store records (a full disk).
+    hold: HoldLimits = field(default_factory=HoldLimits)
     # With file input: stop once the file is done and ingest acknowledged everything.
     exit_when_drained: bool = False
     # On-device ETAs; the model file, None for the one shipped in the package.
@@ -138,7 +182,10 @@ class AgentCounts:
     scans: int = 0
     records: dict[str, int] = field(default_factory=lambda: {"telemetry": 0, "events": 0, "pod": 0})
     manifests: int = 0
-    # Remote configs applied (a clear included), and refused (invalid or stale).
+    # Manifest downlinks refused (invalid, another van's, geometry that cannot be built).
+    manifests_refused: int = 0
+    # Remote configs applied (a clear included), and refused (invalid or stale; the
+    # stored one at start included).
     configs: int = 0
     configs_refused: int = 0
     # Model downlinks installed (a clear included), and refused.
@@ -236,6 +283,16 @@ class Agent:
         self._model_keys: tuple[Ed25519PublicKey, ...] = ()
         self.input_done = asyncio.Event()
         self._outbox: AsyncOutbox | None = None
+        # Commits to the outbox, holding records in memory while it refuses them.
+        self.committer: Committer | None = None
+        self._chain_save_failures = 0
+        # The outbox's figures and its last numbering reset, read at start.
+        self._outbox_stats: dict[str, int] = {}
+        self._outbox_reset: dict[str, object] | None = None
+        # The device key (PODs, the uplink's sequence report and signed batches).
+        self._device_key: Ed25519PrivateKey | None = None
+        # The last refused manifest and config, for status health.
+        self.refused: dict[str, dict[str, Any]] = {}
 
     # -- set-up ------------------------------------------------------------------
 
@@ -243,9 +300,20 @@ class Agent:
         key = await asyncio.to_thread(
             load_or_create_device_key, self.config.state_dir / "device.key"
         )
+        self._device_key = key
         state = await asyncio.to_thread(self.chain_store.load)
         pending = await outbox.pending("pod", limit=1_000_000)
         recovered = recover_state(_pod_tokens(r.payload for r in pending), key=key.public_key())
+        # The state committed with the last POD stored: ahead of the file when the
+        # file could not be saved (a full disk) and that POD is acknowledged since.
+        kept = await outbox.meta(META_POD_CHAIN)
+        if kept is not None:
+            try:
+                committed = parse_state(kept)
+            except ChainStateError as err:
+                log.warning("outbox's POD chain state ignored: %s", err)
+            else:
+                recovered = max(recovered, committed, key=lambda s: s.seq)
         if recovered.seq > state.seq:
             log.warning(
                 "POD chain state %d behind the outbox's POD %d: recovered",
@@ -253,25 +321,56 @@ class Agent:
                 recovered.seq,
             )
             state = recovered
-            await asyncio.to_thread(self.chain_store.save, state)
+            await self._save_chain(state)
         return PodChain(device_id, key, state)
 
     async def _manifest(self) -> Manifest:
+        """The stored manifest, or an empty one when there is none or it is refused
+        (reported as a refusal: the agent starts, and the broker delivers the retained
+        manifest again)."""
         try:
             manifest = await asyncio.to_thread(self.manifests.load)
+            if manifest is not None:
+                check_device(manifest, self.config.uplink.device_id)
         except ManifestError as err:
-            raise ConfigError(f"stored manifest {self.manifests.path}: {err}") from err
-        if manifest is None:
-            # No route yet: an empty one until the downlink brings the day's manifest.
-            return parse_manifest(
-                {
-                    "route_id": "none",
-                    "device_id": self.config.uplink.device_id,
-                    "date": self.clock.now().date().isoformat(),
-                    "stops": [],
-                }
+            self._refuse(
+                "manifest",
+                None,
+                f"stored manifest {self.manifests.path}: {err}; starting without it",
             )
+            manifest = None
+        if manifest is None:
+            return self._no_manifest()
         return manifest
+
+    def _no_manifest(self) -> Manifest:
+        # No route yet: an empty one until the downlink brings the day's manifest.
+        return parse_manifest(
+            {
+                "route_id": "none",
+                "device_id": self.config.uplink.device_id,
+                "date": self.clock.now().date().isoformat(),
+                "stops": [],
+            }
+        )
+
+    async def _start_pipeline(self, chain: PodChain, van: VanConfig) -> VanPipeline:
+        """The pipeline to start on, its geofence geometry built off the event loop; a
+        stored manifest whose geometry cannot be built is refused (the agent starts on
+        an empty one)."""
+        manifest = await self._manifest()
+        try:
+            index: GeofenceIndex | None = await asyncio.to_thread(
+                build_index, manifest, van.geofence
+            )
+        except Exception as err:  # MemoryError, a bug: never a dead van
+            self._refuse(
+                "manifest",
+                manifest.route_id,
+                f"stored manifest: cannot index: {err!r}; starting without it",
+            )
+            manifest, index = self._no_manifest(), None
+        return VanPipeline(manifest, pods=chain, config=van, eta=await self.load_eta(), index=index)
 
     async def _stored_config(self) -> tuple[VanConfig, UplinkConfig]:
         """The settings to start on: the stored remote config over the agent's own.
@@ -285,8 +384,8 @@ class Agent:
             stored = await asyncio.to_thread(self.config_store.load)
             van, uplink = apply_config(stored, van=c.van, uplink=c.uplink)
         except RemoteConfigError as err:
-            log.warning(
-                "stored config %s refused, running on defaults: %s", self.config_store.path, err
+            self._refuse(
+                "config", None, f"stored config {self.config_store.path}: {err}; on defaults"
             )
             return c.van, c.uplink
         self.remote_config = stored
@@ -330,29 +429,63 @@ class Agent:
     async def run(self) -> None:
         c = self.config
         await asyncio.to_thread(c.state_dir.mkdir, parents=True, exist_ok=True)
-        async with AsyncOutbox(
-            c.state_dir / "outbox.db", budget_bytes=c.outbox_budget_bytes
-        ) as outbox:
+        async with contextlib.AsyncExitStack() as stack:
+            outbox = await self._open_outbox(stack)
             self._outbox = outbox
+            self.committer = Committer(
+                outbox, limits=c.hold, stored=self.counts.records, on_change=self._announce
+            )
+            self._outbox_stats = await outbox.stats()
+            self._outbox_reset = await outbox.last_reset()
             chain = await self._chain(outbox, c.uplink.device_id)
             van, uplink = await self._stored_config()
-            self.pipeline = VanPipeline(
-                await self._manifest(), pods=chain, config=van, eta=await self.load_eta()
-            )
+            self.pipeline = await self._start_pipeline(chain, van)
             self.uplink = Uplink(
                 uplink,
                 outbox,
                 on_downlink=self._downlink,
                 health=self.health,
                 clock=self.clock.now,
+                key=self._device_key,
             )
             async with asyncio.TaskGroup() as tg:
                 uplink_task = tg.create_task(self.uplink.run(), name="uplink")
+                retry_task = tg.create_task(self.committer.run(), name="outbox-retry")
                 tg.create_task(self._inputs(), name="inputs")
                 if c.exit_when_drained:
                     await self.input_done.wait()
+                    await self.committer.flushed()
                     await self.uplink.drained()
                     uplink_task.cancel()
+                    retry_task.cancel()
+
+    async def _open_outbox(self, stack: contextlib.AsyncExitStack) -> AsyncOutbox:
+        """The outbox, opened; while it cannot be (a full disk can refuse even that),
+        the agent waits and tries again rather than exit into a restart loop. Logged
+        when it starts and when it ends."""
+        c = self.config
+        delay_s, failed_at = 1.0, None
+        while True:
+            error: OutboxStorageError | None = None
+            try:
+                outbox = await stack.enter_async_context(
+                    AsyncOutbox(c.state_dir / "outbox.db", budget_bytes=c.outbox_budget_bytes)
+                )
+            except OutboxStorageError as err:
+                error = err
+            if error is None:
+                if failed_at is not None:
+                    log.warning("outbox opened after %.1f s", time.monotonic() - failed_at)
+                return outbox
+            if failed_at is None:
+                failed_at = time.monotonic()
+                log.error("cannot open the outbox (%s): trying again until it opens", error)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 10.0)
+
+    def _announce(self) -> None:
+        if self.uplink is not None:
+            self.uplink.announce()
 
     async def _inputs(self) -> None:
         c = self.config
@@ -418,19 +551,56 @@ class Agent:
     async def on_scan(self, scan: Scan) -> None:
         assert self.pipeline is not None
         self.counts.scans += 1
+        if self.committer is not None and not self.committer.can_sign():
+            # The outbox refuses records and memory holds all the PODs it may: a POD
+            # signed now could not be kept. Nothing is signed; the scan is refused.
+            self.committer.refuse_scan(repr(scan.raw[:40]))
+            return
         records = self.pipeline.on_scan(scan)
         await self._commit(records)
         if any(isinstance(r, PodRecord) for r in records):
-            await asyncio.to_thread(self.chain_store.save, self.pipeline.pods.state)
+            await self._save_chain(self.pipeline.pods.state)
+
+    async def _save_chain(self, state: ChainState) -> None:
+        """Save the POD chain state; a failure (a full disk) is logged once and
+        harmless: the outbox keeps the state with the POD, and the next save catches up."""
+        try:
+            await asyncio.to_thread(self.chain_store.save, state)
+        except OSError as err:
+            failure = err
+        else:
+            return
+        self._chain_save_failures += 1
+        if self._chain_save_failures == 1:
+            log.error(
+                "cannot save the POD chain state to %s (%s): the outbox keeps it with the "
+                "POD; counted from now on (chain_save_failures)",
+                self.chain_store.path,
+                failure,
+            )
 
     async def _commit(self, records: Iterable[Record]) -> None:
         """Every record into the outbox, in order, durably, before anything else: its
-        stream's next seq, and its final bytes (the uplink frames them as they are)."""
-        assert self._outbox is not None
+        stream's next seq, and its final bytes (the uplink frames them as they are). A
+        POD goes with the chain state after it (a scan signs at most one, just now).
+        While the outbox refuses records, they wait in memory (:class:`Committer`)."""
+        assert self.committer is not None
+        assert self.pipeline is not None
         now = self.clock.now()
-        for record in records:
-            await self._outbox.add(record.stream, encode_record(record), created=now)
-            self.counts.records[record.stream] += 1
+        records = list(records)
+        pods = any(isinstance(r, PodRecord) for r in records)
+        chain = encode_state(self.pipeline.pods.state) if pods else None
+        await self.committer.commit(
+            [
+                Held(
+                    r.stream,
+                    encode_record(r),
+                    now,
+                    chain if isinstance(r, PodRecord) else None,
+                )
+                for r in records
+            ]
+        )
 
     async def _downlink(self, kind: str, payload: bytes) -> None:
         if kind == "config":
@@ -442,20 +612,38 @@ class Agent:
         if kind != "manifest":
             log.info("downlink %s (%d bytes): not handled yet", kind, len(payload))
             return
+        await self._manifest_downlink(payload)
+
+    async def _manifest_downlink(self, payload: bytes) -> None:
+        """Adopt a manifest downlink: validate it, refuse another device's, build its
+        geofence geometry off the event loop, store it, and only then switch the
+        pipeline to it. Refused (:class:`CodecError`, which the uplink counts), keeping
+        the running manifest, when any step fails; logged and in status health."""
         assert self.pipeline is not None
+        device_id = self.config.uplink.device_id
         try:
-            manifest = await asyncio.to_thread(self.manifests.replace, payload)
-        except ManifestError as err:
-            raise CodecError(f"manifest refused, keeping the current one: {err}") from err
-        if manifest.device_id != self.config.uplink.device_id:
-            log.warning(
-                "manifest for device %r adopted by %r",
-                manifest.device_id,
-                self.config.uplink.device_id,
+            prepared = await asyncio.to_thread(
+                prepare_manifest,
+                payload,
+                device_id=device_id,
+                geofence=self.pipeline.config.geofence,
+                eta=self.pipeline.eta_tracker is not None,
             )
-        self.pipeline.load_manifest(manifest)
+        except ManifestRefusedError as err:
+            self._refuse("manifest", err.route_id, err.reason)
+            raise CodecError(f"manifest refused, keeping the current one: {err}") from err
+        manifest = prepared.manifest
+        try:
+            await asyncio.to_thread(self.manifests.save, prepared.data)
+        except OSError as err:
+            reason = f"cannot store it: {err.strerror or err}"
+            self._refuse("manifest", manifest.route_id, reason)
+            raise CodecError(f"manifest refused, keeping the current one: {reason}") from err
+        self.pipeline.load_manifest(manifest, prepared.index, prepared.plan)
         self.counts.manifests += 1
         log.info("manifest %s adopted: %d stops", manifest.route_id, len(manifest.stops))
+        if self.uplink is not None:
+            self.uplink.announce()  # manifest_route_id is in the status health
 
     async def _config(self, payload: bytes) -> None:
         """Apply a config downlink to the running pipeline and uplink, and store it.
@@ -470,20 +658,25 @@ class Agent:
         assert self.pipeline is not None
         assert self.uplink is not None
         running = self.remote_config
+        offered: RemoteConfig | None = None
         try:
             offered = parse_config(payload)
             if not admit(running, offered):
                 log.debug("config revision %d again: already running", running_revision(running))
                 return
             van, uplink = apply_config(offered, van=self.config.van, uplink=self.config.uplink)
-        except RemoteConfigError:
-            self.counts.configs_refused += 1
+            # The geofence geometry under the new settings, off the event loop: only a
+            # config the van can run is stored.
+            index = await self._config_index(van)
+        except RemoteConfigError as err:
+            revision = offered_revision(payload) if offered is None else offered.revision
+            self._refuse("config", revision, str(err))
             raise
         if offered is None:
             await asyncio.to_thread(self.config_store.clear)
         else:
             await asyncio.to_thread(self.config_store.save, offered)
-        self.pipeline.reconfigure(van)
+        self.pipeline.reconfigure(van, index)
         # The uplink reads its batching settings per batch; nothing else of it changes.
         self.uplink.config = uplink
         self.remote_config = offered
@@ -497,6 +690,31 @@ class Agent:
                 offered.revision,
                 f" (ignored: {', '.join(offered.ignored)})" if offered.ignored else "",
             )
+
+    async def _config_index(self, van: VanConfig) -> GeofenceIndex:
+        """The running manifest's geofence geometry under ``van``'s settings, built off
+        the event loop; :class:`RemoteConfigError` (``geofence``) if it cannot be."""
+        assert self.pipeline is not None
+        try:
+            return await asyncio.to_thread(build_index, self.pipeline.manifest, van.geofence)
+        except Exception as err:  # MemoryError, a bug: the van keeps its settings
+            raise RemoteConfigError(
+                "geofence", f"cannot index the running manifest: {err!r}"
+            ) from err
+
+    def _refuse(self, kind: str, what: str | int | None, reason: str) -> None:
+        """A refused ``manifest`` or ``config`` (``what``: its route_id or revision, if
+        known): logged with its reason every time, kept for status health, announced."""
+        if kind == "manifest":
+            self.counts.manifests_refused += 1
+            key, name = "route_id", f"manifest {what!r}"
+        else:
+            self.counts.configs_refused += 1
+            key, name = "revision", f"config revision {what}"
+        log.warning("%s refused: %s", kind if what is None else name, reason)
+        self.refused[kind] = {key: what, "reason": reason[:500], "at": format_utc(self.clock.now())}
+        if self.uplink is not None:
+            self.uplink.announce()
 
     async def _model(self, payload: bytes) -> None:
         """Install a model downlink, or go back to the agent's own model on an empty one.
@@ -581,11 +799,33 @@ class Agent:
             "scans": self.counts.scans,
             **{f"records_{k}": v for k, v in self.counts.records.items()},
             "config_revision": running_revision(self.remote_config),
+            "configs_refused": self.counts.configs_refused,
+            "manifests_refused": self.counts.manifests_refused,
         }
+        for kind, refusal in self.refused.items():
+            counts[f"{kind}_refused"] = dict(refusal)
         if self.pipeline is not None:
             counts["pods"] = self.pipeline.counts["pods"]
+            counts["manifest_route_id"] = self.pipeline.manifest.route_id
+            counts["manifest_stops"] = len(self.pipeline.manifest.stops)
+        counts.update(self._outbox_health())
         counts.update(self._eta_health())
         return counts
+
+    def _outbox_health(self) -> dict[str, Any]:
+        """Where the van's records stand: held in memory (a full disk), and whether
+        the outbox's numbering was ever reset (a damaged or lost file)."""
+        out: dict[str, Any] = {}
+        if self.committer is not None:
+            out.update(self.committer.health())
+        out["chain_save_failures"] = self._chain_save_failures
+        stats = self._outbox_stats
+        out["outbox_resets"] = stats.get("seq_resets", 0)
+        out["outbox_corrupt_recovered"] = stats.get("corrupt_recovered", 0)
+        out["outbox_wal_discarded"] = stats.get("wal_discarded", 0)
+        if self._outbox_reset is not None:
+            out["outbox_last_reset"] = self._outbox_reset
+        return out
 
     def _eta_health(self) -> dict[str, Any]:
         if not self.config.eta:

@@ -1,11 +1,14 @@
 """The remote configuration dispatch retains on ``fleet/v1/{device_id}/config``.
 
 The contract is ``config.schema.json`` (docs/asyncapi.yaml, message ``config``): a
-JSON object with ``v`` (1), ``revision`` (an integer >= 1, increasing with every
-change), an optional ``issued_at`` and one object per section overriding the agent's
-defaults. A setting left out keeps its default; an empty payload clears the config
-(back to defaults); unknown sections and keys are allowed and ignored, so a newer
-config never stops an older agent.
+JSON object with ``v`` (1), ``revision`` (an integer from 1 to 2^53 - 1,
+:data:`MAX_REVISION`, increasing with every change), an optional ``issued_at`` and one
+object per section overriding the agent's defaults. Every setting has its range (the
+geofence's: :data:`firmware_agent.geofence.config.LIMITS`); a value outside it is
+refused naming the key (``geofence.index_cell_m: must be within [10, 10000] ...``).
+A setting left out keeps its default; an empty payload clears the config (back to
+defaults); unknown sections and keys are allowed and ignored, so a newer config never
+stops an older agent.
 
 Every section of the schema has a runtime counterpart here, and each is applied over
 the agent's own settings (shipped defaults and /etc), never over a previous remote
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from firmware_agent.contract.keys import fsync_directory, make_private_dirs, write_file_atomically
 from firmware_agent.errors import ConfigError, RemoteConfigError
+from firmware_agent.geofence.config import LIMITS as GEOFENCE_LIMITS
 from firmware_agent.van import VanConfig
 
 if TYPE_CHECKING:
@@ -63,19 +67,33 @@ _UTC_PATTERN: Final = re.compile(
 )
 
 
+# The highest revision: JavaScript (a dispatcher's, a backend's) and every JSON parser
+# that reads numbers as IEEE doubles lose integers past 2^53 - 1
+# (Number.MAX_SAFE_INTEGER): 2^53 + 1 would read as 2^53, a higher revision as a lower.
+MAX_REVISION: Final = 2**53 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class _Setting:
     """One setting the agent takes: a number > 0 (>= 0 if ``zero``: 0 turns something
-    off), an integer if ``integer``."""
+    off; >= ``minimum`` if given), at most ``maximum`` if given, an integer if
+    ``integer``."""
 
     integer: bool = False
-    maximum: int | None = None
+    maximum: float | None = None
     zero: bool = False
+    minimum: float | None = None
 
 
 _NUMBER: Final = _Setting()
 _NUMBER_OR_0: Final = _Setting(zero=True)
 _COUNT: Final = _Setting(integer=True)
+
+
+def _geofence_setting(name: str) -> _Setting:
+    low, high = GEOFENCE_LIMITS[name]
+    return _Setting(integer=name == "confirm_min_fixes", maximum=high, minimum=low)
+
 
 # The settings this agent applies, per section, as config.schema.json defines them.
 SETTINGS: Final[Mapping[str, Mapping[str, _Setting]]] = {
@@ -95,28 +113,9 @@ SETTINGS: Final[Mapping[str, Mapping[str, _Setting]]] = {
         "batch_max_fixes": _Setting(integer=True, maximum=4096),
         "batch_max_age_s": _NUMBER,
     },
-    "geofence": {
-        **dict.fromkeys(
-            (
-                "max_hdop",
-                "border_m",
-                "depart_confirm_s",
-                "slow_speed_mps",
-                "confirm_dwell_s",
-                "revisit_dwell_s",
-                "max_gap_s",
-                "order_slack_m",
-                "halt_after_s",
-                "moving_speed_mps",
-                "deviation_m",
-                "deviation_after_s",
-                "deviation_clear_m",
-                "index_cell_m",
-            ),
-            _NUMBER,
-        ),
-        "confirm_min_fixes": _COUNT,
-    },
+    # Each within its range (geofence.config.LIMITS): the cell size and reaches bound
+    # what building the geofence indexes costs.
+    "geofence": {name: _geofence_setting(name) for name in GEOFENCE_LIMITS},
     "van": {"dedup_window_s": _NUMBER, "max_fix_age_s": _NUMBER},
     "eta": {
         **dict.fromkeys(
@@ -197,29 +196,51 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _integer(value: Any, where: str, minimum: int, maximum: int | None = None) -> int:
+def _bound(limit: float) -> str:
+    # 4096, not 4096.0; 9007199254740991, not 9.0072e+15.
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
+
+
+def _integer(value: Any, where: str, minimum: float, maximum: float | None = None) -> int:
     # JSON Schema counts 3.0 as an integer; so do we.
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise RemoteConfigError(where, f"must be an integer, got {_shown(value)}")
     if value < minimum or (maximum is not None and value > maximum):
-        bound = f"within [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        bound = (
+            f"within [{_bound(minimum)}, {_bound(maximum)}]"
+            if maximum is not None
+            else f">= {_bound(minimum)}"
+        )
         raise RemoteConfigError(where, f"must be {bound}, got {_shown(value)}")
     return value
 
 
 def _setting(value: Any, where: str, setting: _Setting) -> int | float:
     if setting.integer:
-        return _integer(value, where, 0 if setting.zero else 1, setting.maximum)
+        lowest = setting.minimum if setting.minimum is not None else 0 if setting.zero else 1
+        return _integer(value, where, lowest, setting.maximum)
     if not _is_number(value):
         raise RemoteConfigError(where, f"must be a number, got {_shown(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer beyond any float
         number = math.inf
-    if not math.isfinite(number) or number < 0 or (number == 0 and not setting.zero):
+    low, high = setting.minimum, setting.maximum
+    if low is None:
+        above_low = number > 0 or (setting.zero and number == 0)
         bound = ">= 0" if setting.zero else "> 0"
+    else:
+        above_low = number >= low
+        bound = f">= {_bound(low)}"
+    if high is not None:
+        bound = (
+            f"within [{_bound(low)}, {_bound(high)}]"
+            if low is not None
+            else f"{bound} and <= {_bound(high)}"
+        )
+    if not (math.isfinite(number) and above_low and (high is None or number <= high)):
         raise RemoteConfigError(where, f"must be {bound} and finite, got {_shown(value)}")
     return number
 
@@ -255,7 +276,7 @@ def parse_config(data: bytes) -> RemoteConfig | None:
         raise RemoteConfigError("v", f"must be {VERSION}, got {_shown(v)}")
     if "revision" not in doc:
         raise RemoteConfigError("revision", "missing")
-    revision = _integer(doc["revision"], "revision", 1)
+    revision = _integer(doc["revision"], "revision", 1, MAX_REVISION)
     issued_at = _issued_at(doc["issued_at"]) if "issued_at" in doc else None
     ignored = [key for key in doc if key not in _TOP_LEVEL and key not in SETTINGS]
     sections: dict[str, Overrides] = {}
@@ -280,6 +301,17 @@ def parse_config(data: bytes) -> RemoteConfig | None:
         raw=bytes(data),
         **sections,
     )
+
+
+def offered_revision(data: bytes) -> int | None:
+    """The revision a refused config payload names, if it names a valid one (for the
+    report of the refusal); None for anything else."""
+    try:
+        doc = _decode(data)
+        revision = _integer(doc["revision"], "revision", 1, MAX_REVISION)
+    except (RemoteConfigError, KeyError, TypeError):
+        return None
+    return revision
 
 
 def running_revision(config: RemoteConfig | None) -> int:

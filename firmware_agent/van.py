@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from firmware_agent.contract.eta_features import RoutePlan
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, Stop
 from firmware_agent.contract.parcels import ScanParseError, parse_scan
@@ -53,7 +54,7 @@ from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
 from firmware_agent.feedback import Signal
-from firmware_agent.geofence import GeofenceConfig, GeofenceEngine
+from firmware_agent.geofence import GeofenceConfig, GeofenceEngine, GeofenceIndex
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.scan.dedup import ScanDeduplicator
 from firmware_agent.scan.types import Scan
@@ -99,9 +100,10 @@ class VanPipeline:
         feedback: FeedbackSink | None = None,
         telemetry: bool = True,
         eta: EtaPredictor | None = None,
+        index: GeofenceIndex | None = None,
     ) -> None:
         self.config = config or VanConfig()
-        self.engine = GeofenceEngine(manifest, self.config.geofence)
+        self.engine = GeofenceEngine(manifest, self.config.geofence, index=index)
         self.pods = pods
         self.feedback = feedback
         self._telemetry = TelemetrySampler(self.config.telemetry) if telemetry else None
@@ -124,18 +126,28 @@ class VanPipeline:
     def manifest(self) -> Manifest:
         return self._manifest
 
-    def load_manifest(self, manifest: Manifest) -> None:
+    def load_manifest(
+        self,
+        manifest: Manifest,
+        index: GeofenceIndex | None = None,
+        plan: RoutePlan | None = None,
+    ) -> None:
         """Adopt a new manifest; stops kept by id keep their geofence state.
 
         The ETA tracker is rebuilt on the new plan, carrying on the day (speed history,
         published ETAs of stops kept by id); a stop the van has visited stays served.
+        What costs in proportion to the manifest's size may be built beforehand, off
+        the event loop: ``index``, its geofence geometry (:func:`~firmware_agent.
+        geofence.build_index` with this pipeline's geofence settings), and ``plan``, its
+        ETA route plan (:meth:`RoutePlan.from_manifest`); what is not given is built
+        here.
         """
         self._manifest = manifest
         self._parcels = manifest.parcel_index()
-        self.engine.load_manifest(manifest)
+        self.engine.load_manifest(manifest, index)
         if self.eta_tracker is not None:
             served = [s.id for s in manifest.stops if self.engine.visits(s.id) > 0]
-            self.eta_tracker = self.eta_tracker.for_manifest(manifest, served)
+            self.eta_tracker = self.eta_tracker.for_manifest(manifest, served, plan)
 
     def use_predictor(self, predictor: EtaPredictor | None) -> None:
         """Predict with ``predictor`` from now on (None: stop publishing ETAs).
@@ -151,18 +163,19 @@ class VanPipeline:
             served = [s.id for s in self._manifest.stops if self.engine.visits(s.id) > 0]
             self.eta_tracker = EtaTracker(self._manifest, predictor, self.config.eta, served=served)
 
-    def reconfigure(self, config: VanConfig) -> None:
+    def reconfigure(self, config: VanConfig, index: GeofenceIndex | None = None) -> None:
         """Run on ``config`` from the next fix or scan on, keeping every state.
 
         Stops keep their geofence phase and visits, the sampler its last sent fix, the
         de-duplicator the parcels it accepted (judged against the new window), the ETA
         tracker its day (published ETAs, runs, standing late_risks: its next prediction
         judges them on ``config.eta``). The geofence's indexes are rebuilt, as their
-        cell size and reach are settings.
+        cell size and reach are settings (``index``: built beforehand, off the event
+        loop, for the current manifest and ``config.geofence``).
         """
         self.config = config
         self.engine.config = config.geofence
-        self.engine.load_manifest(self._manifest)
+        self.engine.load_manifest(self._manifest, index)
         if self._telemetry is not None:
             self._telemetry.config = config.telemetry
         self._dedup.window_s = config.dedup_window_s

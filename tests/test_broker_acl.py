@@ -41,6 +41,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from firmware_agent.contract.manifest import (
+    MAX_ROUTE_VERTICES,
+    MAX_STOPS,
+    encode_manifest_payload,
+    loads_manifest,
+    parse_manifest,
+)
 from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAMS,
@@ -50,6 +57,7 @@ from firmware_agent.contract.topics import (
     stream_topic,
     uplink_topic,
 )
+from tests.bigday import day_doc
 from tests.broker import Mosquitto, free_port
 from tests.pki import issue, write_pair
 
@@ -427,6 +435,29 @@ def test_a_van_receives_its_own_retained_downlinks_from_the_dispatcher(
         Message(downlink_topic(VAN, kind), kind.encode(), retain=True)
         for kind in ("manifest", "config", "model")
     ]
+
+
+def test_a_2000_stop_manifest_and_the_documented_maximum_reach_the_van(
+    connect: Connect,
+) -> None:
+    """Issue 13, finding 2: at a 256 KiB message_size_limit a 2,000-stop manifest never
+    arrived (the dispatcher was cut off). As the publishing side makes them
+    (encode_manifest_payload: plain JSON while it fits, gzip beyond), 2,000 stops and
+    the schema's 10,000 with a 50,000-vertex route both reach the van retained."""
+    dispatcher = connect("dispatcher")
+    van = connect(VAN)
+    topic = downlink_topic(VAN, "manifest")
+    assert van.subscribe(topic) == GRANTED_QOS1
+    for n_stops, n_vertices, form in [(2000, 5000, b"{"), (MAX_STOPS, MAX_ROUTE_VERTICES, b"\x1f")]:
+        manifest = parse_manifest(day_doc(n_stops, n_vertices, device_id=VAN))
+        payload = encode_manifest_payload(manifest)
+        assert payload[:1] == form
+        assert len(payload) > MAX_MESSAGE_BYTES  # over the old limit, both
+        assert dispatcher.publish(topic, payload, retain=True) == SUCCESS
+        received = van.receive()
+        assert (received.topic, received.payload) == (topic, payload)
+        assert loads_manifest(received.payload) == manifest
+    assert dispatcher.disconnects == []
 
 
 def test_a_van_cannot_publish_downlinks_nor_on_fleetstream(connect: Connect) -> None:

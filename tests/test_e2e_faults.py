@@ -433,7 +433,10 @@ async def _check_network_day(
             flags[batch.historical] += 1
         for seq, _ in batch.points:
             first_copy.setdefault(seq, batch.historical)
-    assert flags[True] >= 2
+    # What the cut buffered goes up in one historical batch (a second copy came only
+    # from a resend right after the reconnect, which the uplink no longer makes while
+    # ingest acks in time).
+    assert flags[True] >= 1
     assert flags[False] >= 5
     # Ingest stored each position with the flag of the first copy it got, and the
     # normalized stream says the same.
@@ -534,8 +537,12 @@ def test_ingest_worker_killed_mid_batch(full_day: Day, tmp_path: Path, kind: str
                 try:
                     agent = await run_agent(config, during=kill_ingest())
                     # The van is done at its last ack; ingest publishes the normalized
-                    # stream right after its acks: let it finish before the end.
-                    await watcher.settle()
+                    # stream right after its acks: let it finish before the end. A
+                    # killed worker may have committed a batch whose stream it had not
+                    # published yet (writes overlap the previous batch's publishes): the
+                    # next worker's sweep takes those over once their lease (2 s,
+                    # tests/ingest_proc.py) is out, at its next sweep (every 1 s).
+                    await watcher.settle(quiet_s=3.5, timeout_s=20.0)
                 finally:
                     for proc in procs:
                         await proc.kill()

@@ -150,6 +150,7 @@ def _attacks(victim: DayMessages, other: DayMessages, first_seq: int) -> list[At
     ``first_seq`` on, as records its outbox would have numbered."""
     vt = uplink_topic(VICTIM, "telemetry")
     vev, vpod = uplink_topic(VICTIM, "events"), uplink_topic(VICTIM, "pod")
+    oversized = b"{" + b" " * (300 * 1024) + b"}"
     next_pod = victim.pods[HALF_PODS][1].to_json()  # the victim's next genuine POD
     seq = iter(range(first_seq, first_seq + 100))
 
@@ -177,7 +178,8 @@ def _attacks(victim: DayMessages, other: DayMessages, first_seq: int) -> list[At
         Attack("other's POD", vpod, other.envelope("pod", 1), "device_mismatch", VICTIM),
         Attack("unknown device", uplink_topic(UNKNOWN, "telemetry"), unknown.batch(range(1, 6)),
                "unknown_device", UNKNOWN),
-        Attack("oversized", vev, b"{" + b" " * (300 * 1024) + b"}", "too_large", VICTIM),
+        # Settles nothing: the quarantine keeps its first 4 KiB (and its length, digest).
+        Attack("oversized", vev, oversized, "too_large", VICTIM, kept=oversized[:4096]),
         Attack("not a batch", vt, b"FT\x01\x00\xff\xff\xff", "malformed", VICTIM),
         Attack("not JSON", vev, b'{"v": 1, "device_id": "van-0001", ', "malformed", VICTIM),
         Attack("no stop", vev, _envelope(VICTIM, "events", 1, no_stop), "schema", VICTIM),

@@ -6,9 +6,12 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from cloud_ingest import fleetstream
 from cloud_ingest.store.base import Pod, Position, StopEvent
 from firmware_agent.contract import schema
+from firmware_agent.contract.errors import SchemaError
 from firmware_agent.contract.records import Arrival, PodRecord, TelemetryPoint
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -81,6 +84,8 @@ def test_one_message_per_device_and_kind_in_record_order() -> None:
         "verdict": "inside",
         "distance_m": 0.0,
         "jws": pod("van-7", 1).jws,
+        "signature_valid": True,
+        "claims_match": True,
         "verified": True,
         "chain": "ok",
     }
@@ -105,6 +110,26 @@ def test_one_message_per_device_and_kind_in_record_order() -> None:
         "seq": 1,
         "historical": False,
     }
+
+
+def test_a_pending_pod_is_not_said_verified_until_it_links() -> None:
+    """Issue 13, finding 11: a POD whose predecessor has not arrived was published as
+    ``"verified": true`` next to ``"chain": "pending"``. What ingest verified is said
+    field by field, and ``verified`` means what the HTTP API's verification.verified
+    means: signature, claims and chain all hold."""
+    pending, linked = pod("van-7", 2, "pending"), pod("van-7", 2, "ok")
+    [(_, first)] = decoded(fleetstream.messages(pods=[pending]))
+    [(_, again)] = decoded(fleetstream.messages(pods=[linked]))
+    for message in (first, again):
+        schema.validate("fleetstream-pod", message)
+    said = first["records"][0]
+    assert (said["signature_valid"], said["claims_match"]) == (True, True)
+    assert (said["chain"], said["verified"]) == ("pending", False)
+    assert (again["records"][0]["chain"], again["records"][0]["verified"]) == ("ok", True)
+    # The contract says so too: a pending POD said verified breaks the schema.
+    lying = {**first, "records": [{**said, "verified": True}]}
+    with pytest.raises(SchemaError):
+        schema.validate("fleetstream-pod", lying)
 
 
 def test_broken_pods_are_not_announced_and_nothing_gives_no_message() -> None:

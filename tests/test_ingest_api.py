@@ -82,7 +82,8 @@ class Van:
 
     def telemetry(self, first: int, last: int, *, minutes: float = 0.0) -> tuple[str, bytes]:
         """Fixes ``first..last`` one second apart from ``T0 + minutes``; even seqs are
-        thinned away, as the outbox does, and the batch still covers them."""
+        thinned away, as the outbox does, and the batch, signed as the van signs such
+        a batch, still covers them."""
         fixes = [
             (
                 seq,
@@ -102,7 +103,9 @@ class Van:
             for seq in range(first, last + 1)
             if seq % 2 or seq == last
         ]
-        payload = encode_batch(self.device_id, first, fixes, historical=False, last_seq=last)
+        payload = encode_batch(
+            self.device_id, first, fixes, historical=False, last_seq=last, sign=self.key.sign
+        )
         return self.topic("telemetry"), payload
 
     def arrival(self, seq: int, stop_id: str, minute: int) -> tuple[str, bytes]:
@@ -133,15 +136,18 @@ class Van:
         return self.topic("pod"), payload
 
 
-async def ingest(store: Store, message: tuple[str, bytes]) -> WriteResult:
-    """Check ``message`` as the worker does and store what it gives (or its quarantine)."""
+async def ingest(
+    store: Store, message: tuple[str, bytes], *, received_at: datetime = RECEIVED
+) -> WriteResult:
+    """Check ``message`` as the worker does (received at ``received_at``: record times
+    are held to it) and store what it gives (or its quarantine)."""
     topic, payload = message
     device = await store.get_device(topic.split("/")[2])
-    checked = check_message(topic, payload, received_at=RECEIVED, device=device)
+    checked = check_message(topic, payload, received_at=received_at, device=device)
     if isinstance(checked, Accepted):
         return await store.write(WriteBatch.of(checked.items))  # type: ignore[arg-type]
     return await store.write(
-        WriteBatch.of([checked.quarantined(topic=topic, payload=payload, received_at=RECEIVED)])
+        WriteBatch.of([checked.quarantined(topic=topic, payload=payload, received_at=received_at)])
     )
 
 
@@ -381,7 +387,7 @@ def test_a_long_track_is_served_whole(tmp_path: Path) -> None:
 
     async def scenario(api: Api) -> None:
         await api.enroll(van)
-        await ingest(api.store, van.telemetry(1, 2400))
+        await ingest(api.store, van.telemetry(1, 2400), received_at=T0 + timedelta(hours=1))
         params = {"start": "2026-11-21T09:00:00Z", "end": "2026-11-21T11:00:00Z"}
         r = await api.client.get("/v1/devices/van-7/track", params=params)
         assert r.headers["content-type"] == "application/json"
@@ -394,6 +400,10 @@ def test_a_long_track_is_served_whole(tmp_path: Path) -> None:
         track = r.json()
         assert [p["seq"] for p in track["positions"]] == expected[:1001]
         assert track["next_start"] == "2026-11-21T09:33:23.000Z"  # seq 2003, the next one
+        params |= {"limit": 1001, "cursor": track["next_cursor"]}
+        rest = (await api.client.get("/v1/devices/van-7/track", params=params)).json()
+        assert [p["seq"] for p in rest["positions"]] == expected[1001:]
+        assert (rest["truncated"], rest["next_cursor"]) == (False, None)
 
     run(lambda: SqliteStore(tmp_path / "ingest.sqlite3"), scenario)
 
@@ -576,7 +586,11 @@ def test_a_parcel_delivered_twice_lists_both_pods(make_store: StoreFactory) -> N
         for van in (van7, van3):
             await api.enroll(van)
         await ingest(api.store, van7.pod(parcel="PARCEL-1"))
-        await ingest(api.store, van3.pod(parcel="PARCEL-1", scan_time="2026-11-21T11:00:00.000Z"))
+        await ingest(
+            api.store,
+            van3.pod(parcel="PARCEL-1", scan_time="2026-11-21T11:00:00.000Z"),
+            received_at=T0 + timedelta(hours=3),
+        )
         pods = (await api.client.get("/v1/pods/PARCEL-1")).json()["pods"]
         assert [(p["device_id"], p["verification"]["verified"]) for p in pods] == [
             ("van-7", True),
@@ -609,12 +623,14 @@ def test_quarantine_and_gaps(make_store: StoreFactory) -> None:
             "device_id": "van-7",
             "acks": {"telemetry": 10, "events": 1, "pod": 0},
             "gaps": [
-                {"stream": "telemetry", "first_seq": 11, "last_seq": 20},
-                {"stream": "events", "first_seq": 2, "last_seq": 3},
+                {"stream": "telemetry", "first_seq": 11, "last_seq": 20, "reason": "missing"},
+                {"stream": "events", "first_seq": 2, "last_seq": 3, "reason": "missing"},
             ],
         }
 
-        (q,) = (await c.get("/v1/quarantine")).json()
+        page = (await c.get("/v1/quarantine")).json()
+        assert page["next_cursor"] is None
+        (q,) = page["messages"]
         assert (q["topic"], q["device_id"], q["reason"]) == (
             "fleet/v1/van-7/pod",
             "van-7",
@@ -623,9 +639,14 @@ def test_quarantine_and_gaps(make_store: StoreFactory) -> None:
         assert q["payload_text"] == forged[1].decode()
         assert q["received_at"] == "2026-11-21T09:30:00.000Z"
         assert q["covered"] is None
+        assert (q["payload_bytes"], q["kept_bytes"], q["payload_truncated"]) == (
+            len(forged[1]),
+            len(forged[1]),
+            False,
+        )
         junk = ("fleet/v1/van-7/events", b"\xff\x00not json")
         await ingest(api.store, junk)
-        newest, oldest = (await c.get("/v1/quarantine?limit=2")).json()
+        newest, oldest = (await c.get("/v1/quarantine?limit=2")).json()["messages"]
         assert (newest["reason"], newest["payload_text"], newest["covered"]) == (
             "malformed",
             None,
@@ -633,7 +654,7 @@ def test_quarantine_and_gaps(make_store: StoreFactory) -> None:
         )
         assert newest["payload_base64"] == "/wBub3QganNvbg=="
         assert oldest == q
-        assert len((await c.get("/v1/quarantine?limit=1")).json()) == 1
+        assert len((await c.get("/v1/quarantine?limit=1")).json()["messages"]) == 1
 
     run(make_store, scenario)
 
@@ -835,6 +856,7 @@ def test_openapi_lists_every_endpoint(tmp_path: Path) -> None:
         ("GET", "/v1/devices/{device_id}/arrivals"),
         ("GET", "/v1/pods/{parcel}"),
         ("GET", "/v1/quarantine"),
+        ("GET", "/v1/quarantine/{row_id}/payload"),
         ("GET", "/v1/devices/{device_id}/gaps"),
         ("GET", "/health"),
         ("GET", "/metrics"),
@@ -844,10 +866,13 @@ def test_openapi_lists_every_endpoint(tmp_path: Path) -> None:
         for method, op in item.items():
             ok = op["responses"].get("200") or op["responses"].get("201")
             assert ok is not None, (method, path)
-            if path != "/metrics":
+            if path == "/v1/quarantine/{row_id}/payload":  # the bytes as received
+                assert "application/octet-stream" in ok["content"]
+            elif path != "/metrics":
                 assert "schema" in ok["content"]["application/json"], (method, path)
     schemas = doc["components"]["schemas"]
     assert {"DeviceOut", "PodOut", "PodVerificationOut", "TrackOut", "HealthOut"} <= set(schemas)
+    assert "QuarantinePageOut" in schemas
     pod_get = doc["paths"]["/v1/pods/{parcel}"]["get"]
     assert pod_get["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ParcelPodsOut"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import sqlite3
@@ -30,10 +31,12 @@ from cloud_ingest.store.base import (
     Device,
     DeviceConflictError,
     Gap,
+    Lost,
     MigrationError,
     Pod,
     Position,
     Quarantined,
+    Released,
     StopEvent,
     Store,
     UnknownDeviceError,
@@ -235,6 +238,8 @@ def test_migrations_are_idempotent_and_recorded(backend: Backend) -> None:
         (1, "initial schema"),
         (2, "fleetstream outbox"),
         (3, "one shape per record: every field of a telemetry point, a POD's distance"),
+        (4, "seqs lost with a restored database, released by their device"),
+        (5, "quarantine: the length and SHA-256 of each payload, indexes for its retention"),
     ]
     tables = {
         "stream_outbox",
@@ -244,6 +249,7 @@ def test_migrations_are_idempotent_and_recorded(backend: Backend) -> None:
         "pods",
         "quarantine",
         "stream_ranges",
+        "stream_lost",
         "schema_migrations",
     }
     if backend.name == "sqlite":
@@ -260,7 +266,7 @@ def test_fresh_store_applies_every_migration(backend: Backend) -> None:
         async with backend.make() as store:
             return await store.migrate()
 
-    assert asyncio.run(scenario()) == [1, 2, 3]
+    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5]
 
 
 def test_a_version_1_database_is_upgraded_in_place(
@@ -283,7 +289,7 @@ def test_a_version_1_database_is_upgraded_in_place(
             result = await write(store, WriteBatch(positions=[position("van-7", 1)]))
             return applied, (await store.counts()).devices, len(result.stream)
 
-    assert asyncio.run(upgraded()) == ([2, 3], 1, 1)
+    assert asyncio.run(upgraded()) == ([2, 3, 4, 5], 1, 1)
 
 
 def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
@@ -327,7 +333,7 @@ def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
             return applied, track, await store.pod_by_pod_seq("van-7", 1)
 
     applied, track, stored = asyncio.run(upgraded())
-    assert applied == [3]
+    assert applied == [3, 4, 5]
     assert track == [
         Position(
             "van-7",
@@ -588,6 +594,47 @@ def test_cumulative_ack_with_gaps_and_thinned_ranges(backend: Backend) -> None:
     assert rows == [("events", 1, 2), ("events", 4, 4), ("events", 7, 7), ("telemetry", 1, 20)]
 
 
+def test_what_a_device_released_is_settled_and_listed_as_lost(backend: Backend) -> None:
+    """Issue 13, finding 6: a database restored from an older backup holds events 1..3
+    and 8..9, the van had applied acks up to 7 (it deleted 4..7). Its sequence report
+    (Released) settles 4..7 as released; the ack moves on; a repeated or older
+    report changes nothing."""
+
+    async def scenario(store: Store) -> None:
+        await register(store, "van-7")
+        result = await write(store, WriteBatch(events=[event("van-7", s) for s in (1, 2, 3, 8, 9)]))
+        assert result.acks["van-7"]["events"] == 3
+        result = await write(store, WriteBatch(released=[Released("van-7", "events", 7)]))
+        assert result.acks["van-7"] == {"telemetry": 0, "events": 9, "pod": 0}
+        assert result.lost == (Lost("van-7", "events", 4, 7),)
+        assert await store.gaps("van-7") == [Gap("events", 4, 7, "released")]
+        for seq in (7, 5, 0):
+            again = await write(store, WriteBatch(released=[Released("van-7", "events", seq)]))
+            assert (again.acks["van-7"]["events"], again.lost) == (9, ())
+        # Beyond everything stored (nothing pending on the van): settled up to it; in
+        # the same batch as a record above it and a hole of another stream.
+        batch = WriteBatch(
+            events=[event("van-7", 14)],
+            positions=[position("van-7", 3)],
+            released=[Released("van-7", "events", 12), Released("van-7", "telemetry", 2)],
+        )
+        result = await write(store, batch)
+        assert result.acks["van-7"] == {"telemetry": 3, "events": 12, "pod": 0}
+        assert result.lost == (Lost("van-7", "events", 10, 12), Lost("van-7", "telemetry", 1, 2))
+        assert await store.gaps("van-7") == [
+            Gap("telemetry", 1, 2, "released"),
+            Gap("events", 4, 7, "released"),
+            Gap("events", 10, 12, "released"),
+            Gap("events", 13, 13),
+        ]
+
+    play(backend, scenario)
+    rows = backend.sql(
+        "SELECT stream, first_seq, last_seq FROM stream_ranges ORDER BY stream, first_seq"
+    )
+    assert rows == [("events", 1, 12), ("events", 14, 14), ("telemetry", 1, 3)]
+
+
 def test_reordering_gives_the_right_acks(backend: Backend) -> None:
     async def scenario(store: Store) -> list[int]:
         await register(store, "van-7")
@@ -675,7 +722,22 @@ def test_quarantine_keeps_reason_and_payload(backend: Backend) -> None:
         # The refused POD settles its seq; the unknown device's message moves nothing.
         assert result.acks == {"van-7": {"telemetry": 0, "events": 0, "pod": 1}}
         newest_first = await store.quarantine()
-        assert newest_first[1] == refused
+        old = newest_first[1]
+        assert (old.received_at, old.topic, old.device_id, old.reason, old.detail) == (
+            refused.received_at,
+            refused.topic,
+            refused.device_id,
+            refused.reason,
+            refused.detail,
+        )
+        assert (old.payload, old.covered, old.payload_bytes, old.kept_bytes) == (
+            payload,
+            refused.covered,
+            len(payload),
+            len(payload),
+        )
+        assert old.payload_sha256 == hashlib.sha256(payload).digest()
+        assert newest_first[0].id > old.id
         assert newest_first[0].detail == "NUL \\x00 and a lone surrogate \\udc80 in the detail"
         assert newest_first[0].covered is None
         assert await store.quarantine(limit=1) == newest_first[:1]

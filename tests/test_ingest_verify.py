@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud_ingest.store.base import Covered, Device, Pod, Position, StopEvent
+from cloud_ingest.store.base import Covered, Device, Pod, Position, Released, StopEvent
 from cloud_ingest.verify import (
     Accepted,
     Checked,
@@ -29,7 +29,9 @@ from firmware_agent.contract.jws import b64url_decode, b64url_encode, sign_compa
 from firmware_agent.contract.keys import key_thumbprint
 from firmware_agent.contract.pod import GENESIS_PREV, pod_digest
 from firmware_agent.contract.records import Arrival, PodRecord, TelemetryPoint
+from firmware_agent.contract.seqreport import SeqReport, sign_report
 from firmware_agent.contract.telemetry import encode_batch
+from firmware_agent.contract.topics import STREAMS, Stream
 from firmware_agent.pod import chain as podchain
 from firmware_agent.pod.chain import PodChain
 from tests.pods import fields, pod_record
@@ -143,9 +145,9 @@ def test_a_signed_pod_is_accepted_with_its_jws_verbatim() -> None:
     assert check_chain(pod, None) == "ok"
 
 
-def test_a_telemetry_batch_gives_positions_and_its_range() -> None:
+def _thinned_fixes() -> list[tuple[int, TelemetryPoint]]:
     t0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
-    fixes = [
+    return [
         (
             5,
             TelemetryPoint(
@@ -162,13 +164,52 @@ def test_a_telemetry_batch_gives_positions_and_its_range() -> None:
         ),
         (9, TelemetryPoint(time=t0 + timedelta(seconds=4), lat=48.1001, lon=11.5002, mode=2)),
     ]
-    payload = encode_batch("van-7", 3, fixes, historical=True, last_seq=12)
+
+
+def test_a_signed_telemetry_batch_gives_positions_and_its_range() -> None:
+    fixes = _thinned_fixes()
+    payload = encode_batch("van-7", 3, fixes, historical=True, last_seq=12, sign=KEY.sign)
     result = accepted(check("fleet/v1/van-7/telemetry", payload))
     first, second, covered = result.items
     assert first == Position("van-7", 5, True, fixes[0][1])
     assert isinstance(second, Position)
     assert second == Position("van-7", 9, True, fixes[1][1])
     assert covered == Covered("van-7", "telemetry", 3, 12)
+
+
+def test_an_unsigned_batch_settles_only_the_fixes_it_carries() -> None:
+    """Issue 13, finding 7: the seqs of a range a batch does not carry are settled only
+    on the device's signature; its fixes are stored either way."""
+    fixes = _thinned_fixes()
+    payload = encode_batch("van-7", 3, fixes, historical=True, last_seq=12)
+    result = accepted(check("fleet/v1/van-7/telemetry", payload))
+    assert result.items == (
+        Position("van-7", 5, True, fixes[0][1]),
+        Position("van-7", 9, True, fixes[1][1]),
+    )
+
+
+def test_an_unsigned_empty_batch_is_refused_and_settles_nothing() -> None:
+    """The batch of finding 7 (24 bytes for van-0001): 1..2**63-1, no fix. It claimed
+    every seq the van would ever send; now it is quarantined and settles nothing."""
+    payload = encode_batch("van-7", 1, [], historical=False, last_seq=2**63 - 1)
+    result = check("fleet/v1/van-7/telemetry", payload)
+    assert isinstance(result, Rejected)
+    assert (result.reason, result.covered) == ("unproven_range", None)
+
+
+@pytest.mark.parametrize("signer", [OTHER_KEY.sign, lambda data: bytes(64)])
+def test_a_batch_signed_by_another_key_is_refused(signer: Any) -> None:
+    payload = encode_batch("van-7", 1, [], historical=False, last_seq=2**63 - 1, sign=signer)
+    result = check("fleet/v1/van-7/telemetry", payload)
+    assert isinstance(result, Rejected)
+    assert (result.reason, result.covered) == ("bad_signature", None)
+    # Flipping a bit under the signature (the range) breaks it too.
+    good = bytearray(encode_batch("van-7", 3, _thinned_fixes(), historical=True, sign=KEY.sign))
+    good[good.index(b"van-7") + 5] ^= 1  # first_seq 3 -> 2
+    altered = check("fleet/v1/van-7/telemetry", bytes(good))
+    assert isinstance(altered, Rejected)
+    assert altered.reason == "bad_signature"
 
 
 def test_an_event_is_accepted_as_a_stop_event() -> None:
@@ -185,6 +226,39 @@ def test_an_event_is_accepted_as_a_stop_event() -> None:
         "S001",
         None,
     )
+
+
+def _report(key: Ed25519PrivateKey = KEY, device_id: str = "van-7", **acked: int) -> str:
+    streams: dict[Stream, int] = {s: acked.get(s, 0) for s in STREAMS}
+    report = SeqReport(
+        device_id=device_id, time=SENT, acked=streams, last={s: n + 5 for s, n in streams.items()}
+    )
+    return sign_report(report, key)
+
+
+def test_a_status_with_a_sequence_report_releases_what_the_van_applied() -> None:
+    birth = encode_status("van-7", "online", time=SENT, seqs=_report(events=40, pod=7))
+    result = accepted(check("fleet/v1/van-7/status", birth))
+    assert result.items == (
+        StatusUpdate("van-7", "online", SENT, RECEIVED, {}),
+        Released("van-7", "events", 40),
+        Released("van-7", "pod", 7),
+    )
+
+
+@pytest.mark.parametrize(
+    ("seqs", "reason"),
+    [
+        (_report(OTHER_KEY, events=40), "bad_signature"),
+        (_report(device_id="van-8", events=40), "device_mismatch"),
+        (sign_compact({"v": 1, "acked": {}}, KEY, kid="k", typ="seqs+jwt"), "malformed"),
+        (sign_compact({"v": 1}, KEY, kid="k"), "bad_signature"),  # a POD's typ
+    ],
+)
+def test_a_bad_sequence_report_refuses_the_status(seqs: str, reason: str) -> None:
+    result = check("fleet/v1/van-7/status", encode_status("van-7", "online", seqs=seqs))
+    assert isinstance(result, Rejected)
+    assert (result.reason, result.covered) == (reason, None)
 
 
 def test_status_takes_the_receipt_time_when_it_has_none() -> None:

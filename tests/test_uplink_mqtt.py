@@ -4,6 +4,7 @@ manifest downlink, hostile acks; and the GNSS-referenced clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import signal
@@ -17,12 +18,16 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent, AgentConfig, GnssClock
 from firmware_agent.contract.envelope import decode_status, encode_ack
 from firmware_agent.contract.mqtt import TlsConfig
+from firmware_agent.contract.records import TelemetryPoint, encode_point
+from firmware_agent.contract.seqreport import verify_report
+from firmware_agent.contract.telemetry import decode_batch, verify_batch
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
 from firmware_agent.uplink.queue import AsyncOutbox
 from tests.broker import Mosquitto
@@ -185,7 +190,7 @@ def test_birth_is_retained_and_the_will_says_offline_after_its_delay(tmp_path: P
             assert van.stdout.readline().strip() == "connected"
             status = asyncio.run(retained_status(broker.port))
             assert status["state"] == "online"
-            assert status["health"] == {"fixes": 12}
+            assert status["health"] == {"fixes": 12, "acks_behind": 0, "acks_unsent": 0}
             # The van dies without a DISCONNECT (power cut): the broker publishes the
             # retained will, but only after the will delay.
             van.send_signal(signal.SIGKILL)
@@ -339,3 +344,91 @@ def test_the_sender_stops_when_cancelled_as_the_outbox_changes(tmp_path: Path) -
 
     with Mosquitto(tmp_path / "broker") as broker:
         asyncio.run(main(broker))
+
+
+# -- acks that make no sense (issue 13, findings 6 and 7) ------------------------------
+
+
+async def _first_message(client: aiomqtt.Client, within_s: float = 5.0) -> bytes:
+    async with asyncio.timeout(within_s):
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            return message.payload
+    raise AssertionError("nothing came")
+
+
+def test_acks_above_what_was_sent_or_below_what_was_applied(tmp_path: Path) -> None:
+    """An ack covering fixes the van has not sent yet deletes nothing (before: the van
+    deleted them, never delivered); an ack below what the van applied (ingest lost
+    records) sends the signed sequence report; a batch over thinned seqs is signed."""
+    key = Ed25519PrivateKey.generate()
+    now = dt.datetime.now(dt.UTC)
+
+    async def main(broker: Mosquitto) -> None:
+        async with (
+            AsyncOutbox(tmp_path / "outbox.db") as outbox,
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="ingest-stand-in") as ingest,
+        ):
+            await ingest.subscribe(f"fleet/v1/{DEVICE}/+", qos=1)
+            for _ in range(3):
+                await outbox.add("events", b'{"type":"x"}', created=now)
+            await outbox.add_many("telemetry", [(_point(i), now) for i in range(10)])
+            uplink = Uplink(UplinkConfig(device_id=DEVICE, port=broker.port), outbox, key=key)
+            async with running(uplink):
+                async with asyncio.timeout(10):
+                    while uplink.counts.published["events"] < 3:
+                        await asyncio.sleep(0.02)
+                ack = f"fleet/v1/{DEVICE}/ack"
+                # Telemetry waits for its batch (10 fixes, younger than 30 s): not sent.
+                await ingest.publish(ack, encode_ack(DEVICE, {"telemetry": 10}, time=now), qos=1)
+                await ingest.publish(ack, encode_ack(DEVICE, {"events": 3}, time=now), qos=1)
+                async with asyncio.timeout(5):
+                    while await outbox.acked("events") < 3 or uplink.counts.acks_unsent < 1:
+                        await asyncio.sleep(0.02)
+                assert (await outbox.counts())["telemetry"] == 10  # nothing deleted
+                assert await outbox.acked("telemetry") == 0
+                # Ingest restored from a backup: it acks events 1 only.
+                reports_before = uplink.counts.seq_reports
+                await ingest.publish(ack, encode_ack(DEVICE, {"events": 1}, time=now), qos=1)
+                async with asyncio.timeout(5):
+                    while uplink.counts.seq_reports == reports_before:
+                        await asyncio.sleep(0.02)
+                assert uplink.counts.acks_behind == 1
+                assert await outbox.acked("events") == 3
+                # Fixes 2..5 thinned away (as a thinning pass does): the batch is signed.
+                outbox.outbox._db.execute("DELETE FROM record WHERE stream = 0 AND seq < 6")
+                outbox.outbox._db.execute("UPDATE stream SET pending = 5 WHERE id = 0")
+                uplink.flush()
+                async with asyncio.timeout(5):
+                    while uplink.counts.signed_batches < 1:
+                        await asyncio.sleep(0.02)
+            statuses, batches = [], []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    payload = await _first_message(ingest, within_s=0.5)
+                    if payload.startswith(b"FT"):
+                        batches.append(decode_batch(payload))
+                        assert verify_batch(payload, key.public_key())
+                    elif b'"state"' in payload:
+                        statuses.append(decode_status(payload))
+        reports = [verify_report(s.seqs, key.public_key()) for s in statuses if s.seqs]
+        assert len(reports) == 2  # at connect, and after the ack behind
+        assert dict(reports[-1].acked) == {"telemetry": 0, "events": 3, "pod": 0}
+        assert dict(reports[-1].last) == {"telemetry": 10, "events": 3, "pod": 0}
+        assert statuses[-1].health["acks_behind"] == 1
+        assert statuses[-1].health["acks_unsent"] == 1
+        (batch,) = batches
+        assert (batch.first_seq, batch.last_seq, [s for s, _ in batch.points]) == (
+            1,
+            10,
+            [6, 7, 8, 9, 10],
+        )
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        asyncio.run(main(broker))
+
+
+def _point(i: int) -> bytes:
+    return encode_point(
+        TelemetryPoint(time=T0 + dt.timedelta(seconds=i), lat=48.0, lon=11.0 + i * 1e-4, mode=3)
+    )

@@ -10,10 +10,12 @@ backend:
 - :meth:`Store.write` is ONE transaction: the positions, events, PODs, quarantined
   messages and received sequence ranges of a batch are all stored, or none.
 - The cumulative ack of a stream is the highest S such that every seq 1..S of that
-  stream has been stored, covered by a telemetry batch's range (fixes thinned away by the
-  outbox leave holes that are not gaps), or settled by a quarantined message (see
-  :class:`Quarantined`). Received seqs are kept as merged, disjoint ranges per device and
-  stream, so an ack is one indexed lookup and a gap report is a short scan.
+  stream has been stored, covered by a signed telemetry batch's range (fixes thinned away
+  by the outbox leave holes that are not gaps), settled by a quarantined message (see
+  :class:`Quarantined`), or released by the device's signed sequence report (see
+  :class:`Released`: ingest lost them, and they are kept as lost ranges). Received seqs
+  are kept as merged, disjoint ranges per device and stream, so an ack is one indexed
+  lookup and a gap report is a short scan.
 - PODs are linked as a hash chain when stored: a POD whose predecessor (pod_seq - 1) is
   not stored yet is kept with ``chain_status`` "pending" and upgraded to "ok" in the
   transaction that stores the predecessor (or marked "broken" if the predecessor's
@@ -350,13 +352,16 @@ class Covered:
 
 @dataclass(frozen=True, slots=True)
 class Quarantined:
-    """A message ingest refused, kept verbatim with why.
+    """A message ingest refused, with why (``payload``: the message as received).
 
     ``covered``: the seqs the message stands for when retrying it can never succeed (a
     bad signature from a known, enabled device, a replayed POD, ...). The store counts
     them as received so that acks move past them and the device stops resending; the
     payload kept here is the evidence, so nothing is lost. ``None`` when the message
     must not move the ack (unknown or disabled device, unreadable envelope).
+
+    What the store keeps of the payload: :func:`kept_payload` (all of it when it settled
+    seqs; else its first bytes beyond a size), with its length and SHA-256 always.
     """
 
     received_at: datetime
@@ -371,7 +376,91 @@ class Quarantined:
         require_utc("received_at", self.received_at)
 
 
-Item = Position | StopEvent | Pod | Covered | Quarantined
+# What the quarantine keeps of a message that settled nothing (the sender still holds its
+# records, or it is no record at all): its first bytes, and its length and SHA-256.
+QUARANTINE_PAYLOAD_MAX_BYTES = 4096
+
+
+def kept_payload(q: Quarantined, max_bytes: int = QUARANTINE_PAYLOAD_MAX_BYTES) -> bytes:
+    """What a store keeps of ``q.payload``: all of it when the message settled seqs
+    (``covered``: the quarantine holds the only copy of what it stood for, and it passed
+    the message size check), else at most its first ``max_bytes`` bytes. A 60 MB message
+    from a broker without a size limit, or anyone's junk, costs ``max_bytes``."""
+    if q.covered is not None or len(q.payload) <= max_bytes:
+        return q.payload
+    return q.payload[:max_bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A stored quarantine row, as read back (:meth:`Store.quarantine`).
+
+    ``id``: the row's, increasing with insertion (the key of the newest-first pages).
+    ``payload``: the first bytes of what the store kept, at most as many as the read
+    asked for. ``payload_bytes`` and ``payload_sha256``: the length and digest of the
+    message as received; ``kept_bytes``: how many of its bytes the store keeps (all:
+    ``payload_bytes``; see :func:`kept_payload`).
+    """
+
+    id: int
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes
+    payload_bytes: int
+    payload_sha256: bytes
+    kept_bytes: int
+    covered: Covered | None = None
+
+    @property
+    def whole(self) -> bool:
+        """``payload`` is the whole message."""
+        return len(self.payload) == self.payload_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The device's signed word (its sequence report, :mod:`firmware_agent.contract.
+    seqreport`) that it holds no record of ``stream`` at or below ``seq``: it applied an
+    ack that far, so it deleted them. The store settles every seq up to ``seq`` that it
+    does not hold (the ack moves on) and records those ranges as lost
+    (:class:`Gap` ``released``): they were stored once and are gone, with a
+    database dropped or restored from an older backup, or the van skipped them when its
+    outbox was lost or damaged (its numbering goes on above its high-water mark)."""
+
+    device_id: str
+    stream: Stream
+    seq: int
+
+    def __post_init__(self) -> None:
+        if self.stream not in STREAMS:
+            raise ValueError(f"stream must be one of {STREAMS}, not {self.stream!r}")
+        if (
+            not isinstance(self.seq, int)
+            or isinstance(self.seq, bool)
+            or not 0 <= self.seq <= MAX_SEQ
+        ):
+            raise ValueError(f"seq must be an integer in 0..2**63-1, not {self.seq!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Seqs ``first_seq..last_seq`` of a device's stream that a :class:`Released`
+    settled without ingest holding them: records lost with ingest's database."""
+
+    device_id: str
+    stream: Stream
+    first_seq: int
+    last_seq: int
+
+
+Item = Position | StopEvent | Pod | Covered | Quarantined | Released
+
+# Keyset page keys: a position's (time, seq); an arrival's (time, device_id, seq).
+TrackKey = tuple[datetime, int]
+ArrivalKey = tuple[datetime, str, int]
 
 # How long a stream message stays its writer's to publish before any worker may claim it.
 STREAM_LEASE_S = 30.0
@@ -397,6 +486,7 @@ class WriteBatch:
     quarantined: Sequence[Quarantined] = ()
     # Outbox ids of stream messages published (PUBACKed) since: deleted by this write.
     streamed: Sequence[int] = ()
+    released: Sequence[Released] = ()
 
     @classmethod
     def of(cls, items: Iterable[Item], *, streamed: Sequence[int] = ()) -> WriteBatch:
@@ -406,6 +496,7 @@ class WriteBatch:
         pods: list[Pod] = []
         covered: list[Covered] = []
         quarantined: list[Quarantined] = []
+        released: list[Released] = []
         for item in items:
             if isinstance(item, Position):
                 positions.append(item)
@@ -417,6 +508,8 @@ class WriteBatch:
                 covered.append(item)
             elif isinstance(item, Quarantined):
                 quarantined.append(item)
+            elif isinstance(item, Released):
+                released.append(item)
             else:
                 raise TypeError(f"not a storable item: {type(item).__name__}")
         return cls(
@@ -426,6 +519,7 @@ class WriteBatch:
             tuple(covered),
             tuple(quarantined),
             tuple(streamed),
+            tuple(released),
         )
 
     def __bool__(self) -> bool:
@@ -436,6 +530,7 @@ class WriteBatch:
             or self.covered
             or self.quarantined
             or self.streamed
+            or self.released
         )
 
     def device_ids(self) -> list[str]:
@@ -445,6 +540,7 @@ class WriteBatch:
         ids.update(p.device_id for p in self.pods)
         ids.update(c.device_id for c in self.covered)
         ids.update(q.covered.device_id for q in self.quarantined if q.covered is not None)
+        ids.update(r.device_id for r in self.released)
         return sorted(ids)
 
 
@@ -462,6 +558,7 @@ class WriteResult:
     chain status this write changed (pending to ok or broken), with the new status.
     ``stream``: the outbox messages this write stored, announcing the new and relinked
     records (:func:`cloud_ingest.fleetstream.messages`), leased to the caller.
+    ``lost``: the ranges this write's :class:`Released` settled without holding them.
     """
 
     acks: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -472,19 +569,27 @@ class WriteResult:
     quarantined: tuple[Quarantined, ...] = ()
     relinked: tuple[Pod, ...] = ()
     stream: tuple[StreamMessage, ...] = ()
+    lost: tuple[Lost, ...] = ()
+
+
+GapReason = Literal["missing", "released"]
 
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Seqs ``first_seq..last_seq`` of a stream that nothing received covers yet.
+    """Seqs ``first_seq..last_seq`` of a stream that ingest does not hold.
 
-    Only holes below the highest received seq are gaps: what may still be in flight
-    after it is unknowable.
+    ``missing``: nothing received covers them yet (only holes below the highest received
+    seq: what may still be in flight after it is unknowable); they may still come.
+    ``released``: the device released them (:class:`Released`), so they will never
+    come: stored once and lost with ingest's database, or numbers a van skipped after
+    its outbox was reset. The ack has moved past them.
     """
 
     stream: Stream
     first_seq: int
     last_seq: int
+    reason: GapReason = "missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -603,25 +708,70 @@ class Store(Protocol):
     async def last_positions(self) -> list[Position]:
         """Each device's latest position (highest seq), by device id."""
 
-    async def track(self, device_id: str, start: datetime, end: datetime) -> list[Position]:
-        """The device's positions with ``start <= time < end``, in time order.
+    async def track(
+        self,
+        device_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        limit: int | None = None,
+        after: TrackKey | None = None,
+    ) -> list[Position]:
+        """The device's positions with ``start <= time < end``, in (time, seq) order.
 
-        :class:`ValueError` for a naive ``start`` or ``end``.
+        At most ``limit`` (None: all; the database stops there, it never reads the rest
+        of the range); with ``after``, only those after that (time, seq) (keyset pages:
+        the last position of the page before). :class:`ValueError` for a naive time.
         """
 
     async def arrivals(
-        self, route_id: str | None = None, device_id: str | None = None, *, limit: int = 1000
+        self,
+        route_id: str | None = None,
+        device_id: str | None = None,
+        *,
+        limit: int = 1000,
+        after: ArrivalKey | None = None,
     ) -> list[StopEvent]:
-        """Arrival events, optionally of one route and/or device, in time order."""
+        """Arrival events, optionally of one route and/or device, in (time, device_id,
+        seq) order, at most ``limit``; with ``after``, only those after that key (the
+        last event of the page before)."""
 
-    async def pods_by_parcel(self, parcel: str) -> list[Pod]:
-        """Every POD recorded for ``parcel`` (normally one), in time order."""
+    async def pods_by_parcel(self, parcel: str, *, limit: int | None = None) -> list[Pod]:
+        """The PODs recorded for ``parcel`` (normally one), in time order; at most
+        ``limit`` (None: all)."""
 
-    async def quarantine(self, limit: int = 100) -> list[Quarantined]:
-        """The latest quarantined messages, newest first."""
+    async def quarantine(
+        self,
+        limit: int = 100,
+        *,
+        before_id: int | None = None,
+        payload_max_bytes: int | None = None,
+    ) -> list[QuarantineEntry]:
+        """The latest quarantined messages, newest first (by id), at most ``limit``;
+        with ``before_id``, only older rows (keyset pages: the last id of the page
+        before). ``payload_max_bytes``: read at most this many bytes of each payload
+        (None: all that is kept), so a page costs what it shows."""
+
+    async def prune_quarantine(
+        self,
+        *,
+        received_before: datetime | None = None,
+        max_unsettled_rows: int | None = None,
+        batch_rows: int = 1000,
+    ) -> int:
+        """Apply the quarantine's retention; return how many rows it deleted.
+
+        Deletes every row received before ``received_before``, and the oldest rows that
+        settled nothing (``covered`` None: their sender still holds the records, or they
+        are no records) beyond the newest ``max_unsettled_rows``. A row that settled
+        seqs holds the only copy of those records: only age removes it. Deletes in
+        transactions of at most ``batch_rows`` rows, so ingest's writes are never held
+        up long.
+        """
 
     async def gaps(self, device_id: str) -> list[Gap]:
-        """Missing seq ranges of each stream below its highest received seq."""
+        """Missing seq ranges of each stream below its highest received seq, and the
+        ranges lost with a restored database (:class:`Gap`), by stream and seq."""
 
     async def counts(self) -> Counts:
         """Row counts of every table."""

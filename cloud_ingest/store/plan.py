@@ -2,8 +2,9 @@
 
 :meth:`~cloud_ingest.store.base.Store.write` is the same transaction whatever the
 database: lock the devices, insert what is new (telling duplicates apart), link the PODs
-into their chains, quarantine, merge the received seq ranges, store the normalized
-stream's messages, read the acks. :func:`write_plan` is that transaction as a generator
+into their chains, quarantine, merge the received seq ranges, settle what the devices
+released (recording what ingest lost), store the normalized stream's messages, read
+the acks. :func:`write_plan` is that transaction as a generator
 with no I/O (the sans-I/O pattern): it yields one :data:`Op` at a time, a small request
 for SQL, and is sent back its answer; it returns the :class:`~.base.WriteResult`. A
 backend is then only the SQL of each op (:mod:`.sqlite` runs the whole plan on its
@@ -25,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from cloud_ingest.store.base import (
+    Lost,
     Pod,
     Position,
     Quarantined,
@@ -35,9 +37,9 @@ from cloud_ingest.store.base import (
     WriteResult,
 )
 from cloud_ingest.store.podlinks import neighbour_pod_seqs, plan_pods
-from cloud_ingest.store.ranges import SeqRange, absorb, received_ranges
+from cloud_ingest.store.ranges import SeqRange, absorb, received_ranges, uncovered
 from cloud_ingest.verify import Rejected
-from firmware_agent.contract.topics import MAX_SEQ, uplink_topic
+from firmware_agent.contract.topics import MAX_SEQ, Stream, uplink_topic
 
 Announcer = Callable[
     [Sequence[Position], Sequence[StopEvent], Sequence[Pod]], list[tuple[str, bytes]]
@@ -130,6 +132,15 @@ class ReplaceRanges:
 
 
 @dataclass(frozen=True, slots=True)
+class InsertLost:
+    """Record these ranges as lost (``Gap`` reason ``released``), at ``at``.
+    Answer: None."""
+
+    lost: Sequence[Lost]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class InsertStream:
     """Store these stream messages (topic, payload) leased until ``leased_until``, in
     order. Answer: their :class:`~.base.StreamMessage` rows, in the same order."""
@@ -157,6 +168,7 @@ Op = (
     | InsertQuarantine
     | TouchingRanges
     | ReplaceRanges
+    | InsertLost
     | InsertStream
     | ReadAcks
 )
@@ -251,6 +263,10 @@ def write_plan(
         if removals or additions:
             yield ReplaceRanges(removals, additions)
 
+    lost: list[Lost] = []
+    if batch.released:
+        lost = yield from _release(batch, now)
+
     stream: list[StreamMessage] = []
     messages = announce(new_positions, new_events, [*new_pods, *relinked]) if announce else []
     if messages:
@@ -272,7 +288,42 @@ def write_plan(
         quarantined=tuple(quarantined),
         relinked=tuple(relinked),
         stream=tuple(stream),
+        lost=tuple(lost),
     )
+
+
+def _release(batch: WriteBatch, now: datetime) -> Generator[Op, Any, list[Lost]]:
+    """Settle every seq a device released (its signed report: it holds nothing at or
+    below ``seq``) that no stored range covers, recording those as lost; after the
+    batch's own ranges, so that what it brought is not taken for lost."""
+    floors: dict[tuple[str, Stream], int] = {}
+    for r in batch.released:
+        if r.seq > 0:
+            floors[r.device_id, r.stream] = max(r.seq, floors.get((r.device_id, r.stream), 0))
+    if not floors:
+        return []
+    # Every stored range starting in 1..seq+1: after a restore, a handful.
+    probes = [(d, s, 1, min(seq + 1, MAX_SEQ)) for (d, s), seq in floors.items()]
+    touching: dict[tuple[str, str], set[SeqRange]] = defaultdict(set)
+    for d, s, first, last in (yield TouchingRanges(probes)):
+        touching[d, s].add((first, last))
+    lost: list[Lost] = []
+    removals: list[tuple[str, str, int]] = []
+    additions: list[tuple[str, str, int, int]] = []
+    for (d, s), seq in sorted(floors.items()):
+        existing = sorted(touching[d, s])
+        missing = uncovered(existing, seq)
+        if not missing:
+            continue
+        lost += [Lost(d, s, first, last) for first, last in missing]
+        remove, add = absorb(existing, [(1, seq)])
+        removals += [(d, s, first) for first in remove]
+        additions += [(d, s, first, last) for first, last in add]
+    if removals or additions:
+        yield ReplaceRanges(removals, additions)
+    if lost:
+        yield InsertLost(lost, now)
+    return lost
 
 
 _R = TypeVar("_R", Position, StopEvent)

@@ -10,10 +10,10 @@ that starts at 1.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from cloud_ingest.store.base import WriteBatch
-from firmware_agent.contract.topics import Stream
+from cloud_ingest.store.base import Gap, WriteBatch
+from firmware_agent.contract.topics import STREAMS, Stream
 
 SeqRange = tuple[int, int]
 
@@ -66,12 +66,54 @@ def holes(ranges: Iterable[SeqRange]) -> list[SeqRange]:
     return missing
 
 
+def uncovered(ranges: Iterable[SeqRange], upto: int) -> list[SeqRange]:
+    """The seqs of ``1..upto`` that the disjoint ``ranges`` do not cover, as ranges."""
+    missing: list[SeqRange] = []
+    expected = 1
+    for first, last in sorted(ranges):
+        if first > upto:
+            break
+        if first > expected:
+            missing.append((expected, first - 1))
+        expected = max(expected, last + 1)
+    if expected <= upto:
+        missing.append((expected, upto))
+    return missing
+
+
+def gap_report(
+    ranges: Mapping[str, Iterable[SeqRange]], lost: Iterable[tuple[str, int, int]]
+) -> list[Gap]:
+    """A device's gaps: the holes in its stored ``ranges`` (stream -> ranges) and its
+    ``lost`` ranges (stream, first, last; adjacent ones merged: two reports may each
+    have settled part of one loss), by stream and seq."""
+    gaps = [Gap(s, a, b) for s in STREAMS for a, b in holes(ranges.get(s, ()))]
+    by_stream: dict[str, list[SeqRange]] = defaultdict(list)
+    for s, a, b in lost:
+        by_stream[s].append((a, b))
+    gaps += [
+        Gap(_stream(s), a, b, "released")
+        for s, found in by_stream.items()
+        for a, b in merge_ranges(found)
+    ]
+    order = {s: i for i, s in enumerate(STREAMS)}
+    return sorted(gaps, key=lambda g: (order[g.stream], g.first_seq))
+
+
+def _stream(name: str) -> Stream:
+    for s in STREAMS:
+        if s == name:
+            return s
+    raise ValueError(f"not a stream: {name!r}")
+
+
 def received_ranges(batch: WriteBatch) -> dict[tuple[str, Stream], list[SeqRange]]:
     """What ``batch`` brings per (device_id, stream), merged.
 
     Every record counts (a duplicate's seq is covered already, which :func:`absorb`
     turns into no change; a POD the store refuses is quarantined with its seq settled),
-    as do telemetry ranges and the ranges of quarantined messages that settle their seqs.
+    as do signed telemetry ranges and the ranges of quarantined messages that settle
+    their seqs. (What a device releases is settled apart: see the write plan.)
     """
     raw: dict[tuple[str, Stream], list[SeqRange]] = defaultdict(list)
     for p in batch.positions:

@@ -17,6 +17,7 @@ microseconds since the Unix epoch (exact, and ordered as numbers).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sqlite3
@@ -29,7 +30,9 @@ from typing import Any, Final, TypeVar, cast
 
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
+    QUARANTINE_PAYLOAD_MAX_BYTES,
     STREAM_LEASE_S,
+    ArrivalKey,
     Counts,
     Covered,
     Device,
@@ -40,15 +43,18 @@ from cloud_ingest.store.base import (
     Pod,
     Position,
     Quarantined,
+    QuarantineEntry,
     StopEvent,
     StoreLifetime,
     StreamMessage,
+    TrackKey,
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
     check_enrollment,
     event_from_json,
     event_json,
+    kept_payload,
     pod_from_columns,
     point_columns,
     point_from_columns,
@@ -59,6 +65,7 @@ from cloud_ingest.store.plan import (
     Announcer,
     DeleteStreamed,
     InsertEvents,
+    InsertLost,
     InsertPods,
     InsertPositions,
     InsertQuarantine,
@@ -73,7 +80,7 @@ from cloud_ingest.store.plan import (
     run_plan,
     write_plan,
 )
-from cloud_ingest.store.ranges import SeqRange, holes
+from cloud_ingest.store.ranges import SeqRange, gap_report
 from firmware_agent.contract.topics import MAX_SEQ, STREAMS, Stream
 
 _T = TypeVar("_T")
@@ -185,6 +192,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE pods ADD COLUMN distance_m REAL",
         ),
     ),
+    Migration(
+        4,
+        "seqs lost with a restored database, released by their device",
+        (
+            """CREATE TABLE stream_lost (
+                device_id TEXT NOT NULL REFERENCES devices (device_id),
+                stream TEXT NOT NULL CHECK (stream IN ('telemetry', 'events', 'pod')),
+                first_seq INTEGER NOT NULL CHECK (first_seq >= 1),
+                last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
+                recorded_at_us INTEGER NOT NULL,
+                PRIMARY KEY (device_id, stream, first_seq)
+            ) STRICT, WITHOUT ROWID""",
+        ),
+    ),
+    Migration(
+        5,
+        "quarantine: the length and SHA-256 of each payload, indexes for its retention",
+        (
+            # A payload may be kept in part from now on (kept_payload); rows stored
+            # before hold theirs whole.
+            "ALTER TABLE quarantine ADD COLUMN payload_bytes INTEGER",
+            "ALTER TABLE quarantine ADD COLUMN payload_sha256 BLOB",
+            "UPDATE quarantine SET payload_bytes = length(payload), "
+            "payload_sha256 = fleet_sha256(payload)",
+            "CREATE INDEX quarantine_by_time ON quarantine (received_at_us)",
+            "CREATE INDEX quarantine_unsettled ON quarantine (id) WHERE stream IS NULL",
+        ),
+    ),
 )
 
 _POSITION_COLUMNS = (
@@ -197,13 +232,20 @@ _POD_COLUMNS = (
     "prev, chain_status"
 )
 _QUARANTINE_COLUMNS = (
-    "received_at_us, topic, device_id, reason, detail, payload, stream, first_seq, last_seq"
+    "received_at_us, topic, device_id, reason, detail, payload, stream, first_seq, last_seq, "
+    "payload_bytes, payload_sha256"
 )
 # Statements assembled from the column lists above, never from input.
 _SELECT_POSITIONS = f"SELECT {_POSITION_COLUMNS} FROM positions"  # noqa: S608
 _SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM stop_events"  # noqa: S608
 _SELECT_PODS = f"SELECT {_POD_COLUMNS} FROM pods"  # noqa: S608
-_SELECT_QUARANTINE = f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine"  # noqa: S608
+# A row as read: ``{payload}`` is the payload or its first ``?`` bytes; length() of a
+# blob does not read it. Rows from before migration 5 all have their length and digest.
+_SELECT_QUARANTINE = (
+    "SELECT id, received_at_us, topic, device_id, reason, detail, {payload}, "
+    "coalesce(payload_bytes, length(payload)), coalesce(payload_sha256, fleet_sha256(payload)), "
+    "length(payload), stream, first_seq, last_seq FROM quarantine"
+)
 _INSERT_POSITION = (
     f"INSERT INTO positions ({_POSITION_COLUMNS}) "  # noqa: S608
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -219,7 +261,7 @@ _INSERT_POD = (
 )
 _INSERT_QUARANTINE = (
     f"INSERT INTO quarantine ({_QUARANTINE_COLUMNS}) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -286,11 +328,18 @@ def _pod_row(p: Pod) -> tuple[Any, ...]:
     )
 
 
-def _quarantined(row: Sequence[Any]) -> Quarantined:
+def _quarantined(row: Sequence[Any]) -> QuarantineEntry:
     covered = None
-    if row[6] is not None and row[7] is not None and row[8] is not None:
-        covered = Covered(row[2], cast(Stream, row[6]), row[7], row[8])
-    return Quarantined(_time(row[0]), row[1], row[2], row[3], row[4], bytes(row[5]), covered)
+    if row[10] is not None and row[11] is not None and row[12] is not None:
+        covered = Covered(row[3], cast(Stream, row[10]), row[11], row[12])
+    return QuarantineEntry(
+        row[0], _time(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]), row[7],
+        bytes(row[8]), row[9], covered,
+    )  # fmt: skip
+
+
+def _sha256(data: bytes | None) -> bytes | None:
+    return None if data is None else hashlib.sha256(data).digest()
 
 
 @contextmanager
@@ -305,11 +354,21 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 class SqliteStore(StoreLifetime):
-    """:class:`~cloud_ingest.store.base.Store` on one SQLite file (created if absent)."""
+    """:class:`~cloud_ingest.store.base.Store` on one SQLite file (created if absent).
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
+    ``quarantine_payload_max_bytes``: what the quarantine keeps of a payload that settled
+    nothing (:func:`~cloud_ingest.store.base.kept_payload`)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_s: float = 10.0,
+        quarantine_payload_max_bytes: int = QUARANTINE_PAYLOAD_MAX_BYTES,
+    ) -> None:
         self._path = os.fspath(path)
         self._busy_timeout_ms = round(busy_timeout_s * 1000)
+        self._keep_bytes = quarantine_payload_max_bytes
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -338,6 +397,8 @@ class SqliteStore(StoreLifetime):
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Migration 5 and reads of rows without a stored digest.
+            conn.create_function("fleet_sha256", 1, _sha256, deterministic=True)
         except BaseException:
             conn.close()
             raise
@@ -450,7 +511,7 @@ class SqliteStore(StoreLifetime):
 
         def run(conn: sqlite3.Connection) -> WriteResult:
             with _transaction(conn):
-                return run_plan(plan, lambda op: _execute(conn, op))
+                return run_plan(plan, lambda op: _execute(conn, op, self._keep_bytes))
 
         return await self._call(run)
 
@@ -536,32 +597,57 @@ class SqliteStore(StoreLifetime):
 
         return await self._call(run)
 
-    async def track(self, device_id: str, start: datetime, end: datetime) -> list[Position]:
+    async def track(
+        self,
+        device_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        limit: int | None = None,
+        after: TrackKey | None = None,
+    ) -> list[Position]:
         require_utc("start", start)
         require_utc("end", end)
-        lo, hi = _us(start), _us(end)
+        # positions_by_time holds (device_id, time_us) and the key (seq): it gives the
+        # rows in (time, seq) order, so the LIMIT stops the scan.
+        query = _SELECT_POSITIONS + " WHERE device_id = ? AND time_us >= ? AND time_us < ?"
+        params: list[Any] = [device_id, _us(start), _us(end)]
+        if after is not None:
+            require_utc("after", after[0])
+            query += " AND time_us >= ? AND (time_us > ? OR seq > ?)"
+            params += [_us(after[0]), _us(after[0]), after[1]]
+        query += " ORDER BY time_us, seq"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
 
         def run(conn: sqlite3.Connection) -> list[Position]:
-            rows = conn.execute(
-                _SELECT_POSITIONS
-                + " WHERE device_id = ? AND time_us >= ? AND time_us < ? ORDER BY time_us, seq",
-                (device_id, lo, hi),
-            )
-            return [_position(r) for r in rows]
+            return [_position(r) for r in conn.execute(query, params)]
 
         return await self._call(run)
 
     async def arrivals(
-        self, route_id: str | None = None, device_id: str | None = None, *, limit: int = 1000
+        self,
+        route_id: str | None = None,
+        device_id: str | None = None,
+        *,
+        limit: int = 1000,
+        after: ArrivalKey | None = None,
     ) -> list[StopEvent]:
         def run(conn: sqlite3.Connection) -> list[StopEvent]:
-            where, params = ["type = 'arrival'"], []
+            where: list[str] = ["type = 'arrival'"]
+            params: list[Any] = []
             if route_id is not None:
                 where.append("route_id = ?")
                 params.append(route_id)
             if device_id is not None:
                 where.append("device_id = ?")
                 params.append(device_id)
+            if after is not None:
+                require_utc("after", after[0])
+                # time_us >= ?: the index range starts at the page's first time.
+                where.append("time_us >= ? AND (time_us, device_id, seq) > (?, ?, ?)")
+                params += [_us(after[0]), _us(after[0]), after[1], after[2]]
             rows = conn.execute(
                 _SELECT_EVENTS
                 + " WHERE "
@@ -573,22 +659,84 @@ class SqliteStore(StoreLifetime):
 
         return await self._call(run)
 
-    async def pods_by_parcel(self, parcel: str) -> list[Pod]:
+    async def pods_by_parcel(self, parcel: str, *, limit: int | None = None) -> list[Pod]:
         def run(conn: sqlite3.Connection) -> list[Pod]:
             rows = conn.execute(
-                _SELECT_PODS + " WHERE parcel = ? ORDER BY time_us, device_id, pod_seq",
-                (parcel,),
+                _SELECT_PODS + " WHERE parcel = ? ORDER BY time_us, device_id, pod_seq LIMIT ?",
+                (parcel, -1 if limit is None else limit),
             )
             return [_pod(r) for r in rows]
 
         return await self._call(run)
 
-    async def quarantine(self, limit: int = 100) -> list[Quarantined]:
-        def run(conn: sqlite3.Connection) -> list[Quarantined]:
-            rows = conn.execute(_SELECT_QUARANTINE + " ORDER BY id DESC LIMIT ?", (limit,))
-            return [_quarantined(r) for r in rows]
+    async def quarantine(
+        self,
+        limit: int = 100,
+        *,
+        before_id: int | None = None,
+        payload_max_bytes: int | None = None,
+    ) -> list[QuarantineEntry]:
+        params: list[Any] = []
+        payload = "payload"
+        if payload_max_bytes is not None:
+            payload = "substr(payload, 1, ?)"
+            params.append(max(0, payload_max_bytes))
+        query = (
+            _SELECT_QUARANTINE.format(payload=payload) + " WHERE id < ? ORDER BY id DESC LIMIT ?"
+        )
+        params += [MAX_SEQ if before_id is None else before_id, limit]
+
+        def run(conn: sqlite3.Connection) -> list[QuarantineEntry]:
+            return [_quarantined(r) for r in conn.execute(query, params)]
 
         return await self._call(run)
+
+    async def prune_quarantine(
+        self,
+        *,
+        received_before: datetime | None = None,
+        max_unsettled_rows: int | None = None,
+        batch_rows: int = 1000,
+    ) -> int:
+        batch_rows = max(1, batch_rows)
+
+        def delete(query: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connection], int]:
+            def run(conn: sqlite3.Connection) -> int:
+                with _transaction(conn):
+                    return conn.execute(query, params).rowcount
+
+            return run
+
+        deleted = 0
+        if received_before is not None:
+            require_utc("received_before", received_before)
+            old = delete(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine "
+                "WHERE received_at_us < ? LIMIT ?)",
+                (_us(received_before), batch_rows),
+            )
+            while (n := await self._call(old)) > 0:
+                deleted += n
+        if max_unsettled_rows is not None:
+
+            def newest_over(conn: sqlite3.Connection) -> int | None:
+                row = conn.execute(
+                    "SELECT id FROM quarantine WHERE stream IS NULL ORDER BY id DESC "
+                    "LIMIT 1 OFFSET ?",
+                    (max(0, max_unsettled_rows),),
+                ).fetchone()
+                return None if row is None else int(row[0])
+
+            last = await self._call(newest_over)
+            if last is not None:
+                over = delete(
+                    "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine "
+                    "WHERE stream IS NULL AND id <= ? LIMIT ?)",
+                    (last, batch_rows),
+                )
+                while (n := await self._call(over)) > 0:
+                    deleted += n
+        return deleted
 
     async def gaps(self, device_id: str) -> list[Gap]:
         def run(conn: sqlite3.Connection) -> list[Gap]:
@@ -598,7 +746,11 @@ class SqliteStore(StoreLifetime):
                 (device_id,),
             ):
                 ranges[stream].append((first, last))
-            return [Gap(s, a, b) for s in STREAMS for a, b in holes(ranges[s])]
+            lost = conn.execute(
+                "SELECT stream, first_seq, last_seq FROM stream_lost WHERE device_id = ?",
+                (device_id,),
+            ).fetchall()
+            return gap_report(ranges, lost)
 
         return await self._call(run)
 
@@ -661,8 +813,9 @@ def _acks(conn: sqlite3.Connection, device_ids: Sequence[str]) -> dict[str, dict
     return acks
 
 
-def _execute(conn: sqlite3.Connection, op: Op) -> Any:
-    """One op of the write plan (:mod:`.plan`), in SQL, inside its transaction."""
+def _execute(conn: sqlite3.Connection, op: Op, keep_bytes: int) -> Any:
+    """One op of the write plan (:mod:`.plan`), in SQL, inside its transaction
+    (``keep_bytes``: see :func:`~cloud_ingest.store.base.kept_payload`)."""
     match op:
         case DeleteStreamed(ids):
             _delete_streamed(conn, ids)
@@ -710,7 +863,7 @@ def _execute(conn: sqlite3.Connection, op: Op) -> Any:
             )
             return None
         case InsertQuarantine(rows):
-            conn.executemany(_INSERT_QUARANTINE, [_quarantine_row(q) for q in rows])
+            conn.executemany(_INSERT_QUARANTINE, [_quarantine_row(q, keep_bytes) for q in rows])
             return None
         case TouchingRanges(probes):
             return [r for probe in probes for r in _touching(conn, *probe)]
@@ -720,6 +873,16 @@ def _execute(conn: sqlite3.Connection, op: Op) -> Any:
                 removals,
             )
             conn.executemany("INSERT INTO stream_ranges VALUES (?, ?, ?, ?)", additions)
+            return None
+        case InsertLost(lost, at):
+            # A row there already (a database restored from a copy that was not one
+            # snapshot) is widened, never a reason to fail the batch.
+            conn.executemany(
+                "INSERT INTO stream_lost VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, stream, first_seq) "
+                "DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+                [(x.device_id, x.stream, x.first_seq, x.last_seq, _us(at)) for x in lost],
+            )
             return None
         case InsertStream(messages, leased_until):
             until_us = _us(leased_until)
@@ -765,7 +928,7 @@ def _touching(
     return found
 
 
-def _quarantine_row(q: Quarantined) -> tuple[Any, ...]:
+def _quarantine_row(q: Quarantined, keep_bytes: int) -> tuple[Any, ...]:
     c = q.covered
     return (
         _us(q.received_at),
@@ -773,10 +936,12 @@ def _quarantine_row(q: Quarantined) -> tuple[Any, ...]:
         None if q.device_id is None else storable_text(q.device_id),
         storable_text(q.reason),
         storable_text(q.detail),
-        q.payload,
+        kept_payload(q, keep_bytes),
         None if c is None else c.stream,
         None if c is None else c.first_seq,
         None if c is None else c.last_seq,
+        len(q.payload),
+        hashlib.sha256(q.payload).digest(),
     )
 
 

@@ -34,6 +34,8 @@ from firmware_agent.contract.wirejson import MAX_JSON_BYTES, Payload
 VERSION: Final = 1
 EVENT_STREAMS: Final = ("events", "pod")
 STATES: Final = ("online", "offline")
+# The signed sequence report in a status (:mod:`.seqreport`): about 400 characters.
+MAX_SEQS_CHARS: Final = 2048
 # What the events stream must not carry: PODs have their own stream, telemetry too.
 _NOT_EVENTS = frozenset({"pod", "telemetry"})
 _ENVELOPE_KEYS = frozenset({"v", "device_id", "stream", "seq", "historical", "sent_at", "record"})
@@ -157,12 +159,16 @@ class Ack:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Status:
-    """The retained birth (``online``) or last will (``offline``, usually no time)."""
+    """The retained birth (``online``) or last will (``offline``, usually no time).
+
+    ``seqs``: the van's signed sequence report (:mod:`.seqreport`), a compact JWS, as
+    sent: verifying it needs the device's key, which is ingest's business."""
 
     device_id: str
     state: str
     time: datetime | None = None
     health: dict[str, Any] = field(default_factory=dict)
+    seqs: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": VERSION, "device_id": self.device_id, "state": self.state}
@@ -170,6 +176,8 @@ class Status:
             out["time"] = format_utc(self.time)
         if self.health:
             out["health"] = dict(self.health)
+        if self.seqs is not None:
+            out["seqs"] = self.seqs
         return out
 
 
@@ -192,8 +200,10 @@ def encode_status(
     *,
     time: datetime | None = None,
     health: Mapping[str, Any] | None = None,
+    seqs: str | None = None,
 ) -> bytes:
-    """The retained ``status`` payload; the last will is ``encode_status(id, "offline")``."""
+    """The retained ``status`` payload; the last will is ``encode_status(id, "offline")``.
+    ``seqs``: the van's signed sequence report (:func:`.seqreport.sign_report`)."""
     obj: dict[str, Any] = {"v": VERSION, "device_id": device_id, "state": state}
     if time is not None:
         if not isinstance(time, datetime) or time.tzinfo is None:
@@ -201,6 +211,8 @@ def encode_status(
         obj["time"] = format_utc(time)
     if health:
         obj["health"] = dict(health)
+    if seqs is not None:
+        obj["seqs"] = seqs
     payload = wirejson.dumps(obj, "status")
     _status(obj)
     return payload
@@ -230,7 +242,7 @@ def _ack(obj: dict[str, Any]) -> Ack:
 
 
 def _status(obj: dict[str, Any]) -> Status:
-    _keys(obj, "status", {"v", "device_id", "state"}, optional={"time", "health"})
+    _keys(obj, "status", {"v", "device_id", "state"}, optional={"time", "health", "seqs"})
     _version(obj, "status")
     state = obj["state"]
     if state not in STATES:
@@ -238,11 +250,15 @@ def _status(obj: dict[str, Any]) -> Status:
     health = obj.get("health", {})
     if not isinstance(health, dict):
         raise CodecError("status: health must be an object")
+    seqs = obj.get("seqs")
+    if seqs is not None and (not isinstance(seqs, str) or len(seqs) > MAX_SEQS_CHARS):
+        raise CodecError(f"status: seqs must be a string of at most {MAX_SEQS_CHARS} characters")
     return Status(
         device_id=_device_id(obj["device_id"]),
         state=state,
         time=_time(obj["time"], "status time") if "time" in obj else None,
         health=health,
+        seqs=seqs,
     )
 
 

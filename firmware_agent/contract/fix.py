@@ -8,13 +8,13 @@ training shares with the van, read it. Its JSON form (:meth:`Fix.to_json`) is wh
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+from firmware_agent.contract import wirejson
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.times import format_utc, parse_utc
 
@@ -157,7 +157,7 @@ def _float(obj: Mapping[str, Any], name: str) -> float | None:
     value = obj.get(name)
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    if not wirejson.finite_number(value):
         raise CodecError(f"fix {name} must be a finite number or null, not {value!r:.40}")
     return float(value)
 

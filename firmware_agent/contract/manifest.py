@@ -9,12 +9,21 @@ raises :class:`ManifestError` naming the first offending field (``stops[3].radiu
 van's base install stays small and because the checks go beyond a schema: unique ids,
 finite coordinates, windows that end after they start, polygons that close.
 The van keeps the current one on disk (:mod:`firmware_agent.manifest_store`).
+
+On the wire (the retained ``manifest`` topic) a manifest is its JSON, or that JSON
+gzip-compressed (RFC 1952; recognised by its first two bytes, 1f 8b, which no JSON
+text starts with): :func:`loads_manifest` takes either, and inflates at most
+:data:`MAX_MANIFEST_BYTES`. A payload is at most :data:`MAX_MANIFEST_PAYLOAD_BYTES`,
+within the shipped broker's ``message_size_limit``; :func:`encode_manifest_payload`
+makes the payload and checks that limit before anything is sent (``fleet-ingest
+publish-manifest``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -23,13 +32,31 @@ from typing import Any
 
 from firmware_agent.contract.errors import ContractError
 from firmware_agent.contract.parcels import canonical_code
+from firmware_agent.contract.wirejson import finite_number
 
 STOP_TYPES = frozenset({"house", "apartment", "business", "locker", "other"})
 MAX_STOPS = 10_000
 MAX_PARCELS_PER_STOP = 500
-MAX_ROUTE_VERTICES = 200_000
+# 500 km of road at a vertex every 10 m. 200,000 until the payload limit below: never
+# deliverable (~5 MB of JSON), and the geofence's route index grows with it.
+MAX_ROUTE_VERTICES = 50_000
 MAX_RADIUS_M = 5_000.0
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+# A manifest payload on the wire, as sent (gzip-compressed or not). The shipped broker
+# takes 1 MiB (docs/mosquitto/fleet.conf's message_size_limit), and 1 MB leaves room
+# for the topic and properties on a broker that limits whole packets to 1 MiB (EMQX's
+# default). Gzip carries the documented maximum, 10,000 stops (1-3 parcels each, 60 %
+# with windows) with a 50,000-vertex route, in ~634 KB (3.1 MB of JSON); 2,000 stops
+# and a 5,000-vertex route take ~96 KB.
+MAX_MANIFEST_PAYLOAD_BYTES = 1_000_000
+# Every stop and route vertex lies within this distance of the first stop (of the first
+# route vertex without stops), east-west and north-south in the van's local plane: a
+# day's work, not a continent. The geofence engine works in an equirectangular plane
+# around that point, whose east-west scale is off by ~10 % at this distance at mid
+# latitudes, and this bounds what indexing the geometry may cost.
+MAX_REACH_M = 500_000.0
+_GZIP_MAGIC = b"\x1f\x8b"
+_M_PER_DEG = math.pi * 6_371_008.8 / 180.0
 
 
 class ManifestError(ContractError, ValueError):
@@ -93,8 +120,10 @@ def _number(value: Any, where: str, lo: float, hi: float) -> float:
     # bool is an int subclass; true/false is never a coordinate.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ManifestError(where, "must be a number")
+    if not finite_number(value):
+        raise ManifestError(where, f"must be within [{lo:g}, {hi:g}], got a non-finite number")
     number = float(value)
-    if not math.isfinite(number) or not lo <= number <= hi:
+    if not lo <= number <= hi:
         raise ManifestError(where, f"must be within [{lo:g}, {hi:g}], got {value!r}")
     return number
 
@@ -132,12 +161,34 @@ def _polygon(value: Any, where: str) -> tuple[tuple[float, float], ...]:
 
 
 def _bounding_radius_m(lat: float, lon: float, polygon: Sequence[tuple[float, float]]) -> float:
-    m_per_deg = math.pi * 6_371_008.8 / 180.0
     cos_lat = math.cos(math.radians(lat))
     return max(
-        math.hypot((vlat - lat) * m_per_deg, (vlon - lon) * m_per_deg * cos_lat)
+        math.hypot((vlat - lat) * _M_PER_DEG, (vlon - lon) * _M_PER_DEG * cos_lat)
         for vlat, vlon in polygon
     )
+
+
+def _check_reach(stops: Sequence[Stop], route: Sequence[tuple[float, float]] | None) -> None:
+    """:class:`ManifestError` for the first stop or route vertex farther than
+    :data:`MAX_REACH_M` from the origin of the van's plane (the first stop, else the
+    first route vertex), east-west or north-south, as the plane measures it."""
+    if stops:
+        lat0, lon0 = stops[0].lat, stops[0].lon
+    elif route:
+        lat0, lon0 = route[0]
+    else:
+        return
+    kx = _M_PER_DEG * math.cos(math.radians(lat0))
+    points = [(f"stops[{s.index}]", s.lat, s.lon) for s in stops]
+    points += [(f"route.coordinates[{i}]", lat, lon) for i, (lat, lon) in enumerate(route or ())]
+    for where, lat, lon in points:
+        reach_m = max(abs(lat - lat0) * _M_PER_DEG, abs(lon - lon0) * kx)
+        if reach_m > MAX_REACH_M:
+            raise ManifestError(
+                where,
+                f"is {reach_m / 1000:,.0f} km from the first point of the day; every stop "
+                f"and route vertex must lie within {MAX_REACH_M / 1000:,.0f} km of it",
+            )
 
 
 def _stop(raw: Any, index: int) -> Stop:
@@ -241,20 +292,86 @@ def parse_manifest(doc: Any) -> Manifest:
                 )
             seen_parcels[code] = stop.id
     route = _route(doc["route"]) if doc.get("route") is not None else None
+    _check_reach(stops, route)
     return Manifest(
         route_id=route_id, device_id=device_id, date=day, stops=stops, route=route, raw=doc
     )
 
 
-def loads_manifest(data: bytes | str) -> Manifest:
-    """Decode and validate manifest JSON (bytes from MQTT or a file)."""
+def inflate_manifest(data: bytes) -> bytes:
+    """A manifest payload's JSON bytes: ``data`` itself, or ``data`` gunzipped if it is
+    gzip (starts 1f 8b). Inflates at most :data:`MAX_MANIFEST_BYTES`, so a small
+    payload that would inflate to gigabytes is refused after that many, not held."""
+    if not data.startswith(_GZIP_MAGIC):
+        return data
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing only
+    try:
+        out = inflater.decompress(data, MAX_MANIFEST_BYTES + 1)
+    except zlib.error as err:
+        raise ManifestError("", f"not valid gzip: {err}") from err
+    if len(out) > MAX_MANIFEST_BYTES:
+        raise ManifestError("", f"inflates to more than {MAX_MANIFEST_BYTES} bytes")
+    if not inflater.eof:
+        raise ManifestError("", "not valid gzip: truncated")
+    if inflater.unused_data:
+        raise ManifestError("", "not valid gzip: data after the end of the stream")
+    return out
+
+
+def encode_manifest_payload(
+    manifest: Manifest, *, compress: bool | None = None, limit: int = MAX_MANIFEST_PAYLOAD_BYTES
+) -> bytes:
+    """The ``manifest`` topic's payload for a validated manifest: its document as
+    compact JSON, gzip-compressed if ``compress`` (``None``: only if the JSON alone is
+    over ``limit``, so that an agent older than the gzip form still reads what it can).
+
+    :class:`ManifestError` if the payload is over ``limit`` (the broker would refuse it
+    and cut the publisher off), naming both sizes.
+    """
+    text = json.dumps(manifest.raw, ensure_ascii=False, separators=(",", ":"))
+    payload = text.encode("utf-8")
+    plain_bytes = len(payload)
+    compressed = bool(compress or (compress is None and plain_bytes > limit))
+    if compressed:
+        payload = gzip_payload(payload)
+    if len(payload) > limit:
+        size = (
+            f"{len(payload):,} bytes gzipped ({plain_bytes:,} as JSON)"
+            if compressed
+            else f"{plain_bytes:,} bytes of JSON"
+        )
+        raise ManifestError(
+            "",
+            f"the payload is {size}, over the {limit:,}-byte limit of a manifest payload "
+            f"({len(manifest.stops):,} stops, "
+            f"{len(manifest.route) if manifest.route else 0:,} route vertices): "
+            "send fewer stops or a simpler route",
+        )
+    return payload
+
+
+def gzip_payload(data: bytes) -> bytes:
+    """``data`` gzip-compressed, reproducibly (no time, no file name in the header)."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return deflater.compress(data) + deflater.flush()
+
+
+def decode_manifest(data: bytes | str) -> Any:
+    """The JSON document of a manifest (bytes from MQTT or a file, or text; bytes may
+    be its gzip form, :func:`inflate_manifest`), not yet validated."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError("", f"larger than {MAX_MANIFEST_BYTES} bytes")
+    if isinstance(data, bytes):
+        data = inflate_manifest(data)
     try:
-        doc = json.loads(data)
+        return json.loads(data)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise ManifestError("", f"not valid JSON: {err}") from err
-    return parse_manifest(doc)
+
+
+def loads_manifest(data: bytes | str) -> Manifest:
+    """Decode and validate a manifest: JSON, or its gzip form (:func:`decode_manifest`)."""
+    return parse_manifest(decode_manifest(data))
 
 
 def load_manifest(path: Path) -> Manifest:

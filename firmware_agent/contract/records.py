@@ -117,8 +117,8 @@ def _encode_time(spec: _Spec, value: Any, what: str) -> Any:
 def _encode_float(spec: _Spec, value: Any, what: str) -> Any:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise CodecError(f"{what}.{spec.name} must be a number, not {value!r:.40}")
-    if not math.isfinite(value):
-        raise CodecError(f"{what}.{spec.name} is not finite: {value!r}")
+    if not wirejson.finite_number(value):
+        raise CodecError(f"{what}.{spec.name} is not finite: {value!r:.40}")
     return float(value) if spec.ndigits is None else round(float(value), spec.ndigits)
 
 
@@ -148,7 +148,7 @@ def _decode_choice(spec: _Spec, value: object, what: str) -> Any:
 def _decode_float(spec: _Spec, value: object, what: str) -> Any:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise CodecError(f"{what}.{spec.name} must be a number, not {value!r:.40}")
-    if not math.isfinite(value):
+    if not wirejson.finite_number(value):
         raise CodecError(f"{what}.{spec.name} is not finite")
     return float(value)
 
@@ -180,7 +180,7 @@ def _normal_time(spec: _Spec, value: Any) -> Any:
 
 
 def _normal_float(spec: _Spec, value: Any) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if wirejson.finite_number(value):
         assert spec.ndigits is not None
         rounded = round(float(value), spec.ndigits)
         return value if rounded == value and type(value) is float else rounded
@@ -852,7 +852,7 @@ def _json_time(value: object) -> datetime:
 
 
 def _json_number(value: object, what: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    if not wirejson.finite_number(value):
         raise CodecError(f"{what} must be a finite number, not {value!r:.40}")
     return float(value)
 

@@ -12,16 +12,26 @@ added to every point) and still reads version 1, what vans not yet upgraded send
 Each valid payload has exactly one encoding (no overlong varints, no stray flag bits):
 ``frame_batch`` of what ``decode_batch`` read gives back the same bytes.
 
+A batch settles, in ingest's acks, the seqs of the fixes it carries. Seqs of its range
+``first_seq..last_seq`` that it does not carry (fixes the outbox thinned away) are settled
+only when the batch is *signed* (:data:`FLAG_SIGNED`): an Ed25519 signature by the
+device key, the key that signs its PODs, over :data:`SIGNING_CONTEXT` and the payload
+before it. Whoever can publish on the van's topic can make up fixes but not the van's
+word that seqs it never carried are gone (issue 13, finding 7).
+
 The decoder raises :class:`~.errors.CodecError` for anything malformed, whatever the
 bytes, and nothing else; the framer raises it for values the contract cannot carry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.records import (
@@ -41,6 +51,14 @@ BATCH_VERSION: Final = 2  # the binary layout this code writes
 READS: Final = (1, 2)  # the binary layouts it reads
 MAGIC: Final = b"FT"
 FLAG_HISTORICAL: Final = 0x01
+# The payload ends with SIGNATURE_BYTES of Ed25519 signature by the device key over
+# SIGNING_CONTEXT + every byte before the signature (this flag included).
+FLAG_SIGNED: Final = 0x02
+_FLAGS: Final = FLAG_HISTORICAL | FLAG_SIGNED
+SIGNATURE_BYTES: Final = 64
+# Domain separation: a batch signature can never pass for a POD's JWS signature (whose
+# signing input is base64url text) nor the other way round.
+SIGNING_CONTEXT: Final = b"fleet/v1 telemetry batch\x00"
 
 # A record is historical when it was created more than this long before it was first
 # sent (replayed after an outage): downstream never raises live alerts for it.
@@ -65,9 +83,10 @@ def is_historical(created_at: datetime, first_sent_at: datetime) -> bool:
 class TelemetryBatch:
     """A decoded batch: points ``(seq, point)`` covering ``first_seq..last_seq``.
 
-    Sequence numbers in the range without a point were thinned away by the outbox: they
-    are covered (acknowledged by this batch), not missing. ``version`` is the binary
-    layout it came in.
+    Sequence numbers in the range without a point were thinned away by the outbox; ingest
+    settles them only when the batch is signed (``signature``, the 64 bytes the payload
+    ended with; verify with :func:`verify_batch`). ``version`` is the binary layout it
+    came in.
     """
 
     device_id: str
@@ -76,6 +95,12 @@ class TelemetryBatch:
     historical: bool
     points: tuple[tuple[int, TelemetryPoint], ...] = ()
     version: int = BATCH_VERSION
+    signature: bytes | None = None
+
+    @property
+    def thinned(self) -> int:
+        """How many seqs of ``first_seq..last_seq`` the batch does not carry."""
+        return self.last_seq - self.first_seq + 1 - len(self.points)
 
     def header_json(self) -> dict[str, Any]:
         """The batch's JSON form without its points (what ingest checks per message)."""
@@ -102,11 +127,14 @@ def frame_batch(
     *,
     historical: bool,
     last_seq: int | None = None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
     """The telemetry payload of ``stored`` points: ``(seq, bytes)`` as the outbox keeps
     them (:func:`~.records.encode_point`; version 1's form too), seqs strictly
     increasing in ``first_seq..last_seq``. ``last_seq`` defaults to the last point's
-    seq (an empty batch, which only acknowledges a thinned-out range, must give it).
+    seq (an empty batch must give it). ``sign``: the device key's Ed25519 ``sign``
+    (``Ed25519PrivateKey.sign``), for a batch whose range holds seqs it does not carry:
+    the payload is then flagged :data:`FLAG_SIGNED` and ends with the signature.
     :class:`CodecError` for anything the layout cannot carry."""
     check_device_id(device_id)
     if len(stored) > MAX_FIXES:
@@ -121,7 +149,7 @@ def frame_batch(
         raise CodecError(f"last_seq {last_seq} < first_seq {first_seq}")
     out = bytearray(MAGIC)
     out.append(BATCH_VERSION)
-    out.append(FLAG_HISTORICAL if historical else 0)
+    out.append((FLAG_HISTORICAL if historical else 0) | (FLAG_SIGNED if sign else 0))
     name = device_id.encode("ascii")
     _put(out, len(name))
     out += name
@@ -148,6 +176,11 @@ def frame_batch(
             _put(out, _zigzag(alt - prev_alt) + 1)
             prev_alt = alt
         prev_seq, prev_ms, prev_lat, prev_lon = seq, ms, lat, lon
+    if sign is not None:
+        signature = sign(SIGNING_CONTEXT + bytes(out))
+        if len(signature) != SIGNATURE_BYTES:
+            raise CodecError(f"signature of {len(signature)} bytes, want {SIGNATURE_BYTES}")
+        out += signature
     return bytes(out)
 
 
@@ -158,10 +191,26 @@ def encode_batch(
     *,
     historical: bool,
     last_seq: int | None = None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
     """:func:`frame_batch` of points not stored yet (benchmarks, tests, simulators)."""
     stored = [(seq, encode_point(point)) for seq, point in points]
-    return frame_batch(device_id, first_seq, stored, historical=historical, last_seq=last_seq)
+    return frame_batch(
+        device_id, first_seq, stored, historical=historical, last_seq=last_seq, sign=sign
+    )
+
+
+def verify_batch(payload: bytes, key: Ed25519PublicKey) -> bool:
+    """Whether ``payload`` (a batch :func:`decode_batch` read) is signed
+    (:data:`FLAG_SIGNED`) and its signature verifies with ``key``."""
+    if len(payload) < 4 + SIGNATURE_BYTES or not payload[3] & FLAG_SIGNED:
+        return False
+    body, signature = payload[:-SIGNATURE_BYTES], payload[-SIGNATURE_BYTES:]
+    try:
+        key.verify(bytes(signature), SIGNING_CONTEXT + bytes(body))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def decode_batch(payload: Payload) -> TelemetryBatch:
@@ -177,8 +226,13 @@ def decode_batch(payload: Payload) -> TelemetryBatch:
     if version not in READS:
         raise CodecError(f"telemetry batch: version {version}, this decoder reads {READS}")
     flags = buf[3]
-    if flags & ~FLAG_HISTORICAL:
+    if flags & ~_FLAGS:
         raise CodecError(f"telemetry batch: unknown flag bits 0x{flags:02x}")
+    signature = None
+    if flags & FLAG_SIGNED:
+        if len(buf) < 4 + SIGNATURE_BYTES:
+            raise CodecError(f"telemetry batch: signed, but {len(buf)} bytes in all")
+        buf, signature = buf[:-SIGNATURE_BYTES], buf[-SIGNATURE_BYTES:]
     r = _Reader(buf, 4)
     name_len = r.varint("device_id length")
     if not 1 <= name_len <= 64:
@@ -231,6 +285,7 @@ def decode_batch(payload: Payload) -> TelemetryBatch:
         historical=bool(flags & FLAG_HISTORICAL),
         points=tuple(points),
         version=version,
+        signature=signature,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from firmware_agent.contract.errors import CodecError
 
@@ -110,6 +110,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(obj) != len(pairs):
         raise ValueError("duplicate key in object")
     return obj
+
+
+def finite_number(value: object) -> TypeGuard[int | float]:
+    """Whether a decoded JSON value is a number (a bool is not) that a float holds
+    finitely. An integer beyond the largest float is not: :func:`loads` reads 10^400 as
+    an integer, and ``math.isfinite`` raises OverflowError on it rather than say False."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _no_constant(name: str) -> Any:

@@ -194,7 +194,9 @@ class EtaTracker:
 
     ``served`` names stops already reached (a tracker rebuilt for a new manifest, see
     :meth:`for_manifest`); ``history`` a speed history to carry on (a new one otherwise);
-    ``day_start`` the start of the shift (default: the first fix the history saw).
+    ``day_start`` the start of the shift (default: the first fix the history saw);
+    ``plan`` the manifest's :class:`RoutePlan` if it was built beforehand (off the
+    event loop: its cost grows with the stops and the route), else it is built here.
     ``counts`` holds ``predictions``, ``eta``, ``late_risk`` and ``model_errors``.
     """
 
@@ -207,10 +209,11 @@ class EtaTracker:
         served: Iterable[str] = (),
         history: SpeedHistory | None = None,
         day_start: datetime | None = None,
+        plan: RoutePlan | None = None,
     ) -> None:
         self.config = config or EtaConfig()
         self.predictor = predictor
-        self.plan = RoutePlan.from_manifest(manifest)
+        self.plan = plan if plan is not None else RoutePlan.from_manifest(manifest)
         self.history = history if history is not None else SpeedHistory()
         self.day_start = day_start
         self._route_id = manifest.route_id
@@ -261,7 +264,9 @@ class EtaTracker:
         """What the records' ``model`` says now: the model's version or ``"baseline"``."""
         return self.predictor.model_version or BASELINE_MODEL
 
-    def for_manifest(self, manifest: Manifest, served: Iterable[str]) -> EtaTracker:
+    def for_manifest(
+        self, manifest: Manifest, served: Iterable[str], plan: RoutePlan | None = None
+    ) -> EtaTracker:
         """A tracker for a new manifest that carries on this one's day.
 
         The speed history, day start, predictor, config, the prediction cadence and the
@@ -270,6 +275,7 @@ class EtaTracker:
         past the window, a standing late_risk): no burst of records for stops that did
         not change. ``served`` comes from the caller (the geofence engine keeps visits by
         stop id). The van is placed afresh on the new plan at the next prediction.
+        ``plan``: ``manifest``'s, built beforehand (see the class).
         """
         new = EtaTracker(
             manifest,
@@ -278,6 +284,7 @@ class EtaTracker:
             served=served,
             history=self.history,
             day_start=self.day_start,
+            plan=plan,
         )
         for stop_id, i in self.plan.index.items():
             j = new.plan.index.get(stop_id)

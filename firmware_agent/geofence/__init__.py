@@ -6,7 +6,7 @@ spatial indexes, :mod:`.exceptions` the halt and route-deviation detectors.
 """
 
 from firmware_agent.geofence.config import GeofenceConfig
-from firmware_agent.geofence.engine import GeofenceEngine
+from firmware_agent.geofence.engine import GeofenceEngine, GeofenceIndex, build_index
 from firmware_agent.geofence.events import (
     Arrival,
     Departure,
@@ -26,7 +26,9 @@ __all__ = [
     "GeofenceConfig",
     "GeofenceEngine",
     "GeofenceEvent",
+    "GeofenceIndex",
     "Halt",
     "HaltEnd",
     "WindowMiss",
+    "build_index",
 ]

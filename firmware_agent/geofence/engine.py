@@ -77,10 +77,88 @@ class Position:
     speed_mps: float
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class GeofenceIndex:
+    """A manifest's geometry for the engine: its plane, fence shapes and spatial grids.
+
+    Immutable, and the only part of adopting a manifest (or new geofence settings) whose
+    cost grows with the geometry: the agent builds it off the event loop
+    (:func:`build_index`) and hands it to :meth:`GeofenceEngine.load_manifest`.
+    """
+
+    manifest: Manifest
+    index_cell_m: float
+    border_m: float
+    deviation_m: float
+    plane: Plane
+    shapes: tuple[Shape, ...]
+    grid: StopGrid
+    route: RouteGrid | None
+
+    def fits(self, manifest: Manifest, config: GeofenceConfig) -> bool:
+        """Whether this index is the one ``manifest`` and ``config`` need."""
+        return (
+            manifest is self.manifest
+            and config.index_cell_m == self.index_cell_m
+            and config.border_m == self.border_m
+            and config.deviation_m == self.deviation_m
+        )
+
+    @property
+    def entries_bound(self) -> int:
+        """At most how many (cell, fence or segment) entries its grids hold."""
+        return self.grid.entries_bound + (0 if self.route is None else self.route.entries_bound)
+
+
+def build_index(manifest: Manifest, config: GeofenceConfig) -> GeofenceIndex:
+    """The geometry :class:`GeofenceEngine` needs for ``manifest`` under ``config``.
+
+    Pure and bounded (:mod:`.index`: at most :data:`~.index.MAX_GRID_ENTRIES` entries
+    per grid, or 4 per fence or segment), but linear in the manifest's stops and route
+    vertices: call it off the event loop for a manifest from the downlink.
+    """
+    first = manifest.stops[0] if manifest.stops else None
+    if first is not None:
+        plane = Plane.at(first.lat, first.lon)
+    elif manifest.route:
+        plane = Plane.at(*manifest.route[0])
+    else:
+        plane = Plane.at(0.0, 0.0)
+    shapes = tuple(_shape(plane, stop) for stop in manifest.stops)
+    grid = StopGrid(shapes, cell_m=config.index_cell_m, reach_m=config.border_m)
+    route = (
+        RouteGrid([plane.xy(lat, lon) for lat, lon in manifest.route], reach_m=config.deviation_m)
+        if manifest.route
+        else None
+    )
+    return GeofenceIndex(
+        manifest=manifest,
+        index_cell_m=config.index_cell_m,
+        border_m=config.border_m,
+        deviation_m=config.deviation_m,
+        plane=plane,
+        shapes=shapes,
+        grid=grid,
+        route=route,
+    )
+
+
+def _shape(plane: Plane, stop: Stop) -> Shape:
+    cx, cy = plane.xy(stop.lat, stop.lon)
+    polygon = [plane.xy(lat, lon) for lat, lon in stop.polygon] if stop.polygon else None
+    return Shape(cx, cy, stop.radius_m, polygon)
+
+
 class GeofenceEngine:
     """Stop arrivals/departures and exceptions for one van and its current manifest."""
 
-    def __init__(self, manifest: Manifest, config: GeofenceConfig | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: GeofenceConfig | None = None,
+        *,
+        index: GeofenceIndex | None = None,
+    ) -> None:
         self.config = config or GeofenceConfig()
         self._fences: dict[str, StopFence] = {}
         self._active: set[StopFence] = set()
@@ -101,27 +179,25 @@ class GeofenceEngine:
         self._off_max_m = 0.0
         self._off_measured_s = 0.0
         self.counts = {"fixes": 0, "poor": 0, "undated": 0}
-        self.load_manifest(manifest)
+        self.load_manifest(manifest, index)
 
     # -- manifest ----------------------------------------------------------------
 
-    def load_manifest(self, manifest: Manifest) -> None:
-        """Adopt a new manifest; stops kept by id keep their state (visits, phase)."""
+    def load_manifest(self, manifest: Manifest, index: GeofenceIndex | None = None) -> None:
+        """Adopt a new manifest; stops kept by id keep their state (visits, phase).
+
+        ``index`` is the manifest's geometry built beforehand (:func:`build_index`, off
+        the event loop) for this manifest and this engine's config; without it (or with
+        one built for another manifest or other settings) it is built here.
+        """
+        if index is None or not index.fits(manifest, self.config):
+            index = build_index(manifest, self.config)
         self.manifest = manifest
         self._stops = manifest.stops
-        first = manifest.stops[0] if manifest.stops else None
-        if first is not None:
-            self.plane = Plane.at(first.lat, first.lon)
-        elif manifest.route:
-            self.plane = Plane.at(*manifest.route[0])
-        else:
-            self.plane = Plane.at(0.0, 0.0)
+        self.plane = index.plane
         old = self._fences
         self._fences = {}
-        shapes = []
-        for stop in manifest.stops:
-            shape = self._shape(stop)
-            shapes.append(shape)
+        for stop, shape in zip(manifest.stops, index.shapes, strict=True):
             fence = old.get(stop.id)
             if fence is None:
                 fence = StopFence(stop.id, stop.index, shape)
@@ -130,20 +206,9 @@ class GeofenceEngine:
             self._fences[stop.id] = fence
         self._by_index = [self._fences[stop.id] for stop in manifest.stops]
         self._active = {f for f in self._by_index if f.phase is not Phase.IDLE}
-        c = self.config
-        self._grid = StopGrid(shapes, cell_m=c.index_cell_m, reach_m=c.border_m)
-        self._route = (
-            RouteGrid(
-                [self.plane.xy(lat, lon) for lat, lon in manifest.route], reach_m=c.deviation_m
-            )
-            if manifest.route
-            else None
-        )
-
-    def _shape(self, stop: Stop) -> Shape:
-        cx, cy = self.plane.xy(stop.lat, stop.lon)
-        polygon = [self.plane.xy(lat, lon) for lat, lon in stop.polygon] if stop.polygon else None
-        return Shape(cx, cy, stop.radius_m, polygon)
+        self._grid = index.grid
+        self._route = index.route
+        self.index = index
 
     # -- queries -----------------------------------------------------------------
 

@@ -6,17 +6,41 @@ fix). :class:`StopGrid` is a uniform grid hash: each cell lists the stops whose 
 plus border reaches into it, so a query costs one dict lookup and a handful of distance
 computations whatever the manifest's size. :class:`RouteGrid` does the same for the
 planned route's segments.
+
+Both grids bound their work by their geometry, never by a number a downlink chose: the
+cells a grid lists are counted first (arithmetic, one step per fence or segment), and
+while they would exceed :data:`MAX_GRID_ENTRIES` (or 4 per fence or segment, the least
+any cell size gives) the cell size doubles. A coarser cell only makes a query look at
+more candidates; the answers stay exact. A route segment lists the cells its reach
+crosses, column by column, not its bounding box: a 100 km segment costs a few thousand
+cells, not the box's millions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from firmware_agent.contract.geo import EARTH_RADIUS_M
 
 _M_PER_DEG = math.pi * EARTH_RADIUS_M / 180.0
+
+# The most (cell, fence) or (cell, segment) entries one grid lists, unless its fences or
+# segments are so many that 4 each is more (the least any cell size gives): ~60 MB of
+# Python objects at worst, built in well under a second. A city's 10,000 stops at the
+# default 250 m cells list ~40,000 entries; a route ~3 per 75 m of its length, and a
+# dense one (a vertex every 10 m) ~10 per vertex.
+MAX_GRID_ENTRIES: Final = 250_000
+# And fences list at most this many cells each on average: a cell much smaller than
+# the fences selects no better, it only costs memory (one 30 m fence at 0.001 m cells
+# would list billions).
+FENCE_ENTRIES: Final = 64
+# The route grid's cell is the deviation threshold, but never below this: a cell smaller
+# than a GNSS error selects no better, and a 1 m cell along a 100 km segment would list
+# 300,000 cells (half a second per build) for nothing.
+MIN_ROUTE_CELL_M: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,28 +111,137 @@ class Shape:
         return inside
 
 
+def _span(lo: float, hi: float, cell_m: float) -> int:
+    """How many cells of size ``cell_m`` the interval [lo, hi] touches along one axis."""
+    return math.floor(hi / cell_m) - math.floor(lo / cell_m) + 1
+
+
+def _fit_cell(
+    entries: Callable[[float], int], cell_m: float, items: int, max_entries: int
+) -> tuple[float, int]:
+    """``cell_m``, or the first larger cell found whose grid lists at most
+    ``max(max_entries, 4 * items)`` entries (``entries(cell)`` counts them without
+    listing them, in one step per item), and that count.
+
+    Each step grows the cell by at least 2 and by the square root of the excess (the
+    count falls with the cell like 1/c for segments, 1/c^2 for fences), so a handful
+    of counts settle it. Any grid whose cell exceeds its largest fence or segment lists
+    at most 4 entries per item: the search ends."""
+    if not (math.isfinite(cell_m) and cell_m > 0):
+        raise ValueError(f"grid cell must be a finite size > 0 m, got {cell_m!r}")
+    limit = max(max_entries, 4 * items)
+    count = entries(cell_m)
+    while count > limit:
+        cell_m *= max(2.0, math.sqrt(count / limit))
+        count = entries(cell_m)
+    return cell_m, count
+
+
 class StopGrid:
-    """Which stops' fences (plus ``reach_m``) may contain a point."""
+    """Which stops' fences (plus ``reach_m``) may contain a point.
 
-    def __init__(self, shapes: Sequence[Shape], *, cell_m: float, reach_m: float) -> None:
-        self._cell_m = cell_m
-        self._cells: dict[tuple[int, int], tuple[int, ...]] = {}
+    ``cell_m`` is the configured cell size; :attr:`cell_m` the one used, larger when the
+    fences would list more than :data:`FENCE_ENTRIES` cells each on average, or more
+    than ``max_entries`` in all, at the configured one.
+    """
+
+    def __init__(
+        self,
+        shapes: Sequence[Shape],
+        *,
+        cell_m: float,
+        reach_m: float,
+        max_entries: int = MAX_GRID_ENTRIES,
+    ) -> None:
+        if not (math.isfinite(reach_m) and reach_m >= 0):
+            raise ValueError(f"grid reach must be a finite distance >= 0 m, got {reach_m!r}")
+        boxes = [
+            (s.cx - r, s.cy - r, s.cx + r, s.cy + r)
+            for s in shapes
+            for r in (s.radius_m + reach_m,)
+        ]
+
+        def entries(c: float) -> int:
+            return sum(_span(x0, x1, c) * _span(y0, y1, c) for x0, y0, x1, y1 in boxes)
+
+        self.cell_m, self.entries_bound = _fit_cell(
+            entries, cell_m, len(boxes), min(max_entries, FENCE_ENTRIES * len(boxes))
+        )
+        c = self.cell_m
         cells: dict[tuple[int, int], list[int]] = {}
-        for i, shape in enumerate(shapes):
-            r = shape.radius_m + reach_m
-            for key in self._covering(shape.cx - r, shape.cy - r, shape.cx + r, shape.cy + r):
-                cells.setdefault(key, []).append(i)
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            for ix in range(math.floor(x0 / c), math.floor(x1 / c) + 1):
+                for iy in range(math.floor(y0 / c), math.floor(y1 / c) + 1):
+                    cells.setdefault((ix, iy), []).append(i)
         self._cells = {key: tuple(ids) for key, ids in cells.items()}
-
-    def _covering(self, x0: float, y0: float, x1: float, y1: float) -> Iterable[tuple[int, int]]:
-        c = self._cell_m
-        for ix in range(math.floor(x0 / c), math.floor(x1 / c) + 1):
-            for iy in range(math.floor(y0 / c), math.floor(y1 / c) + 1):
-                yield ix, iy
+        self.entries = sum(map(len, self._cells.values()))  # as listed: <= entries_bound
 
     def near(self, x: float, y: float) -> tuple[int, ...]:
-        c = self._cell_m
+        c = self.cell_m
         return self._cells.get((math.floor(x / c), math.floor(y / c)), ())
+
+
+def _major(
+    a: tuple[float, float], b: tuple[float, float]
+) -> tuple[bool, float, float, float, float]:
+    """A segment along its major axis u (x unless it is steeper than 45 degrees), in
+    increasing u: (swapped, u0, v0, u1, v1)."""
+    (ax, ay), (bx, by) = a, b
+    swapped = abs(by - ay) > abs(bx - ax)
+    if swapped:
+        ax, ay, bx, by = ay, ax, by, bx
+    if bx < ax:
+        ax, ay, bx, by = bx, by, ax, ay
+    return swapped, ax, ay, bx, by
+
+
+def _segments_bound(
+    segments: Sequence[tuple[bool, float, float, float, float]], reach_m: float, cell_m: float
+) -> int:
+    """At most how many cells :func:`segment_cells` lists for these segments (each as
+    :func:`_major` gives it), in O(1) each."""
+    r, c = reach_m, cell_m
+    total = 0
+    for _, u0, v0, u1, v1 in segments:
+        du = u1 - u0
+        slope = abs(v1 - v0) / du if du > 0 else 0.0
+        columns = math.floor((u1 + r) / c) - math.floor((u0 - r) / c) + 1
+        # In one column the segment moves at most slope * (c + 2r) (and at most its
+        # whole length) along v; grown by r each side, it touches at most this many rows.
+        rows = math.floor((slope * min(c + 2 * r, du) + 2 * r) / c) + 2
+        total += columns * rows
+    return total
+
+
+def segment_cells(
+    a: tuple[float, float], b: tuple[float, float], *, reach_m: float, cell_m: float
+) -> Iterator[tuple[int, int]]:
+    """Every cell (ix, iy) of size ``cell_m`` holding a point within ``reach_m`` of the
+    segment ``a``-``b`` (and a few more near it)."""
+    return _segment_cells(_major(a, b), reach_m, cell_m)
+
+
+def _segment_cells(
+    segment: tuple[bool, float, float, float, float], reach_m: float, cell_m: float
+) -> Iterator[tuple[int, int]]:
+    """:func:`segment_cells` of a segment as :func:`_major` gives it.
+
+    Column by column along the major axis: column i holds a point within r of the
+    segment only if the segment's part over [i c - r, (i + 1) c + r] comes within r of
+    it, so the rows listed are those of that part grown by r. Its cost is the cells the
+    segment's reach crosses (~ (length / c + 3) * 3 at c = r), not its bounding box.
+    """
+    swapped, u0, v0, u1, v1 = segment
+    du = u1 - u0
+    slope = (v1 - v0) / du if du > 0 else 0.0
+    r, c = reach_m, cell_m
+    for i in range(math.floor((u0 - r) / c), math.floor((u1 + r) / c) + 1):
+        ua = max(u0, i * c - r)
+        ub = min(u1, (i + 1) * c + r)
+        va = v0 + slope * (ua - u0)
+        vb = v0 + slope * (ub - u0)
+        for j in range(math.floor((min(va, vb) - r) / c), math.floor((max(va, vb) + r) / c) + 1):
+            yield (j, i) if swapped else (i, j)
 
 
 class RouteGrid:
@@ -116,27 +249,38 @@ class RouteGrid:
 
     Beyond ``reach_m`` :meth:`distance_within` returns None: route deviation only needs
     to know "farther than the threshold", and that answer costs one dict lookup.
+    :attr:`cell_m` is ``reach_m`` (at least :data:`MIN_ROUTE_CELL_M`), or larger when the
+    route's segments would list more than ``max_entries`` cells.
     """
 
-    def __init__(self, points: Sequence[tuple[float, float]], *, reach_m: float) -> None:
+    def __init__(
+        self,
+        points: Sequence[tuple[float, float]],
+        *,
+        reach_m: float,
+        max_entries: int = MAX_GRID_ENTRIES,
+    ) -> None:
+        if not (math.isfinite(reach_m) and reach_m >= 0):
+            raise ValueError(f"route reach must be a finite distance >= 0 m, got {reach_m!r}")
         self._points = tuple(points)
-        self._cell_m = max(reach_m, 1.0)
         self._reach_m = reach_m
+        pts = self._points
+        segments = [_major(pts[i - 1], pts[i]) for i in range(1, len(pts))]
+        self.cell_m, self.entries_bound = _fit_cell(
+            lambda c: _segments_bound(segments, reach_m, c),
+            max(reach_m, MIN_ROUTE_CELL_M),
+            len(segments),
+            max_entries,
+        )
         cells: dict[tuple[int, int], list[int]] = {}
-        c = self._cell_m
-        for i in range(1, len(self._points)):
-            (ax, ay), (bx, by) = self._points[i - 1], self._points[i]
-            # Cells of the segment's bounding box grown by reach: a long segment lists
-            # many cells, which the simulator's and planners' dense routes never have.
-            x0, x1 = min(ax, bx) - reach_m, max(ax, bx) + reach_m
-            y0, y1 = min(ay, by) - reach_m, max(ay, by) + reach_m
-            for ix in range(math.floor(x0 / c), math.floor(x1 / c) + 1):
-                for iy in range(math.floor(y0 / c), math.floor(y1 / c) + 1):
-                    cells.setdefault((ix, iy), []).append(i)
+        for i, segment in enumerate(segments, start=1):
+            for key in _segment_cells(segment, reach_m, self.cell_m):
+                cells.setdefault(key, []).append(i)
         self._cells = {key: tuple(ids) for key, ids in cells.items()}
+        self.entries = sum(map(len, self._cells.values()))  # as listed: <= entries_bound
 
     def distance_within(self, x: float, y: float) -> float | None:
-        c = self._cell_m
+        c = self.cell_m
         best: float | None = None
         pts = self._points
         for i in self._cells.get((math.floor(x / c), math.floor(y / c)), ()):

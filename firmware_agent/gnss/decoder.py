@@ -6,7 +6,8 @@ time). It never raises on input; everything it rejects is counted:
 
 - ``faults``: damaged input (bad checksum, truncated or malformed sentences, binary
   noise, non-ASCII bytes, over-long lines, fields that fail to convert), logged once per
-  kind by whoever owns the logger;
+  kind by whoever owns the logger; ``internal_error`` counts a sentence that raised out
+  of the decoding code itself (a bug: the sentence is dropped and decoding goes on);
 - ``ignored``: well-formed input it has no use for (proprietary sentences, types other
   than GGA/RMC/VTG/GSA/GSV/GNS/GLL/ZDA, log comments, sentences without checksum);
 - the filters' counts (duplicate, out_of_order, stale, jump, and recoveries).
@@ -26,6 +27,7 @@ from firmware_agent.gnss.filters import FilterConfig, FixFilter
 from firmware_agent.gnss.sentences import (
     BAD_CHECKSUM,
     BAD_FIELD,
+    INTERNAL_ERROR,
     MALFORMED,
     NO_CHECKSUM,
     PROPRIETARY,
@@ -68,6 +70,9 @@ class GnssDecoder:
         self.no_fix = 0  # ... of which without a valid position
         self.no_date = 0  # ... of which before any date was known
         self.emitted = 0  # fixes that passed the filters
+        # The latest exception a sentence raised out of the decoding code (counted as
+        # the fault INTERNAL_ERROR), for the reader's log.
+        self.last_internal_error: Exception | None = None
         self._framer = framing.SentenceFramer(
             self.faults, self.ignored, comments=comments, max_sentence_chars=max_sentence_chars
         )
@@ -78,7 +83,10 @@ class GnssDecoder:
     def feed(self, data: bytes, now_s: float | None = None) -> list[Fix]:
         fixes: list[Fix] = []
         for body in self._framer.feed(data):
-            self._sentence(body, fixes)
+            try:
+                self._sentence(body, fixes)
+            except Exception as err:  # the contract: never raise on input
+                self._internal_error(body, err)
         return self._filtered(fixes, now_s) if fixes else fixes
 
     def close_epoch(self, now_s: float | None = None) -> list[Fix]:
@@ -89,7 +97,10 @@ class GnssDecoder:
     def flush(self, now_s: float | None = None) -> list[Fix]:
         fixes: list[Fix] = []
         for body in self._framer.flush():
-            self._sentence(body, fixes)
+            try:
+                self._sentence(body, fixes)
+            except Exception as err:  # as in feed
+                self._internal_error(body, err)
         self._epochs.flush(fixes)
         return self._filtered(fixes, now_s)
 
@@ -133,7 +144,12 @@ class GnssDecoder:
                 self.faults.add(MALFORMED, body)
                 return
             if kind == "ZDA":
-                if (day := parse_zda(data)) is not None:
+                try:
+                    day = parse_zda(data)
+                except SentenceError as err:
+                    self.faults.add(err.reason, body)
+                    return
+                if day is not None:
                     epochs.note_date(day, tod)
                 self.decoded += 1
                 return
@@ -149,6 +165,14 @@ class GnssDecoder:
             draft.bad_fields = 0
         self.decoded += 1
         epochs.end(talker + kind, fixes)
+
+    def _internal_error(self, body: str, err: Exception) -> None:
+        # A sentence the checks above let through and the code below them could not
+        # take: a bug, never the receiver's fault, yet one sentence must not stop the
+        # van's GNSS. Counted (the first example with its exception, for the log),
+        # dropped, and the epoch it was part of goes on.
+        self.last_internal_error = err
+        self.faults.add(INTERNAL_ERROR, f"{type(err).__name__} on {body}")
 
     def _ignore(self, body: str, kind: str) -> None:
         # Not ours to decode, but a corrupted one still says the line is damaged.

@@ -6,7 +6,11 @@ a brown-out, a receiver reset) and come back under the same name (udev's
 pyserial-asyncio-fast (non-blocking reads of whatever the kernel holds, never a
 per-byte ``readline``), feeds the bytes to a :class:`GnssDecoder`, and on any failure
 closes, backs off (capped, jittered) and reopens. Nothing a receiver sends or fails to
-send ends the iteration; only cancelling the consumer does.
+send ends the iteration; only cancelling the consumer does. That holds even against a
+bug in decoding: an exception out of the decoder (which should never raise) is counted
+in ``stats["decode_errors"]``, logged with its traceback the first time and then at
+every doubling of the count, and the reader reads on (the decoder likewise survives a
+sentence that raises inside it: the fault ``internal_error``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from firmware_agent.contract.fix import Fix
 from firmware_agent.errors import ConfigError, DeviceUnavailableError
 from firmware_agent.faults import format_counts, log_first_seen
 from firmware_agent.gnss.decoder import GnssDecoder
+from firmware_agent.gnss.sentences import INTERNAL_ERROR
 
 _LOG = logging.getLogger(__name__)
 
@@ -60,9 +65,11 @@ class ReaderConfig:
 class GnssReader:
     """``async for fix in reader.fixes()``: validated fixes from a serial receiver.
 
-    ``stats`` counts ``opens``, ``open_failures``, ``disconnects`` and
-    ``silent_reopens``; ``decoder`` holds the decoding counters. ``connected`` says
-    whether the device is open right now.
+    ``stats`` counts ``opens``, ``open_failures``, ``disconnects``,
+    ``silent_reopens`` and ``decode_errors`` (exceptions out of the decoder, survived);
+    ``decoder`` holds the decoding counters. ``connected`` says whether the device is
+    open right now. The counters are logged every ``summary_interval_s`` and when the
+    reader stops.
     """
 
     def __init__(
@@ -79,8 +86,23 @@ class GnssReader:
         self._clock = clock
         self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
         self._last_summary_s = clock()
+        # The counts of errors (reader-level, decoder-internal) at their last log line.
+        self._errors_logged: dict[str, int] = {}
 
     async def fixes(self) -> AsyncGenerator[Fix, None]:
+        try:
+            async with contextlib.aclosing(self._fixes()) as fixes:
+                async for fix in fixes:
+                    yield fix
+        finally:
+            _LOG.info(
+                "GNSS %s stopped: %s %s",
+                self.config.port,
+                self.decoder.summary(),
+                format_counts(self.stats),
+            )
+
+    async def _fixes(self) -> AsyncGenerator[Fix, None]:
         cfg = self.config
         while True:
             try:
@@ -108,7 +130,7 @@ class GnssReader:
                 self.connected = False
                 writer.close()
             # Whatever was complete before the line died is still a fix.
-            for fix in self.decoder.flush(self._clock()):
+            for fix in self._decode(self.decoder.flush, self._clock()):
                 yield fix
             await asyncio.sleep(self._backoff.next_delay_s())
 
@@ -122,7 +144,7 @@ class GnssReader:
                 async with asyncio.timeout(cfg.idle_flush_s):
                     data = await reader.read(4096)
             except TimeoutError:
-                for fix in decoder.close_epoch(self._clock()):
+                for fix in self._decode(decoder.close_epoch, self._clock()):
                     yield fix
                 quiet_s += cfg.idle_flush_s
                 if quiet_s >= cfg.silence_reopen_s:
@@ -140,9 +162,40 @@ class GnssReader:
                 first_data = False
             quiet_s = 0.0
             now_s = self._clock()
-            for fix in decoder.feed(data, now_s):
+            try:
+                fixes = decoder.feed(data, now_s)
+            except Exception as err:  # a bug; the receiver goes on being read
+                self._decode_failed(err)
+                fixes = []
+            for fix in fixes:
                 yield fix
             self._log_faults(now_s)
+
+    def _decode(self, step: Callable[[float], list[Fix]], now_s: float) -> list[Fix]:
+        try:
+            return step(now_s)
+        except Exception as err:  # as in _read
+            self._decode_failed(err)
+            return []
+
+    def _decode_failed(self, err: Exception) -> None:
+        self.stats["decode_errors"] += 1
+        self._log_error("decode_errors", self.stats["decode_errors"], err)
+
+    def _log_error(self, kind: str, n: int, err: BaseException) -> None:
+        # A bug, never the receiver's fault: its traceback the first time, then again
+        # each time the count has doubled (a flood costs a log line per doubling).
+        if n < 2 * self._errors_logged.get(kind, 0):
+            return
+        self._errors_logged[kind] = n
+        _LOG.error(
+            "GNSS input on %s: decoding raised %s (%s %d so far); reading on",
+            self.config.port,
+            type(err).__name__,
+            kind,
+            n,
+            exc_info=err,
+        )
 
     def _open_failed(self, err: Exception) -> None:
         self.stats["open_failures"] += 1
@@ -155,7 +208,11 @@ class GnssReader:
             )
 
     def _log_faults(self, now_s: float) -> None:
-        log_first_seen(_LOG, self.decoder.faults, f"GNSS input on {self.config.port}")
+        decoder = self.decoder
+        log_first_seen(_LOG, decoder.faults, f"GNSS input on {self.config.port}")
+        if (err := decoder.last_internal_error) is not None:
+            decoder.last_internal_error = None
+            self._log_error(INTERNAL_ERROR, decoder.faults.counts[INTERNAL_ERROR], err)
         if now_s - self._last_summary_s >= self.config.summary_interval_s:
             self._last_summary_s = now_s
             _LOG.info(

@@ -35,6 +35,8 @@ BAD_FIELD = "bad_field"
 PROPRIETARY = "proprietary"
 UNUSED_TYPE = "unused_type"
 NO_CHECKSUM = "no_checksum"
+# A sentence that raised out of the decoding code: a bug, counted and survived.
+INTERNAL_ERROR = "internal_error"
 
 
 class SentenceError(AgentError, ValueError):
@@ -348,12 +350,32 @@ SPECS: dict[str, Spec] = {
 }
 
 
+# The years a ZDA may state: GPS time starts in 1980, and two centuries on a date is a
+# corrupted field, not a receiver's clock (9999-12-31 would also overflow the epoch
+# assembler's midnight rollover).
+ZDA_YEARS = range(1980, 2200)
+
+
 def parse_zda(d: list[str]) -> date | None:
-    """The date of a ZDA field list (padded), or None when it is incomplete or invalid."""
+    """The date of a ZDA field list (padded); None while the receiver has no date yet
+    (a day, month or year field empty). :class:`SentenceError` (``bad_field``) for
+    fields that are there but are no date: not ``dd,mm,yyyy`` digits, a day that does
+    not exist, a year outside :data:`ZDA_YEARS`.
+    """
     day, month, year = d[1], d[2], d[3]
-    if not (day.isdigit() and month.isdigit() and year.isdigit()):
+    if not (day and month and year):
         return None
+    if not (
+        len(day) <= 2
+        and len(month) <= 2
+        and len(year) == 4
+        and day.isdigit()
+        and month.isdigit()
+        and year.isdigit()
+        and int(year) in ZDA_YEARS
+    ):
+        raise SentenceError(BAD_FIELD, f"ZDA date {day!r:.8},{month!r:.8},{year!r:.24}")
     try:
         return date(int(year), int(month), int(day))
-    except ValueError:
-        return None
+    except ValueError as err:
+        raise SentenceError(BAD_FIELD, f"ZDA date {day},{month},{year}: {err}") from None

@@ -5,9 +5,10 @@ seq 1 (or at an old seq from a stale copy) forks its chain, and every verifier t
 reports broken links for the rest of the device's life. So a missing file means "new
 device" and a damaged one is an error for a human, never a silent restart.
 
-This store is deliberately small: the durable outbox will keep the state in the same
-SQLite transaction as the POD it belongs to. Until then, save the state right after
-the POD is journaled; :func:`recover_state` rebuilds it from the journal if needed.
+This store is deliberately small: the agent saves the state right after the POD is in
+the outbox, and the outbox also keeps it in the same SQLite transaction as the POD
+(:func:`encode_state` bytes); at start the highest of the file, the outbox's copy and
+the pending PODs (:func:`recover_state`) wins.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ def _parse_state(data: bytes) -> ChainState:
     return ChainState(seq=seq, prev=prev)  # checks the values themselves
 
 
+def encode_state(state: ChainState) -> bytes:
+    """``state`` as a state file's bytes (also what the outbox keeps with each POD)."""
+    body = {"v": STATE_FORMAT_VERSION, "seq": state.seq, "prev": state.prev}
+    return json.dumps(body).encode("ascii") + b"\n"
+
+
+def parse_state(data: bytes) -> ChainState:
+    """The state in ``data`` (:func:`encode_state`'s bytes); :class:`ChainStateError`
+    saying what is wrong."""
+    try:
+        return _parse_state(data)
+    except ValueError as err:
+        raise ChainStateError(f"POD chain state unreadable: {err}") from err
+
+
 class ChainStateStore:
     """The chain state in a small JSON file: ``{"v": 1, "seq": N, "prev": "<hex>"}``."""
 
@@ -78,9 +94,8 @@ class ChainStateStore:
 
     def save(self, state: ChainState) -> None:
         """Durably replace the saved state with ``state`` (temp file, fsync, rename, fsync)."""
-        body = {"v": STATE_FORMAT_VERSION, "seq": state.seq, "prev": state.prev}
         make_private_dirs(self.path.parent)
-        write_file_atomically(self.path, json.dumps(body).encode("ascii") + b"\n", overwrite=True)
+        write_file_atomically(self.path, encode_state(state), overwrite=True)
 
 
 def recover_state(tokens: Iterable[str], *, key: Ed25519PublicKey | None = None) -> ChainState:

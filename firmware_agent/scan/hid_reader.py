@@ -89,6 +89,8 @@ _CTRL_CHARS: Final = {
     "-": "\x1f",
 }
 DEFAULT_MAX_CODE_CHARS: Final = 512
+# The longest Alt code: Alt+0029 (GS), a leading 0 and three digits.
+_MAX_ALT_DIGITS: Final = 4
 
 
 class KeyDecoder:
@@ -102,7 +104,7 @@ class KeyDecoder:
     scanner set to "caps lock aware" presses it itself). Ctrl + key types the ASCII
     control character (Ctrl+] is GS); Alt held while typing keypad digits types the
     character with that decimal code when Alt is released (Alt+029 is GS; codes
-    above 127 are a fault).
+    above 127 or of more than four digits are a fault).
 
     Faults, counted in ``faults``: ``hid_unknown_key`` (a key with no character in
     the layout, dropped), ``hid_bad_alt_code``, ``hid_code_too_long`` (text beyond
@@ -152,7 +154,10 @@ class KeyDecoder:
             self._caps = not self._caps
             return None
         if self._down & _ALT and code in _KEYPAD_DIGITS:
-            self._alt_digits.append(_KEYPAD_DIGITS[code])
+            # One digit past the longest code is kept: the code is bad whatever follows,
+            # and a stuck Alt key must not grow the digits without bound.
+            if len(self._alt_digits) <= _MAX_ALT_DIGITS:
+                self._alt_digits.append(_KEYPAD_DIGITS[code])
             return None
         chars = _CHARS.get(code)
         if chars is None:
@@ -183,6 +188,9 @@ class KeyDecoder:
         digits = "".join(self._alt_digits)
         self._alt_digits.clear()
         if not digits:
+            return
+        if len(digits) > _MAX_ALT_DIGITS:
+            self.faults.add("hid_bad_alt_code", f"Alt+{digits}...")
             return
         value = int(digits)
         if 0 < value < 128:

@@ -88,6 +88,11 @@ def _parse_line(text: str, line_no: int, faults: FaultCounter) -> Scan | None:
     if time.tzinfo is None or time.utcoffset() is None:
         fault("scan_log_naive_time")
         return None
+    try:
+        time = time.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: before the first time Python holds
+        fault("scan_log_bad_time")
+        return None
     raw = record.get("raw")
     if not isinstance(raw, str):
         fault("scan_log_bad_raw")
@@ -96,4 +101,4 @@ def _parse_line(text: str, line_no: int, faults: FaultCounter) -> Scan | None:
     if source not in SOURCES:
         fault("scan_log_bad_source")
         return None
-    return Scan(time=time.astimezone(UTC), raw=raw, source=source)
+    return Scan(time=time, raw=raw, source=source)

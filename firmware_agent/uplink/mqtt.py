@@ -7,9 +7,26 @@ fails, sends what the outbox holds: PODs first, then events, then telemetry in
 delta-encoded batches. A record leaves the outbox only when ingest's cumulative
 ``ack`` covers it, never on the broker's PUBACK: a broker that loses its queue must
 not lose our data. After a reconnect, or when no ack has come for
-``resend_after_s``, everything unacknowledged is sent again; ingest stores
+``resend_after_s`` (``reconnect_resend_s`` after a reconnect: ingest may have come back
+after the van did), everything unacknowledged is sent again; ingest stores
 idempotently on (device, stream, seq), so a repeat costs bytes, not correctness.
 Reconnects back off exponentially with jitter, capped.
+
+An ack is applied only when it makes sense (docs/ingest.md, "Acks"):
+
+- one *above what this van has sent* (a record it never published cannot be stored) is
+  refused, counted (``acks_unsent``) and logged, and everything unacknowledged is sent
+  again: ingest's record of this van is wrong, and the van deletes nothing on it;
+- one *below what the van has applied* means ingest lost records it had acknowledged
+  (its database dropped, or restored from an older backup): counted (``acks_behind``)
+  and logged, and the van sends its signed sequence report again
+  (:mod:`firmware_agent.contract.seqreport`, in the ``status``) so that ingest settles
+  what is lost instead of waiting for it for ever. The report also goes with every
+  ``status`` (each connect).
+
+A telemetry batch whose range holds seqs it does not carry (the outbox thinned them) is
+signed with the device key: ingest settles seqs a batch does not carry only on the
+van's signature.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -32,8 +50,15 @@ from firmware_agent.contract.backoff import Backoff
 from firmware_agent.contract.envelope import decode_ack, encode_status, frame_record
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.mqtt import TlsConfig, stay_connected, until_one_ends
+from firmware_agent.contract.seqreport import SeqReport, sign_report
 from firmware_agent.contract.telemetry import frame_batch, is_historical
-from firmware_agent.contract.topics import downlink_topic, status_topic, uplink_topic
+from firmware_agent.contract.topics import (
+    STREAMS,
+    Stream,
+    downlink_topic,
+    status_topic,
+    uplink_topic,
+)
 from firmware_agent.faults import FaultCounter, log_first_seen
 from firmware_agent.uplink.queue import AsyncOutbox
 
@@ -66,6 +91,14 @@ class UplinkConfig:
     # A partial telemetry batch goes out once its oldest fix is this old.
     batch_max_age_s: float = 30.0
     resend_after_s: float = 30.0
+    # After a (re)connect the first resend comes sooner: what the van sent again on
+    # connecting is lost if ingest had not subscribed again yet (a broker restarted:
+    # both reconnect at once, and a shared subscription holds nothing for a worker
+    # that is away).
+    reconnect_resend_s: float = 5.0
+    # While ingest's acks stay below what the van applied, the sequence report goes out
+    # again at most this often (the first at once).
+    report_interval_s: float = 5.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     connect_timeout_s: float = 10.0
@@ -81,6 +114,10 @@ class UplinkCounts:
     acked_records: int = 0
     resends: int = 0
     bad_acks: int = 0
+    acks_behind: int = 0  # an ack below what the van applied: ingest lost records
+    acks_unsent: int = 0  # an ack above what the van sent: refused
+    seq_reports: int = 0  # statuses sent with the signed sequence report
+    signed_batches: int = 0  # telemetry batches covering seqs they do not carry
     downlink: int = 0
     downlink_errors: int = 0
 
@@ -100,9 +137,14 @@ class Uplink:
         on_downlink: Downlink | None = None,
         health: Callable[[], Mapping[str, Any]] | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        key: Ed25519PrivateKey | None = None,
     ) -> None:
+        """``key``: the device key (the PODs' key), which signs the sequence report and
+        the telemetry batches that cover thinned seqs; without one neither is sent, and
+        ingest never settles seqs the van's batches do not carry."""
         self.config = config
         self.outbox = outbox
+        self._key = key
         self._on_downlink = on_downlink
         self._status_due = asyncio.Event()
         self._health = health
@@ -112,7 +154,14 @@ class Uplink:
         self.connected = asyncio.Event()
         self._acked: dict[str, int] = dict.fromkeys(SEND_ORDER, 0)
         self._sent: dict[str, int] = dict.fromkeys(SEND_ORDER, 0)
-        self._ack_progress_s = time.monotonic()
+        # The highest seq each stream has had in a message published by this process
+        # (from the outbox's ack at the first connect): no honest ack goes above it.
+        self._sent_max: dict[str, int] | None = None
+        self._rewound_s = -float("inf")
+        self._reported_s = -float("inf")
+        # Per stream, when what it has in flight is sent again if no ack moved it on.
+        self._resend_due: dict[str, float] = dict.fromkeys(SEND_ORDER, float("inf"))
+        self._connect_sends: set[str] = set()
         self._flush = False
 
     def _fault(self, kind: str, message: str) -> None:
@@ -190,6 +239,11 @@ class Uplink:
         for stream in SEND_ORDER:
             self._acked[stream] = await self.outbox.acked(stream)
             self._sent[stream] = self._acked[stream]  # resend whatever was not acked
+        if self._sent_max is None:
+            self._sent_max = dict(self._acked)
+        due = time.monotonic() + min(self.config.reconnect_resend_s, self.config.resend_after_s)
+        self._resend_due = dict.fromkeys(SEND_ORDER, due)
+        self._connect_sends = set(SEND_ORDER)
         for kind in DOWNLINK:
             await client.subscribe(downlink_topic(device, kind), qos=1)
         self._status_due.clear()
@@ -217,13 +271,32 @@ class Uplink:
 
     async def _publish_status(self, client: aiomqtt.Client) -> None:
         device = self.config.device_id
-        health = dict(self._health()) if self._health is not None else None
+        health = dict(self._health()) if self._health is not None else {}
+        health["acks_behind"] = self.counts.acks_behind
+        health["acks_unsent"] = self.counts.acks_unsent
+        now = self._clock()
+        seqs = await self._seq_report(now)
         await client.publish(
             status_topic(device),
-            encode_status(device, "online", time=self._clock(), health=health),
+            encode_status(device, "online", time=now, health=health, seqs=seqs),
             qos=1,
             retain=True,
         )
+        if seqs is not None:
+            self.counts.seq_reports += 1
+
+    async def _seq_report(self, now: datetime) -> str | None:
+        """The signed sequence report (what the outbox has applied and handed out), or
+        ``None`` without a device key."""
+        if self._key is None:
+            return None
+        acked: dict[Stream, int] = {}
+        last: dict[Stream, int] = {}
+        for stream in STREAMS:
+            acked[stream] = await self.outbox.acked(stream)
+            last[stream] = await self.outbox.last_seq(stream)
+        report = SeqReport(device_id=self.config.device_id, time=now, acked=acked, last=last)
+        return sign_report(report, self._key)
 
     # -- downlink ----------------------------------------------------------------
 
@@ -255,12 +328,62 @@ class Uplink:
             self._fault("ack", f"ack for another device {ack.device_id!r}")
             return
         for stream, seq in ack.acks.items():
-            if stream not in self._acked or seq <= self._acked[stream]:
+            if stream not in self._acked or seq == self._acked[stream]:
+                continue
+            if seq < self._acked[stream]:
+                self._ack_behind(stream, seq)
+                continue
+            sent = self._sent_max[stream] if self._sent_max is not None else 0
+            if seq > sent:
+                self._ack_unsent(stream, seq, sent)
                 continue
             # The outbox ignores (and counts) an ack beyond what it ever assigned.
             self.counts.acked_records += await self.outbox.ack(stream, seq)
             self._acked[stream] = await self.outbox.acked(stream)
-            self._ack_progress_s = time.monotonic()
+            self._resend_due[stream] = time.monotonic() + self.config.resend_after_s
+
+    def _ack_behind(self, stream: str, seq: int) -> None:
+        """Ingest acks less than it did: it lost records (a restored database), or an
+        old ack came late. Send the signed sequence report, at most every
+        ``report_interval_s``, so that ingest settles what it lost; and everything not
+        acknowledged again (what ingest had not acknowledged when it went may be gone
+        too, and what was sent while it was away was not delivered)."""
+        self.counts.acks_behind += 1
+        self._fault(
+            "ack-behind",
+            f"ingest acks {stream} {seq}, below the {self._acked[stream]} applied: "
+            "ingest lost records; sending the sequence report",
+        )
+        now = time.monotonic()
+        if self._key is not None and now - self._reported_s >= self.config.report_interval_s:
+            self._reported_s = now
+            self.announce()
+        self._rewind()
+
+    def _ack_unsent(self, stream: str, seq: int, sent: int) -> None:
+        """Ingest acks seqs this van never sent: refuse it, and send everything not
+        acknowledged again (at most every ``resend_after_s``), so that ingest holds it
+        for real before an ack can delete it."""
+        self.counts.acks_unsent += 1
+        self._fault(
+            "ack-unsent",
+            f"ingest acks {stream} {seq}, beyond the {sent} this run has sent: refused, "
+            "nothing deleted; sending everything unacknowledged again (an ack queued "
+            "for the run before a restart looks the same, and is harmless)",
+        )
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Send everything not acknowledged again, at most every ``resend_after_s``
+        (as after a reconnect; the first time at once)."""
+        now = time.monotonic()
+        if now - self._rewound_s >= self.config.resend_after_s:
+            self._rewound_s = now
+            self.counts.resends += 1
+            for s in SEND_ORDER:
+                self._sent[s] = self._acked[s]
+                self._resend_due[s] = now + self.config.resend_after_s
+            self.outbox.changed.set()
 
     # -- sending -----------------------------------------------------------------
 
@@ -282,13 +405,19 @@ class Uplink:
                             await self.outbox.changed.wait()
 
     def _maybe_resend(self) -> None:
-        unacked = any(self._sent[s] > self._acked[s] for s in SEND_ORDER)
-        if unacked and time.monotonic() - self._ack_progress_s > self.config.resend_after_s:
+        """Send again what a stream has in flight once no ack has moved it on for
+        ``resend_after_s`` (``reconnect_resend_s`` after a connect). Per stream: acks
+        moving another stream on say nothing about this one's lost messages."""
+        now = time.monotonic()
+        late = [
+            s for s in SEND_ORDER if self._sent[s] > self._acked[s] and now >= self._resend_due[s]
+        ]
+        if late:
             self.counts.resends += 1
-            log.info("uplink: no ack for %.0f s, sending again", self.config.resend_after_s)
-            for s in SEND_ORDER:
+            log.info("uplink: no ack moved %s on in time, sending again", ", ".join(late))
+            for s in late:
                 self._sent[s] = self._acked[s]
-            self._ack_progress_s = time.monotonic()
+                self._resend_due[s] = now + self.config.resend_after_s
 
     async def _send_stream(
         self,
@@ -309,13 +438,24 @@ class Uplink:
             age_s = (now - records[0].created).total_seconds()
             if len(records) < c.batch_max_fixes and age_s < c.batch_max_age_s and not self._flush:
                 return False
+        if self._sent_max is not None:
+            # Before publishing: ingest may ack the first before the last is handed over.
+            self._sent_max[stream] = max(self._sent_max[stream], records[-1].seq)
+        if stream == "telemetry":
+            first_seq = self._sent[stream] + 1
+            # Seqs in the range without a fix were thinned away: only the van's
+            # signature makes ingest settle them.
+            thinned = records[-1].seq - first_seq + 1 > len(records)
+            sign = self._key.sign if thinned and self._key is not None else None
             payload = frame_batch(
                 device,
-                self._sent[stream] + 1,
+                first_seq,
                 [(r.seq, r.payload) for r in records],
                 historical=is_historical(records[0].created, now),
+                sign=sign,
             )
             self.counts.fixes_sent += len(records)
+            self.counts.signed_batches += sign is not None
             await self._publish(client, topic, payload, window, publishes, stream)
         else:
             for r in records:
@@ -328,6 +468,13 @@ class Uplink:
                     sent_at=now,
                 )
                 await self._publish(client, topic, payload, window, publishes, stream)
+        if self._sent[stream] <= self._acked[stream]:
+            # Nothing in flight: the wait for an ack starts now (the first send of a
+            # connection, while it lasts, keeps the shorter wait the connect set).
+            mono = time.monotonic()
+            if stream not in self._connect_sends or self._resend_due[stream] <= mono:
+                self._resend_due[stream] = mono + c.resend_after_s
+            self._connect_sends.discard(stream)
         self._sent[stream] = records[-1].seq
         return True
 

@@ -6,9 +6,10 @@ Contract
   sequence number of its stream (``telemetry``, ``events``, ``pod``; each starts at 1).
   Sequence numbers never go backwards and are never reused, across deletions, restarts,
   ``kill -9`` and power cuts: the counters live in the database and move in the same
-  transaction as the records. If ``add`` raises :class:`OutboxStorageError` (disk full,
-  I/O error) nothing was stored and no number was used: the caller keeps the record in
-  memory and retries.
+  transaction as the records; and, should the file be lost or damaged, a high-water
+  mark beside it says where numbering must go on (see below). If ``add`` raises
+  :class:`OutboxStorageError` (disk full, I/O error) nothing was stored and no number
+  was used: the caller keeps the record in memory and retries.
 - A record leaves only when ingest's cumulative ack covers it (:meth:`Outbox.ack`),
   never on the broker's PUBACK. :meth:`Outbox.pending` gives records oldest first, so a
   replay after an outage starts with the oldest; whether a record is historical is the
@@ -34,10 +35,43 @@ power-loss protection do not.)
 A file that SQLite reports as damaged when it is opened is never deleted: it is moved
 aside as ``<name>.corrupt-<UTC time>``, the records that can still be read are copied,
 with their sequence numbers, into a new database, and the event is logged and counted
-(``corrupt_recovered``, ``salvaged``). Numbering continues from the saved counters, or
-from the highest record found when they cannot be read; if nothing can be read at all
-(a destroyed header), it restarts at 1, which ingest cannot tell from a replay of old
-records: the only case where a number is reused, and it is logged as such.
+(``corrupt_recovered``, ``salvaged``). Records are read through SQLite's b-tree first,
+then every page of the file (and its write-ahead log) is parsed on its own
+(:func:`~firmware_agent.uplink.sqlitefile.scan_pages`, what ``sqlite3 FILE .recover``
+does), so a damaged interior page or header costs only the pages that are damaged.
+
+Sequence numbers outlive the file
+---------------------------------
+The counters in the database cannot vouch for themselves once the file is lost. So
+the outbox keeps a high-water mark outside it, ``<name>.seqmark``
+(:mod:`firmware_agent.uplink.seqmark`): before it commits a seq above the mark's
+reservation it reserves the next block of seqs there, durably. When the database is
+rebuilt from a damaged file, found missing, or behind what it had committed (the
+mark's ``committed``; or SQLite discarding committed transactions of a damaged
+write-ahead log, which :func:`~firmware_agent.uplink.sqlitefile.inspect_wal` detects),
+numbering continues *above the mark*, never from what the file still says. (The
+commits SQLite drops from a damaged log are still in the log's later frames, whole
+pages whose checksum chain broke: their records are read back from there, see
+:func:`~firmware_agent.uplink.sqlitefile.wal_tail_pages`.) That is a reset: logged
+as an error, counted (``seq_resets``, ``wal_discarded``) and described in
+:meth:`Outbox.last_reset` for the status health. The seqs skipped are void: the
+outbox treats them as settled (``acked`` moves over them once no record below them is
+left), so the van's sequence report tells ingest they will never come. A clean close
+shrinks the reservation to what was handed out, so a file lost after a clean shutdown
+skips nothing. Only with neither the file's counters nor a mark (an outbox written by
+an older agent, then damaged) can numbering restart low; that is logged as such.
+
+A full disk
+-----------
+``add`` then raises :class:`OutboxStorageError` and stores nothing; the caller holds
+the record and retries (the agent: :mod:`firmware_agent.uplink.holdback`). So that
+events and PODs are still kept durably for a while, the outbox keeps a reserve file
+(``<name>.reserve``, ``reserve_bytes``, 1 MiB): when an event or POD cannot be stored
+for want of space, the reserve is deleted and the write tried again in the space it
+freed. Telemetry never uses it: while the reserve is released, a telemetry write first
+tries to re-create it, and is refused if there is no room (the caller thins it in
+memory). Opening on a full disk (SQLite's -shm file needs room too) is tried once
+more in the reserve's space. The reserve comes back by itself once space does.
 
 Threads
 -------
@@ -50,10 +84,12 @@ loop.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,13 +98,33 @@ from types import TracebackType
 from typing import Final, Self
 
 from firmware_agent.contract.keys import fsync_directory, make_private_dirs
+from firmware_agent.contract.times import format_utc
 from firmware_agent.contract.topics import STREAMS
 from firmware_agent.errors import OutboxError, OutboxStorageError
 from firmware_agent.faults import FaultCounter, log_first_seen
+from firmware_agent.uplink.seqmark import (
+    SEQ_BLOCK,
+    SeqMark,
+    SeqMarkError,
+    StreamMark,
+    load_mark,
+    remove_stale_temp_files,
+    save_mark,
+)
+from firmware_agent.uplink.sqlitefile import (
+    WAL_HEADER_BYTES,
+    WalFrames,
+    inspect_wal,
+    read_wal,
+    scan_pages,
+    wal_tail_pages,
+)
 
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES: Final = 100 * 1024 * 1024
+# Deleted to make room for events and PODs when the disk is full (see the docstring).
+DEFAULT_RESERVE_BYTES: Final = 1024 * 1024
 SCHEMA_VERSION: Final = 1
 
 # Telemetry is thinned in windows of the oldest tenth of its pending fixes, and never
@@ -95,7 +151,29 @@ _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
 # Counters kept in the database (they survive restarts); the ack faults are per process.
-PERSISTENT_COUNTERS: Final = ("thinned", "evicted", "over_budget", "corrupt_recovered", "salvaged")
+PERSISTENT_COUNTERS: Final = (
+    "thinned",
+    "evicted",
+    "over_budget",
+    "corrupt_recovered",
+    "salvaged",
+    "seq_resets",
+    "wal_discarded",
+)
+# Names in the meta table: the POD chain state committed with the last POD, the last
+# reset (JSON), and per stream the top of the seqs a reset left void.
+META_POD_CHAIN: Final = "pod_chain"
+META_LAST_RESET: Final = "last_reset"
+_META_VOID: Final = "void_upto."
+# SQLite's names for a write that failed for want of space (ENOSPC can surface as an
+# I/O error when the -wal or -shm file cannot grow).
+_DISK_FULL_NAMES: Final = frozenset({"SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHMSIZE"})
+
+# Added after version 1 without a version change: an older agent ignores the table.
+_META_TABLE: Final = """CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID"""
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS stream (
@@ -121,6 +199,7 @@ _SCHEMA: Final = (
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    _META_TABLE,
 )
 
 
@@ -145,26 +224,44 @@ class _CorruptDatabaseError(Exception):
 class Outbox:
     """The agent's durable outbox in one SQLite file (see the module docstring)."""
 
-    def __init__(self, path: Path | str, *, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+    ) -> None:
         """Open (or create) the outbox at ``path``; its directory is created if missing.
 
         Runs a quick integrity check, which reads the whole file (about a second per
         100 MB on a Pi's SD card). A damaged file is moved aside and recovered from (see
-        the module docstring). :class:`OutboxStorageError` if the file cannot be opened
-        at all; :class:`OutboxError` for a bad ``budget_bytes`` or a database written
-        by a newer version of the agent (left untouched).
+        the module docstring), and numbering is checked against the high-water mark.
+        :class:`OutboxStorageError` if the file cannot be opened at all;
+        :class:`OutboxError` for a bad ``budget_bytes`` or ``reserve_bytes`` (0: no
+        reserve) or a database written by a newer version of the agent (left untouched).
         """
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int):
             raise OutboxError(f"budget_bytes must be an integer, not {budget_bytes!r}")
         if budget_bytes <= 0:
             raise OutboxError(f"budget_bytes must be positive, not {budget_bytes}")
+        if isinstance(reserve_bytes, bool) or not isinstance(reserve_bytes, int):
+            raise OutboxError(f"reserve_bytes must be an integer, not {reserve_bytes!r}")
+        if reserve_bytes < 0:
+            raise OutboxError(f"reserve_bytes must be >= 0, not {reserve_bytes}")
         self.path = Path(path)
         self.budget_bytes = budget_bytes
+        self.reserve_bytes = reserve_bytes
         self._faults = FaultCounter()
         self._thinned_before = False
         self._conn: sqlite3.Connection | None = None
+        # The mark as it is on disk (the empty mark until one is written), and the top
+        # of the seqs a reset left void, per stream id.
+        self._mark = SeqMark.empty()
+        self._void: dict[int, int] = {}
+        self._reserve_released = False
+        self._reserve_uses = 0
         try:
-            self._conn = self._open()
+            self._conn = self._open_in_reserve()
         except OutboxError:
             raise
         except _CorruptDatabaseError as err:  # the fresh database itself: give up
@@ -173,6 +270,17 @@ class Outbox:
             raise _storage_error(f"outbox {self.path}: could not open it", err) from err
         except OSError as err:
             raise OutboxStorageError(f"outbox {self.path}: could not open it: {err}") from err
+        self._restore_reserve()
+
+    def _open_in_reserve(self) -> sqlite3.Connection:
+        """:meth:`_open`; on a full disk (even opening needs room: SQLite's -shm file),
+        once more in the space the reserve frees."""
+        try:
+            return self._open()
+        except sqlite3.Error as err:
+            if _error_name(err) not in _DISK_FULL_NAMES or not self._release_reserve():
+                raise
+        return self._open()
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r}, budget_bytes={self.budget_bytes})"
@@ -180,10 +288,14 @@ class Outbox:
     # -- life cycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database (checkpointing the WAL into it). Idempotent."""
+        """Close the database (checkpointing the WAL into it). Idempotent.
+
+        First the high-water mark shrinks to the seqs handed out (best effort: a mark
+        left ahead costs unused seqs after a reset, nothing else)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
+                self._shrink_mark(conn)
                 conn.close()
             except sqlite3.Error as err:
                 raise _storage_error(f"outbox {self.path}: could not close it", err) from err
@@ -210,15 +322,46 @@ class Outbox:
         """
         return self.add_many(stream, [(payload, created)])[0]
 
-    def add_many(self, stream: str, items: Sequence[tuple[bytes, datetime]]) -> list[int]:
+    def add_many(
+        self,
+        stream: str,
+        items: Sequence[tuple[bytes, datetime]],
+        *,
+        meta: Mapping[str, bytes] | None = None,
+    ) -> list[int]:
         """Store ``(payload, created)`` pairs in one transaction (one fsync); their seqs.
 
-        All or nothing: on :class:`OutboxStorageError` none of them was stored.
+        All or nothing: on :class:`OutboxStorageError` none of them was stored. ``meta``
+        (name -> bytes) is stored in the same transaction (the agent keeps the POD
+        chain state with its POD: :data:`META_POD_CHAIN`); read it with :meth:`meta`.
+        On a full disk an event or POD is tried once more in the space the reserve
+        frees; telemetry is refused while the reserve cannot be re-created.
         """
         sid = _stream_id(stream)
         rows = [(_payload_bytes(payload), _created_ms(created)) for payload, created in items]
+        extra = [(_meta_name(name), _payload_bytes(value)) for name, value in (meta or {}).items()]
         if not rows:
             return []
+        if sid == _TELEMETRY and self._reserve_released and not self._restore_reserve():
+            raise OutboxStorageError(
+                f"outbox {self.path}: disk full: {len(rows)} telemetry record(s) not stored "
+                "while the reserve for events and PODs is released",
+                sqlite_errorname="SQLITE_FULL",
+            )
+        try:
+            return self._add(sid, stream, rows, extra)
+        except OutboxStorageError as err:
+            if sid == _TELEMETRY or not _disk_full(err) or not self._release_reserve():
+                raise
+        return self._add(sid, stream, rows, extra)
+
+    def _add(
+        self,
+        sid: int,
+        stream: str,
+        rows: list[tuple[bytes, int]],
+        extra: list[tuple[str, bytes]],
+    ) -> list[int]:
         n = len(rows)
         with self._write(f"could not add {n} {stream} record(s); not stored") as conn:
             (last,) = conn.execute(
@@ -227,10 +370,13 @@ class Outbox:
                 (n, n, sid),
             ).fetchall()[0]
             first = last - n + 1
+            self._reserve_seqs(stream, last, first - 1)
             conn.executemany(
                 "INSERT INTO record (stream, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
                 ((sid, first + i, ms, payload) for i, (payload, ms) in enumerate(rows)),
             )
+            if extra:
+                _put_meta(conn, extra)
             self._enforce_budget(conn)
         return list(range(first, last + 1))
 
@@ -241,7 +387,9 @@ class Outbox:
         never raises for what it says: an unknown stream, a seq that is not a
         non-negative integer, beyond the last seq handed out, or lower than an ack
         already applied, is ignored and counted in :meth:`stats` (the first of each
-        kind is logged). A repeated ack is a no-op. Raises only
+        kind is logged). A repeated ack is a no-op. After a reset (see the module
+        docstring) acked moves on over the seqs the reset left void once no record
+        below them is left, so it can be above the ack applied. Raises only
         :class:`OutboxStorageError` when the database fails.
         """
         sid = _STREAM_ID.get(stream) if isinstance(stream, str) else None
@@ -264,6 +412,8 @@ class Outbox:
                 "UPDATE stream SET acked = ?, pending = pending - ? WHERE id = ?",
                 (seq, deleted, sid),
             )
+            if self._void.get(sid, 0) > seq:
+                _settle_void(conn, sid, self._void[sid])
         return deleted
 
     # -- reading ----------------------------------------------------------------------
@@ -317,9 +467,12 @@ class Outbox:
         ``thinned`` (telemetry fixes decimated away), ``evicted`` (telemetry dropped
         whole, once too little was left to decimate), ``over_budget`` (commits that left
         the database over budget with no telemetry left to thin), ``corrupt_recovered``
-        and ``salvaged``; ``ack_invalid``, ``ack_beyond``, ``ack_backwards`` since this
-        process opened the outbox; ``used_bytes``, ``file_bytes`` (database + WAL on
-        disk) and ``budget_bytes``.
+        and ``salvaged``, ``seq_resets`` (numbering moved above the high-water mark)
+        and ``wal_discarded`` (committed transactions SQLite dropped from a damaged
+        write-ahead log); ``ack_invalid``, ``ack_beyond``, ``ack_backwards``,
+        ``reserve_released`` (times the disk-full reserve was used) since this process
+        opened the outbox; ``used_bytes``, ``file_bytes`` (database + WAL on disk),
+        ``budget_bytes`` and ``reserve_free`` (1 while the reserve is in place).
         """
         with self._read("could not read its counters") as conn:
             rows = conn.execute("SELECT name, value FROM counter").fetchall()
@@ -328,10 +481,39 @@ class Outbox:
         out.update({str(name): int(value) for name, value in rows})
         for kind in ("ack_invalid", "ack_beyond", "ack_backwards"):
             out[kind] = self._faults.counts.get(kind, 0)
+        out["reserve_released"] = self._reserve_uses
         out["used_bytes"] = used
         out["file_bytes"] = sum(_file_size(self.path, suffix) for suffix in ("", "-wal"))
         out["budget_bytes"] = self.budget_bytes
+        out["reserve_free"] = int(self.reserve_bytes > 0 and not self._reserve_released)
         return out
+
+    def meta(self, name: str) -> bytes | None:
+        """The value stored under ``name`` with :meth:`add_many`'s ``meta``, if any."""
+        with self._read(f"could not read {name}") as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def last_reset(self) -> dict[str, object] | None:
+        """The last time numbering was moved above the high-water mark: ``at`` (UTC),
+        ``reason``, ``from`` and ``to`` (stream -> the last seq before and after);
+        ``None`` if it never was. Kept in the database, so it outlives restarts."""
+        value = self.meta(META_LAST_RESET)
+        if value is None:
+            return None
+        try:
+            found = json.loads(value)
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
+
+    @property
+    def reserve_path(self) -> Path:
+        return self._sibling(".reserve")
+
+    @property
+    def mark_path(self) -> Path:
+        return self._sibling(".seqmark")
 
     def pragmas(self) -> dict[str, int | str]:
         """The connection's durability settings as SQLite reports them (doctor, tests)."""
@@ -443,6 +625,89 @@ class Outbox:
         log_first_seen(_LOG, self._faults, f"outbox {self.path}: ignored ack")
         return 0
 
+    # -- the high-water mark and the reserve --------------------------------------------
+
+    def _reserve_seqs(self, stream: str, last: int, committed: int) -> None:
+        """Before seqs up to ``last`` are committed, have the mark reserve them (durably)
+        unless it does already: a block ahead, so this writes once per block. Runs
+        inside the caller's transaction; :class:`OutboxStorageError` rolls it back."""
+        if last <= self._mark.reserved(stream):
+            return
+        mark = self._mark.with_stream(stream, reserved=last + SEQ_BLOCK, committed=committed)
+        try:
+            save_mark(self.mark_path, mark)
+        except OSError as err:
+            raise OutboxStorageError(
+                f"outbox {self.path}: could not reserve {stream} seqs in "
+                f"{self.mark_path.name}: {err.strerror or err}; not stored"
+            ) from err
+        self._mark = mark
+
+    def _shrink_mark(self, conn: sqlite3.Connection) -> None:
+        """At a clean close: the mark down to the seqs handed out, committed = reserved."""
+        try:
+            last = _last_seqs(conn)
+        except sqlite3.Error:
+            return
+        mark = SeqMark({s: StreamMark(last[s], last[s]) for s in STREAMS})
+        if mark == self._mark:
+            return
+        try:
+            save_mark(self.mark_path, mark)
+        except OSError as err:
+            _LOG.info("outbox %s: mark left as it was at close: %s", self.path, err)
+            return
+        self._mark = mark
+
+    def _restore_reserve(self) -> bool:
+        """Make sure the reserve file is in place; False if there is no room for it."""
+        if self.reserve_bytes == 0:
+            return True
+        path = self.reserve_path
+        with suppress(OSError):
+            if path.stat().st_size >= self.reserve_bytes:
+                self._reserve_released = False
+                return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                _allocate(fd, self.reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError:
+            with suppress(OSError):
+                os.unlink(path)
+            self._reserve_released = True
+            return False
+        if self._reserve_released:
+            _LOG.warning(
+                "outbox %s: space is back: the %d-byte reserve is in place again and "
+                "telemetry is stored again",
+                self.path,
+                self.reserve_bytes,
+            )
+        self._reserve_released = False
+        return True
+
+    def _release_reserve(self) -> bool:
+        """Delete the reserve file to make room; False if there was none to delete."""
+        if self.reserve_bytes == 0 or self._reserve_released:
+            return False
+        try:
+            os.unlink(self.reserve_path)
+        except OSError:
+            self._reserve_released = True
+            return False
+        self._reserve_released = True
+        self._reserve_uses += 1
+        _LOG.warning(
+            "outbox %s: disk full: released the %d-byte reserve to store events and PODs; "
+            "telemetry is not stored until space returns",
+            self.path,
+            self.reserve_bytes,
+        )
+        return True
+
     # -- opening and recovery -------------------------------------------------------------
 
     def _sibling(self, suffix: str) -> Path:
@@ -451,8 +716,17 @@ class Outbox:
     def _open(self) -> sqlite3.Connection:
         make_private_dirs(self.path.parent)
         self._finish_recovery()
+        remove_stale_temp_files(self.mark_path)
+        mark = self._load_mark()
+        existed = _file_size(self.path, "") > 0
+        wal_bytes = _file_size(self.path, "-wal")
+        # Before SQLite opens it: at open it replays the log and drops what it rejects
+        # (and the next write overwrites the frames it dropped).
+        wal = inspect_wal(self._sibling("-wal"))
+        wal_image = read_wal(self._sibling("-wal")) if wal is not None else None
+        recovered = False
         try:
-            return _connect(self.path)
+            conn, kept = _connect(self.path)
         except _CorruptDatabaseError as corrupt:
             _LOG.error(
                 "outbox %s is damaged (%s): moving it aside, salvaging what can be read "
@@ -460,9 +734,148 @@ class Outbox:
                 self.path,
                 corrupt.reason,
             )
-            return self._recover()
+            conn, kept = self._recover()
+            recovered, wal = True, None
+        try:
+            reasons, discarded = _reset_reasons(
+                _last_seqs(conn), mark, existed=existed, recovered=recovered, wal=wal, kept=kept
+            )
+            if discarded and wal_image is not None:
+                restored = self._restore_wal_tail(conn, wal_image, kept)
+                reasons.append(f"{restored} records restored from the frames it discarded")
+            if wal is not None and not wal.header_ok and wal_bytes > WAL_HEADER_BYTES:
+                reasons.append(
+                    f"the write-ahead log's header is damaged, so SQLite ignored all of it "
+                    f"({wal_bytes} bytes)"
+                )
+            self._void = _load_void(conn)
+            if reasons:
+                self._reset(conn, mark, reasons, discarded)
+            self._write_mark(conn, mark)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _recover(self) -> sqlite3.Connection:
+    def _restore_wal_tail(self, conn: sqlite3.Connection, image: bytes, kept: int) -> int:
+        """Put back the records of the log frames SQLite discarded (their pages are
+        whole; only the checksum chain through them broke): those not held and above
+        their stream's acked seq. How many came back."""
+        pages = wal_tail_pages(image, kept)
+        if not pages:
+            return 0
+        acked = {int(i): int(a) for i, a in conn.execute("SELECT id, acked FROM stream")}
+        restored = 0
+
+        def keep(sid: int, seq: int, ms: int, payload: bytes) -> None:
+            nonlocal restored
+            if seq > acked.get(sid, _MAX_SQLITE_INT):
+                restored += conn.execute(
+                    "INSERT OR IGNORE INTO record (stream, seq, created_ms, payload) "
+                    "VALUES (?, ?, ?, ?)",
+                    (sid, seq, ms, payload),
+                ).rowcount
+
+        with self._write_txn(conn):
+            scan_pages(self.path, keep, stream_names=STREAMS, only=pages)
+            for sid in _STREAM_ID.values():
+                n, top = conn.execute(
+                    "SELECT count(*), max(seq) FROM record WHERE stream = ?", (sid,)
+                ).fetchone()
+                conn.execute(
+                    "UPDATE stream SET pending = ?, last_seq = max(last_seq, ?) WHERE id = ?",
+                    (n, top or 0, sid),
+                )
+        return restored
+
+    def _load_mark(self) -> SeqMark | None:
+        try:
+            return load_mark(self.mark_path)
+        except (SeqMarkError, OSError) as err:
+            _LOG.error(
+                "outbox %s: high-water mark %s unreadable (%s): rebuilt from the database",
+                self.path,
+                self.mark_path,
+                err,
+            )
+            return None
+
+    def _reset(
+        self,
+        conn: sqlite3.Connection,
+        mark: SeqMark | None,
+        reasons: list[str],
+        discarded: int,
+    ) -> None:
+        """Numbering above the mark after a loss (see the module docstring), in one
+        transaction: the seqs skipped become void, the reset is counted and kept."""
+        last = _last_seqs(conn)
+        reason = "; ".join(reasons)
+        if mark is None:
+            _LOG.error(
+                "outbox %s: %s; there is no high-water mark (%s): numbering continues "
+                "after the highest seq the file still holds (%s), which may reuse seqs "
+                "ingest already has",
+                self.path,
+                reason,
+                self.mark_path.name,
+                ", ".join(f"{s} {last[s]}" for s in STREAMS),
+            )
+            with self._write_txn(conn):
+                _bump(conn, wal_discarded=discarded)
+            return
+        to = {s: max(last[s], mark.reserved(s)) for s in STREAMS}
+        info = {"at": format_utc(datetime.now(UTC)), "reason": reason, "from": last, "to": to}
+        with self._write_txn(conn):
+            for stream in STREAMS:
+                sid = _STREAM_ID[stream]
+                if to[stream] > last[stream]:
+                    conn.execute("UPDATE stream SET last_seq = ? WHERE id = ?", (to[stream], sid))
+                    _put_meta(conn, [(_META_VOID + stream, str(to[stream]).encode("ascii"))])
+                    _settle_void(conn, sid, to[stream])
+                    self._void[sid] = to[stream]
+            _bump(conn, seq_resets=1, wal_discarded=discarded)
+            _put_meta(conn, [(META_LAST_RESET, json.dumps(info).encode("ascii"))])
+        _LOG.error(
+            "outbox %s: %s: numbering continues above the high-water mark (%s); the seqs "
+            "skipped are void and the van's sequence report settles them at ingest",
+            self.path,
+            reason,
+            ", ".join(f"{s} {last[s]} -> {to[s]}" for s in STREAMS),
+        )
+
+    def _write_mark(self, conn: sqlite3.Connection, loaded: SeqMark | None) -> None:
+        """At open: a mark that covers the file's counters, committed = what it holds."""
+        last = _last_seqs(conn)
+        base = loaded or SeqMark.empty()
+        mark = SeqMark({s: StreamMark(max(base.reserved(s), last[s]), last[s]) for s in STREAMS})
+        self._mark = base
+        if mark == loaded:
+            return
+        try:
+            save_mark(self.mark_path, mark)
+        except OSError as err:
+            _LOG.warning(
+                "outbox %s: could not write the high-water mark %s (%s): records are "
+                "refused until it can be",
+                self.path,
+                self.mark_path.name,
+                err,
+            )
+            return
+        self._mark = mark
+
+    @contextmanager
+    def _write_txn(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _recover(self) -> tuple[sqlite3.Connection, int]:
         """Build a new database from what the damaged one still holds, then swap them.
 
         Crash-safe: the new database is built under ``<name>.salvage`` and renamed to
@@ -473,7 +886,7 @@ class Outbox:
         """
         build = self._sibling(".salvage")
         _remove_database_files(build)
-        conn = _connect(build)
+        conn, _ = _connect(build)
         try:
             salvaged = self._salvage_into(conn)
             # A single self-contained file to rename: no -wal may be left behind.
@@ -515,41 +928,63 @@ class Outbox:
         """Copy what the damaged file still holds into ``new``; how many records came.
 
         Best effort and read-only (the damaged file stays as it was, for a human with
-        ``sqlite3 FILE .recover``): the counters, then each stream's records in seq
-        order, skipping past unreadable pages. Each sequence counter continues from the
-        higher of its saved value and the highest record found, so numbers already
-        sent are not handed out again, as far as the file still tells.
+        ``sqlite3 FILE .recover``). Two passes: through SQLite (the counters, then each
+        stream's records in seq order, skipping past unreadable pages), then through
+        every page of the file and the committed frames of its log
+        (:func:`~firmware_agent.uplink.sqlitefile.scan_pages`), which finds the rows a
+        damaged interior page, root page or header hides from SQLite. Records at or
+        below a stream's acked seq (found either way) are left out: they were
+        delivered. Each counter continues from the higher of its saved value and the
+        highest record found; the caller then moves numbering above the mark.
         """
         notes: list[str] = []
-        copied = 0
         new.execute("BEGIN IMMEDIATE")
         try:
-            with closing(_connect_read_only(self.path)) as old:
-                states = _saved_streams(old, notes)
-                counters = _saved_counters(old, notes)
-                for name, sid in _STREAM_ID.items():
-                    last_seq, acked = states.get(sid, (0, 0))
-                    n, top, damaged = 0, acked, list[int]()
-                    for batch in _readable_records(old, sid, acked, damaged):
-                        new.executemany(
-                            "INSERT INTO record (stream, seq, created_ms, payload) "
-                            "VALUES (?, ?, ?, ?)",
-                            [(sid, seq, ms, payload) for seq, ms, payload in batch],
-                        )
-                        n += len(batch)
-                        top = batch[-1][0]
-                    new.execute(
-                        "UPDATE stream SET last_seq = ?, acked = ?, pending = ? WHERE id = ?",
-                        (max(top, last_seq), acked, n, sid),
-                    )
-                    copied += n
-                    notes.append(
-                        f"{name}: {n} records, next seq {max(top, last_seq) + 1}"
-                        + (f", unreadable after seqs {damaged[:5]}" if damaged else "")
-                    )
+            states, counters, meta = self._salvage_through_sqlite(new, notes)
+
+            def keep(sid: int, seq: int, ms: int, payload: bytes) -> None:
+                new.execute(
+                    "INSERT OR IGNORE INTO record (stream, seq, created_ms, payload) "
+                    "VALUES (?, ?, ?, ?)",
+                    (sid, seq, ms, payload),
+                )
+
+            scan = scan_pages(
+                self.path,
+                keep,
+                stream_names=STREAMS,
+                counter_names=PERSISTENT_COUNTERS,
+            )
+            copied = 0
+            for name, sid in _STREAM_ID.items():
+                last_seq, acked = states.get(sid, (0, 0))
+                if name in scan.streams:
+                    _, scan_last, scan_acked = scan.streams[name]
+                    last_seq, acked = max(last_seq, scan_last), max(acked, scan_acked)
+                new.execute("DELETE FROM record WHERE stream = ? AND seq <= ?", (sid, acked))
+                n, top = new.execute(
+                    "SELECT count(*), max(seq) FROM record WHERE stream = ?", (sid,)
+                ).fetchone()
+                last_seq = max(last_seq, top or 0)
+                new.execute(
+                    "UPDATE stream SET last_seq = ?, acked = ?, pending = ? WHERE id = ?",
+                    (last_seq, acked, n, sid),
+                )
+                copied += n
+                notes.append(f"{name}: {n} pending records, last seq {last_seq}, acked {acked}")
+            notes.append(
+                f"page scan: {scan.pages} pages ({scan.bad_pages} unreadable), "
+                f"{scan.records} record copies found"
+            )
+            for name, count in scan.counters.items():
+                counters.setdefault(name, count)
+            for name, value in scan.meta.items():
+                if name in (META_POD_CHAIN, META_LAST_RESET) or name.startswith(_META_VOID):
+                    meta.setdefault(name, value)
             counters["corrupt_recovered"] = counters.get("corrupt_recovered", 0) + 1
             counters["salvaged"] = counters.get("salvaged", 0) + copied
             new.executemany("INSERT INTO counter (name, value) VALUES (?, ?)", counters.items())
+            _put_meta(new, list(meta.items()))
             self._enforce_budget(new)
             new.execute("COMMIT")
         except BaseException:
@@ -558,8 +993,147 @@ class Outbox:
         _LOG.error("outbox %s salvage: %s", self.path, "; ".join(notes))
         return copied
 
+    def _salvage_through_sqlite(
+        self, new: sqlite3.Connection, notes: list[str]
+    ) -> tuple[dict[int, tuple[int, int]], dict[str, int], dict[str, bytes]]:
+        """The first pass of :meth:`_salvage_into`: what SQLite can still read of the
+        damaged file (its counters, meta and records) into ``new``."""
+        try:
+            old = _connect_read_only(self.path)
+        except sqlite3.Error as err:
+            notes.append(f"SQLite cannot open it ({err})")
+            return {}, {}, {}
+        with closing(old):
+            states = _saved_streams(old, notes)
+            counters = _saved_counters(old, notes)
+            meta = _saved_meta(old)
+            for name, sid in _STREAM_ID.items():
+                _, acked = states.get(sid, (0, 0))
+                n, damaged = 0, list[int]()
+                for batch in _readable_records(old, sid, acked, damaged):
+                    new.executemany(
+                        "INSERT INTO record (stream, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
+                        [(sid, seq, ms, payload) for seq, ms, payload in batch],
+                    )
+                    n += len(batch)
+                notes.append(
+                    f"{name}: {n} records read through SQLite"
+                    + (f", unreadable after seqs {damaged[:5]}" if damaged else "")
+                )
+        return states, counters, meta
+
 
 # -- module helpers ---------------------------------------------------------------------
+
+
+def _reset_reasons(
+    last: Mapping[str, int],
+    mark: SeqMark | None,
+    *,
+    existed: bool,
+    recovered: bool,
+    wal: WalFrames | None,
+    kept: int,
+) -> tuple[list[str], int]:
+    """Why numbering cannot go on from the file's counters (none: it can), and how
+    many committed transactions SQLite discarded from the log."""
+    reasons: list[str] = []
+    if recovered:
+        reasons.append("the file was damaged and rebuilt from what could be read")
+    elif not existed and mark is not None and any(mark.reserved(s) for s in STREAMS):
+        reasons.append("the file was missing")
+    discarded = 0
+    if wal is not None and wal.header_ok:
+        discarded = wal.commits_after(kept)
+        if discarded:
+            reasons.append(
+                f"SQLite discarded {discarded} committed transaction(s) from the damaged "
+                f"write-ahead log (it kept {kept} frames)"
+            )
+    if mark is not None and (existed or recovered):
+        behind = [
+            f"{s} {last[s]} < {mark.committed(s)}" for s in STREAMS if last[s] < mark.committed(s)
+        ]
+        if behind:
+            reasons.append(
+                "its counters are behind what it had committed (" + ", ".join(behind) + ")"
+            )
+    return reasons, discarded
+
+
+def _last_seqs(conn: sqlite3.Connection) -> dict[str, int]:
+    found = {str(n): int(v) for n, v in conn.execute("SELECT name, last_seq FROM stream")}
+    return {s: found.get(s, 0) for s in STREAMS}
+
+
+def _load_void(conn: sqlite3.Connection) -> dict[int, int]:
+    """Per stream id, the top of the seqs a reset left void, where that is above acked."""
+    void: dict[int, int] = {}
+    for name, value in conn.execute(
+        "SELECT name, value FROM meta WHERE name >= ? AND name < ?", (_META_VOID, _META_VOID + "~")
+    ):
+        sid = _STREAM_ID.get(str(name)[len(_META_VOID) :])
+        try:
+            upto = int(bytes(value))
+        except ValueError:
+            continue
+        if sid is not None:
+            void[sid] = upto
+    return void
+
+
+def _settle_void(conn: sqlite3.Connection, sid: int, upto: int) -> None:
+    """Move ``sid``'s acked over void seqs: up to ``upto``, or to just below its oldest
+    pending record if that is lower. The van holds nothing there and never will."""
+    (acked,) = conn.execute("SELECT acked FROM stream WHERE id = ?", (sid,)).fetchone()
+    if acked >= upto:
+        return
+    (low,) = conn.execute("SELECT min(seq) FROM record WHERE stream = ?", (sid,)).fetchone()
+    target = upto if low is None else min(upto, int(low) - 1)
+    if target > acked:
+        conn.execute("UPDATE stream SET acked = ? WHERE id = ?", (target, sid))
+
+
+def _put_meta(conn: sqlite3.Connection, items: Sequence[tuple[str, bytes]]) -> None:
+    conn.executemany(
+        "INSERT INTO meta (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        items,
+    )
+
+
+def _meta_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > 64 or not name.isascii():
+        raise OutboxError(f"a meta name must be 1..64 ASCII characters, not {name!r:.80}")
+    return name
+
+
+def _saved_meta(old: sqlite3.Connection) -> dict[str, bytes]:
+    try:
+        rows = old.execute("SELECT name, value FROM meta").fetchall()
+    except sqlite3.DatabaseError:
+        return {}
+    return {n: bytes(v) for n, v in rows if isinstance(n, str) and isinstance(v, bytes)}
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes of real blocks (not a sparse file)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        chunk = bytes(64 * 1024)
+        for offset in range(0, size, len(chunk)):
+            os.pwrite(fd, chunk[: size - offset], offset)
+
+
+def _disk_full(err: OutboxStorageError) -> bool:
+    """Whether ``err`` says there was no room (SQLite's word for it, or ENOSPC)."""
+    if err.sqlite_errorname in _DISK_FULL_NAMES:
+        return True
+    cause = err.__cause__
+    return isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _thin_pass(conn: sqlite3.Connection, n: int) -> int:
@@ -619,8 +1193,10 @@ def _window_end(conn: sqlite3.Connection, after: int, upto: int, window: int) ->
     return int(end) if n >= 2 else None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """Open ``path`` with the outbox's settings, checked and with its schema in place.
+def _connect(path: Path) -> tuple[sqlite3.Connection, int]:
+    """Open ``path`` with the outbox's settings, checked and with its schema in place;
+    also how many frames of the write-ahead log SQLite replayed at open (before this
+    function wrote anything).
 
     Raises :class:`_CorruptDatabaseError` if SQLite finds the file damaged, and
     :class:`OutboxError` if it was written by a newer schema version.
@@ -631,7 +1207,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     )
     try:
         _configure(conn, path)
-        _check_and_migrate(conn, path)
+        kept = _check(conn)
+        _migrate(conn, path)
     except sqlite3.DatabaseError as err:
         conn.close()
         if _primary_code(err) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
@@ -640,7 +1217,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, kept
 
 
 def _create_private_file(path: Path) -> None:
@@ -675,10 +1252,17 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
     )
 
 
-def _check_and_migrate(conn: sqlite3.Connection, path: Path) -> None:
+def _check(conn: sqlite3.Connection) -> int:
+    """Quick-check the file (its first read replays the log); the frames SQLite kept
+    of the log (its ``mxFrame``), as a passive checkpoint reports them."""
     problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
     if problems != ["ok"]:
         raise _CorruptDatabaseError("quick_check: " + "; ".join(problems[:3]))
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return max(int(row[1]), 0) if row is not None else 0
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
         raise OutboxError(
@@ -689,6 +1273,8 @@ def _check_and_migrate(conn: sqlite3.Connection, path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema")}
         if not {"stream", "record", "counter"} <= tables:
             raise _CorruptDatabaseError(f"schema version {version} without its tables")
+        if "meta" not in tables:  # written by an agent before the table came
+            conn.execute(_META_TABLE)
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -716,11 +1302,7 @@ def _saved_streams(old: sqlite3.Connection, notes: list[str]) -> dict[int, tuple
     try:
         rows = old.execute("SELECT id, last_seq, acked FROM stream").fetchall()
     except sqlite3.DatabaseError as err:
-        notes.append(
-            f"sequence counters unreadable ({err}): each stream continues after its highest "
-            "record found, or restarts at 1 if none was (ingest may then take new records "
-            "for duplicates of old ones)"
-        )
+        notes.append(f"sequence counters unreadable through SQLite ({err})")
         return {}
     # SQLite hands back int, float, str, bytes or None: check what came.
     return {
@@ -851,6 +1433,11 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _primary_code(err: sqlite3.Error) -> int | None:
     code = getattr(err, "sqlite_errorcode", None)
     return code & 0xFF if isinstance(code, int) else None
+
+
+def _error_name(err: sqlite3.Error) -> str | None:
+    name = getattr(err, "sqlite_errorname", None)
+    return name if isinstance(name, str) else None
 
 
 def _storage_error(message: str, err: sqlite3.Error) -> OutboxStorageError:

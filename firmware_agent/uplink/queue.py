@@ -8,13 +8,18 @@ pool) keeps the single connection's calls in order, which the outbox requires.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Self, TypeVar
 
-from firmware_agent.uplink.outbox import Outbox, OutboxRecord
+from firmware_agent.errors import OutboxStorageError
+from firmware_agent.faults import FaultCounter, log_first_seen
+from firmware_agent.uplink.outbox import DEFAULT_RESERVE_BYTES, Outbox, OutboxRecord
+
+_LOG = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -26,15 +31,32 @@ class AsyncOutbox:
     is something to send.
     """
 
-    def __init__(self, path: Path | str, *, budget_bytes: int = 100 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        budget_bytes: int = 100 * 1024 * 1024,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+    ) -> None:
         self._path = path
         self._budget_bytes = budget_bytes
+        self._reserve_bytes = reserve_bytes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._outbox: Outbox | None = None
+        self._ack_faults = FaultCounter()
         self.changed = asyncio.Event()
 
     async def __aenter__(self) -> Self:
-        self._outbox = await self._run(Outbox, self._path, budget_bytes=self._budget_bytes)
+        try:
+            self._outbox = await self._run(
+                Outbox,
+                self._path,
+                budget_bytes=self._budget_bytes,
+                reserve_bytes=self._reserve_bytes,
+            )
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -58,8 +80,14 @@ class AsyncOutbox:
         self.changed.set()
         return seq
 
-    async def add_many(self, stream: str, items: Sequence[tuple[bytes, datetime]]) -> list[int]:
-        seqs = await self._run(self.outbox.add_many, stream, items)
+    async def add_many(
+        self,
+        stream: str,
+        items: Sequence[tuple[bytes, datetime]],
+        *,
+        meta: Mapping[str, bytes] | None = None,
+    ) -> list[int]:
+        seqs = await self._run(self.outbox.add_many, stream, items, meta=meta)
         self.changed.set()
         return seqs
 
@@ -69,7 +97,24 @@ class AsyncOutbox:
         return await self._run(self.outbox.pending, stream, after_seq=after_seq, limit=limit)
 
     async def ack(self, stream: str, seq: int) -> int:
-        return await self._run(self.outbox.ack, stream, seq)
+        """Apply an ack; 0 if the outbox cannot write (a full disk: deleting needs room
+        in the write-ahead log too). Counted and logged once: the next ack, which is
+        cumulative, applies it."""
+        try:
+            return await self._run(self.outbox.ack, stream, seq)
+        except OutboxStorageError as err:
+            self._ack_faults.add("ack_not_applied", str(err))
+            log_first_seen(_LOG, self._ack_faults, "outbox")
+            return 0
+
+    async def meta(self, name: str) -> bytes | None:
+        return await self._run(self.outbox.meta, name)
+
+    async def stats(self) -> dict[str, int]:
+        return await self._run(self.outbox.stats)
+
+    async def last_reset(self) -> dict[str, object] | None:
+        return await self._run(self.outbox.last_reset)
 
     async def acked(self, stream: str) -> int:
         return await self._run(self.outbox.acked, stream)
