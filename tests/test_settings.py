@@ -631,3 +631,52 @@ def test_the_operator_guide_lists_every_key_and_its_variable() -> None:
     for name, path in environment_variables().items():
         assert f"| `{'.'.join(path)}` |" in guide, path
         assert f"`{name}`" in guide, name
+
+
+def test_an_old_scanner_table_points_to_the_new_one(tmp_path: Path) -> None:
+    message = _refusal(tmp_path, "[scanner]\nport = '/dev/fleet/scanner'\n")
+    assert "scanner: unknown key; did you mean 'scanners'?" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "pin"), [("17", 17), ("GPIO17", "GPIO17"), ("false", False), ("BOARD11", "BOARD11")]
+)
+def test_a_pin_from_the_environment_is_a_number_a_name_or_not_fitted(
+    value: str, pin: int | str | bool
+) -> None:
+    loaded = load_settings(None, {"FLEET_FEEDBACK_BUZZER": value})
+    assert loaded.settings.feedback.buzzer == pin
+    assert type(loaded.settings.feedback.buzzer) is type(pin)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[gnss]\nsource = 'tcp'\naddress = '127.0.0.1:10110'\n", "gnss.source: 'tcp'"),
+        ("[[scanners]]\nkind = 'hid'\ndevice = '/dev/input/event3'\n", "scanners[1]"),
+        (
+            "[[scanners]]\nkind = 'serial'\nport = '/dev/a'\n"
+            "[[scanners]]\nkind = 'serial'\nport = '/dev/b'\n",
+            "scanners[2]",
+        ),
+        ("[feedback]\nkind = 'gpio'\n", "feedback.kind: 'gpio'"),
+    ],
+)
+def test_what_this_agent_cannot_run_yet_is_refused_not_ignored(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    config = _toml(tmp_path, "device_id = 'van-1'\n" + text)
+    args = run_args("--config", str(config))
+    loaded = settings(args, {})  # valid settings ...
+    with pytest.raises(ConfigError) as caught:  # ... that this build does not run
+        build_config(args, loaded)
+    assert str(caught.value).startswith(key)
+    assert str(config) in str(caught.value)
+
+
+def test_run_needs_a_device_id_and_config_does_not(tmp_path: Path) -> None:
+    args = run_args("--nmea-file", "day.nmea")
+    loaded = settings(args, {})
+    assert loaded.settings.device_id is None
+    with pytest.raises(ConfigError, match="device_id: required"):
+        build_config(args, loaded)
