@@ -1,6 +1,6 @@
 """``fleet-agent run`` and ``fleet-agent config``: the service's command line.
 
-Settings (:mod:`firmware_agent.settings`, docs/configuration.md) come from, in
+Settings (one typed tree, docs/configuration.md) come from, in
 increasing precedence: the defaults, a TOML file (``--config``, else ``$FLEET_CONFIG``,
 else ``/etc/fleet-agent/agent.toml`` when it exists), ``FLEET_*`` environment variables
 and command-line flags; while the agent runs, the remote ``config`` downlink overrides
