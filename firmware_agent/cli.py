@@ -9,6 +9,9 @@
   included: ``--eta-model FILE`` or the shipped model, ``--no-eta`` for none).
 - ``fleet-agent pod verify FILE --pubkey KEY``: check POD signatures and the hash chain.
 - ``fleet-agent scan parse CODE`` / ``scan watch``: the scanner's view of a barcode.
+- ``fleet-agent run``: the van service; ``fleet-agent config``: the settings it would
+  start with, and where each came from (:mod:`firmware_agent.run_cli`,
+  docs/configuration.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # What every fleet-agent command may need and only the `van` extra installs.
-VAN_LIBRARIES = ("pynmea2", "serial", "serial_asyncio_fast", "gpiozero")
+VAN_LIBRARIES = ("pynmea2", "serial", "serial_asyncio_fast", "gpiozero", "pydantic")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

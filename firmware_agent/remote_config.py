@@ -4,7 +4,7 @@ The contract is ``config.schema.json`` (docs/asyncapi.yaml, message ``config``):
 JSON object with ``v`` (1), ``revision`` (an integer from 1 to 2^53 - 1,
 :data:`MAX_REVISION`, increasing with every change), an optional ``issued_at`` and one
 object per section overriding the agent's defaults. Every setting has its range (the
-geofence's: :data:`firmware_agent.geofence.config.LIMITS`); a value outside it is
+settings tree's, :mod:`firmware_agent.settings`); a value outside it is
 refused naming the key (``geofence.index_cell_m: must be within [10, 10000] ...``).
 A setting left out keeps its default; an empty payload clears the config (back to
 defaults); unknown sections and keys are allowed and ignored, so a newer config never
@@ -45,9 +45,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from pydantic.fields import FieldInfo
+
 from firmware_agent.contract.keys import fsync_directory, make_private_dirs, write_file_atomically
 from firmware_agent.errors import ConfigError, RemoteConfigError
-from firmware_agent.geofence.config import LIMITS as GEOFENCE_LIMITS
+from firmware_agent.settings import bounds, remote_settings
 from firmware_agent.van import VanConfig
 
 if TYPE_CHECKING:
@@ -85,57 +87,23 @@ class _Setting:
     minimum: float | None = None
 
 
-_NUMBER: Final = _Setting()
-_NUMBER_OR_0: Final = _Setting(zero=True)
-_COUNT: Final = _Setting(integer=True)
+def _from_tree(info: FieldInfo) -> _Setting:
+    limits = bounds(info)
+    low = limits.get("minimum")
+    return _Setting(
+        integer=info.annotation is int,
+        maximum=limits.get("maximum"),
+        zero=low == 0,
+        minimum=low if low else None,
+    )
 
 
-def _geofence_setting(name: str) -> _Setting:
-    low, high = GEOFENCE_LIMITS[name]
-    return _Setting(integer=name == "confirm_min_fixes", maximum=high, minimum=low)
-
-
-# The settings this agent applies, per section, as config.schema.json defines them.
+# The settings this agent applies, per section: those of the settings tree marked
+# remote (firmware_agent.settings, with their ranges), which config.schema.json defines
+# (tests/test_settings.py holds the two equal).
 SETTINGS: Final[Mapping[str, Mapping[str, _Setting]]] = {
-    "telemetry": dict.fromkeys(
-        (
-            "moving_period_s",
-            "parked_period_s",
-            "min_period_s",
-            "distance_m",
-            "heading_change_deg",
-            "speed_change_mps",
-            "moving_speed_mps",
-        ),
-        _NUMBER,
-    ),
-    "uplink": {
-        "batch_max_fixes": _Setting(integer=True, maximum=4096),
-        "batch_max_age_s": _NUMBER,
-    },
-    # Each within its range (geofence.config.LIMITS): the cell size and reaches bound
-    # what building the geofence indexes costs.
-    "geofence": {name: _geofence_setting(name) for name in GEOFENCE_LIMITS},
-    "van": {"dedup_window_s": _NUMBER, "max_fix_age_s": _NUMBER},
-    "eta": {
-        **dict.fromkeys(
-            ("predict_every_s", "far_horizon_s", "heartbeat_s", "late_horizon_s"), _NUMBER
-        ),
-        **dict.fromkeys(
-            (
-                "min_move_s",
-                "min_move_fraction",
-                "move_confirm_s",
-                "far_min_move_s",
-                "far_move_confirm_s",
-                "late_confirm_s",
-                "late_clear_s",
-                "late_clear_fraction",
-            ),
-            _NUMBER_OR_0,
-        ),
-        "heartbeat_stops": _Setting(integer=True, zero=True),
-    },
+    section: {key: _from_tree(info) for key, info in keys.items()}
+    for section, keys in remote_settings().items()
 }
 _TOP_LEVEL: Final = frozenset({"v", "revision", "issued_at"})
 

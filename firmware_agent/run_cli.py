@@ -1,34 +1,16 @@
-"""``fleet-agent run``: the service's command line and configuration.
+"""``fleet-agent run`` and ``fleet-agent config``: the service's command line.
 
-Settings come from, in increasing precedence: the defaults, a TOML file (``--config``,
-default ``/etc/fleet-agent/agent.toml`` when it exists), ``FLEET_*`` environment
-variables, and command-line flags. Keys (the device's signing key, TLS keys) are files
-named by the configuration, never values in it.
+Settings (one typed tree, docs/configuration.md) come from, in
+increasing precedence: the defaults, a TOML file (``--config``, else ``$FLEET_CONFIG``,
+else ``/etc/fleet-agent/agent.toml`` when it exists), ``FLEET_*`` environment variables
+and command-line flags; while the agent runs, the remote ``config`` downlink overrides
+the settings it may change. An unknown key or variable, a value of the wrong type or
+out of range stops the start with exit status 2 and a message naming the key and where
+its value came from. Keys (the device's signing key, TLS keys) are files named by the
+configuration, never values in it.
 
-TOML layout (every key optional except ``device_id``)::
-
-    device_id = "van-0042"
-    state_dir = "/var/lib/fleet-agent"
-    [mqtt]
-    host = "broker.example.com"
-    port = 8883
-    tls_ca = "/etc/fleet-agent/ca.pem"
-    tls_cert = "/etc/fleet-agent/van.pem"
-    tls_key = "/etc/fleet-agent/van.key"
-    [gnss]
-    port = "/dev/fleet/gnss"
-    baud = 9600
-    [scanner]
-    port = "/dev/fleet/scanner"
-    [eta]
-    enabled = true      # on-device ETAs (FLEET_ETA=0, --no-eta: off)
-    model = "/var/lib/fleet-agent/eta.tflite"   # default: the model shipped in the package
-    # The fleet's public keys that sign models sent on the `model` topic (PEM or JWK;
-    # several during a key rotation). None: every model sent is refused.
-    model_keys = ["/etc/fleet-agent/fleet-model.pub.pem"]
-
-``FLEET_ETA_MODEL_KEYS`` lists model keys separated by ``:`` or ``,``; each
-``--eta-model-key`` flag adds one (flags replace the file's and environment's list).
+``fleet-agent config`` prints the effective settings as TOML, each value with where it
+came from (``--variables``: every ``FLEET_*`` variable and the key it sets).
 """
 
 from __future__ import annotations
@@ -37,64 +19,70 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
-import re
 import sys
-import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_agent.errors import ConfigError
 
+if TYPE_CHECKING:
+    # Imported by the commands, not at parser build: `fleet-agent --help` stays fast.
+    from firmware_agent.agent import AgentConfig
+    from firmware_agent.settings import LoadedSettings
+
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path("/etc/fleet-agent/agent.toml")
-# (flag dest, TOML path, environment variable)
-_SETTINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("device_id", ("device_id",), "FLEET_DEVICE_ID"),
-    ("state_dir", ("state_dir",), "FLEET_STATE_DIR"),
-    ("mqtt_host", ("mqtt", "host"), "FLEET_MQTT_HOST"),
-    ("mqtt_port", ("mqtt", "port"), "FLEET_MQTT_PORT"),
-    ("tls_ca", ("mqtt", "tls_ca"), "FLEET_TLS_CA"),
-    ("tls_cert", ("mqtt", "tls_cert"), "FLEET_TLS_CERT"),
-    ("tls_key", ("mqtt", "tls_key"), "FLEET_TLS_KEY"),
-    ("gnss_port", ("gnss", "port"), "FLEET_GNSS_PORT"),
-    ("gnss_baud", ("gnss", "baud"), "FLEET_GNSS_BAUD"),
-    ("scanner_port", ("scanner", "port"), "FLEET_SCANNER_PORT"),
-    ("eta", ("eta", "enabled"), "FLEET_ETA"),
-    ("eta_model", ("eta", "model"), "FLEET_ETA_MODEL"),
-    ("eta_model_keys", ("eta", "model_keys"), "FLEET_ETA_MODEL_KEYS"),
-)
-_DEFAULTS: dict[str, Any] = {
-    "state_dir": "/var/lib/fleet-agent",
-    "mqtt_host": "127.0.0.1",
-    "mqtt_port": 1883,
-    "gnss_baud": 9600,
-    "eta": True,
+# Flag dest -> the key path it sets.
+_FLAGS: dict[str, tuple[str, ...]] = {
+    "device_id": ("device_id",),
+    "state_dir": ("state_dir",),
+    "mqtt_host": ("mqtt", "host"),
+    "mqtt_port": ("mqtt", "port"),
+    "tls_ca": ("mqtt", "tls_ca"),
+    "tls_cert": ("mqtt", "tls_cert"),
+    "tls_key": ("mqtt", "tls_key"),
+    "tls": ("mqtt", "tls"),
+    "gnss_baud": ("gnss", "baud"),
+    "speed": ("gnss", "speed"),
+    "eta": ("eta", "enabled"),
+    "eta_model": ("eta", "model"),
+    "eta_model_keys": ("eta", "model_keys"),
 }
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "run",
-        help="the van service: receiver, scanner, geofences, PODs, outbox, MQTT uplink",
-        description=__doc__.split("\n\n")[1],
+def _settings_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML settings (default $FLEET_CONFIG, else /etc/fleet-agent/agent.toml)",
     )
-    p.add_argument("--config", type=Path, help=f"TOML settings (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting, by its key path (--set geofence.border_m=30); repeatable",
+    )
     p.add_argument("--device-id")
     p.add_argument(
-        "--state-dir", help=f"key, POD chain, manifest, outbox (default {_DEFAULTS['state_dir']})"
+        "--state-dir", help="key, POD chain, manifest, outbox (default /var/lib/fleet-agent)"
     )
     p.add_argument("--mqtt-host")
     p.add_argument("--mqtt-port", type=int)
     p.add_argument("--tls-ca", help="broker CA (PEM): enables TLS")
     p.add_argument("--tls-cert", help="the van's client certificate (mutual TLS)")
     p.add_argument("--tls-key", help="the van's client key")
-    p.add_argument("--gnss-port", help="GNSS receiver serial device")
+    p.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_const",
+        const=False,
+        help="MQTT in plain text even to a broker off this machine (mqtt.tls = false)",
+    )
+    p.add_argument("--gnss-port", help="GNSS receiver serial device (gnss.source = serial)")
     p.add_argument("--gnss-baud", type=int)
-    p.add_argument("--scanner-port", help="serial barcode scanner")
+    p.add_argument("--scanner-port", help="a serial barcode scanner (replaces the file's)")
     p.add_argument(
         "--no-eta",
         dest="eta",
@@ -109,142 +97,251 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         metavar="FILE",
         help="a fleet public key (PEM or JWK) that signs models sent on the model topic "
-        "(repeat for several)",
+        "(repeat for several; replaces the file's and environment's list)",
     )
     sim = p.add_argument_group("simulator and test inputs (instead of hardware)")
-    sim.add_argument("--nmea-file", type=Path, help="play this NMEA log as the receiver")
-    sim.add_argument("--scans-file", type=Path, help="scan log played with it (docs/scan-log.md)")
     sim.add_argument(
-        "--speed", type=float, default=0.0, help="playback speed, 1 = real time, 0 = max"
+        "--nmea-file", type=Path, help="play this NMEA log as the receiver (gnss.source = file)"
     )
-    sim.add_argument(
+    sim.add_argument("--scans-file", type=Path, help="scan log played with it (docs/scan-log.md)")
+    sim.add_argument("--speed", type=float, help="playback speed, 1 = real time, 0 = max")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the van service: receiver, scanner, geofences, PODs, outbox, MQTT uplink",
+        description=__doc__.split("\n\n")[1],
+    )
+    _settings_arguments(p)
+    p.add_argument(
         "--exit-when-drained",
         action="store_true",
         help="with --nmea-file: exit once ingest acknowledged every record",
     )
     p.set_defaults(func=cmd_run)
+    c = sub.add_parser(
+        "config",
+        help="print the effective settings of `fleet-agent run` (TOML, with their sources)",
+        description="Print the settings `fleet-agent run` would start with, as TOML, each "
+        "value commented with where it came from; the stored remote config's overrides "
+        "are shown too. Takes run's settings flags. Exit 2 on invalid settings.",
+    )
+    _settings_arguments(c)
+    c.add_argument(
+        "--variables",
+        action="store_true",
+        help="list every FLEET_* environment variable and the key it sets, instead",
+    )
+    c.set_defaults(func=cmd_config)
 
 
-def settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """The effective settings (see the module doc for the precedence)."""
-    environ = dict(os.environ) if environ is None else environ
-    values = dict(_DEFAULTS)
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    if path is not None:
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config {path}: {err}") from err
-        for dest, keys, _ in _SETTINGS:
-            node: Any = doc
-            for key in keys:
-                node = node.get(key) if isinstance(node, dict) else None
-            if node is not None:
-                values[dest] = node
-    for dest, _, env in _SETTINGS:
-        if environ.get(env):
-            values[dest] = environ[env]
-    for dest, _, _ in _SETTINGS:
-        if getattr(args, dest, None) is not None:
-            values[dest] = getattr(args, dest)
-    return values
+def _flags(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[object, str]]:
+    from firmware_agent.settings import environment_variables  # noqa: PLC0415
+
+    flags: dict[tuple[str, ...], tuple[object, str]] = {}
+    for dest, path in _FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            if dest == "eta_model_keys":
+                value = tuple(value)
+            flag = "--no-tls" if dest == "tls" else "--no-eta" if dest == "eta" else None
+            flags[path] = (value, flag or "--" + dest.replace("_", "-").removesuffix("s"))
+    if args.gnss_port is not None:
+        flags[("gnss", "source")] = ("serial", "--gnss-port")
+        flags[("gnss", "port")] = (args.gnss_port, "--gnss-port")
+    if args.nmea_file is not None:
+        flags[("gnss", "source")] = ("file", "--nmea-file")
+        flags[("gnss", "file")] = (args.nmea_file, "--nmea-file")
+    keys = {".".join(path): path for path in environment_variables().values()}
+    for assignment in args.assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or key.strip() not in keys:
+            raise ConfigError(
+                f"--set {assignment}: not KEY=VALUE with a known key "
+                "(`fleet-agent config` shows them)"
+            )
+        flags[keys[key.strip()]] = (value, f"--set {assignment}")
+    return flags
 
 
-def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
+def settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> LoadedSettings:
+    """The effective settings of ``args`` and ``environ`` (default: the process's)."""
+    from firmware_agent.settings import load_settings  # noqa: PLC0415
+
+    scanners: dict[str, tuple[dict[str, Any], str]] = {}
+    if args.scanner_port is not None:
+        scanners["serial"] = ({"port": args.scanner_port}, "--scanner-port")
+    if args.scans_file is not None:
+        scanners["log"] = ({"file": str(args.scans_file)}, "--scans-file")
+    return load_settings(args.config, environ, flags=_flags(args), scanners=scanners)
+
+
+def build_config(args: argparse.Namespace, loaded: LoadedSettings) -> AgentConfig:
+    """The agent's configuration from the effective settings (and ``run``'s own
+    ``--exit-when-drained``). :class:`ConfigError` for what this build cannot run."""
     from firmware_agent.agent import AgentConfig  # noqa: PLC0415 (lazy: fast --help)
     from firmware_agent.contract.mqtt import TlsConfig  # noqa: PLC0415
-    from firmware_agent.contract.topics import valid_device_id  # noqa: PLC0415
+    from firmware_agent.eta.tracker import EtaConfig  # noqa: PLC0415
+    from firmware_agent.geofence.config import GeofenceConfig  # noqa: PLC0415
     from firmware_agent.gnss.reader import ReaderConfig  # noqa: PLC0415
     from firmware_agent.scan.serial_reader import ScannerConfig  # noqa: PLC0415
+    from firmware_agent.telemetry import TelemetryConfig  # noqa: PLC0415
     from firmware_agent.uplink.mqtt import UplinkConfig  # noqa: PLC0415
+    from firmware_agent.van import VanConfig  # noqa: PLC0415
 
-    device_id = str(values.get("device_id") or "")
-    if not valid_device_id(device_id):
+    s = loaded.settings
+    if s.device_id is None:
         raise ConfigError(
-            f"a valid device_id is required (--device-id, FLEET_DEVICE_ID), got {device_id!r}"
+            "device_id: required (device_id in the file, FLEET_DEVICE_ID or --device-id)"
         )
+    mqtt = s.mqtt
+    tls = (
+        TlsConfig(ca_file=mqtt.tls_ca, cert_file=mqtt.tls_cert, key_file=mqtt.tls_key)
+        if mqtt.tls_ca is not None
+        else None
+    )
+    uplink = UplinkConfig(
+        device_id=s.device_id,
+        host=mqtt.host,
+        port=mqtt.port,
+        tls=tls,
+        keepalive_s=mqtt.keepalive_s,
+        will_delay_s=mqtt.will_delay_s,
+        session_expiry_s=mqtt.session_expiry_s,
+        connect_timeout_s=mqtt.connect_timeout_s,
+        backoff_initial_s=mqtt.backoff_initial_s,
+        backoff_max_s=mqtt.backoff_max_s,
+        **s.uplink.model_dump(),
+    )
+    gnss = None
+    nmea_file = None
+    if s.gnss.source == "serial":
+        gnss = ReaderConfig(port=s.gnss.port, baudrate=s.gnss.baud)
+    elif s.gnss.source == "file":
+        nmea_file = s.gnss.file
+    else:
+        # The TCP fix source is wired by the sources change of issue 14.
+        raise ConfigError(
+            f"gnss.source: 'tcp' (from {loaded.source(('gnss', 'source'))}): this agent "
+            "has no TCP fix source yet"
+        )
+    scanner = None
+    scans_file = None
+    for i, item in enumerate(s.scanners):
+        where = f"scanners[{i + 1}] (from {loaded.source(('scanners', str(i), 'kind'))})"
+        if item.kind == "serial" and scanner is None and item.port is not None:
+            scanner = ScannerConfig(port=item.port, baudrate=item.baud)
+        elif item.kind == "log" and scans_file is None:
+            scans_file = item.file
+        else:
+            # Several scanners and HID scanners are wired by the sources change of issue 14.
+            raise ConfigError(f"{where}: this agent takes one serial scanner and one scan log")
+    if s.feedback.kind != "none":
+        # GPIO and console feedback are wired by the feedback change of issue 14.
+        raise ConfigError(
+            f"feedback.kind: {s.feedback.kind!r} (from {loaded.source(('feedback', 'kind'))}): "
+            "this agent has no feedback output yet"
+        )
+    eta = s.eta.model_dump(exclude={"enabled", "model", "model_keys"})
     try:
-        port = int(values["mqtt_port"])
-        baud = int(values["gnss_baud"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"mqtt port and gnss baud must be integers: {err}") from err
-    tls = None
-    if values.get("tls_ca"):
-        tls = TlsConfig(
-            ca_file=Path(values["tls_ca"]),
-            cert_file=Path(values["tls_cert"]) if values.get("tls_cert") else None,
-            key_file=Path(values["tls_key"]) if values.get("tls_key") else None,
+        van = VanConfig(
+            geofence=GeofenceConfig(**s.geofence.model_dump()),
+            telemetry=TelemetryConfig(**s.telemetry.model_dump()),
+            eta=EtaConfig(**eta),
+            **s.van.model_dump(),
         )
-    gnss_port = values.get("gnss_port")
-    eta_model = values.get("eta_model")
+    except ConfigError as err:  # a range the tree already checks: a bug if reached
+        raise ConfigError(f"invalid settings: {err}") from err
     return AgentConfig(
-        state_dir=Path(values["state_dir"]),
-        uplink=UplinkConfig(device_id=device_id, host=str(values["mqtt_host"]), port=port, tls=tls),
-        gnss=ReaderConfig(port=str(gnss_port), baudrate=baud)
-        if gnss_port and args.nmea_file is None
-        else None,
-        scanner=ScannerConfig(port=str(values["scanner_port"]))
-        if values.get("scanner_port")
-        else None,
-        nmea_file=args.nmea_file,
-        scans_file=args.scans_file,
-        speed=args.speed,
-        exit_when_drained=args.exit_when_drained,
-        eta=_flag(values["eta"], "eta enabled (FLEET_ETA)"),
-        eta_model=Path(eta_model) if eta_model else None,
-        model_keys=_paths(values.get("eta_model_keys"), "eta model_keys (FLEET_ETA_MODEL_KEYS)"),
+        state_dir=s.state_dir,
+        uplink=uplink,
+        van=van,
+        gnss=gnss,
+        scanner=scanner,
+        nmea_file=nmea_file,
+        scans_file=scans_file,
+        speed=s.gnss.speed,
+        outbox_budget_bytes=s.outbox.budget_bytes,
+        exit_when_drained=getattr(args, "exit_when_drained", False),
+        eta=s.eta.enabled,
+        eta_model=s.eta.model,
+        model_keys=s.eta.model_keys,
     )
 
 
-def _paths(value: Any, what: str) -> tuple[Path, ...]:
-    """A TOML list of paths (or one path), or an environment variable's paths separated
-    by ``:`` (as PATH) or ``,``; empty entries are skipped."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        items: list[Any] = re.split(r"[:,]", value)
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        raise ConfigError(f"{what} must be a list of file paths, got {value!r}")
-    if not all(isinstance(item, str | Path) for item in items):
-        raise ConfigError(f"{what} must be a list of file paths, got {value!r}")
-    return tuple(Path(item) for item in items if str(item).strip())
-
-
-def _flag(value: Any, what: str) -> bool:
-    """A TOML boolean, or an environment variable's 1/0, true/false, yes/no, on/off."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{what} must be true or false, got {value!r}")
+def _refuse(command: str, err: ConfigError) -> int:
+    print(f"fleet-agent {command}: {err}", file=sys.stderr)
+    return 2
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from firmware_agent.agent import Agent  # noqa: PLC0415
+    from firmware_agent.settings import plain_text_remote  # noqa: PLC0415
 
     try:
-        config = build_config(args, settings(args))
+        loaded = settings(args)
+        config = build_config(args, loaded)
     except ConfigError as err:
-        print(f"fleet-agent run: {err}", file=sys.stderr)
-        return 2
+        return _refuse("run", err)
+    if plain_text_remote(loaded.settings):
+        log.warning(
+            "MQTT in plain text to %s:%d, off this machine (mqtt.tls = false, from %s): "
+            "anyone on the path reads and can forge the van's records",
+            loaded.settings.mqtt.host,
+            loaded.settings.mqtt.port,
+            loaded.source(("mqtt", "tls")),
+        )
     agent = Agent(config)
     with contextlib.suppress(KeyboardInterrupt):
         try:
             asyncio.run(agent.run())
         except ConfigError as err:
-            print(f"fleet-agent run: {err}", file=sys.stderr)
-            return 2
+            return _refuse("run", err)
     r = agent.counts.records
     print(
         f"fleet-agent run: {agent.counts.fixes} fixes, {agent.counts.scans} scans; committed "
         f"telemetry={r['telemetry']} events={r['events']} pod={r['pod']}",
         file=sys.stderr,
     )
+    return 0
+
+
+Overrides = dict[tuple[str, ...], tuple[object, str]]
+
+
+def _remote_overrides(loaded: LoadedSettings) -> tuple[Overrides, str]:
+    """The stored remote config's overrides (key path -> value, source), and a note
+    when there is none or it is refused."""
+    from firmware_agent.remote_config import RemoteConfigStore, running_revision  # noqa: PLC0415
+
+    store = RemoteConfigStore(loaded.settings.state_dir / "config.json")
+    try:
+        remote = store.load()
+    except (ConfigError, OSError, ValueError) as err:
+        return {}, f"# stored remote config {store.path} not applied: {err}"
+    if remote is None:
+        return {}, f"# no stored remote config ({store.path})"
+    origin = f"remote config revision {running_revision(remote)}"
+    out: Overrides = {}
+    for section in ("telemetry", "uplink", "geofence", "van", "eta"):
+        for key, value in getattr(remote, section).items():
+            out[(section, key)] = (value, origin)
+    return out, f"# {origin} ({store.path}) overrides what it names while the agent runs"
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from firmware_agent.settings import environment_variables, to_toml  # noqa: PLC0415
+
+    if args.variables:
+        for name, path in environment_variables().items():
+            print(f"{name}\t{'.'.join(path)}")
+        return 0
+    try:
+        loaded = settings(args)
+    except ConfigError as err:
+        return _refuse("config", err)
+    remote, note = _remote_overrides(loaded)
+    layers = "defaults < " + (f"{loaded.file} < " if loaded.file else "") + "FLEET_* < flags"
+    sys.stdout.write(f"# fleet-agent run's settings: {layers}\n{note}\n" + to_toml(loaded, remote))
     return 0

@@ -546,7 +546,6 @@ def test_a_model_key_file_that_cannot_be_used_stops_the_start(tmp_path: Path) ->
     [
         ((), "", {}, ()),
         ((), "[eta]\nmodel_keys = ['a.pem', 'b.jwk']\n", {}, ("a.pem", "b.jwk")),
-        ((), "[eta]\nmodel_keys = 'a.pem'\n", {}, ("a.pem",)),
         ((), "", {"FLEET_ETA_MODEL_KEYS": "/k/a.pem:/k/b.pem"}, ("/k/a.pem", "/k/b.pem")),
         ((), "[eta]\nmodel_keys = ['x']\n", {"FLEET_ETA_MODEL_KEYS": "a,b,"}, ("a", "b")),
         (
@@ -571,11 +570,12 @@ def test_fleet_agent_run_takes_the_model_keys(
     assert agent_config.model_keys == tuple(Path(p) for p in expected)
 
 
-def test_model_keys_of_the_wrong_type_are_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("value", ["3", "'a.pem'", "[3]"])
+def test_model_keys_of_the_wrong_type_are_a_config_error(tmp_path: Path, value: str) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(f"device_id = '{DEVICE}'\n[eta]\nmodel_keys = 3\n")
+    config.write_text(f"device_id = '{DEVICE}'\n[eta]\nmodel_keys = {value}\n")
     args = run_args("--config", str(config), "--nmea-file", "day.nmea")
-    with pytest.raises(ConfigError, match="model_keys"):
+    with pytest.raises(ConfigError, match=r"eta\.model_keys.*agent\.toml \[eta\]"):
         build_config(args, settings(args, {}))
 
 

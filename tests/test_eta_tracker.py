@@ -808,8 +808,8 @@ def test_the_shipped_model_or_the_baseline_and_eta_off(tmp_path: Path) -> None:
         (("--no-eta",), "", {}, (False, None)),
         ((), "[eta]\nenabled = false\n", {}, (False, None)),
         ((), "[eta]\nmodel = 'm.tflite'\n", {}, (True, Path("m.tflite"))),
-        ((), "[eta]\nenabled = false\n", {"FLEET_ETA": "1"}, (True, None)),
-        (("--eta-model", "x.tflite"), "", {"FLEET_ETA": "off"}, (False, Path("x.tflite"))),
+        ((), "[eta]\nenabled = false\n", {"FLEET_ETA_ENABLED": "1"}, (True, None)),
+        (("--eta-model", "x.tflite"), "", {"FLEET_ETA_ENABLED": "off"}, (False, Path("x.tflite"))),
     ],
 )
 def test_fleet_agent_run_takes_the_eta_settings(
@@ -832,8 +832,8 @@ def test_fleet_agent_run_refuses_a_malformed_eta_flag(tmp_path: Path) -> None:
     nmea = tmp_path / "day.nmea"
     nmea.write_bytes(b"")
     args = run_args("--device-id", "van-1", "--nmea-file", str(nmea))
-    with pytest.raises(ConfigError, match="FLEET_ETA"):
-        build_config(args, settings(args, {"FLEET_ETA": "maybe"}))
+    with pytest.raises(ConfigError, match="FLEET_ETA_ENABLED"):
+        build_config(args, settings(args, {"FLEET_ETA_ENABLED": "maybe"}))
 
 
 def test_fleet_agent_replay_writes_the_eta_events(
