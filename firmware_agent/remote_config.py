@@ -18,8 +18,9 @@ config, so a setting dropped from a later revision returns to its default:
 - ``uplink``: ``batch_max_fixes`` and ``batch_max_age_s`` of
   :class:`~firmware_agent.uplink.mqtt.UplinkConfig` (telemetry batching);
 - ``geofence``: :class:`~firmware_agent.geofence.config.GeofenceConfig`;
-- ``van``: ``dedup_window_s`` and ``max_fix_age_s`` of
-  :class:`~firmware_agent.van.VanConfig` (scanning and POD);
+- ``van``: ``dedup_window_s``, ``max_fix_age_s``, ``reason_wait_s`` and
+  ``parcel_wait_s`` of :class:`~firmware_agent.van.VanConfig` (scanning and POD, the
+  reason-card pairing windows);
 - ``eta``: :class:`~firmware_agent.eta.tracker.EtaConfig` (when the van predicts its
   ETAs and which ``eta`` and ``late_risk`` events it publishes).
 
@@ -116,7 +117,12 @@ SETTINGS: Final[Mapping[str, Mapping[str, _Setting]]] = {
     # Each within its range (geofence.config.LIMITS): the cell size and reaches bound
     # what building the geofence indexes costs.
     "geofence": {name: _geofence_setting(name) for name in GEOFENCE_LIMITS},
-    "van": {"dedup_window_s": _NUMBER, "max_fix_age_s": _NUMBER},
+    "van": {
+        "dedup_window_s": _NUMBER,
+        "max_fix_age_s": _NUMBER,
+        "reason_wait_s": _NUMBER,
+        "parcel_wait_s": _NUMBER_OR_0,
+    },
     "eta": {
         **dict.fromkeys(
             ("predict_every_s", "far_horizon_s", "heartbeat_s", "late_horizon_s"), _NUMBER

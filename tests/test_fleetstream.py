@@ -82,6 +82,7 @@ def test_one_message_per_device_and_kind_in_record_order() -> None:
         "parcel": "106141412345678908",
         "pod_seq": 1,
         "verdict": "inside",
+        "outcome": "delivered",
         "distance_m": 0.0,
         "jws": pod("van-7", 1).jws,
         "signature_valid": True,
