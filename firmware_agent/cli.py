@@ -9,6 +9,7 @@
   included: ``--eta-model FILE`` or the shipped model, ``--no-eta`` for none).
 - ``fleet-agent pod verify FILE --pubkey KEY``: check POD signatures and the hash chain.
 - ``fleet-agent scan parse CODE`` / ``scan watch``: the scanner's view of a barcode.
+- ``fleet-agent cards --out reasons.svg``: the printable reason cards (docs/outcomes.md).
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     filter_options(rep)
     rep.set_defaults(func=_cmd_replay)
 
+    from firmware_agent.pod.cards import register as register_cards  # noqa: PLC0415
     from firmware_agent.pod.cli import register as register_pod  # noqa: PLC0415
     from firmware_agent.run_cli import register as register_run  # noqa: PLC0415
     from firmware_agent.scan.cli import register as register_scan  # noqa: PLC0415
@@ -216,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_run(sub)
     register_pod(sub)
     register_scan(sub)
+    register_cards(sub)
     return parser
 
 

@@ -8,6 +8,8 @@ old PODs without an outcome, and the feedback each result gives.
 
 from __future__ import annotations
 
+import io
+import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +19,7 @@ from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
 
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.jws import sign_compact, verify_compact
-from firmware_agent.contract.manifest import ManifestError
+from firmware_agent.contract.manifest import ManifestError, parse_manifest
 from firmware_agent.contract.outcomes import (
     CARD_OUTCOMES,
     OUTCOMES,
@@ -29,7 +31,7 @@ from firmware_agent.contract.outcomes import (
 )
 from firmware_agent.contract.parcels import parse_scan
 from firmware_agent.contract.pod import GENESIS_PREV, PodClaims, pod_digest
-from firmware_agent.contract.records import PodRecord
+from firmware_agent.contract.records import PodRecord, Record
 from firmware_agent.feedback import (
     PATTERNS,
     DriverFeedback,
@@ -41,8 +43,13 @@ from firmware_agent.feedback import (
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.pod.pairing import OutcomePairing
 from firmware_agent.pod.verify import verify_chain
+from firmware_agent.replay import replay
 from firmware_agent.scan.types import Scan
 from firmware_agent.van import VanConfig, VanPipeline
+from simulator.manifest import build_manifest
+from simulator.nmea_writer import epoch_bytes
+from simulator.scans import build_scan_log, parse_scan_time
+from simulator.scenario import ScenarioConfig, generate
 from tests.vanday import T0, JsonVan, drive, manifest, stop
 
 SSCC_1 = "106141412345678908"
@@ -426,3 +433,40 @@ def test_failed_attempt_pattern_is_amber_with_two_beeps() -> None:
         assert [s.state for s in factory.pin(22).states] == [False, True, False, True, False]
     finally:
         factory.close()
+
+
+# --- The simulator's day ---------------------------------------------------------------------
+
+
+def test_a_simulated_day_signs_each_attempt_with_the_outcome_the_driver_gave() -> None:
+    """The simulator's driver scans reason cards both ways round; replayed through the
+    real decoder and pipeline, every parcel's POD has the outcome of its truth."""
+    config = ScenarioConfig(seed=1, n_stops=10, rate_hz=1)
+    scenario = generate(config)
+    doc = build_manifest(scenario, seed=1)
+    nmea = b"".join(epoch_bytes(e, config.talker) for e in scenario.epochs())
+    log = build_scan_log(scenario, doc, seed=1, outcome_rate=0.6, duplicate_rate=0.3)
+    truth = {
+        line["truth"]["parcel"]: line["truth"]["outcome"]
+        for line in log
+        if line["truth"]["kind"] == "ok"
+    }
+    cards = [line for line in log if line["truth"]["kind"] == "reason"]
+    assert len(cards) >= 4
+    assert {c["truth"]["outcome"] for c in cards} & {"neighbour", "safe_place"}
+    assert {c["truth"]["outcome"] for c in cards} - {"neighbour", "safe_place"}
+    kinds = [(line["truth"]["kind"], line["truth"]["parcel"]) for line in log]
+    assert any(
+        a[0] == "reason" and b == ("ok", a[1]) for a, b in itertools.pairwise(kinds)
+    )  # a card scanned before its parcel, too
+    scans = [Scan(time=parse_scan_time(s["time"]), raw=s["raw"], source=s["source"]) for s in log]
+    key = Ed25519PrivateKey.generate()
+    van = VanPipeline(parse_manifest(doc), pods=PodChain(doc["device_id"], key))
+    records: list[Record] = []
+    replay(io.BytesIO(nmea), scans, van, records.append)
+    signed = [r for r in records if isinstance(r, PodRecord)]
+    assert {r.parcel: r.outcome for r in signed} == truth
+    assert len(signed) == len(truth)  # one attempt each: nothing signed twice
+    assert not [r for r in records if getattr(r, "reason", None) == "reason_unpaired"]
+    assert van.counts["failed_attempts"] == sum(not is_delivery(o) for o in truth.values())
+    assert verify_chain([r.jws for r in signed], key.public_key()).valid
