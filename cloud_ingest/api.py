@@ -75,6 +75,7 @@ from cloud_ingest.verify import Reason
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.jws import POD_TYP, JwsError, peek_claims, read_header, verify_compact
 from firmware_agent.contract.keys import key_thumbprint, public_jwk, public_key_pem
+from firmware_agent.contract.outcomes import Outcome, is_delivery
 from firmware_agent.contract.pod import PodClaims
 from firmware_agent.contract.times import format_utc
 from firmware_agent.contract.topics import STREAMS, Stream
@@ -235,6 +236,11 @@ class PodOut(_Out):
     stop_id: str
     time: UtcTime
     verdict: str
+    outcome: Outcome = Field(
+        description="The attempt's outcome (docs/outcomes.md): delivered, safe_place and "
+        "neighbour are deliveries, the others failed attempts; delivered for PODs signed "
+        "before outcomes existed"
+    )
     distance_m: float | None = Field(description="To the stop's geofence, m (null: no fix)")
     historical: bool
     jws: str = Field(description="Compact JWS exactly as the van signed it")
@@ -248,7 +254,11 @@ class PodOut(_Out):
 
 class ParcelPodsOut(_Out):
     parcel: str
-    pods: list[PodOut]
+    pods: list[PodOut] = Field(description="One per delivery attempt, in scan time order")
+    delivered: bool = Field(
+        description="Whether one of these attempts delivered the parcel (an outcome of "
+        "delivered, safe_place or neighbour)"
+    )
     truncated: bool = Field(
         default=False, description=f"More than {MAX_PARCEL_PODS} PODs name this parcel"
     )
@@ -432,6 +442,7 @@ def verify_pod(pod: Pod, device: Device | None, now: datetime) -> PodOut:
                     "parcel": (signed.parcel, record.parcel),
                     "stop_id": (signed.stop_id, record.stop_id),
                     "verdict": (signed.verdict, record.verdict),
+                    "outcome": (signed.outcome, record.outcome),
                     "distance_m": (signed.distance_m, record.distance_m),
                     "scan_time": (signed.scan_time, record.time),
                     "prev": (signed.prev, pod.prev),
@@ -453,6 +464,7 @@ def verify_pod(pod: Pod, device: Device | None, now: datetime) -> PodOut:
         stop_id=pod.record.stop_id,
         time=pod.time,
         verdict=pod.record.verdict,
+        outcome=pod.record.outcome,
         distance_m=pod.record.distance_m,
         historical=pod.historical,
         jws=pod.jws,
@@ -936,7 +948,8 @@ def create_app(
     async def pods_by_parcel(
         parcel: Annotated[str, Path(max_length=200, pattern=_TEXT_PATTERN)],
     ) -> ParcelPodsOut:
-        """Every POD of a parcel (normally one; at most 100), each verified now."""
+        """Every POD of a parcel, one per delivery attempt (normally one; a failed attempt
+        and a later delivery are two; at most 100), each verified now."""
         pods = await store.pods_by_parcel(parcel, limit=MAX_PARCEL_PODS + 1)
         if not pods:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no POD for parcel {parcel!r}")
@@ -948,6 +961,7 @@ def create_app(
         now = datetime.now(UTC)
         return ParcelPodsOut(
             parcel=parcel,
+            delivered=any(is_delivery(p.record.outcome) for p in pods),
             pods=[verify_pod(p, devices[p.device_id], now) for p in pods],
             truncated=truncated,
         )

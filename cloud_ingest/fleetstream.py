@@ -100,6 +100,7 @@ def pod_record(pod: Pod) -> dict[str, Any]:
         "parcel": r.parcel,
         "pod_seq": r.seq,
         "verdict": r.verdict,
+        "outcome": r.outcome,
         "distance_m": r.distance_m,
         "jws": r.jws,
         "signature_valid": True,

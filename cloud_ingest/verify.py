@@ -126,7 +126,7 @@ Leaf = Literal["telemetry", "events", "pod", "status"]
 MAX_MESSAGE_BYTES = 256 * 1024
 _LEAVES: tuple[Leaf, ...] = ("telemetry", "events", "pod", "status")
 # The claims a POD record repeats, by name.
-_MIRRORED = ("parcel", "stop_id", "seq", "verdict", "distance_m")
+_MIRRORED = ("parcel", "stop_id", "seq", "verdict", "distance_m", "outcome")
 
 
 @dataclass(frozen=True, slots=True)

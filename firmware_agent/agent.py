@@ -494,6 +494,7 @@ class Agent:
                 tg.create_task(self._serial_scans(c.scanner), name="scanner")
             if c.gnss is not None:
                 tg.create_task(self._serial_gnss(c.gnss), name="gnss")
+                tg.create_task(self._pairing_ticks(), name="pairing-ticks")
             else:
                 assert c.nmea_file is not None
                 scans = self._scan_log(c.scans_file) if c.scans_file is not None else []
@@ -538,15 +539,27 @@ class Agent:
                 await self.on_fix(fix)
         for scan in scans[next_scan:]:
             await self.on_scan(scan)
+        assert self.pipeline is not None
+        await self._commit_signed(self.pipeline.flush())  # the attempt waiting for a reason
         log.info("input file %s done: %d fixes, %d scans", path, self.counts.fixes, len(scans))
         self.input_done.set()
 
     # -- the pipeline ------------------------------------------------------------
 
+    async def _pairing_ticks(self) -> None:
+        """Give the pipeline the time every second, so that a POD waiting for a reason
+        card is signed when its window ends even while the receiver is silent (a live
+        receiver's clock only: a file's fixes carry their own time)."""
+        assert self.pipeline is not None
+        while True:
+            await asyncio.sleep(1.0)
+            await self._commit_signed(self.pipeline.on_tick(self.clock.now()))
+
     async def on_fix(self, fix: Fix) -> None:
         assert self.pipeline is not None
         self.counts.fixes += 1
-        await self._commit(self.pipeline.on_fix(fix))
+        # A fix may end a POD's wait for a reason card: it is signed with the fix's records.
+        await self._commit_signed(self.pipeline.on_fix(fix))
 
     async def on_scan(self, scan: Scan) -> None:
         assert self.pipeline is not None
@@ -556,7 +569,13 @@ class Agent:
             # signed now could not be kept. Nothing is signed; the scan is refused.
             self.committer.refuse_scan(repr(scan.raw[:40]))
             return
-        records = self.pipeline.on_scan(scan)
+        await self._commit_signed(self.pipeline.on_scan(scan))
+
+    async def _commit_signed(self, records: list[Record]) -> None:
+        """Commit ``records``; if they hold a POD, save the chain state after them."""
+        if not records:
+            return
+        assert self.pipeline is not None
         await self._commit(records)
         if any(isinstance(r, PodRecord) for r in records):
             await self._save_chain(self.pipeline.pods.state)
@@ -582,7 +601,7 @@ class Agent:
     async def _commit(self, records: Iterable[Record]) -> None:
         """Every record into the outbox, in order, durably, before anything else: its
         stream's next seq, and its final bytes (the uplink frames them as they are). A
-        POD goes with the chain state after it (a scan signs at most one, just now).
+        POD goes with the chain state after it (a call signs at most one, just now).
         While the outbox refuses records, they wait in memory (:class:`Committer`)."""
         assert self.committer is not None
         assert self.pipeline is not None

@@ -12,6 +12,7 @@
 - ``fleet-agent run``: the van service; ``fleet-agent config``: the settings it would
   start with, and where each came from (:mod:`firmware_agent.run_cli`,
   docs/configuration.md).
+- ``fleet-agent cards --out reasons.svg``: the printable reason cards (docs/outcomes.md).
 """
 
 from __future__ import annotations
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     filter_options(rep)
     rep.set_defaults(func=_cmd_replay)
 
+    from firmware_agent.pod.cards import register as register_cards  # noqa: PLC0415
     from firmware_agent.pod.cli import register as register_pod  # noqa: PLC0415
     from firmware_agent.run_cli import register as register_run  # noqa: PLC0415
     from firmware_agent.scan.cli import register as register_scan  # noqa: PLC0415
@@ -219,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_run(sub)
     register_pod(sub)
     register_scan(sub)
+    register_cards(sub)
     return parser
 
 

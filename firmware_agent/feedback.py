@@ -1,16 +1,25 @@
 """What the driver sees and hears after a scan: LEDs and a buzzer on GPIO (gpiozero).
 
-Drivers never look at a screen; each outcome has its own pattern, told apart by
-colour, count and length even in a noisy cab with the sun on the LEDs:
+Drivers never look at a screen; each result of a scan has its own pattern, told apart
+by colour, count and length even in a noisy cab with the sun on the LEDs
+(docs/outcomes.md has the same table, with what the driver does next):
 
-=================  ===========================================  ======================
-signal             LEDs                                         buzzer
-=================  ===========================================  ======================
-``RECORDED``       green on 0.3 s                               one short beep, 0.1 s
-``WRONG_STOP``     red blinks 3 times (0.15 s on, 0.15 s off)   3 beeps, with the red
-``UNKNOWN_CODE``   red on 1 s                                   one long beep, 0.6 s
-``NO_FIX``         green and red alternate twice, 0.25 s each   silent
-=================  ===========================================  ======================
+====================  ===========================================  =====================
+signal                LEDs                                         buzzer
+====================  ===========================================  =====================
+``RECORDED``          green on 0.3 s                               one short beep, 0.1 s
+``NO_FIX``            green and red alternate twice, 0.25 s each   silent
+``FAILED_ATTEMPT``    green and red together (amber) 0.6 s         two short beeps
+``REASON_NOTED``      amber flash, 0.15 s                          one click, 0.05 s
+``DUPLICATE``         green flashes twice, 0.1 s each              one click, 0.05 s
+``WRONG_STOP``        red blinks 3 times (0.15 s on, 0.15 s off)   3 beeps, with the red
+``UNKNOWN_CODE``      red on 1 s                                   one long beep, 0.6 s
+``UNREADABLE``        red blinks twice, 0.3 s each                 two short beeps
+====================  ===========================================  =====================
+
+Which result of the pipeline gives which signal is :func:`signal_for`, the one place
+that decides it. With ``mute_buzzer`` the buzzer stays silent and the LEDs play as
+ever (a driver who finds the beeps too much, a night round).
 
 :class:`DriverFeedback` plays patterns on a worker thread, so :meth:`~DriverFeedback.signal`
 never blocks the event loop (it takes no lock: a queue put). A new signal interrupts
@@ -45,6 +54,43 @@ class Signal(StrEnum):
     WRONG_STOP = "wrong_stop"
     UNKNOWN_CODE = "unknown_code"
     NO_FIX = "no_fix"
+    FAILED_ATTEMPT = "failed_attempt"
+    REASON_NOTED = "reason_noted"
+    DUPLICATE = "duplicate"
+    UNREADABLE = "unreadable"
+
+
+class ScanResult(StrEnum):
+    """What the pipeline made of one scan (:class:`~firmware_agent.van.VanPipeline`)."""
+
+    DELIVERED = "delivered"  # an attempt that is a delivery (delivered, safe place, neighbour)
+    DELIVERED_NO_FIX = "delivered_no_fix"  # the same, without a fresh GNSS fix
+    FAILED_ATTEMPT = "failed_attempt"  # an attempt recorded with a failure reason
+    REASON_NOTED = "reason_noted"  # a reason card, armed for the next parcel
+    DUPLICATE = "duplicate"  # the same code again within the window: nothing new
+    ALREADY_DELIVERED = "already_delivered"  # a parcel delivered earlier: nothing new
+    WRONG_STOP = "wrong_stop"  # a parcel of another stop
+    UNKNOWN_PARCEL = "unknown_parcel"  # readable, but not on the manifest
+    UNREADABLE = "unreadable"  # garbage, a bad check digit, a foreign reason card
+
+
+_SIGNALS: Final[dict[ScanResult, Signal]] = {
+    ScanResult.DELIVERED: Signal.RECORDED,
+    ScanResult.DELIVERED_NO_FIX: Signal.NO_FIX,
+    ScanResult.FAILED_ATTEMPT: Signal.FAILED_ATTEMPT,
+    ScanResult.REASON_NOTED: Signal.REASON_NOTED,
+    ScanResult.DUPLICATE: Signal.DUPLICATE,
+    # Nothing new either: the parcel is in a POD already.
+    ScanResult.ALREADY_DELIVERED: Signal.DUPLICATE,
+    ScanResult.WRONG_STOP: Signal.WRONG_STOP,
+    ScanResult.UNKNOWN_PARCEL: Signal.UNKNOWN_CODE,
+    ScanResult.UNREADABLE: Signal.UNREADABLE,
+}
+
+
+def signal_for(result: ScanResult) -> Signal:
+    """The signal the driver gets for ``result`` (the module doc's table)."""
+    return _SIGNALS[ScanResult(result)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +122,10 @@ PATTERNS: Final[dict[Signal, tuple[Frame, ...]]] = {
     Signal.WRONG_STOP: _frames(*[("rb", 0.15), ("", 0.15)] * 3),
     Signal.UNKNOWN_CODE: _frames(("rb", 0.6), ("r", 0.4)),
     Signal.NO_FIX: _frames(*[("g", 0.25), ("r", 0.25)] * 2),
+    Signal.FAILED_ATTEMPT: _frames(("grb", 0.1), ("gr", 0.1), ("grb", 0.1), ("gr", 0.3)),
+    Signal.REASON_NOTED: _frames(("grb", 0.05), ("gr", 0.1)),
+    Signal.DUPLICATE: _frames(("gb", 0.05), ("g", 0.05), ("", 0.1), ("g", 0.1)),
+    Signal.UNREADABLE: _frames(("rb", 0.1), ("r", 0.2), ("", 0.2), ("rb", 0.1), ("r", 0.2)),
 }
 
 
@@ -126,14 +176,23 @@ class DriverFeedback:
 
     Construct it outside the event loop (opening GPIO touches files), or use
     :meth:`create`. ``pin_factory`` is gpiozero's (``MockFactory`` in tests); ``None``
-    uses gpiozero's default. gpiozero errors are translated: an invalid pin is a
+    uses gpiozero's default. ``mute_buzzer``: the buzzer is held silent (its pin is
+    still claimed, and kept off), the LEDs play every pattern. gpiozero errors are
+    translated: an invalid pin is a
     :class:`~firmware_agent.errors.ConfigError`, a pin in use a
     :class:`~firmware_agent.errors.DeviceError`, no pin factory at all a
     :class:`~firmware_agent.errors.DeviceUnavailableError`.
     """
 
-    def __init__(self, pins: FeedbackPins, *, pin_factory: gpiozero.Factory | None = None) -> None:
+    def __init__(
+        self,
+        pins: FeedbackPins,
+        *,
+        pin_factory: gpiozero.Factory | None = None,
+        mute_buzzer: bool = False,
+    ) -> None:
         self.pins = pins
+        self.mute_buzzer = mute_buzzer
         self._devices: list[gpiozero.DigitalOutputDevice] = []
         try:
             self._green = self._output(gpiozero.LED, pins.green_led, pin_factory)
@@ -153,11 +212,15 @@ class DriverFeedback:
 
     @classmethod
     def create(
-        cls, pins: FeedbackPins, *, pin_factory: gpiozero.Factory | None = None
+        cls,
+        pins: FeedbackPins,
+        *,
+        pin_factory: gpiozero.Factory | None = None,
+        mute_buzzer: bool = False,
     ) -> DriverFeedback | NullFeedback:
         """A :class:`DriverFeedback`, or a :class:`NullFeedback` where there is no GPIO."""
         try:
-            return cls(pins, pin_factory=pin_factory)
+            return cls(pins, pin_factory=pin_factory, mute_buzzer=mute_buzzer)
         except DeviceUnavailableError as err:
             _LOG.warning("no GPIO, driver feedback (LEDs, buzzer) disabled: %s", err)
             return NullFeedback()
@@ -234,6 +297,7 @@ class DriverFeedback:
         self._devices.clear()
 
     def _set(self, green: bool, red: bool, buzzer: bool) -> None:
+        buzzer = buzzer and not self.mute_buzzer
         for device, on in ((self._green, green), (self._red, red), (self._buzzer, buzzer)):
             if device is not None:
                 device.value = on

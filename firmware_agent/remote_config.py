@@ -18,8 +18,9 @@ config, so a setting dropped from a later revision returns to its default:
 - ``uplink``: ``batch_max_fixes`` and ``batch_max_age_s`` of
   :class:`~firmware_agent.uplink.mqtt.UplinkConfig` (telemetry batching);
 - ``geofence``: :class:`~firmware_agent.geofence.config.GeofenceConfig`;
-- ``van``: ``dedup_window_s`` and ``max_fix_age_s`` of
-  :class:`~firmware_agent.van.VanConfig` (scanning and POD);
+- ``van``: ``dedup_window_s``, ``max_fix_age_s``, ``reason_wait_s`` and
+  ``parcel_wait_s`` of :class:`~firmware_agent.van.VanConfig` (scanning and POD, the
+  reason-card pairing windows);
 - ``eta``: :class:`~firmware_agent.eta.tracker.EtaConfig` (when the van predicts its
   ETAs and which ``eta`` and ``late_risk`` events it publishes).
 

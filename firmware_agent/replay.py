@@ -74,6 +74,7 @@ def replay(
     fixes([b""])  # flush the decoder's last epoch
     for scan in pending[next_scan:]:
         send(pipeline.on_scan(scan))
+    send(pipeline.flush())  # the attempt still waiting for a reason card
     summary.scans = len(pending)
     summary.elapsed_s = time.perf_counter() - started
     return summary

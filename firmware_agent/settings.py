@@ -170,6 +170,10 @@ class VanSettings(_Section):
 
     dedup_window_s: float = Field(default=10.0, gt=0, json_schema_extra=REMOTE)
     max_fix_age_s: float = Field(default=10.0, gt=0, json_schema_extra=REMOTE)
+    # Reason cards (docs/outcomes.md): how long a card waits for its parcel, and a
+    # parcel for its card (0: only card-first pairing; a POD is signed at its scan).
+    reason_wait_s: float = Field(default=10.0, gt=0, json_schema_extra=REMOTE)
+    parcel_wait_s: float = Field(default=8.0, ge=0, json_schema_extra=REMOTE)
 
 
 class EtaSettings(_Section):

@@ -10,20 +10,35 @@ records`), tagged with its stream: a :class:`TelemetryPoint`, an event, or a
 :class:`PodRecord`. They keep that shape to ingest's stored row (docs/replay-output.md
 lists them all).
 
-What a scan leads to:
+What a scan leads to (the feedback is :func:`~firmware_agent.feedback.signal_for` of
+the result named in brackets):
 
-- unreadable (garbage, bad check digit): ``scan_rejected`` (reason ``unreadable``),
-  feedback "unknown code";
-- readable but not on the manifest: ``scan_rejected`` (``not_on_manifest``), "unknown
-  code";
-- the same parcel again within ``dedup_window_s``: nothing new; the feedback repeats;
+- unreadable (garbage, bad check digit, a reason card naming no known outcome):
+  ``scan_rejected`` (reason ``unreadable``) [unreadable];
+- a reason card (:mod:`firmware_agent.contract.outcomes`): paired with a parcel
+  attempt by :class:`~firmware_agent.pod.pairing.OutcomePairing` (the rule is there
+  and in docs/outcomes.md) [failed attempt, or delivered for safe place and neighbour;
+  reason noted when it waits for its parcel]; one no attempt takes is reported as
+  ``scan_rejected`` (``reason_unpaired``);
+- readable but not on the manifest: ``scan_rejected`` (``not_on_manifest``) [unknown
+  parcel];
+- the same parcel again within ``dedup_window_s``: nothing new [duplicate];
 - a parcel of another stop while the van is confirmed at a stop and outside the
-  parcel's own fence: ``scan_rejected`` (``wrong_stop``), "wrong stop", no POD;
-- a parcel already delivered, later: ``scan_rejected`` (``already_delivered``);
-- otherwise a signed ``pod``, with verdict ``inside``, ``outside`` (and the distance)
-  or ``no_fix`` (no good fix within ``max_fix_age_s``), feedback "recorded" or "no
-  GNSS fix". A scan of a parcel of a stop whose fence the van has entered confirms that
-  stop's arrival first.
+  parcel's own fence: ``scan_rejected`` (``wrong_stop``) [wrong stop], no POD;
+- a parcel already delivered, later: ``scan_rejected`` (``already_delivered``)
+  [already delivered];
+- otherwise an attempt: a signed ``pod``, with verdict ``inside``, ``outside`` (and
+  the distance) or ``no_fix`` (no good fix within ``max_fix_age_s``) [delivered, or
+  delivered without a fix], and the outcome its reason card gave (``delivered``
+  without one). An attempt with no reason armed is signed up to ``parcel_wait_s``
+  later (a reason may still follow it), with the records of the fix, scan or tick
+  that ends its window (:meth:`VanPipeline.on_tick`, :meth:`VanPipeline.flush`). A
+  scan of a parcel of a stop whose fence the van has entered confirms that stop's
+  arrival first.
+
+Only a successful outcome delivers a parcel (:meth:`VanPipeline._signed`, the one
+place that decides it): after a failed attempt the parcel stays deliverable, and its
+next attempt is a new POD.
 
 Given a predictor (``eta=``), the pipeline also keeps the day's ETAs
 (:class:`~firmware_agent.eta.tracker.EtaTracker`, built from the manifest and rebuilt
@@ -35,12 +50,14 @@ Without one (the default) the pipeline publishes no ETAs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from firmware_agent.contract.eta_features import RoutePlan
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, Stop
-from firmware_agent.contract.parcels import ScanParseError, parse_scan
+from firmware_agent.contract.outcomes import Outcome, ReasonCardError, card_outcome, is_delivery
+from firmware_agent.contract.parcels import CodeKind, ScanParseError, parse_scan
 from firmware_agent.contract.pod import PodFields
 from firmware_agent.contract.records import (
     Arrival,
@@ -53,14 +70,18 @@ from firmware_agent.contract.records import (
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
-from firmware_agent.feedback import Signal
+from firmware_agent.feedback import ScanResult, Signal, signal_for
 from firmware_agent.geofence import GeofenceConfig, GeofenceEngine, GeofenceIndex
 from firmware_agent.pod.chain import PodChain
+from firmware_agent.pod.pairing import OutcomePairing, Step
 from firmware_agent.scan.dedup import ScanDeduplicator
 from firmware_agent.scan.types import Scan
 from firmware_agent.telemetry import TelemetryConfig, TelemetrySampler
 
 _RAW_MAX_CHARS = 128
+# The same reason card read again this soon is the scanner's double read, not the
+# driver's second card (which would arm the next parcel as a failed attempt).
+CARD_REPEAT_S = 2.0
 
 
 class FeedbackSink(Protocol):
@@ -76,6 +97,11 @@ class VanConfig:
     max_fix_age_s: float = 10.0
     # When ETAs are predicted and published (used only with a predictor).
     eta: EtaConfig = field(default_factory=EtaConfig)
+    # How long a reason card waits for its parcel (> 0), and a parcel for its reason
+    # card before its POD is signed (0: a reason card must come first); the pairing
+    # rule is in firmware_agent/pod/pairing.py.
+    reason_wait_s: float = 10.0
+    parcel_wait_s: float = 8.0
 
 
 def printable(raw: str) -> str:
@@ -108,7 +134,10 @@ class VanPipeline:
         self.feedback = feedback
         self._telemetry = TelemetrySampler(self.config.telemetry) if telemetry else None
         self._dedup = ScanDeduplicator(self.config.dedup_window_s)
-        self._last_signal: dict[str, Signal] = {}
+        self._card_dedup = ScanDeduplicator(CARD_REPEAT_S)
+        self._pairing = OutcomePairing(
+            reason_wait_s=self.config.reason_wait_s, parcel_wait_s=self.config.parcel_wait_s
+        )
         self._delivered: dict[str, int] = {}  # parcel code -> POD seq
         self._manifest = manifest
         self._parcels = manifest.parcel_index()
@@ -120,6 +149,7 @@ class VanPipeline:
             "pods": 0,
             "duplicates": 0,
             "rejected": 0,
+            "failed_attempts": 0,
         }
 
     @property
@@ -179,12 +209,17 @@ class VanPipeline:
         if self._telemetry is not None:
             self._telemetry.config = config.telemetry
         self._dedup.window_s = config.dedup_window_s
+        self._pairing.configure(
+            reason_wait_s=config.reason_wait_s, parcel_wait_s=config.parcel_wait_s
+        )
         if self.eta_tracker is not None:
             self.eta_tracker.config = config.eta
 
     def on_fix(self, fix: Fix) -> list[Record]:
         self.counts["fixes"] += 1
         records: list[Record] = list(self.engine.update(fix))
+        if fix.time is not None:
+            records += self.on_tick(fix.time)
         if self.eta_tracker is not None:
             arrived = [e.stop_id for e in records if isinstance(e, Arrival)]
             records += self.eta_tracker.on_fix(fix, arrived=arrived)
@@ -194,32 +229,71 @@ class VanPipeline:
                 records.append(point)
         return records
 
+    def on_tick(self, now: datetime) -> list[Record]:
+        """The time is ``now``: the records of what it settles (an attempt whose reason
+        window has ended, signed; an armed reason card that expired, reported). The live
+        agent calls it every second, so that no POD waits on a silent receiver."""
+        return self._apply(self._pairing.due(now))
+
+    def flush(self) -> list[Record]:
+        """The input has ended: the attempt waiting for a reason is signed now."""
+        return self._apply(self._pairing.flush())
+
     def on_scan(self, scan: Scan) -> list[Record]:
         self.counts["scans"] += 1
+        records = self.on_tick(scan.time)
         now_s = scan.time.timestamp()
         try:
             parcel = parse_scan(scan.raw)
+            outcome = card_outcome(parcel.code) if parcel.kind == CodeKind.PLAIN else None
         except ScanParseError as err:
             self.faults.add(f"scan_{err.reason}", printable(scan.raw))
-            return self._reject(scan, "unreadable", Signal.UNKNOWN_CODE, error=err.reason)
+            return records + self._reject(
+                scan, "unreadable", ScanResult.UNREADABLE, error=err.reason
+            )
+        except ReasonCardError:
+            self.faults.add("scan_unknown_reason_card", printable(scan.raw))
+            return records + self._reject(
+                scan, "unreadable", ScanResult.UNREADABLE, error="unknown_reason_card"
+            )
         code = parcel.code
-        if self._dedup.seen(code, now_s):
+        if outcome is not None:
+            return records + self._reason(scan, code, outcome)
+        if self._dedup.seen(code, now_s) or self._pairing.waiting(code):
             self.counts["duplicates"] += 1
-            self._signal(self._last_signal.get(code, Signal.RECORDED))
-            return []
+            self._result(ScanResult.DUPLICATE)
+            return records
         stop = self._parcels.get(code)
         if stop is None:
-            return self._reject(scan, "not_on_manifest", Signal.UNKNOWN_CODE, parcel=code)
+            return records + self._reject(
+                scan, "not_on_manifest", ScanResult.UNKNOWN_PARCEL, parcel=code
+            )
         if code in self._delivered:
-            return self._reject(
+            return records + self._reject(
                 scan,
                 "already_delivered",
-                Signal.RECORDED,
+                ScanResult.ALREADY_DELIVERED,
                 parcel=code,
                 stop_id=stop.id,
                 pod_seq=self._delivered[code],
             )
-        return self._deliver(scan, code, stop)
+        return records + self._deliver(scan, code, stop)
+
+    def _reason(self, scan: Scan, code: str, outcome: Outcome) -> list[Record]:
+        """A reason card: it amends the attempt waiting, or waits for the next one."""
+        if self._card_dedup.seen(code, scan.time.timestamp()):
+            self.counts["duplicates"] += 1
+            self._result(ScanResult.DUPLICATE)
+            return []
+        step = self._pairing.on_reason(outcome, raw=scan.raw, source=scan.source, time=scan.time)
+        records = self._apply(step)
+        if not step.paired:
+            self._result(ScanResult.REASON_NOTED)
+        elif is_delivery(outcome):
+            self._result(ScanResult.DELIVERED)
+        else:
+            self._result(ScanResult.FAILED_ATTEMPT)
+        return records
 
     def _deliver(self, scan: Scan, code: str, stop: Stop) -> list[Record]:
         engine = self.engine
@@ -237,7 +311,7 @@ class VanPipeline:
                 records += self._reject(
                     scan,
                     "wrong_stop",
-                    Signal.WRONG_STOP,
+                    ScanResult.WRONG_STOP,
                     parcel=code,
                     stop_id=stop.id,
                     at_stop_id=current,
@@ -246,7 +320,7 @@ class VanPipeline:
         verdict: Verdict = (
             "no_fix" if outside_m is None else ("inside" if outside_m == 0 else "outside")
         )
-        pod, claims = self.pods.deliver(
+        step = self._pairing.on_attempt(
             PodFields(
                 parcel=code,
                 raw=scan.raw,
@@ -262,11 +336,44 @@ class VanPipeline:
                 source=scan.source,
             )
         )
-        self._delivered[code] = pod.seq
-        self.counts["pods"] += 1
-        self._signal(Signal.NO_FIX if verdict == "no_fix" else Signal.RECORDED, code)
-        records.append(claims.record(pod.token))
+        records += self._apply(step)
+        if step.paired and not is_delivery(step.sign[-1].outcome):
+            self._result(ScanResult.FAILED_ATTEMPT)
+        elif verdict == "no_fix":
+            self._result(ScanResult.DELIVERED_NO_FIX)
+        else:
+            self._result(ScanResult.DELIVERED)
         return records
+
+    def _apply(self, step: Step) -> list[Record]:
+        """Sign the attempts ``step`` settled, in order; report its unpaired reasons."""
+        records: list[Record] = []
+        for fields in step.sign:
+            records.append(self._signed(fields))
+        for unpaired in step.unpaired:
+            reason = unpaired.reason
+            self.counts["rejected"] += 1
+            records.append(
+                ScanRejected(
+                    time=reason.time,
+                    reason="reason_unpaired",
+                    raw=printable(reason.raw),
+                    source=reason.source,
+                    error=unpaired.why,
+                    outcome=reason.outcome,
+                )
+            )
+        return records
+
+    def _signed(self, fields: PodFields) -> Record:
+        """Sign one attempt as the next POD; a successful one delivers its parcel."""
+        pod, claims = self.pods.deliver(fields)
+        self.counts["pods"] += 1
+        if is_delivery(fields.outcome):
+            self._delivered[fields.parcel] = pod.seq
+        else:
+            self.counts["failed_attempts"] += 1
+        return claims.record(pod.token)
 
     def _confirmed(self, stop_id: str, scan: Scan) -> list[Record]:
         """The records of a scan's confirming ``stop_id``: its arrival, and the ETAs
@@ -282,7 +389,7 @@ class VanPipeline:
         self,
         scan: Scan,
         reason: ScanRejectReason,
-        signal: Signal,
+        result: ScanResult,
         *,
         parcel: str | None = None,
         stop_id: str | None = None,
@@ -291,7 +398,7 @@ class VanPipeline:
         pod_seq: int | None = None,
     ) -> list[Record]:
         self.counts["rejected"] += 1
-        self._signal(signal, parcel)
+        self._result(result)
         return [
             ScanRejected(
                 time=scan.time,
@@ -306,8 +413,6 @@ class VanPipeline:
             )
         ]
 
-    def _signal(self, signal: Signal, code: str | None = None) -> None:
-        if code is not None:
-            self._last_signal[code] = signal
+    def _result(self, result: ScanResult) -> None:
         if self.feedback is not None:
-            self.feedback.signal(signal)
+            self.feedback.signal(signal_for(result))

@@ -49,6 +49,7 @@ from simulator.scanner import PtyScanner, scan_chunks
 from simulator.scans import (
     DEFAULT_DUPLICATE_RATE,
     DEFAULT_GARBAGE_RATE,
+    DEFAULT_OUTCOME_RATE,
     DEFAULT_WRONG_STOP_RATE,
     SCAN_LOG,
     build_scan_log,
@@ -204,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     scans.add_argument(
         "--duplicate-rate", type=_rate, default=DEFAULT_DUPLICATE_RATE, metavar="P",
         help=f"double reads within 2 s, per parcel (default {DEFAULT_DUPLICATE_RATE})",
+    )  # fmt: skip
+    scans.add_argument(
+        "--outcome-rate", type=_rate, default=DEFAULT_OUTCOME_RATE, metavar="P",
+        help="stops whose parcels get a reason card (not home, neighbour, ...), per stop "
+        f"(default {DEFAULT_OUTCOME_RATE})",
     )  # fmt: skip
     scenario.set_defaults(handler=_cmd_scenario)
 
@@ -379,6 +385,7 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
         wrong_stop_rate=args.wrong_stop_rate,
         garbage_rate=args.garbage_rate,
         duplicate_rate=args.duplicate_rate,
+        outcome_rate=args.outcome_rate,
     )
     print(f"scenario seed={scenario.config.seed}: {summary.line()}")
     return 0

@@ -11,7 +11,9 @@
 5. A backend-team subscriber prints the normalized stream (``fleetstream/v1/...``) as
    stops, PODs and exceptions are stored; a summary compares what the agent committed
    (its exit line) with what ingest stored and acknowledged (its HTTP API and metrics),
-   and the detected arrivals with the simulator's truth.
+   the detected arrivals with the simulator's truth, and the first-attempt success
+   (parcels whose first POD is a delivery, docs/outcomes.md) with the outcomes the
+   simulator's driver gave.
 
 The demo drives both services as processes, as an installer runs them: it imports
 neither, only the contract they share (keys, topics, the telemetry batch it measures on
@@ -34,12 +36,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import aiomqtt
 
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.keys import load_or_create_device_key, public_key_pem
+from firmware_agent.contract.outcomes import Outcome, is_delivery
 from firmware_agent.contract.telemetry import decode_batch
 from firmware_agent.contract.topics import STREAM_ROOT, status_topic, uplink_topic
 from simulator.broker import Mosquitto, free_port
@@ -79,6 +82,9 @@ class Backend:
     telemetry_bytes: int = 0
     telemetry_fixes: int = 0
     telemetry_batches: int = 0
+    # The stream's PODs: (device, chain seq) -> (parcel, outcome); a POD said again
+    # when its chain links is one POD.
+    pods: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
 
     async def watch(self, port: int, ready: asyncio.Event) -> None:
         async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend") as client:
@@ -108,6 +114,8 @@ class Backend:
             return
         for m in doc["records"]:
             self.kinds[m.get("type", "pod")] += 1
+            if leaf == "pod":
+                self.pods[m["device_id"], m["pod_seq"]] = (m["parcel"], m["outcome"])
             self.out.write(_stream_line(m))
         self.out.flush()
 
@@ -116,7 +124,7 @@ def _stream_line(m: dict[str, Any]) -> str:
     kind = m.get("type", "pod")
     where = m.get("stop_id") or ""
     if kind == "pod":
-        detail = f"parcel {m['parcel']} {m['verdict']}, signature verified"
+        detail = f"parcel {m['parcel']} {m['outcome']}, {m['verdict']}, signature verified"
     elif kind == "eta":
         detail = f"at {m['eta'][11:19]} (naive {m['eta_baseline'][11:19]}), {m['trigger']}"
     elif kind == "late_risk":
@@ -132,6 +140,28 @@ def _truth(path: Path) -> dict[str, datetime]:
     data = json.loads(path.read_text())
     stops = data["stops"] if isinstance(data, dict) else data
     return {s["id"]: datetime.fromisoformat(s["arrival"]) for s in stops}
+
+
+def _attempt_truth(path: Path) -> dict[str, str]:
+    """Parcel -> the outcome the simulator's driver gave its attempt (scans.jsonl)."""
+    truth: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        t = json.loads(line)["truth"]
+        if t["kind"] == "ok":
+            truth[t["parcel"]] = t["outcome"]
+    return truth
+
+
+def first_attempts(pods: dict[tuple[str, int], tuple[str, str]]) -> dict[str, str]:
+    """Parcel -> the outcome of its first attempt, from the stream's PODs."""
+    first: dict[str, str] = {}
+    for _, (parcel, outcome) in sorted(pods.items()):
+        first.setdefault(parcel, outcome)
+    return first
+
+
+def _share(outcomes: dict[str, str]) -> tuple[int, int]:
+    return sum(is_delivery(cast(Outcome, o)) for o in outcomes.values()), len(outcomes)
 
 
 def _route_id(manifest: Path) -> str:
@@ -286,6 +316,9 @@ async def _summary(
     arrived = json.loads(await asyncio.to_thread(_get, f"{api}/v1/routes/{route_id}/arrivals"))
     arrivals = {a["stop_id"]: datetime.fromisoformat(a["time"]) for a in arrived}
     errors_s = [(arrivals[s] - t).total_seconds() for s, t in truth.items() if s in arrivals]
+    attempts = await asyncio.to_thread(_attempt_truth, day / "scans.jsonl")
+    succeeded, attempted = _share(first_attempts(backend.pods))
+    true_succeeded, true_attempted = _share(attempts)
     bytes_per_fix = (
         backend.telemetry_bytes / backend.telemetry_fixes if backend.telemetry_fixes else 0.0
     )
@@ -299,6 +332,10 @@ async def _summary(
         f"median error {median_s:+.1f} s (detected - true)\n"
         f"  PODs: {rows['pods']} stored, chain pending {pods.get('pending', 0)}, "
         f"broken {pods.get('broken', 0)}; quarantined messages: {rows['quarantine']}\n"
+        f"  first-attempt success: {succeeded} of {attempted} parcels "
+        f"({100 * succeeded / max(attempted, 1):.1f} %); simulator's truth: "
+        f"{true_succeeded} of {true_attempted} "
+        f"({100 * true_succeeded / max(true_attempted, 1):.1f} %)\n"
         f"  telemetry on the wire: {bytes_per_fix:.1f} bytes per fix "
         f"({backend.telemetry_fixes} fixes in {backend.telemetry_batches} batches)\n"
     )
@@ -317,6 +354,8 @@ async def _summary(
         "arrivals": len(arrivals),
         "stops": len(truth),
         "quarantined": rows["quarantine"],
+        "first_attempt_success": (succeeded, attempted),
+        "first_attempt_success_truth": (true_succeeded, true_attempted),
         "bytes_per_fix": bytes_per_fix,
         "ok": ok,
     }

@@ -13,11 +13,21 @@ happen at configured rates, each counted per delivered parcel (per ``ok`` scan):
   not UTF-8; see :func:`simulator.labels.garbage_text`);
 - ``duplicate``: the same label read twice within 2 s (the trigger held too long).
 
+Not every stop is a plain delivery: at ``outcome_rate`` of the stops the driver
+records another outcome (docs/outcomes.md) for every parcel of the stop, drawn from
+:data:`OUTCOME_WEIGHTS` (mostly "not home"; "neighbour" and "safe place" are
+deliveries, the rest failed attempts) by scanning that outcome's reason card
+(``reason`` lines): 1.5-4 s after the parcel (and its double read), or, for the stop's
+first parcel in :data:`CARD_FIRST_SHARE` of such stops, just before it. So the pairing
+rule of firmware_agent/pod/pairing.py pairs each card with its parcel.
+
 Each line is ``{"time", "raw", "source": "serial", "truth": {...}}``; ``truth`` holds
 ``kind``, ``stop_id`` (the stop being served), ``parcel`` (the canonical code read,
-``null`` for garbage), ``parcel_stop_id`` (the stop that parcel belongs to) and
-``detail`` (the :class:`~simulator.labels.GarbageKind` of a garbage line, else
-``null``). The agent ignores ``truth``; evaluations score against it.
+``null`` for garbage; a reason card's: the parcel it is for), ``parcel_stop_id`` (the
+stop that parcel belongs to), ``detail`` (the :class:`~simulator.labels.GarbageKind`
+of a garbage line, else ``null``) and ``outcome`` (``ok`` and ``reason`` lines: the
+attempt's outcome, ``delivered`` for a plain delivery; else ``null``). The agent
+ignores ``truth``; evaluations score against it.
 
 Every parcel has one physical label for the whole day: its rendering (GS1-128,
 GS1 DataMatrix, Code 128 with or without AIM prefix) is drawn once per parcel. The
@@ -34,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from firmware_agent.contract.outcomes import Outcome, card_code
 from firmware_agent.contract.times import format_utc
 from simulator.errors import ConfigError, ScanLogError
 from simulator.labels import (
@@ -48,12 +59,25 @@ from simulator.scenario import Scenario
 
 SCAN_LOG = "scans.jsonl"
 
-ScanKind = Literal["ok", "wrong_stop", "garbage", "duplicate"]
-SCAN_KINDS: tuple[ScanKind, ...] = ("ok", "wrong_stop", "garbage", "duplicate")
+ScanKind = Literal["ok", "wrong_stop", "garbage", "duplicate", "reason"]
+SCAN_KINDS: tuple[ScanKind, ...] = ("ok", "wrong_stop", "garbage", "duplicate", "reason")
 
 DEFAULT_WRONG_STOP_RATE = 0.03
 DEFAULT_GARBAGE_RATE = 0.02
 DEFAULT_DUPLICATE_RATE = 0.05
+DEFAULT_OUTCOME_RATE = 0.15  # stops where the parcels are not simply handed over
+# The outcomes of those stops, by weight.
+OUTCOME_WEIGHTS: dict[Outcome, float] = {
+    "not_home": 0.45,
+    "neighbour": 0.2,
+    "safe_place": 0.15,
+    "access_problem": 0.08,
+    "address_not_found": 0.05,
+    "refused": 0.04,
+    "damaged": 0.03,
+}
+CARD_FIRST_SHARE = 0.3
+CARD_GAP_S = (1.5, 4.0)  # between a parcel and its reason card, either way
 
 WALK_S = (10.0, 40.0)  # from the van coming to rest to the first scan
 SCAN_GAP_S = (2.0, 6.0)  # between two parcels
@@ -80,6 +104,7 @@ class _Event:
     parcel_stop_id: str | None
     detail: str | None
     gap_s: float  # after the previous event of the stop (the first one's is unused)
+    outcome: Outcome | None = None
 
 
 def _check_rate(name: str, value: float) -> None:
@@ -112,6 +137,7 @@ def build_scan_log(
     wrong_stop_rate: float = DEFAULT_WRONG_STOP_RATE,
     garbage_rate: float = DEFAULT_GARBAGE_RATE,
     duplicate_rate: float = DEFAULT_DUPLICATE_RATE,
+    outcome_rate: float = DEFAULT_OUTCOME_RATE,
 ) -> list[dict[str, Any]]:
     """The scan log of ``scenario``'s day for ``manifest``, time-ordered (see module doc).
 
@@ -122,6 +148,7 @@ def build_scan_log(
     _check_rate("wrong_stop_rate", wrong_stop_rate)
     _check_rate("garbage_rate", garbage_rate)
     _check_rate("duplicate_rate", duplicate_rate)
+    _check_rate("outcome_rate", outcome_rate)
     planned = _manifest_stops(manifest)
     labels = _draw_labels(planned, random_stream("scan-labels", seed))
     owner = {parcel: stop_id for stop_id, parcels, _ in planned for parcel in parcels}
@@ -133,6 +160,7 @@ def build_scan_log(
     wrong_rng = random_stream("scan-wrong-stop", seed)
     garbage_rng = random_stream("scan-garbage", seed)
     duplicate_rng = random_stream("scan-duplicate", seed)
+    outcome_rng = random_stream("scan-outcome", seed)
 
     lines: list[dict[str, Any]] = []
     for n, stop in enumerate(served):
@@ -140,7 +168,12 @@ def build_scan_log(
         parcels = list(by_id[stop.id])
         order_rng.shuffle(parcels)
         events: list[_Event] = []
-        for parcel in parcels:
+        # Every draw is made whatever the rate, so the rate does not move the others.
+        other = outcome_rng.random() < outcome_rate
+        drawn = outcome_rng.choices(list(OUTCOME_WEIGHTS), list(OUTCOME_WEIGHTS.values()))[0]
+        card_first = outcome_rng.random() < CARD_FIRST_SHARE
+        outcome: Outcome = drawn if other else "delivered"
+        for i, parcel in enumerate(parcels):
             # Every draw is made whatever the rates, so one rate does not move the others.
             wrong = wrong_rng.random() < wrong_stop_rate
             wrong_pick = wrong_rng.choice(later) if later else None
@@ -165,10 +198,18 @@ def build_scan_log(
             previous = events[-1].kind if events else None
             after = {"wrong_stop": WRONG_STOP_NOTICE_S, "garbage": GARBAGE_RETRY_S}
             gap = timing_rng.uniform(*after.get(previous or "", SCAN_GAP_S))
-            events.append(_Event("ok", labels[parcel].text, parcel, stop.id, None, gap))
+            card_gap = outcome_rng.uniform(*CARD_GAP_S)
+            card_raw = card_code(drawn)  # used only when the outcome is the drawn one
+            card = _Event("reason", card_raw, parcel, stop.id, None, gap, outcome)
+            if outcome != "delivered" and card_first and i == 0:
+                events.append(card)
+                gap = card_gap
+            events.append(_Event("ok", labels[parcel].text, parcel, stop.id, None, gap, outcome))
             if doubled:
                 gap = timing_rng.uniform(*DUPLICATE_GAP_S)
                 events.append(_Event("duplicate", labels[parcel].text, parcel, stop.id, None, gap))
+            if outcome != "delivered" and not (card_first and i == 0):
+                events.append(_Event("reason", card.raw, parcel, stop.id, None, card_gap, outcome))
         walk_s = timing_rng.uniform(*WALK_S)
         for event, when in zip(
             events, _event_times(stop.arrival, stop.departure, walk_s, events), strict=True
@@ -184,6 +225,7 @@ def build_scan_log(
                         "parcel": event.parcel,
                         "parcel_stop_id": event.parcel_stop_id,
                         "detail": event.detail,
+                        "outcome": event.outcome,
                     },
                 }
             )

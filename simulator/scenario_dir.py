@@ -18,6 +18,7 @@ from simulator.nmea_writer import epoch_bytes
 from simulator.scans import (
     DEFAULT_DUPLICATE_RATE,
     DEFAULT_GARBAGE_RATE,
+    DEFAULT_OUTCOME_RATE,
     DEFAULT_WRONG_STOP_RATE,
     SCAN_LOG,
     build_scan_log,
@@ -72,6 +73,7 @@ def write_scenario_dir(
     wrong_stop_rate: float = DEFAULT_WRONG_STOP_RATE,
     garbage_rate: float = DEFAULT_GARBAGE_RATE,
     duplicate_rate: float = DEFAULT_DUPLICATE_RATE,
+    outcome_rate: float = DEFAULT_OUTCOME_RATE,
 ) -> ScenarioSummary:
     """Write ``scenario`` into ``out_dir`` (created if needed; files are overwritten).
 
@@ -87,6 +89,7 @@ def write_scenario_dir(
         wrong_stop_rate=wrong_stop_rate,
         garbage_rate=garbage_rate,
         duplicate_rate=duplicate_rate,
+        outcome_rate=outcome_rate,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     talker = scenario.config.talker

@@ -37,4 +37,6 @@ def pod_record(pod: podchain.Pod, **changes: Any) -> dict[str, Any]:
         "distance_m": c["distance_m"],
         "jws": pod.token,
     }
+    if "outcome" in c:  # a POD signed before outcomes has none, nor has its record
+        record["outcome"] = c["outcome"]
     return record | changes

@@ -324,6 +324,7 @@ def run_pipeline(
         records += out
     for scan in pending:
         records += van.on_scan(scan)
+    records += van.flush()
     return records, selected
 
 

@@ -214,7 +214,7 @@ def test_claims_are_every_documented_claim_and_read_back() -> None:
     doc = c.to_json()
     assert set(doc) == {
         "v", "device_id", "seq", "prev", "parcel", "raw", "stop_id", "route_id", "time",
-        "scan_time", "lat", "lon", "hacc_m", "verdict", "distance_m", "source",
+        "scan_time", "lat", "lon", "hacc_m", "verdict", "distance_m", "source", "outcome",
     }  # fmt: skip
     assert (doc["v"], doc["lat"], doc["hacc_m"]) == (1, 48.1372123, 3.5)
     again = PodClaims.from_json(doc)

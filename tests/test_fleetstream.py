@@ -82,6 +82,7 @@ def test_one_message_per_device_and_kind_in_record_order() -> None:
         "parcel": "106141412345678908",
         "pod_seq": 1,
         "verdict": "inside",
+        "outcome": "delivered",
         "distance_m": 0.0,
         "jws": pod("van-7", 1).jws,
         "signature_valid": True,
@@ -162,3 +163,21 @@ def test_records_with_unknown_values_fit_the_contract() -> None:
     assert [record[k] for k in ("alt_m", "speed_mps", "quality", "sats_used")] == [None] * 4
     assert record["mode"] == 0
     assert out[1][1]["records"][0]["distance_m"] is None
+
+
+def test_a_failed_attempt_and_the_later_delivery_carry_their_outcomes() -> None:
+    failed = pod("van-7", 1)
+    failed = replace(failed, record=replace(failed.record, outcome="not_home"))
+    delivered = pod("van-7", 2)
+    delivered = replace(delivered, record=replace(delivered.record, outcome="neighbour"))
+    ((topic, message),) = decoded(fleetstream.messages([], [], [failed, delivered]))
+    assert topic == "fleetstream/v1/van-7/pod"
+    schema.validate("fleetstream-pod", message)
+    assert [(r["parcel"], r["pod_seq"], r["outcome"]) for r in message["records"]] == [
+        ("106141412345678908", 1, "not_home"),
+        ("106141412345678908", 2, "neighbour"),
+    ]
+    # An outcome the contract does not know is refused by the schema.
+    message["records"][0]["outcome"] = "lost"
+    with pytest.raises(SchemaError, match="outcome"):
+        schema.validate("fleetstream-pod", message)

@@ -36,7 +36,7 @@ from cloud_ingest.api import create_app
 from cloud_ingest.store.base import StopEvent, Store, WriteBatch, WriteResult
 from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
-from cloud_ingest.verify import Accepted, check_message
+from cloud_ingest.verify import Accepted, Rejected, check_message
 from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.contract import schema
 from firmware_agent.contract.keys import key_thumbprint, public_key_pem
@@ -597,6 +597,65 @@ def test_a_parcel_delivered_twice_lists_both_pods(make_store: StoreFactory) -> N
             ("van-3", True),
         ]
         assert [p["verification"]["kid"] for p in pods] == [van7.kid, van3.kid]
+
+    run(make_store, scenario)
+
+
+def test_a_failed_attempt_and_a_later_delivery_are_two_pods_of_one_parcel(
+    make_store: StoreFactory,
+) -> None:
+    van = Van("van-7")
+
+    async def scenario(api: Api) -> None:
+        await api.enroll(van)
+        r = await api.client.get("/v1/pods/PARCEL-1")
+        assert r.status_code == 404
+        await ingest(api.store, van.pod(parcel="PARCEL-1", outcome="not_home"))
+        body = (await api.client.get("/v1/pods/PARCEL-1")).json()
+        assert body["delivered"] is False
+        assert [p["outcome"] for p in body["pods"]] == ["not_home"]
+        await ingest(api.store, van.pod(parcel="OTHER", outcome="refused"))
+        await ingest(
+            api.store,
+            van.pod(parcel="PARCEL-1", scan_time="2026-11-21T11:00:00.000Z", outcome="neighbour"),
+            received_at=T0 + timedelta(hours=3),
+        )
+        body = (await api.client.get("/v1/pods/PARCEL-1")).json()
+        assert body["delivered"] is True
+        assert [
+            (p["pod_seq"], p["outcome"], p["verification"]["verified"]) for p in body["pods"]
+        ] == [
+            (1, "not_home", True),
+            (3, "neighbour", True),
+        ]
+        assert [p["claims"]["outcome"] for p in body["pods"]] == ["not_home", "neighbour"]
+        # Old PODs (no outcome claim, no outcome in the record) are deliveries.
+        await ingest(api.store, van.pod(parcel="OLD-1"))
+        old = (await api.client.get("/v1/pods/OLD-1")).json()
+        assert "outcome" not in old["pods"][0]["claims"]
+        assert (old["delivered"], old["pods"][0]["outcome"]) == (True, "delivered")
+        assert old["pods"][0]["verification"]["verified"] is True
+        # A record that says "delivered" over a signed failed attempt is refused.
+        issued = van.chain.issue({**fields(9), "outcome": "not_home"})
+        forged = envelope(
+            "van-7",
+            "pod",
+            issued.seq,
+            pod_record(issued, outcome="delivered"),
+            historical=False,
+            sent_at=RECEIVED,
+        )
+        checked = check_message(
+            van.topic("pod"),
+            forged,
+            received_at=RECEIVED,
+            device=await api.store.get_device("van-7"),
+        )
+        assert isinstance(checked, Rejected)
+        assert (checked.reason, checked.detail) == (
+            "pod_mismatch",
+            "record outcome differ(s) from the signed claims",
+        )
 
     run(make_store, scenario)
 

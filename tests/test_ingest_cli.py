@@ -68,7 +68,9 @@ def test_migrate_then_enroll_list_disable(tmp_path: Path) -> None:
     db = tmp_path / "ingest.sqlite3"
     url = ("--database-url", f"sqlite:///{db}")
     r = ingest("migrate", *url)
-    assert (r.returncode, r.stdout) == (0, f"{db}: applied migration(s) 1, 2, 3, 4, 5\n"), r.stderr
+    assert (r.returncode, r.stdout) == (0, f"{db}: applied migration(s) 1, 2, 3, 4, 5, 6\n"), (
+        r.stderr
+    )
     r = ingest("migrate", *url)
     assert (r.returncode, r.stdout) == (0, f"{db}: schema up to date\n")
 

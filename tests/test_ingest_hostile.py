@@ -237,7 +237,7 @@ def test_a_version_4_quarantine_gains_lengths_and_digests(
 
     async def upgraded() -> None:
         async with SqliteStore(path) as store:
-            assert await store.migrate() == [5]
+            assert await store.migrate() == [5, 6]
             (q,) = await store.quarantine(payload_max_bytes=100)
             assert (len(q.payload), q.payload_bytes, q.kept_bytes) == (100, 300_000, 300_000)
             assert q.payload_sha256 == hashlib.sha256(big.payload).digest()

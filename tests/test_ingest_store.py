@@ -240,6 +240,7 @@ def test_migrations_are_idempotent_and_recorded(backend: Backend) -> None:
         (3, "one shape per record: every field of a telemetry point, a POD's distance"),
         (4, "seqs lost with a restored database, released by their device"),
         (5, "quarantine: the length and SHA-256 of each payload, indexes for its retention"),
+        (6, "the outcome of each POD's delivery attempt"),
     ]
     tables = {
         "stream_outbox",
@@ -266,7 +267,7 @@ def test_fresh_store_applies_every_migration(backend: Backend) -> None:
         async with backend.make() as store:
             return await store.migrate()
 
-    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5]
+    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_version_1_database_is_upgraded_in_place(
@@ -289,7 +290,7 @@ def test_a_version_1_database_is_upgraded_in_place(
             result = await write(store, WriteBatch(positions=[position("van-7", 1)]))
             return applied, (await store.counts()).devices, len(result.stream)
 
-    assert asyncio.run(upgraded()) == ([2, 3, 4, 5], 1, 1)
+    assert asyncio.run(upgraded()) == ([2, 3, 4, 5, 6], 1, 1)
 
 
 def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
@@ -333,7 +334,7 @@ def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
             return applied, track, await store.pod_by_pod_seq("van-7", 1)
 
     applied, track, stored = asyncio.run(upgraded())
-    assert applied == [3, 4, 5]
+    assert applied == [3, 4, 5, 6]
     assert track == [
         Position(
             "van-7",
@@ -347,6 +348,7 @@ def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
     ]  # fmt: skip
     assert stored is not None
     assert stored.record == replace(pod.record, time=T0, distance_m=None)
+    assert stored.record.outcome == "delivered"  # stored before outcomes: a delivery
     assert stored.chain_status == "ok"
 
 

@@ -404,7 +404,8 @@ def test_reconfigure_changes_geofence_and_scan_settings_and_keeps_stop_state() -
     assert van.engine.config.border_m == 5.0
     assert van.engine.current_stop == "S1"  # still arrived
     t = T0 + dt.timedelta(seconds=100)
-    assert [m.type for m in van.on_scan(Scan(time=t, raw=SSCC, source="serial"))] == ["pod"]
+    scanned = van.on_scan(Scan(time=t, raw=SSCC, source="serial")) + van.flush()
+    assert [m.type for m in scanned] == ["pod"]
     # 30 s later: within the new 60 s window (not the default 10 s), a duplicate.
     later = Scan(time=t + dt.timedelta(seconds=30), raw=SSCC, source="serial")
     assert van.on_scan(later) == []

@@ -85,7 +85,7 @@ def test_scenario_manifest_and_scan_options(tmp_path: Path) -> None:
     out = tmp_path / "day"
     argv = ["scenario", "--seed", "2", "--stops", "4", "--device-id", "van-0042",
             "--wrong-stop-rate", "0", "--garbage-rate", "0", "--duplicate-rate", "1",
-            "--out", str(out)]  # fmt: skip
+            "--outcome-rate", "0", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["device_id"] == "van-0042"
@@ -97,6 +97,12 @@ def test_scenario_manifest_and_scan_options(tmp_path: Path) -> None:
     parcels = sum(len(stop["parcels"]) for stop in manifest["stops"])
     assert kinds.count("ok") == kinds.count("duplicate") == parcels
     assert len(kinds) == 2 * parcels
+    # Every stop with a reason card: one card per parcel.
+    assert main([*argv[:-2], "--outcome-rate", "1", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in (out / "scans.jsonl").read_text("utf-8").splitlines()]
+    cards = [line for line in lines if line["truth"]["kind"] == "reason"]
+    assert len(cards) == parcels
+    assert {line["truth"]["outcome"] for line in cards} != {"delivered"}
 
 
 def test_bytes_do_not_depend_on_the_interpreter_run(tmp_path: Path) -> None:

@@ -29,6 +29,14 @@ def test_demo_stores_every_record_of_the_day_exactly_once(tmp_path: Path) -> Non
         assert committed == stored == acked > 0, (stream, figures)
     assert re.search(r"arrivals: 6 of 6 stops detected", out)
     assert "quarantined messages: 0" in out
+    # First-attempt success as ingest's stream has it, equal to the simulator's truth.
+    found = re.search(
+        r"first-attempt success: (\d+) of (\d+) parcels \(([\d.]+) %\); "
+        r"simulator's truth: (\d+) of (\d+) \(([\d.]+) %\)",
+        out,
+    )
+    assert found is not None, out
+    assert found.group(1, 2, 3) == found.group(4, 5, 6)
     # The backend's stream was printed as ingest stored it: arrivals and verified PODs.
     assert len(re.findall(r" arrival +S00\d", out)) == 6
     assert "signature verified" in out

@@ -26,7 +26,7 @@ from simulator.scenario import Scenario, ScenarioConfig, generate
 from simulator.scenario_dir import write_scenario_dir
 
 SCAN_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-TRUTH_KEYS = {"kind", "stop_id", "parcel", "parcel_stop_id", "detail"}
+TRUTH_KEYS = {"kind", "stop_id", "parcel", "parcel_stop_id", "detail", "outcome"}
 
 
 @cache
@@ -58,7 +58,7 @@ def check_scan_line(line: dict[str, Any]) -> None:
     assert isinstance(line["raw"], str)
     assert line["source"] == "serial"
     assert set(line["truth"]) == TRUTH_KEYS
-    assert line["truth"]["kind"] in {"ok", "wrong_stop", "garbage", "duplicate"}
+    assert line["truth"]["kind"] in {"ok", "wrong_stop", "garbage", "duplicate", "reason"}
 
 
 def _time(line: dict[str, Any]) -> datetime:
@@ -146,7 +146,13 @@ def test_rates_hold_over_a_long_day() -> None:
     for kind, rate in rates.items():
         assert 0.6 * rate <= kinds[kind] / kinds["ok"] <= 1.4 * rate, (kind, kinds)
     clean = build_scan_log(
-        scenario, manifest, seed=8, wrong_stop_rate=0, garbage_rate=0, duplicate_rate=0
+        scenario,
+        manifest,
+        seed=8,
+        wrong_stop_rate=0,
+        garbage_rate=0,
+        duplicate_rate=0,
+        outcome_rate=0,
     )
     assert {line["truth"]["kind"] for line in clean} == {"ok"}
     assert len(clean) == kinds["ok"]

@@ -66,10 +66,15 @@ def test_scan_at_the_stop_makes_a_signed_chained_pod() -> None:
     van, rec, key = day()
     messages = feed(van, AT_S1[:70])
     assert [m["type"] for m in messages] == ["arrival"]
-    out = van.on_scan(scan(T_PARKED, LABEL_1)) + van.on_scan(
-        scan(T_PARKED + timedelta(seconds=5), "]C0JD0146000062812")
-    )
+    # The first waits for a reason card until the next parcel is scanned, the second
+    # until the input ends.
+    out = van.on_scan(scan(T_PARKED, LABEL_1))
+    assert out == []
+    out += van.on_scan(scan(T_PARKED + timedelta(seconds=5), "]C0JD0146000062812"))
+    assert [m["type"] for m in out] == ["pod"]
+    out += van.flush()
     assert [m["type"] for m in out] == ["pod", "pod"]
+    assert [m["outcome"] for m in out] == ["delivered", "delivered"]
     assert rec.signals == [Signal.RECORDED, Signal.RECORDED]
     first, second = (verify_compact(m["jws"], key.public_key()) for m in out)
     assert first["parcel"] == SSCC_1
@@ -84,6 +89,7 @@ def test_scan_at_the_stop_makes_a_signed_chained_pod() -> None:
     assert second["prev"] == pod_digest(out[0]["jws"])
     assert first["raw"] == LABEL_1
     assert first["source"] == "serial"
+    assert first["outcome"] == "delivered"
     # The fix used: the last good one, with its time, position and accuracy.
     assert first["time"] == "2026-11-21T09:01:09.000Z"
     assert first["lat"] == pytest.approx(48.0, abs=1e-6)
@@ -91,18 +97,21 @@ def test_scan_at_the_stop_makes_a_signed_chained_pod() -> None:
     assert verify_chain([m["jws"] for m in out], key.public_key()).valid
 
 
-def test_duplicate_within_the_window_counts_once_and_repeats_the_beep() -> None:
+def test_duplicate_within_the_window_counts_once_and_has_its_own_signal() -> None:
     van, rec, _ = day()
     feed(van, AT_S1[:70])
     out = []
     for dt in (0, 1, 2, 9):
         out += van.on_scan(scan(T_PARKED + timedelta(seconds=dt), LABEL_1))
+    # The POD waits for a reason card 8 s: the scan at 9 s ends its wait, then counts
+    # as a duplicate (10 s window).
     assert [m["type"] for m in out] == ["pod"]
-    assert rec.signals == [Signal.RECORDED] * 4
+    assert rec.signals == [Signal.RECORDED] + [Signal.DUPLICATE] * 3
     assert van.counts["duplicates"] == 3
     # Long after the window, the same parcel again: reported, no second POD.
     later = van.on_scan(scan(T_PARKED + timedelta(seconds=60), LABEL_1))
     assert [(m["type"], m["reason"]) for m in later] == [("scan_rejected", "already_delivered")]
+    assert rec.signals[-1] == Signal.DUPLICATE
 
 
 def test_parcel_of_another_stop_is_wrong_stop_and_no_pod() -> None:
@@ -140,7 +149,7 @@ def test_garbage_and_unknown_codes_are_reported_not_dropped() -> None:
     assert out[0]["error"] == "bad_check_digit"
     assert out[1]["raw"] == "\\x00\\x01\\x02\\x1b[2J"  # escaped for the report
     assert out[2]["parcel"] == "NOT-ON-TODAYS-LIST"
-    assert rec.signals == [Signal.UNKNOWN_CODE] * 3
+    assert rec.signals == [Signal.UNREADABLE, Signal.UNREADABLE, Signal.UNKNOWN_CODE]
     assert van.counts["pods"] == 0
     assert van.counts["rejected"] == 3
 
@@ -149,7 +158,7 @@ def test_no_fix_still_records_the_pod_with_verdict_no_fix() -> None:
     van, rec, key = day()
     # The last good fix is 5 minutes old: no position for the POD.
     feed(van, AT_S1[:70])
-    out = van.on_scan(scan(T0 + timedelta(minutes=6), LABEL_1))
+    out = van.on_scan(scan(T0 + timedelta(minutes=6), LABEL_1)) + van.flush()
     assert [m["type"] for m in out] == ["pod"]
     claims = verify_compact(out[0]["jws"], key.public_key())
     assert claims["verdict"] == "no_fix"
@@ -164,7 +173,7 @@ def test_scan_away_from_every_stop_records_outside_with_distance() -> None:
     # Parked 300 m west of S1, never arrived anywhere.
     fixes = [fix_at(T0 + timedelta(seconds=i), -300.0) for i in range(30)]
     feed(van, fixes)
-    out = van.on_scan(scan(T0 + timedelta(seconds=29), LABEL_1))
+    out = van.on_scan(scan(T0 + timedelta(seconds=29), LABEL_1)) + van.flush()
     claims = verify_compact(out[0]["jws"], key.public_key())
     assert claims["verdict"] == "outside"
     assert claims["distance_m"] == pytest.approx(300.0 - 35.0, abs=0.2)
@@ -176,7 +185,7 @@ def test_scan_confirms_the_arrival_before_the_dwell_does() -> None:
     # 5 s after stopping: the dwell has not confirmed S1 yet; the scan does.
     out = feed(van, AT_S1[:45])
     assert out == []
-    out = van.on_scan(scan(T0 + timedelta(seconds=45), LABEL_1))
+    out = van.on_scan(scan(T0 + timedelta(seconds=45), LABEL_1)) + van.flush()
     assert [m["type"] for m in out] == ["arrival", "pod"]
     assert out[0]["confirmed_by"] == "scan"
     assert out[0]["stop_id"] == "S1"

@@ -134,6 +134,12 @@ class JsonVan:
     def on_scan(self, scan: Scan) -> list[dict[str, Any]]:
         return js(self.van.on_scan(scan))
 
+    def on_tick(self, now: datetime) -> list[dict[str, Any]]:
+        return js(self.van.on_tick(now))
+
+    def flush(self) -> list[dict[str, Any]]:
+        return js(self.van.flush())
+
     @property
     def counts(self) -> dict[str, int]:
         return self.van.counts

@@ -266,7 +266,7 @@ def point_from_columns(time: datetime, columns: Sequence[Any]) -> TelemetryPoint
 def pod_from_columns(time: datetime, row: Sequence[Any]) -> Pod:
     """The POD stored as the columns both backends keep, in this order: device_id, seq,
     historical, time (converted by the backend: ``time``), stop_id, parcel, pod_seq,
-    verdict, distance_m, jws, prev, chain_status."""
+    verdict, distance_m, jws, prev, chain_status, outcome."""
     return Pod(
         device_id=row[0],
         seq=row[1],
@@ -279,6 +279,7 @@ def pod_from_columns(time: datetime, row: Sequence[Any]) -> Pod:
             verdict=row[7],
             distance_m=row[8],
             jws=row[9],
+            outcome=row[12],
         ),
         prev=row[10],
         chain_status=cast(ChainStatus, row[11]),

@@ -223,6 +223,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX quarantine_unsettled ON quarantine (id) WHERE stream IS NULL",
         ),
     ),
+    Migration(
+        6,
+        "the outcome of each POD's delivery attempt",
+        (
+            # PODs stored before were all deliveries: their claims have no outcome.
+            "ALTER TABLE pods ADD COLUMN outcome text NOT NULL DEFAULT 'delivered'",
+        ),
+    ),
 )
 
 _POSITION_COLUMNS = (
@@ -232,7 +240,7 @@ _POSITION_COLUMNS = (
 _EVENT_COLUMNS = "device_id, seq, historical, record"
 _POD_COLUMNS = (
     "device_id, seq, historical, time, stop_id, parcel, pod_seq, verdict, distance_m, jws, "
-    "prev, chain_status"
+    "prev, chain_status, outcome"
 )
 _QUARANTINE_COLUMNS = (
     "received_at, topic, device_id, reason, detail, payload, stream, first_seq, last_seq, "
@@ -261,7 +269,7 @@ _INSERT_PODS = (
     f"INSERT INTO pods ({_POD_COLUMNS}, digest) "  # noqa: S608
     "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bool[], %s::timestamptz[], "
     "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::float8[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[])"
+    "%s::text[], %s::text[], %s::text[])"
 )
 # %b: the payloads travel as binary (as text, a bytea array costs twice its size in hex
 # and its encoding: 1,000 settled payloads of 250 KB took 9 s instead of 2.4 s).
@@ -790,10 +798,10 @@ async def _execute(cur: _Cursor, op: Op, keep_bytes: int) -> Any:
             rows = [
                 (p.device_id, p.seq, p.historical, p.time, p.record.stop_id, p.record.parcel,
                  p.pod_seq, p.record.verdict, p.record.distance_m, p.jws, p.prev,
-                 p.chain_status, p.digest)
+                 p.chain_status, p.record.outcome, p.digest)
                 for p in pods
             ]  # fmt: skip
-            await cur.execute(_INSERT_PODS, _columns(rows, 13))
+            await cur.execute(_INSERT_PODS, _columns(rows, 14))
             return None
         case RelinkPods(pods):
             links = [(p.device_id, p.seq, p.chain_status) for p in pods]

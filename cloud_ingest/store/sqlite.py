@@ -220,6 +220,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX quarantine_unsettled ON quarantine (id) WHERE stream IS NULL",
         ),
     ),
+    Migration(
+        6,
+        "the outcome of each POD's delivery attempt",
+        (
+            # PODs stored before were all deliveries: their claims have no outcome.
+            "ALTER TABLE pods ADD COLUMN outcome TEXT NOT NULL DEFAULT 'delivered'",
+        ),
+    ),
 )
 
 _POSITION_COLUMNS = (
@@ -229,7 +237,7 @@ _POSITION_COLUMNS = (
 _EVENT_COLUMNS = "device_id, seq, historical, record"
 _POD_COLUMNS = (
     "device_id, seq, historical, time_us, stop_id, parcel, pod_seq, verdict, distance_m, jws, "
-    "prev, chain_status"
+    "prev, chain_status, outcome"
 )
 _QUARANTINE_COLUMNS = (
     "received_at_us, topic, device_id, reason, detail, payload, stream, first_seq, last_seq, "
@@ -257,7 +265,7 @@ _INSERT_EVENT = (
 )
 _INSERT_POD = (
     f"INSERT INTO pods ({_POD_COLUMNS}, digest) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_QUARANTINE = (
     f"INSERT INTO quarantine ({_QUARANTINE_COLUMNS}) "  # noqa: S608
@@ -324,6 +332,7 @@ def _pod_row(p: Pod) -> tuple[Any, ...]:
         r.jws,
         p.prev,
         p.chain_status,
+        r.outcome,
         p.digest,
     )
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_agent.contract.errors import ContractError
+from firmware_agent.contract.outcomes import is_card_code
 from firmware_agent.contract.parcels import canonical_code
 from firmware_agent.contract.wirejson import finite_number
 
@@ -219,7 +220,13 @@ def _stop(raw: Any, index: int) -> Stop:
     for i, parcel in enumerate(parcels):
         if not isinstance(parcel, str) or not parcel.strip() or len(parcel) > 100:
             raise ManifestError(f"{where}parcels[{i}]", "must be a non-empty code string")
-        codes.append(canonical_code(parcel))
+        code = canonical_code(parcel)
+        if is_card_code(code):
+            raise ManifestError(
+                f"{where}parcels[{i}]",
+                f"{code[:40]!r} is a reason card's code, never a parcel's",
+            )
+        codes.append(code)
     has_start, has_end = "window_start" in raw, "window_end" in raw
     window_start = window_end = None
     if has_start != has_end:

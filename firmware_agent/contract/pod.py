@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.outcomes import DELIVERED, Outcome
 from firmware_agent.contract.records import (
     PodRecord,
     ScanSource,
@@ -57,7 +58,9 @@ class PodFields:
 
     ``time``, ``lat``, ``lon`` and ``hacc_m`` are the fix the POD was placed with (None
     without a fresh one: ``verdict`` is then ``no_fix``); ``distance_m`` is the
-    distance to the stop's fence (0 inside, None without a fix).
+    distance to the stop's fence (0 inside, None without a fix). ``outcome`` is the
+    attempt's (:mod:`.outcomes`); claims without one (signed before outcomes existed)
+    read as ``delivered``.
     """
 
     parcel: str
@@ -72,6 +75,7 @@ class PodFields:
     verdict: Verdict
     distance_m: float | None = field(metadata=wire(ndigits=1))
     source: ScanSource
+    outcome: Outcome = field(default=DELIVERED, metadata=wire(absent=DELIVERED))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +128,7 @@ class PodClaims(PodFields):
             verdict=self.verdict,
             distance_m=self.distance_m,
             jws=token,
+            outcome=self.outcome,
         )
 
 

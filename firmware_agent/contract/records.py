@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Final, Literal, Self, get_args, get_origin
 from firmware_agent.contract import wirejson
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.outcomes import DELIVERED, Outcome
 from firmware_agent.contract.times import format_utc, parse_utc
 from firmware_agent.contract.topics import Stream
 
@@ -59,6 +60,7 @@ SCAN_SOURCES: Final[tuple[ScanSource, ...]] = get_args(ScanSource)
 # a closed set of strings, any of them optional.
 
 _Kind = Literal["time", "str", "int", "float", "bool", "choice"]
+_REQUIRED: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,9 @@ class _Spec:
     omit_none: bool
     ndigits: int | None
     choices: tuple[object, ...]
+    # What a missing key decodes to (_REQUIRED: nothing, the key is required); a field
+    # added to a record after v1 has one, so that records sent before still decode.
+    absent: object
 
 
 def _field_spec(name: str, hint: Any, metadata: Mapping[str, Any]) -> _Spec:
@@ -99,6 +104,7 @@ def _field_spec(name: str, hint: Any, metadata: Mapping[str, Any]) -> _Spec:
         bool(metadata.get("omit_none", False)),
         metadata.get("ndigits"),
         choices,
+        metadata.get("absent", _REQUIRED),
     )
 
 
@@ -280,6 +286,9 @@ def decode_fields(
     for spec, decode in codec.decoders:
         value = obj.get(spec.name)
         if value is None:
+            if spec.absent is not _REQUIRED and spec.name not in obj:
+                out[spec.name] = spec.absent
+                continue
             if not spec.optional:
                 raise CodecError(f"{what}: {spec.name} is required")
             out[spec.name] = None
@@ -288,11 +297,14 @@ def decode_fields(
     return out
 
 
-def wire(*, ndigits: int | None = None, omit_none: bool = False) -> dict[str, Any]:
+def wire(
+    *, ndigits: int | None = None, omit_none: bool = False, absent: object = _REQUIRED
+) -> dict[str, Any]:
     """A field's wire settings, as its dataclass metadata: ``ndigits`` its resolution (a
     number is rounded to that many decimals), ``omit_none`` whether None leaves the key
-    out (else it is written as null)."""
-    return {"ndigits": ndigits, "omit_none": omit_none}
+    out (else it is written as null), ``absent`` what a missing key decodes to (a field
+    added after v1: what a record sent before it meant)."""
+    return {"ndigits": ndigits, "omit_none": omit_none, "absent": absent}
 
 
 _COORD: Final = wire(ndigits=7)
@@ -428,7 +440,9 @@ class DeviationEnd(JsonRecord):
     max_distance_m: float = field(metadata=_TENTH)
 
 
-ScanRejectReason = Literal["unreadable", "not_on_manifest", "wrong_stop", "already_delivered"]
+ScanRejectReason = Literal[
+    "unreadable", "not_on_manifest", "wrong_stop", "already_delivered", "reason_unpaired"
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -436,7 +450,9 @@ class ScanRejected(JsonRecord):
     """A scan that made no POD. ``raw`` is what the scanner sent, cut to 128 characters
     with control characters escaped; ``error`` why an unreadable one is unreadable;
     ``parcel`` and ``stop_id`` the parcel read and its stop, ``at_stop_id`` (wrong_stop)
-    the stop the van is at, ``pod_seq`` (already_delivered) the POD that delivered it."""
+    the stop the van is at, ``pod_seq`` (already_delivered) the POD that delivered it.
+    ``reason_unpaired``: a reason card no parcel attempt took (docs/outcomes.md), its
+    outcome in ``outcome``."""
 
     type: ClassVar[str] = "scan_rejected"
     stream: ClassVar[Stream] = "events"
@@ -450,6 +466,7 @@ class ScanRejected(JsonRecord):
     error: str | None = field(default=None, metadata=_OMITTED)
     pod_seq: int | None = field(default=None, metadata=_OMITTED)
     route_id: str | None = field(default=None, metadata=_OMITTED)
+    outcome: Outcome | None = field(default=None, metadata=_OMITTED)
 
 
 EtaTrigger = Literal["first", "moved", "arrival", "heartbeat"]
@@ -498,7 +515,9 @@ Verdict = Literal["inside", "outside", "no_fix"]
 class PodRecord(JsonRecord):
     """A signed POD on the ``pod`` stream: ``jws`` is the evidence (:mod:`.pod`), and the
     other fields repeat its claims (``time`` its ``scan_time``, ``seq`` the chain's seq)
-    for a reader that does not verify; ingest refuses a record that differs from them."""
+    for a reader that does not verify; ingest refuses a record that differs from them.
+    ``outcome`` is the attempt's (:mod:`.outcomes`): a record without one (sent before
+    outcomes existed) is ``delivered``."""
 
     type: ClassVar[str] = "pod"
     stream: ClassVar[Stream] = "pod"
@@ -509,6 +528,7 @@ class PodRecord(JsonRecord):
     verdict: Verdict
     distance_m: float | None = field(metadata=_TENTH)
     jws: str
+    outcome: Outcome = field(default=DELIVERED, metadata=wire(absent=DELIVERED))
 
 
 EventRecord = (
