@@ -15,11 +15,26 @@ TOML layout (every key optional except ``device_id``)::
     tls_ca = "/etc/fleet-agent/ca.pem"
     tls_cert = "/etc/fleet-agent/van.pem"
     tls_key = "/etc/fleet-agent/van.key"
-    [gnss]
+    [gnss]              # one of port (serial), tcp, file
     port = "/dev/fleet/gnss"
     baud = 9600
-    [scanner]
+    # tcp = "127.0.0.1:2947"      # a receiver speaking NMEA on TCP (gpsd's gpsfake)
+    # file = "day/nmea.log"       # an NMEA log played as the receiver (--nmea-file)
+    # speed = 0.0                 # its playback speed: 1 real time, 0 as fast as possible
+    [scanner]           # one serial scanner (the older form of [[scanners]])
     port = "/dev/fleet/scanner"
+    [[scanners]]        # scanners, several at once
+    kind = "hid"        # serial (port, baud) | hid (device, grab, event_stream) | log (path)
+    device = "/dev/fleet/scanner-hid"
+    [[scanners]]
+    kind = "serial"
+    port = "/dev/fleet/ring-scanner"
+    [feedback]          # what the driver sees and hears after a scan
+    kind = "gpio"       # gpio (LEDs, buzzer; none without GPIO) | log | none
+    green_led = 17      # gpiozero pin names; false: not fitted
+    red_led = 27
+    buzzer = 22
+    buzzer_muted = false
     [eta]
     enabled = true      # on-device ETAs (FLEET_ETA=0, --no-eta: off)
     model = "/var/lib/fleet-agent/eta.tflite"   # default: the model shipped in the package
@@ -61,6 +76,15 @@ _SETTINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("gnss_port", ("gnss", "port"), "FLEET_GNSS_PORT"),
     ("gnss_baud", ("gnss", "baud"), "FLEET_GNSS_BAUD"),
     ("scanner_port", ("scanner", "port"), "FLEET_SCANNER_PORT"),
+    ("gnss_tcp", ("gnss", "tcp"), "FLEET_GNSS_TCP"),
+    ("gnss_file", ("gnss", "file"), "FLEET_GNSS_FILE"),
+    ("gnss_speed", ("gnss", "speed"), "FLEET_GNSS_SPEED"),
+    ("scanners", ("scanners",), ""),  # TOML only: an array of tables
+    ("feedback", ("feedback", "kind"), "FLEET_FEEDBACK"),
+    ("green_led", ("feedback", "green_led"), "FLEET_FEEDBACK_GREEN_LED"),
+    ("red_led", ("feedback", "red_led"), "FLEET_FEEDBACK_RED_LED"),
+    ("buzzer", ("feedback", "buzzer"), "FLEET_FEEDBACK_BUZZER"),
+    ("buzzer_muted", ("feedback", "buzzer_muted"), "FLEET_BUZZER_MUTED"),
     ("eta", ("eta", "enabled"), "FLEET_ETA"),
     ("eta_model", ("eta", "model"), "FLEET_ETA_MODEL"),
     ("eta_model_keys", ("eta", "model_keys"), "FLEET_ETA_MODEL_KEYS"),
@@ -71,6 +95,7 @@ _DEFAULTS: dict[str, Any] = {
     "mqtt_port": 1883,
     "gnss_baud": 9600,
     "eta": True,
+    "feedback": "gpio",
 }
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -95,6 +120,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--gnss-port", help="GNSS receiver serial device")
     p.add_argument("--gnss-baud", type=int)
     p.add_argument("--scanner-port", help="serial barcode scanner")
+    p.add_argument("--gnss-tcp", metavar="HOST:PORT", help="a receiver speaking NMEA on TCP")
+    p.add_argument(
+        "--feedback",
+        choices=("gpio", "log", "none"),
+        help="driver feedback: GPIO LEDs and buzzer (default), log lines, none",
+    )
     p.add_argument(
         "--no-eta",
         dest="eta",
@@ -144,7 +175,7 @@ def settings(args: argparse.Namespace, environ: dict[str, str] | None = None) ->
             if node is not None:
                 values[dest] = node
     for dest, _, env in _SETTINGS:
-        if environ.get(env):
+        if env and environ.get(env):
             values[dest] = environ[env]
     for dest, _, _ in _SETTINGS:
         if getattr(args, dest, None) is not None:
@@ -179,15 +210,21 @@ def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
         )
     gnss_port = values.get("gnss_port")
     eta_model = values.get("eta_model")
+    # --nmea-file wins over the settings' receiver; [gnss] tcp or file, else port.
+    gnss: Any = None
+    if args.nmea_file is None:
+        gnss = _gnss_source(values)
+        if gnss is None and gnss_port:
+            gnss = ReaderConfig(port=str(gnss_port), baudrate=baud)
     return AgentConfig(
         state_dir=Path(values["state_dir"]),
         uplink=UplinkConfig(device_id=device_id, host=str(values["mqtt_host"]), port=port, tls=tls),
-        gnss=ReaderConfig(port=str(gnss_port), baudrate=baud)
-        if gnss_port and args.nmea_file is None
-        else None,
+        gnss=gnss,
         scanner=ScannerConfig(port=str(values["scanner_port"]))
         if values.get("scanner_port")
         else None,
+        scanners=scanner_sources(values.get("scanners")),
+        feedback=feedback_settings(values),
         nmea_file=args.nmea_file,
         scans_file=args.scans_file,
         speed=args.speed,
@@ -196,6 +233,108 @@ def build_config(args: argparse.Namespace, values: dict[str, Any]) -> Any:
         eta_model=Path(eta_model) if eta_model else None,
         model_keys=_paths(values.get("eta_model_keys"), "eta model_keys (FLEET_ETA_MODEL_KEYS)"),
     )
+
+
+def _gnss_source(values: dict[str, Any]) -> Any:
+    """``[gnss] tcp`` or ``[gnss] file`` (None: ``[gnss] port``, the serial receiver)."""
+    from firmware_agent.sources import NmeaFile, TcpGnss  # noqa: PLC0415
+
+    tcp, path = values.get("gnss_tcp"), values.get("gnss_file")
+    if sum(bool(v) for v in (tcp, path, values.get("gnss_port"))) > 1:
+        raise ConfigError("gnss: give one of port, tcp and file")
+    if tcp:
+        host, sep, port = str(tcp).rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"gnss tcp must be HOST:PORT, got {tcp!r}")
+        return TcpGnss(host.strip("[]"), int(port))
+    if path:
+        try:
+            speed = float(values.get("gnss_speed") or 0.0)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"gnss speed must be a number: {err}") from err
+        return NmeaFile(Path(path), speed=speed)
+    return None
+
+
+def scanner_sources(tables: Any) -> tuple[Any, ...]:
+    """``[[scanners]]``: each table's ``kind`` and its settings (module doc)."""
+    from firmware_agent.scan.serial_reader import ScannerConfig  # noqa: PLC0415
+    from firmware_agent.sources import HidScan, ScanLog, SerialScan  # noqa: PLC0415
+
+    if tables is None:
+        return ()
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"scanners must be an array of tables ([[scanners]]), got {tables!r}")
+    allowed = {
+        "serial": {"kind", "port", "baud"},
+        "hid": {"kind", "device", "grab", "event_stream"},
+        "log": {"kind", "path"},
+    }
+    sources: list[Any] = []
+    for n, table in enumerate(tables, 1):
+        kind = table.get("kind")
+        if kind not in allowed:
+            raise ConfigError(f"scanners #{n}: kind must be serial, hid or log, got {kind!r}")
+        unknown = sorted(set(table) - allowed[kind])
+        if unknown:
+            raise ConfigError(f"scanners #{n} ({kind}): unknown keys {', '.join(unknown)}")
+        try:
+            if kind == "serial":
+                sources.append(
+                    SerialScan(
+                        ScannerConfig(
+                            port=str(table["port"]), baudrate=int(table.get("baud", 9600))
+                        )
+                    )
+                )
+            elif kind == "hid":
+                sources.append(
+                    HidScan(
+                        str(table["device"]),
+                        grab=_flag(table.get("grab", True), f"scanners #{n} grab"),
+                        event_stream=_flag(
+                            table.get("event_stream", False), f"scanners #{n} event_stream"
+                        ),
+                    )
+                )
+            else:
+                sources.append(ScanLog(Path(table["path"])))
+        except KeyError as err:
+            raise ConfigError(f"scanners #{n} ({kind}): {err.args[0]} is required") from err
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"scanners #{n} ({kind}): {err}") from err
+    return tuple(sources)
+
+
+def feedback_settings(values: dict[str, Any]) -> Any:
+    """``[feedback]``: the kind, the pins (false: not fitted), ``buzzer_muted``."""
+    from firmware_agent.feedback import FeedbackPins, FeedbackSettings  # noqa: PLC0415
+
+    defaults = FeedbackPins()
+    pins = FeedbackPins(
+        green_led=_pin(values.get("green_led"), defaults.green_led, "feedback green_led"),
+        red_led=_pin(values.get("red_led"), defaults.red_led, "feedback red_led"),
+        buzzer=_pin(values.get("buzzer"), defaults.buzzer, "feedback buzzer"),
+    )
+    return FeedbackSettings(
+        kind=str(values.get("feedback") or "gpio"),  # type: ignore[arg-type]  # checked there
+        pins=pins,
+        buzzer_muted=_flag(values.get("buzzer_muted", False), "feedback buzzer_muted"),
+    )
+
+
+def _pin(value: Any, default: int | str | None, what: str) -> int | str | None:
+    """A gpiozero pin: a number, a name (``"GPIO17"``, ``"BOARD11"``), false/none: not
+    fitted; unset: ``default``."""
+    if value is None:
+        return default
+    if value is False or str(value).strip().lower() in {"false", "none", "off", ""}:
+        return None
+    if isinstance(value, int) or str(value).strip().isdigit():
+        return int(value)
+    if isinstance(value, str):
+        return value.strip()
+    raise ConfigError(f"{what} must be a pin number or name, got {value!r}")
 
 
 def _paths(value: Any, what: str) -> tuple[Path, ...]:

@@ -25,7 +25,7 @@ import asyncio
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +51,8 @@ from firmware_agent.contract.records import (
     TelemetryPoint,
 )
 from firmware_agent.contract.times import format_utc
+from firmware_agent.scan.types import Scan
+from firmware_agent.sources import Clock, FixSource
 from firmware_agent.uplink.mqtt import UplinkConfig
 from tests.broker import Mosquitto
 from tests.nmea import line
@@ -175,22 +177,27 @@ def day_scans() -> str:
 # -- the run ---------------------------------------------------------------------------
 
 
-class WatchedAgent(Agent):
-    """The agent, keeping each fix its pipeline was given and each record it returned."""
+@dataclass
+class Watched:
+    """Each fix the agent's pipeline was given (its fix source, wrapped) and each
+    record the pipeline returned (the agent's ``on_records``)."""
 
-    def __init__(self, config: AgentConfig) -> None:
-        super().__init__(config)
-        self.fixes: list[Fix] = []
-        self.records: list[Record] = []
+    source: FixSource
+    fixes: list[Fix] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
 
-    async def on_fix(self, fix: Fix) -> None:
-        self.fixes.append(fix)
-        await super().on_fix(fix)
+    @property
+    def live(self) -> bool:
+        return self.source.live
 
-    async def _commit(self, records: Iterable[Record]) -> None:
-        records = list(records)
-        self.records += records
-        await super()._commit(records)
+    def describe(self) -> str:
+        return f"watched {self.source.describe()}"
+
+    async def readings(self, clock: Clock) -> AsyncIterator[Fix | Scan]:
+        async for reading in self.source.readings(clock):
+            if isinstance(reading, Fix):
+                self.fixes.append(reading)
+            yield reading
 
 
 @dataclass
@@ -258,7 +265,8 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                     eta_model=tmp / "eta.tflite",
                     exit_when_drained=True,
                 )
-                agent = WatchedAgent(config)
+                watched = Watched(config.sources()[0])
+                agent = Agent(config, gnss=watched, on_records=watched.records.extend)
                 async with open_store() as store, Watcher(broker.port) as watcher:
                     await store.migrate()
                     await store.register_device(DEVICE, public_key)
@@ -284,8 +292,8 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                     }
                     return DayPath(
                         backend=request.param,
-                        fixes=agent.fixes,
-                        records=agent.records,
+                        fixes=watched.fixes,
+                        records=watched.records,
                         rows=rows,
                         track=await store.track(DEVICE, START, START + timedelta(hours=1)),
                         pods=await store.pods_by_parcel(SSCC),
