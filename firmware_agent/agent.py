@@ -20,14 +20,10 @@ an empty one returns them to the agent's own. Status health reports the running
 config's revision (``config_revision``, 0 on defaults) at every connect and at once
 when it changes.
 
-No downlink can brick the van: a manifest or config is validated (a manifest for
-another device is refused), its geofence geometry built off the event loop (bounded:
-:mod:`firmware_agent.geofence.index`), and only then stored and switched to. Anything
-refused leaves the running manifest and config as they are, is logged with its reason
-every time, and is reported in status health: ``manifest_route_id`` and
-``manifest_stops`` (what runs), ``manifests_refused`` and ``configs_refused`` (counts
-since start) and ``manifest_refused`` / ``config_refused`` (the last refusal: its
-``route_id`` or ``revision`` when known, ``reason``, ``at``). A stored manifest or
+No downlink can brick the van (:mod:`firmware_agent.downlinks`): what is refused is
+logged and reported in status health: ``manifest_route_id`` and ``manifest_stops``
+(what runs), ``manifests_refused`` and ``configs_refused`` (counts since start) and
+``manifest_refused`` / ``config_refused`` (the last refusal). A stored manifest or
 config the agent refuses at start (stored by an older version, say) is reported the
 same way and the agent starts without it; the broker delivers the retained ones again.
 
@@ -72,7 +68,7 @@ from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import Manifest, ManifestError, parse_manifest
 from firmware_agent.contract.records import PodRecord, Record, encode_record
-from firmware_agent.contract.times import format_utc
+from firmware_agent.downlinks import Downlinks
 from firmware_agent.errors import ConfigError, OutboxStorageError, RemoteConfigError
 from firmware_agent.eta.manager import SHIPPED_MODEL, EtaManager, EtaSettings, load_eta_predictor
 from firmware_agent.eta.model_store import RunningModel
@@ -81,10 +77,8 @@ from firmware_agent.feedback import Feedback, FeedbackSettings, open_feedback
 from firmware_agent.geofence import GeofenceIndex, build_index
 from firmware_agent.gnss.reader import ReaderConfig
 from firmware_agent.manifest_store import (
-    ManifestRefusedError,
     ManifestStore,
     check_device,
-    prepare_manifest,
 )
 from firmware_agent.pod.chain import ChainState, PodChain
 from firmware_agent.pod.state import (
@@ -97,10 +91,7 @@ from firmware_agent.pod.state import (
 from firmware_agent.remote_config import (
     RemoteConfig,
     RemoteConfigStore,
-    admit,
     apply_config,
-    offered_revision,
-    parse_config,
     running_revision,
 )
 from firmware_agent.scan.serial_reader import ScannerConfig
@@ -246,8 +237,6 @@ class Agent:
         self.manifests = ManifestStore(config.state_dir / "manifest.json")
         self.chain_store = ChainStateStore(config.state_dir / "pod-chain.json")
         self.config_store = RemoteConfigStore(config.state_dir / "config.json")
-        # The remote config running, None on the agent's own settings.
-        self.remote_config: RemoteConfig | None = None
         self.pipeline: VanPipeline | None = None
         self.uplink: Uplink | None = None
         # The ETA model: loaded at start, replaced by model downlinks.
@@ -272,8 +261,16 @@ class Agent:
         self._outbox_reset: dict[str, object] | None = None
         # The device key (PODs, the uplink's sequence report and signed batches).
         self._device_key: Ed25519PrivateKey | None = None
-        # The last refused manifest and config, for status health.
-        self.refused: dict[str, dict[str, Any]] = {}
+        # Manifest and config downlinks; the running remote config and the refusals.
+        self.downlinks = Downlinks(
+            van=config.van,
+            uplink=config.uplink,
+            manifests=self.manifests,
+            config_store=self.config_store,
+            counts=self.counts,
+            clock=self.clock.now,
+            announce=self._announce,
+        )
 
     # -- set-up ------------------------------------------------------------------
 
@@ -572,106 +569,33 @@ class Agent:
         await self._manifest_downlink(payload)
 
     async def _manifest_downlink(self, payload: bytes) -> None:
-        """Adopt a manifest downlink: validate it, refuse another device's, build its
-        geofence geometry off the event loop, store it, and only then switch the
-        pipeline to it. Refused (:class:`CodecError`, which the uplink counts), keeping
-        the running manifest, when any step fails; logged and in status health."""
+        """A manifest downlink (:meth:`Downlinks.manifest`)."""
         assert self.pipeline is not None
-        device_id = self.config.uplink.device_id
-        try:
-            prepared = await asyncio.to_thread(
-                prepare_manifest,
-                payload,
-                device_id=device_id,
-                geofence=self.pipeline.config.geofence,
-                eta=self.pipeline.eta_tracker is not None,
-            )
-        except ManifestRefusedError as err:
-            self._refuse("manifest", err.route_id, err.reason)
-            raise CodecError(f"manifest refused, keeping the current one: {err}") from err
-        manifest = prepared.manifest
-        try:
-            await asyncio.to_thread(self.manifests.save, prepared.data)
-        except OSError as err:
-            reason = f"cannot store it: {err.strerror or err}"
-            self._refuse("manifest", manifest.route_id, reason)
-            raise CodecError(f"manifest refused, keeping the current one: {reason}") from err
-        self.pipeline.load_manifest(manifest, prepared.index, prepared.plan)
-        self.counts.manifests += 1
-        log.info("manifest %s adopted: %d stops", manifest.route_id, len(manifest.stops))
-        if self.uplink is not None:
-            self.uplink.announce()  # manifest_route_id is in the status health
+        await self.downlinks.manifest(payload, self.pipeline)
 
     async def _config(self, payload: bytes) -> None:
-        """Apply a config downlink to the running pipeline and uplink, and store it.
-
-        Refused (:class:`RemoteConfigError`, which the uplink counts and logs once per
-        kind), keeping the running config: an invalid payload, a revision not above the
-        running one, settings the agent cannot take. The running config offered again
-        (the retained copy, at every reconnect) is no error and changes nothing. The
-        new settings replace the running ones only once stored, so a restart runs what
-        the van last reported.
-        """
+        """A config downlink (:meth:`Downlinks.config`)."""
         assert self.pipeline is not None
         assert self.uplink is not None
-        running = self.remote_config
-        offered: RemoteConfig | None = None
-        try:
-            offered = parse_config(payload)
-            if not admit(running, offered):
-                log.debug("config revision %d again: already running", running_revision(running))
-                return
-            van, uplink = apply_config(offered, van=self.config.van, uplink=self.config.uplink)
-            # The geofence geometry under the new settings, off the event loop: only a
-            # config the van can run is stored.
-            index = await self._config_index(van)
-        except RemoteConfigError as err:
-            revision = offered_revision(payload) if offered is None else offered.revision
-            self._refuse("config", revision, str(err))
-            raise
-        if offered is None:
-            await asyncio.to_thread(self.config_store.clear)
-        else:
-            await asyncio.to_thread(self.config_store.save, offered)
-        self.pipeline.reconfigure(van, index)
-        # The uplink reads its batching settings per batch; nothing else of it changes.
-        self.uplink.config = uplink
-        self.remote_config = offered
-        self.counts.configs += 1
-        self.uplink.announce()  # the dispatcher sees the revision now, not at reconnect
-        if offered is None:
-            log.info("config cleared: running on defaults")
-        else:
-            log.info(
-                "config revision %d applied%s",
-                offered.revision,
-                f" (ignored: {', '.join(offered.ignored)})" if offered.ignored else "",
-            )
-
-    async def _config_index(self, van: VanConfig) -> GeofenceIndex:
-        """The running manifest's geofence geometry under ``van``'s settings, built off
-        the event loop; :class:`RemoteConfigError` (``geofence``) if it cannot be."""
-        assert self.pipeline is not None
-        try:
-            return await asyncio.to_thread(build_index, self.pipeline.manifest, van.geofence)
-        except Exception as err:  # MemoryError, a bug: the van keeps its settings
-            raise RemoteConfigError(
-                "geofence", f"cannot index the running manifest: {err!r}"
-            ) from err
+        await self.downlinks.config(payload, self.pipeline, self.uplink)
 
     def _refuse(self, kind: str, what: str | int | None, reason: str) -> None:
-        """A refused ``manifest`` or ``config`` (``what``: its route_id or revision, if
-        known): logged with its reason every time, kept for status health, announced."""
-        if kind == "manifest":
-            self.counts.manifests_refused += 1
-            key, name = "route_id", f"manifest {what!r}"
-        else:
-            self.counts.configs_refused += 1
-            key, name = "revision", f"config revision {what}"
-        log.warning("%s refused: %s", kind if what is None else name, reason)
-        self.refused[kind] = {key: what, "reason": reason[:500], "at": format_utc(self.clock.now())}
-        if self.uplink is not None:
-            self.uplink.announce()
+        """A refused manifest or config (:meth:`Downlinks.refuse`)."""
+        self.downlinks.refuse(kind, what, reason)
+
+    @property
+    def remote_config(self) -> RemoteConfig | None:
+        """The remote config running, None on the agent's own settings."""
+        return self.downlinks.remote_config
+
+    @remote_config.setter
+    def remote_config(self, config: RemoteConfig | None) -> None:
+        self.downlinks.remote_config = config
+
+    @property
+    def refused(self) -> dict[str, dict[str, Any]]:
+        """The last refused manifest and config, for status health."""
+        return self.downlinks.refused
 
     async def _model(self, payload: bytes) -> None:
         """A model downlink (:meth:`EtaManager.downlink`)."""

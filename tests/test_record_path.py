@@ -51,6 +51,7 @@ from firmware_agent.contract.records import (
     TelemetryPoint,
 )
 from firmware_agent.contract.times import format_utc
+from firmware_agent.feedback import LogFeedback, Signal
 from firmware_agent.scan.types import Scan
 from firmware_agent.sources import Clock, FixSource
 from firmware_agent.uplink.mqtt import UplinkConfig
@@ -215,6 +216,7 @@ class DayPath:
     http_arrivals: list[dict[str, Any]]
     http_pods: list[dict[str, Any]]
     seqs: dict[str, list[int]] = field(default_factory=dict)
+    signals: list[Signal] = field(default_factory=list)  # the driver feedback played
 
 
 def _sql_rows(backend: str, where: str, table: str) -> list[dict[str, Any]]:
@@ -266,7 +268,10 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                     exit_when_drained=True,
                 )
                 watched = Watched(config.sources()[0])
-                agent = Agent(config, gnss=watched, on_records=watched.records.extend)
+                feedback = LogFeedback()
+                agent = Agent(
+                    config, gnss=watched, on_records=watched.records.extend, feedback=feedback
+                )
                 async with open_store() as store, Watcher(broker.port) as watcher:
                     await store.migrate()
                     await store.register_device(DEVICE, public_key)
@@ -304,6 +309,7 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                         http_track=track.json()["positions"],
                         http_arrivals=arrivals.json(),
                         http_pods=pods.json()["pods"],
+                        signals=feedback.signals,
                     )
 
         return asyncio.run(main())
@@ -333,6 +339,11 @@ def test_the_day_makes_a_record_of_every_kind(path: DayPath) -> None:
     assert len({f.sats_used for f in fixes}) == 7
     assert len({f.hdop for f in fixes}) == 13
     assert {f.alt_m is None for f in fixes} >= {False}
+
+
+def test_the_driver_feedback_plays_each_scans_outcome(path: DayPath) -> None:
+    """The parcel of S1 scanned at S1 (a POD), then garbage (unreadable)."""
+    assert path.signals == [Signal.RECORDED, Signal.UNKNOWN_CODE]
 
 
 def test_a_point_is_its_fix_at_wire_resolution(path: DayPath) -> None:
