@@ -368,8 +368,8 @@ FEEDBACK_KINDS: Final[tuple[FeedbackKind, ...]] = ("gpio", "log", "none")
 class FeedbackSettings:
     """How ``fleet-agent run`` tells the driver what a scan did.
 
-    ``kind``: ``gpio`` (LEDs and buzzer through gpiozero; no GPIO on this machine:
-    none, with one warning), ``log`` (:class:`LogFeedback`) or ``none``.
+    ``kind``: ``gpio`` (LEDs and buzzer through gpiozero; no GPIO on this machine or
+    unusable pins: none, logged), ``log`` (:class:`LogFeedback`) or ``none``.
     """
 
     kind: FeedbackKind = "none"
@@ -381,12 +381,25 @@ class FeedbackSettings:
             raise ConfigError(f"feedback kind must be one of {FEEDBACK_KINDS}, got {self.kind!r}")
 
 
-def open_feedback(settings: FeedbackSettings) -> Feedback:
+def open_feedback(
+    settings: FeedbackSettings, *, pin_factory: gpiozero.Factory | None = None
+) -> Feedback:
     """The feedback ``settings`` ask for. Blocking for ``gpio`` (opens the pins): call
-    it off the event loop. An invalid pin is a :class:`ConfigError`, a pin in use a
-    :class:`DeviceError`; no GPIO at all gives :class:`NullFeedback` (one warning)."""
+    it off the event loop. ``pin_factory``: gpiozero's (None: its default, which
+    ``GPIOZERO_PIN_FACTORY`` chooses).
+
+    Never raises: feedback helps the driver but must not stop a van from recording
+    deliveries. No GPIO at all gives :class:`NullFeedback` with one warning; pins that
+    cannot be used (an invalid pin: :class:`ConfigError`, a pin in use:
+    :class:`DeviceError`) give it with an error naming the pin."""
     if settings.kind == "gpio":
-        return DriverFeedback.create(settings.pins, buzzer_muted=settings.buzzer_muted)
+        try:
+            return DriverFeedback.create(
+                settings.pins, pin_factory=pin_factory, buzzer_muted=settings.buzzer_muted
+            )
+        except (ConfigError, DeviceError) as err:
+            _LOG.error("driver feedback on GPIO unusable, running without it: %s", err)
+            return NullFeedback()
     if settings.kind == "log":
         return LogFeedback()
     return NullFeedback()
