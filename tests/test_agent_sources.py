@@ -20,15 +20,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import gpiozero
+import gpiozero  # type: ignore[import-untyped]
 import pytest
 from evdev import ecodes
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
 
 from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.contract.fix import Fix, FixMode
@@ -520,20 +520,90 @@ def on_durations(pin: dict[str, Any]) -> list[float]:
     return [changes[i + 1][0] for i in range(len(changes) - 1) if changes[i][1]]
 
 
-def test_fleet_agent_run_plays_the_drivers_feedback_for_hid_scans(tmp_path: Path) -> None:
+class FifoScanner:
+    """A HID scanner as a FIFO of raw input events (the event-stream hook)."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.device = str(path)
+        self.event_stream = True
+
+    async def type(self, text: str) -> None:
+        await write_when_read(Path(self.device), hid_bytes(text))
+
+
+class UinputScanner:
+    """A real virtual keyboard (/dev/uinput): the agent opens and grabs its evdev node."""
+
+    def __init__(self, ui: Any) -> None:
+        self.ui = ui
+        self.device = str(ui.device.path)
+        self.event_stream = False
+
+    async def type(self, text: str) -> None:
+        for code, value in keystrokes(text):
+            self.ui.write(ecodes.EV_KEY, code, value)
+            self.ui.syn()
+
+
+def _uinput_writable() -> bool:
+    return os.path.exists("/dev/uinput") and os.access("/dev/uinput", os.W_OK)
+
+
+@contextlib.contextmanager
+def hid_scanners(kind: str, tmp_path: Path) -> Iterator[list[FifoScanner | UinputScanner]]:
+    """Two scanners, a ring scanner and a handheld."""
+    if kind == "event-stream":
+        yield [FifoScanner(tmp_path / "ring.events"), FifoScanner(tmp_path / "handheld.events")]
+        return
+    import evdev  # noqa: PLC0415
+
+    keys = sorted({code for code, _ in keystrokes("]C1000123456789")})  # what the labels type
+    with (
+        evdev.UInput({ecodes.EV_KEY: keys}, name="fleet-test-ring") as ring,
+        evdev.UInput({ecodes.EV_KEY: keys}, name="fleet-test-handheld") as handheld,
+    ):
+        yield [UinputScanner(ring), UinputScanner(handheld)]
+
+
+async def wait_for_text(path: Path, text: str, timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while text not in await asyncio.to_thread(path.read_text, errors="replace"):
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "event-stream",
+        pytest.param(
+            "uinput",
+            marks=pytest.mark.skipif(
+                not _uinput_writable(), reason="needs a writable /dev/uinput (a Pi)"
+            ),
+        ),
+    ],
+)
+def test_fleet_agent_run_plays_the_drivers_feedback_for_hid_scans(
+    tmp_path: Path, kind: str
+) -> None:
     """``fleet-agent run`` as a process: a receiver on TCP parked at S1, two HID
-    scanners (a ring scanner and a handheld, each a FIFO of raw input events), GPIO
-    feedback on gpiozero's mock pins. The ring scanner reads S1's parcel (a POD: the
-    green LED and one short beep), the handheld S2's (a wrong stop: red and three
-    beeps). The pins' history comes back through FLEET_MOCK_PIN_HISTORY."""
+    scanners (a ring scanner and a handheld: real uinput keyboards where /dev/uinput
+    is writable, else each a FIFO of the same raw input events), GPIO feedback on
+    gpiozero's mock pins. The ring scanner reads S1's parcel (a POD: the green LED and
+    one short beep), the handheld S2's (a wrong stop: red and three beeps). The pins'
+    history comes back through FLEET_MOCK_PIN_HISTORY."""
+    with hid_scanners(kind, tmp_path) as scanners:
+        run_hid_day(tmp_path, scanners)
+
+
+def run_hid_day(tmp_path: Path, scanners: list[FifoScanner | UinputScanner]) -> None:
     device = "van-hid"
     mqtt_port, gnss_port = free_port(), free_port()  # no broker: the outbox keeps it all
     state = tmp_path / "state"
     state.mkdir()
     (state / "manifest.json").write_text(json.dumps(manifest(device)))
-    ring, handheld = tmp_path / "ring.events", tmp_path / "handheld.events"
-    os.mkfifo(ring)
-    os.mkfifo(handheld)
+    ring, handheld = scanners
     history = tmp_path / "pins.jsonl"
     config = tmp_path / "agent.toml"
     config.write_text(
@@ -546,12 +616,12 @@ port = {mqtt_port}
 tcp = "127.0.0.1:{gnss_port}"
 [[scanners]]
 kind = "hid"
-device = "{ring}"
-event_stream = true
+device = "{ring.device}"
+event_stream = {str(ring.event_stream).lower()}
 [[scanners]]
 kind = "hid"
-device = "{handheld}"
-event_stream = true
+device = "{handheld.device}"
+event_stream = {str(handheld.event_stream).lower()}
 [feedback]
 kind = "gpio"
 [eta]
@@ -566,8 +636,9 @@ enabled = false
     }
 
     async def main() -> str:
+        agent_log = tmp_path / "agent.log"
         async with TcpReceiver(port=gnss_port) as receiver:
-            log_file = (tmp_path / "agent.log").open("wb")
+            log_file = agent_log.open("wb")
             agent = await asyncio.create_subprocess_exec(
                 str(BIN / "fleet-agent"),
                 *("run", "--config", str(config)),
@@ -584,10 +655,12 @@ enabled = false
                         await asyncio.sleep(0.2)
 
                 gnss = asyncio.create_task(parked())
+                for scanner in scanners:
+                    await wait_for_text(agent_log, f"HID scanner open on {scanner.device}")
                 await asyncio.sleep(1.5)  # fixes through the pipeline: the van is at S1
-                await write_when_read(ring, hid_bytes(f"]C100{SSCC_S1}"))
+                await ring.type(f"]C100{SSCC_S1}")
                 await asyncio.sleep(1.5)  # the pattern plays out (0.3 s)
-                await write_when_read(handheld, hid_bytes(f"]C100{SSCC_S2}"))
+                await handheld.type(f"]C100{SSCC_S2}")
                 await asyncio.sleep(2.0)  # 0.9 s
                 # TODO(issue 14, failed attempts): once the pipeline reports a failed
                 # delivery attempt (another helper's outcome and Signal), scan it here
@@ -601,7 +674,7 @@ enabled = false
                     agent.kill()
                     await agent.wait()
                 log_file.close()
-        return (tmp_path / "agent.log").read_text(errors="replace")
+        return agent_log.read_text(errors="replace")
 
     output = asyncio.run(main())
     assert "driver feedback: DriverFeedback" in output, output
