@@ -657,7 +657,7 @@ enabled = false
                 gnss = asyncio.create_task(parked())
                 for scanner in scanners:
                     await wait_for_text(agent_log, f"HID scanner open on {scanner.device}")
-                await asyncio.sleep(1.5)  # fixes through the pipeline: the van is at S1
+                await asyncio.sleep(2.5)  # fixes through the pipeline: the van is at S1
                 await ring.type(f"]C100{SSCC_S1}")
                 await asyncio.sleep(1.5)  # the pattern plays out (0.3 s)
                 await handheld.type(f"]C100{SSCC_S2}")
