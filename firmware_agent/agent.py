@@ -1,7 +1,13 @@
-"""``fleet-agent run``: the van's service, everything wired together.
+"""``fleet-agent run``: the van's service, its parts wired together.
 
-Inputs: a GNSS receiver (serial) or, for the simulator and tests, an NMEA file played
-at a chosen speed; a serial scanner or a scan log. Every fix and scan goes through the
+The parts (each behind a small interface, chosen by :class:`AgentConfig` or given by a
+test): a fix source (:mod:`firmware_agent.sources.fix`: a serial receiver, a receiver
+on TCP, an NMEA file played at a chosen speed with its scan logs merged in), scan
+sources, several at once (:mod:`firmware_agent.sources.scans`: serial, HID/evdev, scan
+logs), the driver's feedback (:mod:`firmware_agent.feedback`: GPIO LEDs and buzzer, a
+log, none; each scan's outcome plays its pattern), a clock
+(:mod:`firmware_agent.sources.clock`) and the ETA model
+(:mod:`firmware_agent.eta.manager`). Every fix and scan goes through the
 pure :class:`~firmware_agent.van.VanPipeline`; every record it returns is committed
 to the durable outbox (its stream: ``telemetry``, ``events`` or ``pod``), encoded once
 into the bytes the wire will carry, before anything else happens to it; the
@@ -14,37 +20,16 @@ an empty one returns them to the agent's own. Status health reports the running
 config's revision (``config_revision``, 0 on defaults) at every connect and at once
 when it changes.
 
-No downlink can brick the van: a manifest or config is validated (a manifest for
-another device is refused), its geofence geometry built off the event loop (bounded:
-:mod:`firmware_agent.geofence.index`), and only then stored and switched to. Anything
-refused leaves the running manifest and config as they are, is logged with its reason
-every time, and is reported in status health: ``manifest_route_id`` and
-``manifest_stops`` (what runs), ``manifests_refused`` and ``configs_refused`` (counts
-since start) and ``manifest_refused`` / ``config_refused`` (the last refusal: its
-``route_id`` or ``revision`` when known, ``reason``, ``at``). A stored manifest or
+No downlink can brick the van (:mod:`firmware_agent.downlinks`): what is refused is
+logged and reported in status health: ``manifest_route_id`` and ``manifest_stops``
+(what runs), ``manifests_refused`` and ``configs_refused`` (counts since start) and
+``manifest_refused`` / ``config_refused`` (the last refusal). A stored manifest or
 config the agent refuses at start (stored by an older version, say) is reported the
 same way and the agent starts without it; the broker delivers the retained ones again.
 
-ETAs: at start, off the event loop, the agent loads the ETA model (``AgentConfig.
-eta_model``, else the default shipped in the package, ``firmware_agent/eta/models/
-default.tflite``) and hands it to the pipeline, which then publishes ``eta`` and
-``late_risk`` events. Without a model, an interpreter, or with a file the agent refuses,
-it publishes the baseline ETA and says why; it never fails to start over a model.
-Status health says what runs: ``eta_model`` (the model's version, ``"baseline"``, or
-``"off"`` with ``AgentConfig.eta`` false), ``eta_backend`` (the interpreter, or null),
-on the baseline ``eta_unavailable`` (why), ``eta_model_source`` (``"shipped"``,
-``"file"`` or ``"downlink"``) and ``models_refused`` (model downlinks refused since
-start).
-
-New models come down the retained ``model`` topic, signed with the fleet's model key
-(:mod:`firmware_agent.contract.model`; the public keys are ``AgentConfig.
-model_keys``). Off the event loop, the agent verifies one, loads it (contract, trial
-invoke), stores it (:mod:`firmware_agent.eta.model_store`: ``eta/current.model``, the
-model it replaces as ``eta/previous.model``) and only then hands it to the pipeline and
-re-publishes its status. Anything refused is counted and the running model stays. At
-start it runs ``eta/current.model`` if that verifies and loads, else the previous one
-(a rollback), else the shipped or configured model; an empty ``model`` payload returns
-it to that one and removes both files.
+ETAs: the model to run and the signed models the fleet sends are
+:class:`~firmware_agent.eta.manager.EtaManager`'s (status health: ``eta_model``,
+``eta_backend``, ``eta_unavailable``, ``eta_model_source``, ``models_refused``).
 
 State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 0600),
 ``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db`` with its
@@ -70,45 +55,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_agent.contract import wirejson
-from firmware_agent.contract.errors import CodecError, ModelError, ModelUpdateError
-from firmware_agent.contract.fix import Fix, FixMode
+from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import Manifest, ManifestError, parse_manifest
 from firmware_agent.contract.records import PodRecord, Record, encode_record
-from firmware_agent.contract.times import format_utc
-from firmware_agent.errors import (
-    ConfigError,
-    ModelUnavailableError,
-    OutboxStorageError,
-    RemoteConfigError,
-)
-from firmware_agent.eta.model_store import (
-    ModelStore,
-    RunningModel,
-    install_model,
-    load_model_keys,
-    start_model,
-)
+from firmware_agent.downlinks import Downlinks
+from firmware_agent.errors import ConfigError, OutboxStorageError, RemoteConfigError
+from firmware_agent.eta.manager import SHIPPED_MODEL, EtaManager, EtaSettings, load_eta_predictor
+from firmware_agent.eta.model_store import RunningModel
 from firmware_agent.eta.predictor import EtaPredictor
-from firmware_agent.faults import FaultCounter, log_first_seen
+from firmware_agent.feedback import Feedback, FeedbackSettings, open_feedback
 from firmware_agent.geofence import GeofenceIndex, build_index
-from firmware_agent.gnss.decoder import GnssDecoder
-from firmware_agent.gnss.reader import GnssReader, ReaderConfig
+from firmware_agent.gnss.reader import ReaderConfig
 from firmware_agent.manifest_store import (
-    ManifestRefusedError,
     ManifestStore,
     check_device,
-    prepare_manifest,
 )
 from firmware_agent.pod.chain import ChainState, PodChain
 from firmware_agent.pod.state import (
@@ -121,15 +91,26 @@ from firmware_agent.pod.state import (
 from firmware_agent.remote_config import (
     RemoteConfig,
     RemoteConfigStore,
-    admit,
     apply_config,
-    offered_revision,
-    parse_config,
     running_revision,
 )
-from firmware_agent.scan.log import read_scan_log
-from firmware_agent.scan.serial_reader import ScannerConfig, SerialScanner
+from firmware_agent.scan.serial_reader import ScannerConfig
 from firmware_agent.scan.types import Scan
+from firmware_agent.sources import (
+    Clock,
+    FixSource,
+    GnssClock,
+    GnssSource,
+    NmeaFile,
+    ScanLog,
+    ScannerSource,
+    ScanSource,
+    SerialGnss,
+    SerialScan,
+    SimClock,
+    default_clock,
+    inputs,
+)
 from firmware_agent.uplink.holdback import Committer, Held, HoldLimits
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
 from firmware_agent.uplink.outbox import META_POD_CHAIN
@@ -138,10 +119,16 @@ from firmware_agent.van import VanConfig, VanPipeline
 
 log = logging.getLogger(__name__)
 
-_FILE_CHUNK = 64 * 1024
-# The default ETA model, package data of firmware_agent.eta (trained by fleet-ingest
-# train-eta); a build without it runs on the baseline.
-SHIPPED_MODEL: tuple[str, str, str] = ("firmware_agent.eta", "models", "default.tflite")
+# Kept importable from here: they lived in this module before issue 14.
+__all__ = [
+    "SHIPPED_MODEL",
+    "Agent",
+    "AgentConfig",
+    "AgentCounts",
+    "GnssClock",
+    "SimClock",
+    "load_eta_predictor",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,12 +137,19 @@ class AgentConfig:
     uplink: UplinkConfig
     # The pipeline's own settings; a remote config overrides them while it runs.
     van: VanConfig = field(default_factory=VanConfig)
-    gnss: ReaderConfig | None = None
+    # Where fixes come from (firmware_agent.sources): a serial receiver, a receiver on
+    # TCP, an NMEA file. A bare ReaderConfig is a serial receiver (the older form).
+    gnss: GnssSource | ReaderConfig | None = None
+    # Scanners, several at once (a ring scanner and a handheld): serial, HID, scan logs.
+    scanners: tuple[ScannerSource, ...] = ()
+    # What the driver sees and hears after a scan: GPIO LEDs and buzzer, log, none.
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    # The older forms, mapped onto the sources above (sources()): one serial scanner,
+    # an NMEA file played at `speed` (1.0 real time, 0 as fast as possible) with a
+    # scan log merged in.
     scanner: ScannerConfig | None = None
-    # Simulator / test inputs instead of hardware.
     nmea_file: Path | None = None
     scans_file: Path | None = None
-    # Playback speed of nmea_file: 1.0 real time, 0 as fast as possible.
     speed: float = 0.0
     outbox_budget_bytes: int = 100 * 1024 * 1024
     # What is held in memory while the outbox cannot store records (a full disk).
@@ -171,9 +165,24 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if (self.gnss is None) == (self.nmea_file is None):
-            raise ConfigError("give exactly one GNSS input: a serial port or an NMEA file")
+            raise ConfigError("give exactly one GNSS input: a receiver or an NMEA file")
         if self.speed < 0:
             raise ConfigError(f"speed must be >= 0, got {self.speed}")
+
+    def sources(self) -> tuple[GnssSource, tuple[ScannerSource, ...]]:
+        """The fix source and the scan sources to run, the older fields mapped."""
+        gnss = self.gnss
+        if isinstance(gnss, ReaderConfig):
+            gnss = SerialGnss(gnss)
+        elif gnss is None:
+            assert self.nmea_file is not None
+            gnss = NmeaFile(self.nmea_file, speed=self.speed)
+        scanners = self.scanners
+        if self.scanner is not None:
+            scanners += (SerialScan(self.scanner),)
+        if self.scans_file is not None:
+            scanners += (ScanLog(self.scans_file),)
+        return inputs(gnss, scanners)
 
 
 @dataclass
@@ -193,94 +202,55 @@ class AgentCounts:
     models_refused: int = 0
 
 
-class GnssClock:
-    """UTC now: the system clock, unless GNSS time says it is off by more than
-    ``max_skew_s`` (a Pi has no RTC: after a power cut it boots at its last shutdown
-    time until NTP answers, and NTP needs the cellular link). Then the latest GNSS time,
-    carried forward by the monotonic clock."""
-
-    def __init__(self, max_skew_s: float = 2.0) -> None:
-        self._max_skew_s = max_skew_s
-        self._offset = timedelta(0)
-
-    def observe(self, gnss_time: datetime) -> None:
-        offset = gnss_time - datetime.now(UTC)
-        skewed = abs(offset.total_seconds()) > self._max_skew_s
-        self._offset = offset if skewed else timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self._offset
-
-
-def load_eta_predictor(model: Path | None = None) -> EtaPredictor:
-    """The ETA predictor to run: ``model``, else the shipped default.
-
-    Blocking (reads the file, builds the interpreter, one trial invoke): call it with
-    :func:`asyncio.to_thread`. Raises nothing for what can go wrong with a model on a
-    van: no shipped model, a file that cannot be read or that breaks the model contract
-    (:class:`ModelError`), no interpreter here; each gives the baseline predictor with
-    the reason in ``unavailable`` (logged as a warning, but for no shipped model).
-    """
-    started = time.perf_counter()
-    if model is None:
-        package, *parts = SHIPPED_MODEL
-        resource = files(package).joinpath(*parts)
-        name = f"shipped model {'/'.join(parts)}"
-        try:
-            if not resource.is_file():
-                # A build without the model is a choice, not a fault: INFO, not WARNING.
-                log.info("ETA on the baseline: no model shipped")
-                return EtaPredictor.baseline("no model shipped")
-            data = resource.read_bytes()
-        except OSError as err:
-            return _baseline(f"cannot read the {name}: {err}")
-    else:
-        name = f"model {model}"
-        try:
-            data = model.read_bytes()
-        except OSError as err:
-            return _baseline(f"cannot read {name}: {err.strerror or err}")
-    try:
-        predictor = EtaPredictor.load(data)
-    except (ModelError, ModelUnavailableError) as err:
-        return _baseline(f"{name} refused: {err}")
-    if predictor.model_version is None:
-        log.warning("ETA on the baseline: %s", predictor.unavailable)
-    else:
-        log.info(
-            "ETA model %s loaded on %s in %.1f ms (%d bytes)",
-            predictor.model_version,
-            predictor.backend,
-            (time.perf_counter() - started) * 1e3,
-            len(data),
-        )
-    return predictor
-
-
-def _baseline(reason: str) -> EtaPredictor:
-    log.warning("ETA on the baseline: %s", reason)
-    return EtaPredictor.baseline(reason)
-
-
 class Agent:
-    """One van. ``await Agent(config).run()``; cancel it to stop."""
+    """One van. ``await Agent(config).run()``; cancel it to stop.
 
-    def __init__(self, config: AgentConfig) -> None:
+    Its parts, built from ``config`` unless given (tests give them: a
+    :class:`~firmware_agent.sources.clock.SimClock`, a source they control, a
+    feedback whose signals they read): ``clock``, the fix source ``gnss``, the
+    ``scanners``, the driver ``feedback`` (the agent opens and closes the one it builds,
+    not one given). ``on_records`` sees every record the pipeline returns, in order,
+    before it is committed.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock | None = None,
+        gnss: FixSource | None = None,
+        scanners: Sequence[ScanSource] | None = None,
+        feedback: Feedback | None = None,
+        on_records: Callable[[list[Record]], None] | None = None,
+    ) -> None:
         self.config = config
-        self.clock = GnssClock()
+        configured_gnss, configured_scanners = config.sources()
+        self.gnss: FixSource = gnss if gnss is not None else configured_gnss
+        self.scanners: tuple[ScanSource, ...] = (
+            tuple(scanners) if scanners is not None else configured_scanners
+        )
+        self.clock: Clock = clock if clock is not None else default_clock(configured_gnss)
+        self.feedback: Feedback | None = feedback
+        self._own_feedback = feedback is None
+        self._on_records = on_records
         self.counts = AgentCounts()
         self.manifests = ManifestStore(config.state_dir / "manifest.json")
         self.chain_store = ChainStateStore(config.state_dir / "pod-chain.json")
         self.config_store = RemoteConfigStore(config.state_dir / "config.json")
-        # The remote config running, None on the agent's own settings.
-        self.remote_config: RemoteConfig | None = None
         self.pipeline: VanPipeline | None = None
         self.uplink: Uplink | None = None
-        # The ETA model handed to the pipeline (None before start, or with ETAs off):
-        # its predictor, its source and, when downlinked, the signed update.
-        self.eta_model: RunningModel | None = None
-        self.model_store = ModelStore(config.state_dir / "eta")
-        self._model_keys: tuple[Ed25519PublicKey, ...] = ()
+        # The ETA model: loaded at start, replaced by model downlinks.
+        self.eta = EtaManager(
+            EtaSettings(
+                eta=config.eta,
+                eta_model=config.eta_model,
+                model_keys=config.model_keys,
+                device_id=config.uplink.device_id,
+            ),
+            state_dir=config.state_dir,
+            counts=self.counts,
+            announce=self._announce,
+        )
         self.input_done = asyncio.Event()
         self._outbox: AsyncOutbox | None = None
         # Commits to the outbox, holding records in memory while it refuses them.
@@ -291,8 +261,16 @@ class Agent:
         self._outbox_reset: dict[str, object] | None = None
         # The device key (PODs, the uplink's sequence report and signed batches).
         self._device_key: Ed25519PrivateKey | None = None
-        # The last refused manifest and config, for status health.
-        self.refused: dict[str, dict[str, Any]] = {}
+        # Manifest and config downlinks; the running remote config and the refusals.
+        self.downlinks = Downlinks(
+            van=config.van,
+            uplink=config.uplink,
+            manifests=self.manifests,
+            config_store=self.config_store,
+            counts=self.counts,
+            clock=self.clock.now,
+            announce=self._announce,
+        )
 
     # -- set-up ------------------------------------------------------------------
 
@@ -394,35 +372,16 @@ class Agent:
         return van, uplink
 
     async def load_eta(self) -> EtaPredictor | None:
-        """Load the fleet's model keys and the ETA predictor off the event loop (None
-        with ETAs off): the stored downlinked model, else the previous one, else the
-        configured or shipped model (:func:`~firmware_agent.eta.model_store.
-        start_model`). A model problem gives the baseline, never an error; a model key
-        file that cannot be used is a :class:`ConfigError`."""
-        c = self.config
-        if c.eta:
-            self._model_keys = await asyncio.to_thread(load_model_keys, c.model_keys)
-            running = await asyncio.to_thread(
-                start_model,
-                self.model_store,
-                self._model_keys,
-                device_id=c.uplink.device_id,
-                fallback=self._own_model,
-            )
-            self.eta_model = running
-        return self.eta_predictor
+        """The ETA model to start on (:meth:`EtaManager.load_eta`)."""
+        return await self.eta.load_eta()
+
+    @property
+    def eta_model(self) -> RunningModel | None:
+        return self.eta.eta_model
 
     @property
     def eta_predictor(self) -> EtaPredictor | None:
-        """The predictor of :attr:`eta_model` (None before start, or with ETAs off)."""
-        return self.eta_model.predictor if self.eta_model is not None else None
-
-    def _own_model(self) -> RunningModel:
-        """The agent's own model: ``eta_model``, else the shipped one. Blocking."""
-        model = self.config.eta_model
-        return RunningModel(
-            predictor=load_eta_predictor(model), source="shipped" if model is None else "file"
-        )
+        return self.eta.eta_predictor
 
     # -- running -----------------------------------------------------------------
 
@@ -488,61 +447,59 @@ class Agent:
             self.uplink.announce()
 
     async def _inputs(self) -> None:
-        c = self.config
-        async with asyncio.TaskGroup() as tg:
-            if c.scanner is not None:
-                tg.create_task(self._serial_scans(c.scanner), name="scanner")
-            if c.gnss is not None:
-                tg.create_task(self._serial_gnss(c.gnss), name="gnss")
-                tg.create_task(self._pairing_ticks(), name="pairing-ticks")
+        """Every source read into the pipeline, the driver feedback playing each scan's
+        outcome (VanPipeline's result -> Signal mapping) while they run. When they
+        stop (the agent stopped: SIGTERM, Ctrl-C), the attempt still waiting for a reason
+        card is signed as it is, before the outbox closes."""
+        try:
+            async with self._driver_feedback() as feedback, asyncio.TaskGroup() as tg:
+                assert self.pipeline is not None
+                self.pipeline.feedback = feedback
+                for n, scanner in enumerate(self.scanners):
+                    tg.create_task(self._scans(scanner), name=f"scanner-{n}")
+                tg.create_task(self._fixes(self.gnss), name="gnss")
+                if self.gnss.live:
+                    # A live receiver's clock: a file's fixes carry their own time.
+                    tg.create_task(self._pairing_ticks(), name="pairing-ticks")
+        finally:
+            if self.pipeline is not None and self.committer is not None:
+                await self._commit_signed(self.pipeline.flush())
+
+    @contextlib.asynccontextmanager
+    async def _driver_feedback(self) -> AsyncIterator[Feedback]:
+        """The feedback given, else the one the settings ask for, opened off the event
+        loop and closed at the end (a pattern playing is cut, every output off)."""
+        if self.feedback is not None and not self._own_feedback:
+            yield self.feedback
+            return
+        feedback = await asyncio.to_thread(open_feedback, self.config.feedback)
+        self.feedback = feedback
+        log.info("driver feedback: %s", type(feedback).__name__)
+        try:
+            yield feedback
+        finally:
+            feedback.close()  # quick: wakes the pattern thread and joins it
+
+    async def _fixes(self, source: FixSource) -> None:
+        """The fix source's readings into the pipeline (a file's merged scans too);
+        a file's end is the end of the input (:attr:`input_done`)."""
+        log.info("GNSS input: %s", source.describe())
+        async for reading in source.readings(self.clock):
+            if isinstance(reading, Scan):
+                await self.on_scan(reading)
             else:
-                assert c.nmea_file is not None
-                scans = self._scan_log(c.scans_file) if c.scans_file is not None else []
-                tg.create_task(self._file_gnss(c.nmea_file, scans), name="gnss-file")
-
-    async def _serial_gnss(self, config: ReaderConfig) -> None:
-        reader = GnssReader(config)
-        async for fix in reader.fixes():
-            if fix.time is not None and fix.mode != FixMode.NO_FIX:
-                self.clock.observe(fix.time)
-            await self.on_fix(fix)
-
-    async def _serial_scans(self, config: ScannerConfig) -> None:
-        scanner = SerialScanner(config, clock=self.clock.now)
-        async for scan in scanner.scans():
-            await self.on_scan(scan)
-
-    def _scan_log(self, path: Path) -> list[Scan]:
-        faults = FaultCounter()
-        with path.open(encoding="utf-8", errors="replace") as lines:
-            scans = sorted(read_scan_log(lines, faults), key=lambda s: s.time)
-        log_first_seen(log, faults, f"scan log {path}")
-        return scans
-
-    async def _file_gnss(self, path: Path, scans: list[Scan]) -> None:
-        """Play an NMEA file: scans merged by time, paced by ``speed`` (0: no pacing)."""
-        decoder = GnssDecoder()
-        next_scan = 0
-        first: tuple[datetime, float] | None = None
-        loop = asyncio.get_running_loop()
-        async for chunk in _chunks(path):
-            for fix in decoder.feed(chunk) if chunk else decoder.flush():
-                if fix.time is not None:
-                    if self.config.speed > 0:
-                        if first is None:
-                            first = (fix.time, loop.time())
-                        due = first[1] + (fix.time - first[0]).total_seconds() / self.config.speed
-                        await asyncio.sleep(max(0.0, due - loop.time()))
-                    while next_scan < len(scans) and scans[next_scan].time <= fix.time:
-                        await self.on_scan(scans[next_scan])
-                        next_scan += 1
-                await self.on_fix(fix)
-        for scan in scans[next_scan:]:
-            await self.on_scan(scan)
+                self.clock.on_fix(reading)
+                await self.on_fix(reading)
         assert self.pipeline is not None
         await self._commit_signed(self.pipeline.flush())  # the attempt waiting for a reason
-        log.info("input file %s done: %d fixes, %d scans", path, self.counts.fixes, len(scans))
+        log.info("GNSS input %s done", source.describe())
         self.input_done.set()
+
+    async def _scans(self, source: ScanSource) -> None:
+        log.info("scan input: %s", source.describe())
+        async for scan in source.scans(self.clock):
+            await self.on_scan(scan)
+        log.info("scan input %s done", source.describe())
 
     # -- the pipeline ------------------------------------------------------------
 
@@ -559,7 +516,7 @@ class Agent:
         assert self.pipeline is not None
         self.counts.fixes += 1
         # A fix may end a POD's wait for a reason card: it is signed with the fix's records.
-        await self._commit_signed(self.pipeline.on_fix(fix))
+        await self._commit_signed(self._seen(self.pipeline.on_fix(fix)))
 
     async def on_scan(self, scan: Scan) -> None:
         assert self.pipeline is not None
@@ -569,7 +526,7 @@ class Agent:
             # signed now could not be kept. Nothing is signed; the scan is refused.
             self.committer.refuse_scan(repr(scan.raw[:40]))
             return
-        await self._commit_signed(self.pipeline.on_scan(scan))
+        await self._commit_signed(self._seen(self.pipeline.on_scan(scan)))
 
     async def _commit_signed(self, records: list[Record]) -> None:
         """Commit ``records``; if they hold a POD, save the chain state after them."""
@@ -579,6 +536,11 @@ class Agent:
         await self._commit(records)
         if any(isinstance(r, PodRecord) for r in records):
             await self._save_chain(self.pipeline.pods.state)
+
+    def _seen(self, records: list[Record]) -> list[Record]:
+        if self._on_records is not None:
+            self._on_records(records)
+        return records
 
     async def _save_chain(self, state: ChainState) -> None:
         """Save the POD chain state; a failure (a full disk) is logged once and
@@ -634,183 +596,38 @@ class Agent:
         await self._manifest_downlink(payload)
 
     async def _manifest_downlink(self, payload: bytes) -> None:
-        """Adopt a manifest downlink: validate it, refuse another device's, build its
-        geofence geometry off the event loop, store it, and only then switch the
-        pipeline to it. Refused (:class:`CodecError`, which the uplink counts), keeping
-        the running manifest, when any step fails; logged and in status health."""
+        """A manifest downlink (:meth:`Downlinks.manifest`)."""
         assert self.pipeline is not None
-        device_id = self.config.uplink.device_id
-        try:
-            prepared = await asyncio.to_thread(
-                prepare_manifest,
-                payload,
-                device_id=device_id,
-                geofence=self.pipeline.config.geofence,
-                eta=self.pipeline.eta_tracker is not None,
-            )
-        except ManifestRefusedError as err:
-            self._refuse("manifest", err.route_id, err.reason)
-            raise CodecError(f"manifest refused, keeping the current one: {err}") from err
-        manifest = prepared.manifest
-        try:
-            await asyncio.to_thread(self.manifests.save, prepared.data)
-        except OSError as err:
-            reason = f"cannot store it: {err.strerror or err}"
-            self._refuse("manifest", manifest.route_id, reason)
-            raise CodecError(f"manifest refused, keeping the current one: {reason}") from err
-        self.pipeline.load_manifest(manifest, prepared.index, prepared.plan)
-        self.counts.manifests += 1
-        log.info("manifest %s adopted: %d stops", manifest.route_id, len(manifest.stops))
-        if self.uplink is not None:
-            self.uplink.announce()  # manifest_route_id is in the status health
+        await self.downlinks.manifest(payload, self.pipeline)
 
     async def _config(self, payload: bytes) -> None:
-        """Apply a config downlink to the running pipeline and uplink, and store it.
-
-        Refused (:class:`RemoteConfigError`, which the uplink counts and logs once per
-        kind), keeping the running config: an invalid payload, a revision not above the
-        running one, settings the agent cannot take. The running config offered again
-        (the retained copy, at every reconnect) is no error and changes nothing. The
-        new settings replace the running ones only once stored, so a restart runs what
-        the van last reported.
-        """
+        """A config downlink (:meth:`Downlinks.config`)."""
         assert self.pipeline is not None
         assert self.uplink is not None
-        running = self.remote_config
-        offered: RemoteConfig | None = None
-        try:
-            offered = parse_config(payload)
-            if not admit(running, offered):
-                log.debug("config revision %d again: already running", running_revision(running))
-                return
-            van, uplink = apply_config(offered, van=self.config.van, uplink=self.config.uplink)
-            # The geofence geometry under the new settings, off the event loop: only a
-            # config the van can run is stored.
-            index = await self._config_index(van)
-        except RemoteConfigError as err:
-            revision = offered_revision(payload) if offered is None else offered.revision
-            self._refuse("config", revision, str(err))
-            raise
-        if offered is None:
-            await asyncio.to_thread(self.config_store.clear)
-        else:
-            await asyncio.to_thread(self.config_store.save, offered)
-        self.pipeline.reconfigure(van, index)
-        # The uplink reads its batching settings per batch; nothing else of it changes.
-        self.uplink.config = uplink
-        self.remote_config = offered
-        self.counts.configs += 1
-        self.uplink.announce()  # the dispatcher sees the revision now, not at reconnect
-        if offered is None:
-            log.info("config cleared: running on defaults")
-        else:
-            log.info(
-                "config revision %d applied%s",
-                offered.revision,
-                f" (ignored: {', '.join(offered.ignored)})" if offered.ignored else "",
-            )
-
-    async def _config_index(self, van: VanConfig) -> GeofenceIndex:
-        """The running manifest's geofence geometry under ``van``'s settings, built off
-        the event loop; :class:`RemoteConfigError` (``geofence``) if it cannot be."""
-        assert self.pipeline is not None
-        try:
-            return await asyncio.to_thread(build_index, self.pipeline.manifest, van.geofence)
-        except Exception as err:  # MemoryError, a bug: the van keeps its settings
-            raise RemoteConfigError(
-                "geofence", f"cannot index the running manifest: {err!r}"
-            ) from err
+        await self.downlinks.config(payload, self.pipeline, self.uplink)
 
     def _refuse(self, kind: str, what: str | int | None, reason: str) -> None:
-        """A refused ``manifest`` or ``config`` (``what``: its route_id or revision, if
-        known): logged with its reason every time, kept for status health, announced."""
-        if kind == "manifest":
-            self.counts.manifests_refused += 1
-            key, name = "route_id", f"manifest {what!r}"
-        else:
-            self.counts.configs_refused += 1
-            key, name = "revision", f"config revision {what}"
-        log.warning("%s refused: %s", kind if what is None else name, reason)
-        self.refused[kind] = {key: what, "reason": reason[:500], "at": format_utc(self.clock.now())}
-        if self.uplink is not None:
-            self.uplink.announce()
+        """A refused manifest or config (:meth:`Downlinks.refuse`)."""
+        self.downlinks.refuse(kind, what, reason)
+
+    @property
+    def remote_config(self) -> RemoteConfig | None:
+        """The remote config running, None on the agent's own settings."""
+        return self.downlinks.remote_config
+
+    @remote_config.setter
+    def remote_config(self, config: RemoteConfig | None) -> None:
+        self.downlinks.remote_config = config
+
+    @property
+    def refused(self) -> dict[str, dict[str, Any]]:
+        """The last refused manifest and config, for status health."""
+        return self.downlinks.refused
 
     async def _model(self, payload: bytes) -> None:
-        """Install a model downlink, or go back to the agent's own model on an empty one.
-
-        Refused (:class:`ModelUpdateError`, which the uplink counts and logs once per
-        kind), keeping the running model: a payload that does not verify against the
-        fleet keys, a model issued no later than the running downlinked one, a model
-        that does not load, a model that cannot be stored. The running model offered
-        again (the retained copy, at every reconnect) changes nothing. The new model
-        runs only once stored, so a restart runs what the van last reported. Every
-        step that reads or writes files or builds an interpreter runs off the loop.
-        """
+        """A model downlink (:meth:`EtaManager.downlink`)."""
         assert self.pipeline is not None
-        assert self.uplink is not None
-        if not self.config.eta:
-            log.info("ETAs are off: model downlink (%d bytes) ignored", len(payload))
-            return
-        running = self.eta_model
-        assert running is not None
-        new: RunningModel | None
-        try:
-            if payload:
-                new = await asyncio.to_thread(
-                    install_model,
-                    self.model_store,
-                    payload,
-                    self._model_keys,
-                    device_id=self.config.uplink.device_id,
-                    running=running,
-                )
-            else:
-                new = await self._clear_model(running)
-        except ModelUpdateError:
-            self.counts.models_refused += 1
-            self.uplink.announce()  # models_refused is in the status health
-            raise
-        if new is None:
-            log.debug("ETA model offered again: already running")
-            return
-        self.eta_model = new
-        if new.predictor is not running.predictor:  # not so for a model signed again
-            self.pipeline.use_predictor(new.predictor)
-        self.counts.models += 1
-        self.uplink.announce()  # the dispatcher sees the model now, not at reconnect
-        if new.signed is not None and new.predictor is running.predictor:
-            log.info(
-                "ETA model %s signed again (issued %s, key %s): signature stored",
-                new.signed.model_version,
-                format_utc(new.signed.issued),
-                new.signed.kid,
-            )
-        elif new.signed is not None:
-            log.info(
-                "ETA model %s installed (issued %s, key %s), replacing %s",
-                new.signed.model_version,
-                format_utc(new.signed.issued),
-                new.signed.kid,
-                running.predictor.model_version or "the baseline",
-            )
-        else:
-            log.info(
-                "ETA model cleared: back to the %s model %s",
-                new.source,
-                new.predictor.model_version or "(baseline)",
-            )
-
-    async def _clear_model(self, running: RunningModel) -> RunningModel | None:
-        """Remove the stored models; the agent's own model to run, None if it runs it."""
-        try:
-            await asyncio.to_thread(self.model_store.clear)
-        except OSError as err:
-            raise ModelUpdateError(
-                "storage", f"model clear: cannot remove the stored models: {err}"
-            ) from err
-        if running.source != "downlink":
-            return None
-        return await asyncio.to_thread(self._own_model)
+        await self.eta.downlink(payload, self.pipeline)
 
     def health(self) -> dict[str, Any]:
         counts: dict[str, Any] = {
@@ -847,33 +664,8 @@ class Agent:
         return out
 
     def _eta_health(self) -> dict[str, Any]:
-        if not self.config.eta:
-            return {"eta_model": "off"}
         tracker = self.pipeline.eta_tracker if self.pipeline is not None else None
-        # The tracker's predictor, once running: it falls back to the baseline if the
-        # model fails at run time.
-        predictor = tracker.predictor if tracker is not None else self.eta_predictor
-        if predictor is None:
-            return {}  # not loaded yet
-        health: dict[str, Any] = {
-            "eta_model": predictor.model_version or "baseline",
-            "eta_backend": predictor.backend,
-        }
-        if predictor.model_version is None:
-            health["eta_unavailable"] = predictor.unavailable
-        if self.eta_model is not None:
-            health["eta_model_source"] = self.eta_model.source
-        health["models_refused"] = self.counts.models_refused
-        return health
-
-
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as source:
-        while True:
-            chunk = await asyncio.to_thread(source.read, _FILE_CHUNK)
-            yield chunk
-            if not chunk:
-                return
+        return self.eta.health(tracker.predictor if tracker is not None else None)
 
 
 def _pod_tokens(payloads: Iterable[bytes]) -> Iterator[str]:

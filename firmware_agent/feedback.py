@@ -18,7 +18,7 @@ signal                LEDs                                         buzzer
 ====================  ===========================================  =====================
 
 Which result of the pipeline gives which signal is :func:`signal_for`, the one place
-that decides it. With ``mute_buzzer`` the buzzer stays silent and the LEDs play as
+that decides it. With ``buzzer_muted`` the buzzer stays silent and the LEDs play as
 ever (a driver who finds the beeps too much, a night round).
 
 :class:`DriverFeedback` plays patterns on a worker thread, so :meth:`~DriverFeedback.signal`
@@ -26,20 +26,33 @@ never blocks the event loop (it takes no lock: a queue put). A new signal interr
 the pattern playing, which is cut short with every output off. :class:`NullFeedback`
 has the same interface and does nothing, for vans without GPIO (and laptops):
 :meth:`DriverFeedback.create` falls back to it, with one warning, when gpiozero finds no
-pin factory.
+pin factory. :class:`LogFeedback` writes each signal to the log instead (a bench, the
+simulator, a van whose LEDs are being fitted).
+
+``fleet-agent run`` picks one with :class:`FeedbackSettings` (``kind``: ``gpio``,
+``log`` or ``none``; the pins; ``buzzer_muted``: LEDs only) through
+:func:`open_feedback`. gpiozero's own ``GPIOZERO_PIN_FACTORY`` environment variable
+chooses its pin factory (``mock`` for tests). Test hook: with gpiozero's mock factory
+and ``FLEET_TEST_PIN_HISTORY`` set to a file, :meth:`DriverFeedback.close` appends
+every pin's state history there (one JSON line per pin: ``{"pin", "role", "states":
+[[seconds since the previous change, state], ...]}``), so a test can assert what a
+``fleet-agent run`` process did with its LEDs and buzzer.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import queue
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Final, Literal, Protocol, Self
 
 import gpiozero  # type: ignore[import-untyped]  # gpiozero has no type hints
 from gpiozero import BadPinFactory, GPIOPinInUse, GPIOZeroError, PinInvalidPin
@@ -176,7 +189,7 @@ class DriverFeedback:
 
     Construct it outside the event loop (opening GPIO touches files), or use
     :meth:`create`. ``pin_factory`` is gpiozero's (``MockFactory`` in tests); ``None``
-    uses gpiozero's default. ``mute_buzzer``: the buzzer is held silent (its pin is
+    uses gpiozero's default. ``buzzer_muted``: the buzzer is held silent (its pin is
     still claimed, and kept off), the LEDs play every pattern. gpiozero errors are
     translated: an invalid pin is a
     :class:`~firmware_agent.errors.ConfigError`, a pin in use a
@@ -189,10 +202,11 @@ class DriverFeedback:
         pins: FeedbackPins,
         *,
         pin_factory: gpiozero.Factory | None = None,
-        mute_buzzer: bool = False,
+        buzzer_muted: bool = False,
     ) -> None:
         self.pins = pins
-        self.mute_buzzer = mute_buzzer
+        # Muted: the buzzer pin is held (off) but never sounded; the LEDs play.
+        self.buzzer_muted = buzzer_muted
         self._devices: list[gpiozero.DigitalOutputDevice] = []
         try:
             self._green = self._output(gpiozero.LED, pins.green_led, pin_factory)
@@ -216,11 +230,11 @@ class DriverFeedback:
         pins: FeedbackPins,
         *,
         pin_factory: gpiozero.Factory | None = None,
-        mute_buzzer: bool = False,
+        buzzer_muted: bool = False,
     ) -> DriverFeedback | NullFeedback:
         """A :class:`DriverFeedback`, or a :class:`NullFeedback` where there is no GPIO."""
         try:
-            return cls(pins, pin_factory=pin_factory, mute_buzzer=mute_buzzer)
+            return cls(pins, pin_factory=pin_factory, buzzer_muted=buzzer_muted)
         except DeviceUnavailableError as err:
             _LOG.warning("no GPIO, driver feedback (LEDs, buzzer) disabled: %s", err)
             return NullFeedback()
@@ -253,6 +267,7 @@ class DriverFeedback:
         if self._worker.is_alive():
             self._requests.put(_CLOSE)
             self._worker.join()
+        self._write_mock_history()
         self._close_devices()
 
     def __enter__(self) -> Self:
@@ -291,13 +306,37 @@ class DriverFeedback:
         self._devices.append(device)
         return device
 
+    def _write_mock_history(self) -> None:
+        """The test hook of the module doc: mock pins' histories to a file."""
+        target = os.environ.get(PIN_HISTORY_ENV)
+        if not target:
+            return
+        lines = []
+        for role, device in (("green", self._green), ("red", self._red), ("buzzer", self._buzzer)):
+            pin = getattr(device, "pin", None)
+            states = getattr(pin, "states", None)  # only gpiozero's MockPin keeps them
+            if states is None:
+                continue
+            lines.append(
+                json.dumps(
+                    {
+                        "pin": str(pin),
+                        "role": role,
+                        "states": [[round(t, 4), bool(v)] for t, v in states],
+                    }
+                )
+            )
+        if lines:
+            with Path(target).open("a", encoding="utf-8") as out:
+                out.write("".join(line + "\n" for line in lines))
+
     def _close_devices(self) -> None:
         for device in self._devices:
             device.close()
         self._devices.clear()
 
     def _set(self, green: bool, red: bool, buzzer: bool) -> None:
-        buzzer = buzzer and not self.mute_buzzer
+        buzzer = buzzer and not self.buzzer_muted
         for device, on in ((self._green, green), (self._red, red), (self._buzzer, buzzer)):
             if device is not None:
                 device.value = on
@@ -340,3 +379,79 @@ class DriverFeedback:
             except queue.Empty:
                 break
         return request
+
+
+class LogFeedback:
+    """Feedback as log lines (INFO, logger ``firmware_agent.feedback``): ``driver
+    feedback: wrong_stop``; for a bench or the simulator, where no one watches LEDs."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or _LOG
+        self.signals: list[Signal] = []
+
+    def signal(self, s: Signal) -> None:
+        self.signals.append(Signal(s))
+        self._log.info("driver feedback: %s", Signal(s).value)
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+PIN_HISTORY_ENV: Final = "FLEET_TEST_PIN_HISTORY"
+FeedbackKind = Literal["gpio", "log", "none"]
+FEEDBACK_KINDS: Final[tuple[FeedbackKind, ...]] = ("gpio", "log", "none")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackSettings:
+    """How ``fleet-agent run`` tells the driver what a scan did.
+
+    ``kind``: ``gpio`` (LEDs and buzzer through gpiozero; no GPIO on this machine or
+    unusable pins: none, logged), ``log`` (:class:`LogFeedback`) or ``none``.
+    """
+
+    kind: FeedbackKind = "none"
+    pins: FeedbackPins = field(default_factory=FeedbackPins)
+    buzzer_muted: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEEDBACK_KINDS:
+            raise ConfigError(f"feedback kind must be one of {FEEDBACK_KINDS}, got {self.kind!r}")
+
+
+def open_feedback(
+    settings: FeedbackSettings, *, pin_factory: gpiozero.Factory | None = None
+) -> Feedback:
+    """The feedback ``settings`` ask for. Blocking for ``gpio`` (opens the pins): call
+    it off the event loop. ``pin_factory``: gpiozero's (None: its default, which
+    ``GPIOZERO_PIN_FACTORY`` chooses).
+
+    Never raises: feedback helps the driver but must not stop a van from recording
+    deliveries. No GPIO at all gives :class:`NullFeedback` with one warning; pins that
+    cannot be used (an invalid pin: :class:`ConfigError`, a pin in use:
+    :class:`DeviceError`) give it with an error naming the pin."""
+    if settings.kind == "gpio":
+        try:
+            return DriverFeedback.create(
+                settings.pins, pin_factory=pin_factory, buzzer_muted=settings.buzzer_muted
+            )
+        except (ConfigError, DeviceError) as err:
+            _LOG.error("driver feedback on GPIO unusable, running without it: %s", err)
+            return NullFeedback()
+    if settings.kind == "log":
+        return LogFeedback()
+    return NullFeedback()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.records import Record, TelemetryPoint
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.scan.types import Scan
@@ -38,6 +39,36 @@ class ReplaySummary:
         )
 
 
+class ScanMerge:
+    """Scans merged into a stream of fixes by time, as replay and ``fleet-agent run``
+    on a file (:class:`firmware_agent.sources.fix.NmeaFile`) both do: each scan is
+    handled just before the first fix with a time at or after it; the ones after the
+    last fix, at the end (:meth:`rest`). Pure: no I/O, no clock."""
+
+    __slots__ = ("_next", "pending")
+
+    def __init__(self, scans: Iterable[Scan]) -> None:
+        self.pending = sorted(scans, key=lambda s: s.time)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def before(self, fix: Fix) -> list[Scan]:
+        """The scans to handle before ``fix`` (none for a fix without a time)."""
+        if fix.time is None:
+            return []
+        start = self._next
+        while self._next < len(self.pending) and self.pending[self._next].time <= fix.time:
+            self._next += 1
+        return self.pending[start : self._next]
+
+    def rest(self) -> list[Scan]:
+        """The scans left once the fixes are done."""
+        start, self._next = self._next, len(self.pending)
+        return self.pending[start:]
+
+
 def replay(
     nmea: BinaryIO,
     scans: Iterable[Scan],
@@ -48,10 +79,9 @@ def replay(
 ) -> ReplaySummary:
     """Run ``pipeline`` over an NMEA byte stream and a scan log; returns counts."""
     decoder = decoder or GnssDecoder()
-    pending = sorted(scans, key=lambda s: s.time)
+    merge = ScanMerge(scans)
     summary = ReplaySummary()
     counts = summary.messages
-    next_scan = 0
     started = time.perf_counter()
 
     def send(records: list[Record]) -> None:
@@ -60,22 +90,19 @@ def replay(
             emit(record)
 
     def fixes(chunks: Iterable[bytes]) -> None:
-        nonlocal next_scan
         for chunk in chunks:
             for fix in decoder.feed(chunk) if chunk else decoder.flush():
                 summary.fixes += 1
-                if fix.time is not None:
-                    while next_scan < len(pending) and pending[next_scan].time <= fix.time:
-                        send(pipeline.on_scan(pending[next_scan]))
-                        next_scan += 1
+                for scan in merge.before(fix):
+                    send(pipeline.on_scan(scan))
                 send(pipeline.on_fix(fix))
 
     fixes(iter(lambda: nmea.read(_READ_CHUNK), b""))
     fixes([b""])  # flush the decoder's last epoch
-    for scan in pending[next_scan:]:
+    for scan in merge.rest():
         send(pipeline.on_scan(scan))
     send(pipeline.flush())  # the attempt still waiting for a reason card
-    summary.scans = len(pending)
+    summary.scans = len(merge)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 

@@ -46,7 +46,7 @@ def _eta_predictor(args: argparse.Namespace) -> EtaPredictor | None:
     # ETA options.
     if getattr(args, "no_eta", False):
         return None
-    from firmware_agent.agent import load_eta_predictor  # noqa: PLC0415 (lazy: fast --help)
+    from firmware_agent.eta.manager import load_eta_predictor  # noqa: PLC0415 (lazy: fast --help)
 
     model = getattr(args, "eta_model", None)
     return load_eta_predictor(Path(model) if model else None)

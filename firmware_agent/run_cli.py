@@ -183,9 +183,17 @@ def build_config(args: argparse.Namespace, loaded: LoadedSettings) -> AgentConfi
     from firmware_agent.agent import AgentConfig  # noqa: PLC0415 (lazy: fast --help)
     from firmware_agent.contract.mqtt import TlsConfig  # noqa: PLC0415
     from firmware_agent.eta.tracker import EtaConfig  # noqa: PLC0415
+    from firmware_agent.feedback import FeedbackPins, FeedbackSettings  # noqa: PLC0415
     from firmware_agent.geofence.config import GeofenceConfig  # noqa: PLC0415
     from firmware_agent.gnss.reader import ReaderConfig  # noqa: PLC0415
     from firmware_agent.scan.serial_reader import ScannerConfig  # noqa: PLC0415
+    from firmware_agent.sources import (  # noqa: PLC0415
+        HidScan,
+        ScanLog,
+        ScannerSource,
+        SerialScan,
+        TcpGnss,
+    )
     from firmware_agent.telemetry import TelemetryConfig  # noqa: PLC0415
     from firmware_agent.uplink.mqtt import UplinkConfig  # noqa: PLC0415
     from firmware_agent.van import VanConfig  # noqa: PLC0415
@@ -214,35 +222,42 @@ def build_config(args: argparse.Namespace, loaded: LoadedSettings) -> AgentConfi
         backoff_max_s=mqtt.backoff_max_s,
         **s.uplink.model_dump(),
     )
-    gnss = None
+    gnss: ReaderConfig | TcpGnss | None = None
     nmea_file = None
     if s.gnss.source == "serial":
         gnss = ReaderConfig(port=s.gnss.port, baudrate=s.gnss.baud)
-    elif s.gnss.source == "file":
-        nmea_file = s.gnss.file
+    elif s.gnss.source == "tcp":
+        assert s.gnss.address is not None  # the tree checks it
+        host, sep, port = s.gnss.address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(
+                f"gnss.address: {s.gnss.address!r} (from "
+                f"{loaded.source(('gnss', 'address'))}) is not host:port"
+            )
+        gnss = TcpGnss(host.strip("[]"), int(port))
     else:
-        # The TCP fix source is wired by the sources change of issue 14.
-        raise ConfigError(
-            f"gnss.source: 'tcp' (from {loaded.source(('gnss', 'source'))}): this agent "
-            "has no TCP fix source yet"
-        )
-    scanner = None
-    scans_file = None
-    for i, item in enumerate(s.scanners):
-        where = f"scanners[{i + 1}] (from {loaded.source(('scanners', str(i), 'kind'))})"
-        if item.kind == "serial" and scanner is None and item.port is not None:
-            scanner = ScannerConfig(port=item.port, baudrate=item.baud)
-        elif item.kind == "log" and scans_file is None:
-            scans_file = item.file
+        nmea_file = s.gnss.file
+    scanners: list[ScannerSource] = []
+    for item in s.scanners:
+        if item.kind == "serial":
+            assert item.port is not None  # the tree checks it
+            scanners.append(SerialScan(ScannerConfig(port=item.port, baudrate=item.baud)))
+        elif item.kind == "hid":
+            assert item.device is not None
+            scanners.append(
+                HidScan(str(item.device), grab=item.grab, event_stream=item.event_stream)
+            )
         else:
-            # Several scanners and HID scanners are wired by the sources change of issue 14.
-            raise ConfigError(f"{where}: this agent takes one serial scanner and one scan log")
-    if s.feedback.kind != "none":
-        # GPIO and console feedback are wired by the feedback change of issue 14.
-        raise ConfigError(
-            f"feedback.kind: {s.feedback.kind!r} (from {loaded.source(('feedback', 'kind'))}): "
-            "this agent has no feedback output yet"
-        )
+            assert item.file is not None
+            scanners.append(ScanLog(item.file))
+    fb = s.feedback
+    feedback = FeedbackSettings(
+        kind=fb.kind,
+        pins=FeedbackPins(
+            green_led=fb.green_led or None, red_led=fb.red_led or None, buzzer=fb.buzzer or None
+        ),
+        buzzer_muted=fb.buzzer_muted,
+    )
     eta = s.eta.model_dump(exclude={"enabled", "model", "model_keys"})
     try:
         van = VanConfig(
@@ -258,9 +273,9 @@ def build_config(args: argparse.Namespace, loaded: LoadedSettings) -> AgentConfi
         uplink=uplink,
         van=van,
         gnss=gnss,
-        scanner=scanner,
+        scanners=tuple(scanners),
+        feedback=feedback,
         nmea_file=nmea_file,
-        scans_file=scans_file,
         speed=s.gnss.speed,
         outbox_budget_bytes=s.outbox.budget_bytes,
         exit_when_drained=getattr(args, "exit_when_drained", False),

@@ -231,6 +231,11 @@ class ScannerSettings(_Section):
     port: str | None = Field(default=None, min_length=1)
     baud: int = Field(default=9600, ge=300, le=921_600)
     device: FilePath | None = None
+    # HID only: take the device for the agent alone (its keystrokes reach no console);
+    # read raw input events from a FIFO or file at ``device`` instead (a test hook,
+    # docs/agent-inputs.md).
+    grab: bool = True
+    event_stream: bool = False
     file: FilePath | None = None
 
     @model_validator(mode="after")
@@ -247,9 +252,10 @@ class ScannerSettings(_Section):
 
 class FeedbackSettings(_Section):
     """What tells the driver a scan was recorded: GPIO LEDs and buzzer (pins by gpiozero
-    name, false: not fitted), the console (a bench), or nothing."""
+    name, false: not fitted; no GPIO on the machine: none, with a warning), log lines (a
+    bench), or nothing."""
 
-    kind: Literal["gpio", "console", "none"] = "none"
+    kind: Literal["gpio", "log", "none"] = "gpio"
     green_led: Pin = 17
     red_led: Pin = 27
     buzzer: Pin = 22

@@ -51,6 +51,7 @@ from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent
 from firmware_agent.contract.telemetry import decode_batch
 from firmware_agent.contract.topics import STREAMS, uplink_topic
+from firmware_agent.sources.clock import SimClock
 from tests.broker import Mosquitto
 from tests.netcut import NetCut
 from tests.pg import fresh_database
@@ -62,8 +63,6 @@ from tests.uplinkday import (
     Day,
     DayMessages,
     ObservedWorker,
-    SimClock,
-    SimTimeAgent,
     Watcher,
     agent_command,
     agent_config,
@@ -300,7 +299,7 @@ def test_network_cut_for_minutes_the_van_buffers_and_catches_up(
     reconnects when the link is back and catches up. Everything is stored once. Every
     telemetry batch on the wire is historical exactly when its oldest record was made
     more than 60 s before it went up, so all that was made during the cut arrives
-    historical. The van's clock runs at playback speed (tests/uplinkday.SimClock)."""
+    historical. The van's clock runs at playback speed (firmware_agent.sources.clock.SimClock)."""
     day = short_day(full_day, tmp_path / "day", seconds=NET_DAY_S)
     state = tmp_path / "van"
     public_key = prepare_agent_state(state, day)
@@ -326,7 +325,8 @@ def test_network_cut_for_minutes_the_van_buffers_and_catches_up(
                     backoff_max_s=0.4,
                     resend_after_s=2.0,
                 )
-                agent = SimTimeAgent(config)
+                # The van's clock runs at the playback speed from the first fix.
+                agent = Agent(config, clock=SimClock(config.speed))
 
                 async def faults(agent: Agent, worker: IngestWorker) -> None:
                     await _network_faults(agent, link, marks)

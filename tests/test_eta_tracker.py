@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_ingest.eta.tflite_export import Dense, export_mlp
 from cloud_ingest.store.base import Device, StopEvent
 from cloud_ingest.verify import Accepted, check_message
-from firmware_agent.agent import Agent, AgentConfig, load_eta_predictor
+from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.cli import build_parser
 from firmware_agent.contract import schema
 from firmware_agent.contract.envelope import decode_envelope, decode_status
@@ -39,6 +39,7 @@ from firmware_agent.contract.records import Record as TypedRecord
 from firmware_agent.contract.times import format_utc
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.interpreter import available_backend
+from firmware_agent.eta.manager import load_eta_predictor
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.pod.chain import PodChain

@@ -409,10 +409,10 @@ def test_every_result_has_its_signal_and_every_signal_a_pattern() -> None:
     assert len({signal_for(r) for r in named}) == len(named)
 
 
-def test_mute_buzzer_keeps_the_leds() -> None:
+def test_buzzer_muted_keeps_the_leds() -> None:
     factory = MockFactory()
     try:
-        with DriverFeedback(FeedbackPins(), pin_factory=factory, mute_buzzer=True) as fb:
+        with DriverFeedback(FeedbackPins(), pin_factory=factory, buzzer_muted=True) as fb:
             fb.signal(Signal.FAILED_ATTEMPT)
             assert fb.wait_idle(timeout_s=3.0)
         green, red, buzzer = factory.pin(17), factory.pin(27), factory.pin(22)

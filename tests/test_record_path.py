@@ -25,7 +25,7 @@ import asyncio
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +51,9 @@ from firmware_agent.contract.records import (
     TelemetryPoint,
 )
 from firmware_agent.contract.times import format_utc
+from firmware_agent.feedback import LogFeedback, Signal
+from firmware_agent.scan.types import Scan
+from firmware_agent.sources import Clock, FixSource
 from firmware_agent.uplink.mqtt import UplinkConfig
 from tests.broker import Mosquitto
 from tests.nmea import line
@@ -175,22 +178,27 @@ def day_scans() -> str:
 # -- the run ---------------------------------------------------------------------------
 
 
-class WatchedAgent(Agent):
-    """The agent, keeping each fix its pipeline was given and each record it returned."""
+@dataclass
+class Watched:
+    """Each fix the agent's pipeline was given (its fix source, wrapped) and each
+    record the pipeline returned (the agent's ``on_records``)."""
 
-    def __init__(self, config: AgentConfig) -> None:
-        super().__init__(config)
-        self.fixes: list[Fix] = []
-        self.records: list[Record] = []
+    source: FixSource
+    fixes: list[Fix] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
 
-    async def on_fix(self, fix: Fix) -> None:
-        self.fixes.append(fix)
-        await super().on_fix(fix)
+    @property
+    def live(self) -> bool:
+        return self.source.live
 
-    async def _commit(self, records: Iterable[Record]) -> None:
-        records = list(records)
-        self.records += records
-        await super()._commit(records)
+    def describe(self) -> str:
+        return f"watched {self.source.describe()}"
+
+    async def readings(self, clock: Clock) -> AsyncIterator[Fix | Scan]:
+        async for reading in self.source.readings(clock):
+            if isinstance(reading, Fix):
+                self.fixes.append(reading)
+            yield reading
 
 
 @dataclass
@@ -208,6 +216,7 @@ class DayPath:
     http_arrivals: list[dict[str, Any]]
     http_pods: list[dict[str, Any]]
     seqs: dict[str, list[int]] = field(default_factory=dict)
+    signals: list[Signal] = field(default_factory=list)  # the driver feedback played
 
 
 def _sql_rows(backend: str, where: str, table: str) -> list[dict[str, Any]]:
@@ -258,7 +267,11 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                     eta_model=tmp / "eta.tflite",
                     exit_when_drained=True,
                 )
-                agent = WatchedAgent(config)
+                watched = Watched(config.sources()[0])
+                feedback = LogFeedback()
+                agent = Agent(
+                    config, gnss=watched, on_records=watched.records.extend, feedback=feedback
+                )
                 async with open_store() as store, Watcher(broker.port) as watcher:
                     await store.migrate()
                     await store.register_device(DEVICE, public_key)
@@ -284,8 +297,8 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                     }
                     return DayPath(
                         backend=request.param,
-                        fixes=agent.fixes,
-                        records=agent.records,
+                        fixes=watched.fixes,
+                        records=watched.records,
                         rows=rows,
                         track=await store.track(DEVICE, START, START + timedelta(hours=1)),
                         pods=await store.pods_by_parcel(SSCC),
@@ -296,6 +309,7 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                         http_track=track.json()["positions"],
                         http_arrivals=arrivals.json(),
                         http_pods=pods.json()["pods"],
+                        signals=feedback.signals,
                     )
 
         return asyncio.run(main())
@@ -325,6 +339,11 @@ def test_the_day_makes_a_record_of_every_kind(path: DayPath) -> None:
     assert len({f.sats_used for f in fixes}) == 7
     assert len({f.hdop for f in fixes}) == 13
     assert {f.alt_m is None for f in fixes} >= {False}
+
+
+def test_the_driver_feedback_plays_each_scans_outcome(path: DayPath) -> None:
+    """The parcel of S1 scanned at S1 (a POD), then garbage (unreadable)."""
+    assert path.signals == [Signal.RECORDED, Signal.UNKNOWN_CODE]
 
 
 def test_a_point_is_its_fix_at_wire_resolution(path: DayPath) -> None:

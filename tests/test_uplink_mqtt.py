@@ -22,12 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.agent import Agent, AgentConfig, GnssClock
+from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.contract.envelope import decode_status, encode_ack
 from firmware_agent.contract.mqtt import TlsConfig
 from firmware_agent.contract.records import TelemetryPoint, encode_point
 from firmware_agent.contract.seqreport import verify_report
 from firmware_agent.contract.telemetry import decode_batch, verify_batch
+from firmware_agent.sources.clock import GnssClock
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
 from firmware_agent.uplink.queue import AsyncOutbox
 from tests.broker import Mosquitto

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -42,10 +42,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cloud_ingest.store.base import Pod, Store, WriteResult
 from cloud_ingest.worker import IngestWorker, WorkerConfig
-from firmware_agent.agent import Agent, AgentConfig, GnssClock
+from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.contract.envelope import decode_envelope, decode_status, frame_record
 from firmware_agent.contract.errors import CodecError, SchemaError
-from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import parse_manifest
 from firmware_agent.contract.records import (
@@ -248,51 +247,6 @@ async def run_agent(
         if during is not None:
             tg.create_task(during, name="fault")
     return agent
-
-
-# -- simulated time ------------------------------------------------------------------------
-
-
-class SimClock(GnssClock):
-    """The van's clock running at the playback speed from the first fix on: at speed
-    100, one wall second is 100 simulated seconds, so a record's age (historical after
-    60 s) and batch ages are measured in simulated time, as on a real day. Before the
-    first fix it is the system clock."""
-
-    def __init__(self, speed: float) -> None:
-        super().__init__()
-        self.speed = speed
-        self._anchor: tuple[datetime, float] | None = None
-
-    def anchor(self, gnss_time: datetime) -> None:
-        if self._anchor is None:
-            self._anchor = (gnss_time, time.monotonic())
-
-    def now(self) -> datetime:
-        if self._anchor is None:
-            return datetime.now(UTC)
-        return self.at(time.monotonic())
-
-    def at(self, monotonic_s: float) -> datetime:
-        """The simulated time at ``time.monotonic()`` = ``monotonic_s``."""
-        assert self._anchor is not None, "no fix yet"
-        t0, mono = self._anchor
-        return t0 + timedelta(seconds=(monotonic_s - mono) * self.speed)
-
-
-class SimTimeAgent(Agent):
-    """The agent with a :class:`SimClock` anchored at the first fix it handles (the same
-    moment the file playback anchors its pacing)."""
-
-    def __init__(self, config: AgentConfig) -> None:
-        super().__init__(config)
-        self.clock = SimClock(config.speed)
-
-    async def on_fix(self, fix: Fix) -> None:
-        if fix.time is not None:
-            assert isinstance(self.clock, SimClock)
-            self.clock.anchor(fix.time)
-        await super().on_fix(fix)
 
 
 # -- what ingest publishes -----------------------------------------------------------------

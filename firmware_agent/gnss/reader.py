@@ -11,6 +11,10 @@ bug in decoding: an exception out of the decoder (which should never raise) is c
 in ``stats["decode_errors"]``, logged with its traceback the first time and then at
 every doubling of the count, and the reader reads on (the decoder likewise survives a
 sentence that raises inside it: the fault ``internal_error``).
+
+The same loop reads a receiver on TCP (gpsd's ``gpsfake``, ``fleet-sim play --tcp``,
+a network NMEA server): ``open_stream`` opens a connection instead of the port
+(:class:`firmware_agent.sources.fix.TcpGnss`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 import serial
@@ -34,6 +38,10 @@ from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.sentences import INTERNAL_ERROR
 
 _LOG = logging.getLogger(__name__)
+
+# Opens the byte stream the receiver talks on (the serial port by default; a TCP
+# connection for a gpsd-style NMEA server: firmware_agent.sources.fix).
+StreamOpener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +86,10 @@ class GnssReader:
         *,
         decoder: GnssDecoder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        open_stream: StreamOpener | None = None,
     ) -> None:
         self.config = config
+        self._open_stream = open_stream if open_stream is not None else self._open_serial
         self.decoder = decoder if decoder is not None else GnssDecoder()
         self.stats: Counter[str] = Counter()
         self.connected = False
@@ -106,11 +116,7 @@ class GnssReader:
         cfg = self.config
         while True:
             try:
-                # exclusive: a second opener (gpsd, ModemManager probing ports) would
-                # silently steal half of the bytes; better to fail loudly and retry.
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=cfg.port, baudrate=cfg.baudrate, exclusive=True
-                )
+                reader, writer = await self._open_stream()
             except (serial.SerialException, OSError, ValueError) as err:
                 self._open_failed(err)
                 await asyncio.sleep(self._backoff.next_delay_s())
@@ -133,6 +139,13 @@ class GnssReader:
             for fix in self._decode(self.decoder.flush, self._clock()):
                 yield fix
             await asyncio.sleep(self._backoff.next_delay_s())
+
+    async def _open_serial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # exclusive: a second opener (gpsd, ModemManager probing ports) would
+        # silently steal half of the bytes; better to fail loudly and retry.
+        return await serial_asyncio_fast.open_serial_connection(
+            url=self.config.port, baudrate=self.config.baudrate, exclusive=True
+        )
 
     async def _read(self, reader: asyncio.StreamReader) -> AsyncGenerator[Fix, None]:
         cfg = self.config
