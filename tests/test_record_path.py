@@ -343,7 +343,7 @@ def test_the_day_makes_a_record_of_every_kind(path: DayPath) -> None:
 
 def test_the_driver_feedback_plays_each_scans_outcome(path: DayPath) -> None:
     """The parcel of S1 scanned at S1 (a POD), then garbage (unreadable)."""
-    assert path.signals == [Signal.RECORDED, Signal.UNKNOWN_CODE]
+    assert path.signals == [Signal.RECORDED, Signal.UNREADABLE]
 
 
 def test_a_point_is_its_fix_at_wire_resolution(path: DayPath) -> None:

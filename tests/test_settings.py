@@ -24,7 +24,7 @@ import pytest
 from firmware_agent.agent import AgentConfig
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.tracker import EtaConfig
-from firmware_agent.feedback import FeedbackPins
+from firmware_agent.feedback import FeedbackPins, FeedbackSettings
 from firmware_agent.geofence.config import GeofenceConfig
 from firmware_agent.gnss.reader import ReaderConfig
 from firmware_agent.remote_config import SETTINGS, apply_config, parse_config
@@ -41,6 +41,7 @@ from firmware_agent.settings import (
     remote_settings,
     to_toml,
 )
+from firmware_agent.sources import HidScan, ScanLog, SerialScan, TcpGnss
 from firmware_agent.telemetry import TelemetryConfig
 from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.van import VanConfig
@@ -337,8 +338,7 @@ def test_flags_for_sources_replace_the_files_of_their_kind(tmp_path: Path) -> No
     built = build_config(args, loaded)
     assert built.gnss is None
     assert built.nmea_file == Path("day.nmea")
-    assert built.scanner == ScannerConfig(port="/dev/x")
-    assert built.scans_file == Path("a.jsonl")
+    assert built.scanners == (ScanLog(Path("a.jsonl")), SerialScan(ScannerConfig(port="/dev/x")))
 
 
 def _distinct(info: Any, default: Any) -> Any:
@@ -650,28 +650,40 @@ def test_a_pin_from_the_environment_is_a_number_a_name_or_not_fitted(
 
 
 @pytest.mark.parametrize(
-    ("text", "key"),
+    ("text", "expected"),
     [
-        ("[gnss]\nsource = 'tcp'\naddress = '127.0.0.1:10110'\n", "gnss.source: 'tcp'"),
-        ("[[scanners]]\nkind = 'hid'\ndevice = '/dev/input/event3'\n", "scanners[1]"),
+        (
+            "[gnss]\nsource = 'tcp'\naddress = '127.0.0.1:10110'\n",
+            {"gnss": TcpGnss("127.0.0.1", 10110)},
+        ),
+        (
+            "[[scanners]]\nkind = 'hid'\ndevice = '/dev/input/event3'\n",
+            {"scanners": (HidScan("/dev/input/event3"),)},
+        ),
         (
             "[[scanners]]\nkind = 'serial'\nport = '/dev/a'\n"
             "[[scanners]]\nkind = 'serial'\nport = '/dev/b'\n",
-            "scanners[2]",
+            {
+                "scanners": (
+                    SerialScan(ScannerConfig(port="/dev/a")),
+                    SerialScan(ScannerConfig(port="/dev/b")),
+                )
+            },
         ),
-        ("[feedback]\nkind = 'gpio'\n", "feedback.kind: 'gpio'"),
+        (
+            "[feedback]\nkind = 'log'\nbuzzer = false\n",
+            {"feedback": FeedbackSettings(kind="log", pins=FeedbackPins(buzzer=None))},
+        ),
     ],
 )
-def test_what_this_agent_cannot_run_yet_is_refused_not_ignored(
-    tmp_path: Path, text: str, key: str
+def test_the_sources_settings_build_the_agents_parts(
+    tmp_path: Path, text: str, expected: dict[str, Any]
 ) -> None:
     config = _toml(tmp_path, "device_id = 'van-1'\n" + text)
     args = run_args("--config", str(config))
-    loaded = settings(args, {})  # valid settings ...
-    with pytest.raises(ConfigError) as caught:  # ... that this build does not run
-        build_config(args, loaded)
-    assert str(caught.value).startswith(key)
-    assert str(config) in str(caught.value)
+    built = build_config(args, settings(args, {}))
+    for name, value in expected.items():
+        assert getattr(built, name) == value
 
 
 def test_run_needs_a_device_id_and_config_does_not(tmp_path: Path) -> None:
