@@ -30,6 +30,13 @@ Given a predictor (``eta=``), the pipeline also keeps the day's ETAs
 with it): every fix feeds it, every arrival serves a stop, and its ``eta`` and
 ``late_risk`` records go out among the events, after the arrival that caused them.
 Without one (the default) the pipeline publishes no ETAs.
+
+The day (:class:`~firmware_agent.day_state.DayState`: delivered parcels, the
+de-duplicator's memory, every stop's geofence state and visits, hence the ETA
+tracker's served stops) is :meth:`VanPipeline.day_state`, to save with the records,
+and :meth:`VanPipeline.restore_day` takes it back at start; it is the day of the
+manifest's ``route_id`` and ``date``: another day's state is not restored, and a
+manifest of another day starts a new one.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from firmware_agent.contract.records import (
     TelemetryPoint,
     Verdict,
 )
+from firmware_agent.day_state import DayState, StopDay
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
@@ -142,12 +150,68 @@ class VanPipeline:
         ETA route plan (:meth:`RoutePlan.from_manifest`); what is not given is built
         here.
         """
+        new_day = not self._is_day(manifest)
         self._manifest = manifest
         self._parcels = manifest.parcel_index()
         self.engine.load_manifest(manifest, index)
+        if new_day:  # another route or date: nothing of the last day carries over
+            self._delivered.clear()
+            self._dedup.restore(())
+            self.engine.restore({s.id: StopDay() for s in manifest.stops})
         if self.eta_tracker is not None:
             served = [s.id for s in manifest.stops if self.engine.visits(s.id) > 0]
             self.eta_tracker = self.eta_tracker.for_manifest(manifest, served, plan)
+
+    # -- the day, saved and restored ---------------------------------------------
+
+    def _is_day(self, manifest: Manifest) -> bool:
+        return (manifest.route_id, manifest.date) == (self._manifest.route_id, self._manifest.date)
+
+    def day_state(self) -> DayState:
+        """The day so far, to save with the records it produced (pure, cheap: the
+        size of the stops entered and the parcels delivered)."""
+        has_moved, halt_s, off_s, off_reported, off_max_m = self.engine.runs()
+        return DayState(
+            route_id=self._manifest.route_id,
+            date=self._manifest.date.isoformat(),
+            delivered=dict(self._delivered),
+            accepted=self._dedup.accepted(),
+            stops=self.engine.stop_days(),
+            has_moved=has_moved,
+            halt_s=halt_s,
+            off_s=off_s,
+            off_reported=off_reported,
+            off_max_m=off_max_m,
+        )
+
+    def restore_day(self, day: DayState) -> bool:
+        """Carry on ``day`` (saved by :meth:`day_state` before a restart) if it is the
+        running manifest's day; False (and nothing changed) if it is another one.
+
+        Delivered parcels stay delivered, recent scans stay duplicates, every stop gets
+        back its phase and visits (a van still in a fence does not arrive again), and
+        the ETA tracker has the visited stops served."""
+        if not day.is_day(self._manifest.route_id, self._manifest.date.isoformat()):
+            return False
+        self._delivered = dict(day.delivered)
+        self._dedup.restore(day.accepted)
+        self.engine.restore(
+            day.stops,
+            has_moved=day.has_moved,
+            halt_s=day.halt_s,
+            off_s=day.off_s,
+            off_reported=day.off_reported,
+            off_max_m=day.off_max_m,
+        )
+        if self.eta_tracker is not None:
+            self.eta_tracker = EtaTracker(
+                self._manifest,
+                self.eta_tracker.predictor,
+                self.config.eta,
+                served=[s.id for s in self._manifest.stops if self.engine.visits(s.id) > 0],
+                plan=self.eta_tracker.plan,
+            )
+        return True
 
     def use_predictor(self, predictor: EtaPredictor | None) -> None:
         """Predict with ``predictor`` from now on (None: stop publishing ETAs).
