@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -237,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = Agent(config)
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            asyncio.run(agent.run())
+            asyncio.run(_serve(agent))
         except ConfigError as err:
             print(f"fleet-agent run: {err}", file=sys.stderr)
             return 2
@@ -248,3 +249,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+async def _serve(agent: Any) -> None:
+    """Run ``agent`` until it ends, Ctrl-C, or SIGTERM (systemd's stop): SIGTERM
+    cancels it as Ctrl-C does, and is a clean stop (the summary, exit status 0)."""
+    task = asyncio.current_task()
+    assert task is not None
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        await agent.run()
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+        log.info("SIGTERM: stopped")
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
