@@ -24,6 +24,12 @@ An ack is applied only when it makes sense (docs/ingest.md, "Acks"):
   what is lost instead of waiting for it for ever. The report also goes with every
   ``status`` (each connect).
 
+The retained ``status`` goes out at each connect, on :meth:`Uplink.announce` and at
+least every ``status_every_s``; to the health the agent gives it adds the outbox's
+depth: ``outbox_pending`` (per stream, records waiting for an ack),
+``outbox_oldest_unacked_s`` (per stream, seconds since the oldest of them was committed,
+None when none waits) and ``outbox_oldest_unacked_max_s`` (the largest, 0 when drained).
+
 A telemetry batch whose range holds seqs it does not carry (the outbox thinned them) is
 signed with the device key: ingest settles seqs a batch does not carry only on the
 van's signature.
