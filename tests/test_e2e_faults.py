@@ -259,10 +259,10 @@ async def _check_after_kills(
     assert published == {p.jws for p in stored.pods}
     assert watcher.contract_failures() == []
     watcher.check_acks_never_go_down(DEVICE)
-    # The kills did land mid-flight: runs that committed PODs, kills that left records
-    # unacknowledged in the outbox; and, the day remembered, one POD per parcel.
+    # The kills did land mid-flight: a run that committed PODs (the day remembered,
+    # later runs sign none: one POD per parcel), kills that left records unacknowledged.
     pods_before = [0] + [k.outbox["pod"][0] for k in kills]
-    assert sum(b > a for a, b in itertools.pairwise(pods_before)) >= 3
+    assert sum(b > a for a, b in itertools.pairwise(pods_before)) >= 1
     assert sum(any(k.outbox[s][2] for s in STREAMS) for k in kills) >= 3
     assert last_seqs["pod"] == parcels
     recovered = sum(k.chain_seq == k.outbox["pod"][0] - 1 for k in kills)
