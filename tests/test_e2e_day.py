@@ -228,6 +228,14 @@ def test_the_van_remembers_its_day_across_sigkills(
                 assert len(stored.pods) > 0
 
     asyncio.run(main())
+    # The restarts did carry the day on (the agent says so at start).
+    carried = [
+        log.name
+        for log in sorted(tmp_path.glob("agent-*.log"))
+        if "carried on after a restart" in log.read_text()
+    ]
+    print(f"the day carried on by {len(carried)} of {KILLS} restarts")
+    assert len(carried) >= KILLS // 2, carried
 
 
 async def _kill_restart_and_finish(
