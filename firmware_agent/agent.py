@@ -36,6 +36,16 @@ State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 06
 high-water mark ``outbox.db.seqmark`` and disk-full reserve ``outbox.db.reserve``,
 ``eta/``.
 
+The van's day (:mod:`firmware_agent.day_state`: delivered parcels, the duplicate-scan
+memory, every stop's geofence phase and visits, so the ETA's served stops) is kept by
+the outbox too, committed in the same transaction as the records that changed it
+(``van_day`` in its meta table); at start the pipeline carries on that day if it is the
+stored manifest's (same ``route_id`` and ``date``), else starts a new one. So after a
+power cut or a watchdog restart a delivered parcel scanned again is ``already_delivered``,
+a van still inside a stop's fence does not arrive there again, and no ETA goes out for
+a stop already reached. Status health: ``day_restored`` (true when the day was carried
+on at start).
+
 The POD chain state is saved after the POD is in the outbox, and kept by the outbox in
 the POD's own transaction; at start the newest of the saved state, the outbox's copy
 and the pending PODs wins (a crash between the two, a save a full disk refused), so
@@ -68,6 +78,7 @@ from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import Manifest, ManifestError, parse_manifest
 from firmware_agent.contract.records import PodRecord, Record, encode_record
+from firmware_agent.day_state import DayState, DayStateError
 from firmware_agent.downlinks import Downlinks
 from firmware_agent.errors import ConfigError, OutboxStorageError, RemoteConfigError
 from firmware_agent.eta.manager import SHIPPED_MODEL, EtaManager, EtaSettings, load_eta_predictor
@@ -113,7 +124,7 @@ from firmware_agent.sources import (
 )
 from firmware_agent.uplink.holdback import Committer, Held, HoldLimits
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
-from firmware_agent.uplink.outbox import META_POD_CHAIN
+from firmware_agent.uplink.outbox import META_POD_CHAIN, META_VAN_DAY
 from firmware_agent.uplink.queue import AsyncOutbox
 from firmware_agent.van import VanConfig, VanPipeline
 
@@ -271,6 +282,10 @@ class Agent:
             clock=self.clock.now,
             announce=self._announce,
         )
+        # The van's day as last handed to the outbox (encoded), and whether the day
+        # was carried on from the outbox at start.
+        self._day_saved: bytes | None = None
+        self._day_restored = False
 
     # -- set-up ------------------------------------------------------------------
 
@@ -350,6 +365,39 @@ class Agent:
             manifest, index = self._no_manifest(), None
         return VanPipeline(manifest, pods=chain, config=van, eta=await self.load_eta(), index=index)
 
+    async def _restore_day(self, outbox: AsyncOutbox) -> None:
+        """Carry on the day the outbox kept (committed with the last records that
+        changed it) if it is the running manifest's day; else the pipeline starts a
+        new one. A state that cannot be read is logged and ignored."""
+        assert self.pipeline is not None
+        saved = await outbox.meta(META_VAN_DAY)
+        if saved is None:
+            return
+        try:
+            day = DayState.decode(saved)
+        except DayStateError as err:
+            log.warning("outbox's day state ignored, starting a new day: %s", err)
+            return
+        manifest = self.pipeline.manifest
+        if not self.pipeline.restore_day(day):
+            log.info(
+                "day %s %s not carried on: the manifest is %s %s, a new day",
+                day.route_id,
+                day.date,
+                manifest.route_id,
+                manifest.date,
+            )
+            return
+        self._day_saved = saved
+        self._day_restored = True
+        log.warning(
+            "day %s %s carried on after a restart: %d parcels delivered, %d stops visited",
+            day.route_id,
+            day.date,
+            len(day.delivered),
+            sum(1 for s in day.stops.values() if s.visits),
+        )
+
     async def _stored_config(self) -> tuple[VanConfig, UplinkConfig]:
         """The settings to start on: the stored remote config over the agent's own.
 
@@ -399,6 +447,7 @@ class Agent:
             chain = await self._chain(outbox, c.uplink.device_id)
             van, uplink = await self._stored_config()
             self.pipeline = await self._start_pipeline(chain, van)
+            await self._restore_day(outbox)
             self.uplink = Uplink(
                 uplink,
                 outbox,
@@ -526,7 +575,22 @@ class Agent:
             # signed now could not be kept. Nothing is signed; the scan is refused.
             self.committer.refuse_scan(repr(scan.raw[:40]))
             return
-        await self._commit_signed(self._seen(self.pipeline.on_scan(scan)))
+        records = self._seen(self.pipeline.on_scan(scan))
+        if records:
+            await self._commit_signed(records)
+        else:
+            # Nothing to publish, but the pairing may have changed (a parcel now waits
+            # for its reason card, a card for its parcel): the day goes to the outbox
+            # alone, so that a crash in the window neither loses the attempt nor signs
+            # it twice (it is signed with the day that no longer holds it).
+            await self._save_day()
+
+    async def _save_day(self) -> None:
+        """The van's day into the outbox on its own, if it changed."""
+        assert self.committer is not None
+        day = self._day_changed()
+        if day is not None:
+            await self.committer.commit([], day=day)
 
     async def _commit_signed(self, records: list[Record]) -> None:
         """Commit ``records``; if they hold a POD, save the chain state after them."""
@@ -569,6 +633,8 @@ class Agent:
         assert self.pipeline is not None
         now = self.clock.now()
         records = list(records)
+        if not records:
+            return
         pods = any(isinstance(r, PodRecord) for r in records)
         chain = encode_state(self.pipeline.pods.state) if pods else None
         await self.committer.commit(
@@ -580,8 +646,22 @@ class Agent:
                     chain if isinstance(r, PodRecord) else None,
                 )
                 for r in records
-            ]
+            ],
+            day=self._day_changed(),
         )
+
+    def _day_changed(self) -> bytes | None:
+        """The van's day, encoded, if it changed since it last went to the outbox."""
+        assert self.pipeline is not None
+        try:
+            day = self.pipeline.day_state().encode()
+        except DayStateError as err:  # a bug: the records still go; logged every time
+            log.error("the van's day cannot be saved: %s", err)  # noqa: TRY400 (no traceback)
+            return None
+        if day == self._day_saved:
+            return None
+        self._day_saved = day
+        return day
 
     async def _downlink(self, kind: str, payload: bytes) -> None:
         if kind == "config":
@@ -646,6 +726,7 @@ class Agent:
             counts["manifest_stops"] = len(self.pipeline.manifest.stops)
         counts.update(self._outbox_health())
         counts.update(self._eta_health())
+        counts["day_restored"] = self._day_restored
         return counts
 
     def _outbox_health(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -310,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = Agent(config)
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            asyncio.run(agent.run())
+            asyncio.run(_serve(agent))
         except ConfigError as err:
             return _refuse("run", err)
     r = agent.counts.records
@@ -360,3 +361,26 @@ def cmd_config(args: argparse.Namespace) -> int:
     layers = "defaults < " + (f"{loaded.file} < " if loaded.file else "") + "FLEET_* < flags"
     sys.stdout.write(f"# fleet-agent run's settings: {layers}\n{note}\n" + to_toml(loaded, remote))
     return 0
+
+
+async def _serve(agent: Any) -> None:
+    """Run ``agent`` until it ends, Ctrl-C, or SIGTERM (systemd's stop): SIGTERM
+    cancels it as Ctrl-C does, and is a clean stop (the summary, exit status 0)."""
+    task = asyncio.current_task()
+    assert task is not None
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        await agent.run()
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+        log.info("SIGTERM: stopped")
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

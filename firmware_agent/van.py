@@ -45,38 +45,59 @@ Given a predictor (``eta=``), the pipeline also keeps the day's ETAs
 with it): every fix feeds it, every arrival serves a stop, and its ``eta`` and
 ``late_risk`` records go out among the events, after the arrival that caused them.
 Without one (the default) the pipeline publishes no ETAs.
+
+The day (:class:`~firmware_agent.day_state.DayState`: delivered parcels, the
+de-duplicator's memory, every stop's geofence state and visits, hence the ETA
+tracker's served stops) is :meth:`VanPipeline.day_state`, to save with the records,
+and :meth:`VanPipeline.restore_day` takes it back at start; it is the day of the
+manifest's ``route_id`` and ``date``: another day's state is not restored, and a
+manifest of another day starts a new one.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.eta_features import RoutePlan
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, Stop
-from firmware_agent.contract.outcomes import Outcome, ReasonCardError, card_outcome, is_delivery
+from firmware_agent.contract.outcomes import (
+    OUTCOMES,
+    Outcome,
+    ReasonCardError,
+    card_outcome,
+    is_delivery,
+)
 from firmware_agent.contract.parcels import CodeKind, ScanParseError, parse_scan
 from firmware_agent.contract.pod import PodFields
 from firmware_agent.contract.records import (
+    SCAN_SOURCES,
     Arrival,
     Record,
     ScanRejected,
     ScanRejectReason,
     TelemetryPoint,
     Verdict,
+    decode_fields,
+    encode_fields,
 )
+from firmware_agent.day_state import DayState, StopDay
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
 from firmware_agent.feedback import ScanResult, Signal, signal_for
 from firmware_agent.geofence import GeofenceConfig, GeofenceEngine, GeofenceIndex
 from firmware_agent.pod.chain import PodChain
-from firmware_agent.pod.pairing import OutcomePairing, Step
+from firmware_agent.pod.pairing import ArmedReason, OutcomePairing, PendingAttempt, Step
 from firmware_agent.scan.dedup import ScanDeduplicator
 from firmware_agent.scan.types import Scan
 from firmware_agent.telemetry import TelemetryConfig, TelemetrySampler
+
+log = logging.getLogger(__name__)
 
 _RAW_MAX_CHARS = 128
 # The same reason card read again this soon is the scanner's double read, not the
@@ -172,12 +193,105 @@ class VanPipeline:
         ETA route plan (:meth:`RoutePlan.from_manifest`); what is not given is built
         here.
         """
+        new_day = not self._is_day(manifest)
         self._manifest = manifest
         self._parcels = manifest.parcel_index()
         self.engine.load_manifest(manifest, index)
+        if new_day:  # another route or date: nothing of the last day carries over
+            self._delivered.clear()
+            self._dedup.restore(())
+            self.engine.restore({s.id: StopDay() for s in manifest.stops})
         if self.eta_tracker is not None:
             served = [s.id for s in manifest.stops if self.engine.visits(s.id) > 0]
             self.eta_tracker = self.eta_tracker.for_manifest(manifest, served, plan)
+
+    # -- the day, saved and restored ---------------------------------------------
+
+    def _is_day(self, manifest: Manifest) -> bool:
+        return (manifest.route_id, manifest.date) == (self._manifest.route_id, self._manifest.date)
+
+    def day_state(self) -> DayState:
+        """The day so far, to save with the records it produced (pure, cheap: the
+        size of the stops entered and the parcels delivered)."""
+        has_moved, halt_s, off_s, off_reported, off_max_m = self.engine.runs()
+        return DayState(
+            route_id=self._manifest.route_id,
+            date=self._manifest.date.isoformat(),
+            delivered=dict(self._delivered),
+            accepted=self._dedup.accepted(),
+            stops=self.engine.stop_days(),
+            has_moved=has_moved,
+            halt_s=halt_s,
+            off_s=off_s,
+            off_reported=off_reported,
+            off_max_m=off_max_m,
+            **self._pairing_state(),
+        )
+
+    def _pairing_state(self) -> dict[str, Any]:
+        pending, armed = self._pairing.pending, self._pairing.armed
+        return {
+            "pending": (
+                encode_fields(pending.fields, "pending attempt") if pending is not None else None
+            ),
+            "pending_until_s": pending.until.timestamp() if pending is not None else None,
+            "armed": (
+                (
+                    armed.outcome,
+                    armed.raw,
+                    armed.source,
+                    armed.time.timestamp(),
+                    armed.until.timestamp(),
+                )
+                if armed is not None
+                else None
+            ),
+        }
+
+    def _restore_pairing(self, day: DayState) -> None:
+        """The attempt and the reason card that waited when the day was saved; one that
+        cannot be read is dropped with a log line (the parcel can be scanned again)."""
+        pending = armed = None
+        try:
+            if day.pending is not None and day.pending_until_s is not None:
+                fields = PodFields(**decode_fields(PodFields, day.pending, "pending attempt"))
+                pending = PendingAttempt(fields, _utc(day.pending_until_s))
+            if day.armed is not None:
+                armed = _armed(*day.armed)
+        except (CodecError, TypeError, ValueError, OverflowError) as err:
+            log.warning("the saved reason-card pairing is dropped: %s", err)
+            return
+        self._pairing.restore(pending=pending, armed=armed)
+
+    def restore_day(self, day: DayState) -> bool:
+        """Carry on ``day`` (saved by :meth:`day_state` before a restart) if it is the
+        running manifest's day; False (and nothing changed) if it is another one.
+
+        Delivered parcels stay delivered, recent scans stay duplicates, every stop gets
+        back its phase and visits (a van still in a fence does not arrive again), and
+        the ETA tracker has the visited stops served."""
+        if not day.is_day(self._manifest.route_id, self._manifest.date.isoformat()):
+            return False
+        self._delivered = dict(day.delivered)
+        self._dedup.restore(day.accepted)
+        self._restore_pairing(day)
+        self.engine.restore(
+            day.stops,
+            has_moved=day.has_moved,
+            halt_s=day.halt_s,
+            off_s=day.off_s,
+            off_reported=day.off_reported,
+            off_max_m=day.off_max_m,
+        )
+        if self.eta_tracker is not None:
+            self.eta_tracker = EtaTracker(
+                self._manifest,
+                self.eta_tracker.predictor,
+                self.config.eta,
+                served=[s.id for s in self._manifest.stops if self.engine.visits(s.id) > 0],
+                plan=self.eta_tracker.plan,
+            )
+        return True
 
     def use_predictor(self, predictor: EtaPredictor | None) -> None:
         """Predict with ``predictor`` from now on (None: stop publishing ETAs).
@@ -416,3 +530,13 @@ class VanPipeline:
     def _result(self, result: ScanResult) -> None:
         if self.feedback is not None:
             self.feedback.signal(signal_for(result))
+
+
+def _utc(posix_s: float) -> datetime:
+    return datetime.fromtimestamp(posix_s, UTC)
+
+
+def _armed(outcome: str, raw: str, source: str, time_s: float, until_s: float) -> ArmedReason:
+    if outcome not in OUTCOMES or source not in SCAN_SOURCES:
+        raise CodecError(f"armed reason {outcome!r:.40} from {source!r:.20}")
+    return ArmedReason(outcome, raw, source, _utc(time_s), _utc(until_s))

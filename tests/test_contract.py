@@ -51,6 +51,7 @@ from firmware_agent.pod.chain import ChainState, PodChain
 from firmware_agent.pod.verify import verify_chain
 from firmware_agent.replay import replay
 from firmware_agent.scan.types import Scan
+from firmware_agent.uplink.mqtt import UplinkConfig
 from firmware_agent.van import VanPipeline
 from simulator.gnss_errors import OutageConfig, OutageWindow
 from simulator.manifest import build_manifest
@@ -91,6 +92,15 @@ def channel_messages() -> Iterator[tuple[str, str, dict[str, Any]]]:
 
 
 # --- The document ---------------------------------------------------------------------------
+
+
+def test_asyncapi_says_when_the_uplink_sends_a_partial_batch() -> None:
+    """The telemetry batch's limits in the spec are the uplink's defaults (issue 14: it
+    said 60 s while the code sent after 30 s)."""
+    summary = ASYNCAPI["operations"]["sendTelemetry"]["summary"]
+    defaults = UplinkConfig(device_id="van-1")
+    assert f"up to {defaults.batch_max_fixes} fixes" in summary
+    assert f"the oldest fix has waited {defaults.batch_max_age_s:g} s" in summary
 
 
 def test_asyncapi_document_is_3_0_0_and_names_every_topic_of_the_code() -> None:

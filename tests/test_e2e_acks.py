@@ -33,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,9 @@ def services(
 
 class Van:
     """``fleet-agent run --exit-when-drained`` playing ``day`` on ``state``; one run at a
-    time, each logged to ``agent-N.log``."""
+    time, each logged to ``agent-N.log``. Each run is a day of its own: the stored
+    manifest's date moves on a day (the van carries on a day it restarts in: issue 14),
+    so each run signs the day's PODs again."""
 
     def __init__(self, state: Path, day: Day, port: int) -> None:
         self.state = state
@@ -232,6 +235,11 @@ class Van:
 
     def start(self, *, speed: float) -> None:
         self.runs += 1
+        stored = self.state / "manifest.json"
+        manifest = json.loads(stored.read_text(encoding="utf-8"))
+        first = date.fromisoformat(json.loads(self.day.manifest.read_text("utf-8"))["date"])
+        manifest["date"] = (first + timedelta(days=self.runs - 1)).isoformat()
+        stored.write_text(json.dumps(manifest), encoding="utf-8")
         with (self.state.parent / f"agent-{self.runs}.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [*agent_command(self.state, self.day, self.port, speed=speed),

@@ -28,6 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,11 @@ def test_a_corrupted_outbox_after_an_acknowledged_day_loses_nothing_next_day(
                             f.write(bytes(100))
                     else:
                         (state / "outbox.db").unlink()
+                    # The next day's manifest: the van starts a new day (same parcels).
+                    manifest = json.loads((state / "manifest.json").read_text(encoding="utf-8"))
+                    next_day = date.fromisoformat(manifest["date"]) + timedelta(days=1)
+                    manifest["date"] = next_day.isoformat()
+                    (state / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
                     started = time.monotonic()
                     await run_day(broker.port, "day2")
                     took = time.monotonic() - started

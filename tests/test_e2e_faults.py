@@ -15,10 +15,11 @@ from genesis, the normalized stream carrying each stored record once.
 
 The agent has no input checkpoint: a restarted ``fleet-agent run --nmea-file`` plays
 the file from the start again, so it commits again, under new sequence numbers, the
-records it had produced before the kill (and signs new PODs for parcels it had already
-delivered: the pipeline's "already delivered" memory is not persisted either). "Exactly
-once" here is therefore about what the van *committed*: each seq its outbox ever
-assigned is stored once, not each fix of the file.
+telemetry it had produced before the kill. "Exactly once" here is therefore about what
+the van *committed*: each seq its outbox ever assigned is stored once, not each fix of
+the file. The van's day is kept with the records (issue 14), so a parcel delivered
+before a kill is not signed again when the file plays it again: one POD per parcel
+(tests/test_e2e_day.py plays a day on across kills instead, with revisits and rescans).
 
 Random choices are seeded; the seed is printed (FLEET_E2E_SEED=... reproduces a run).
 """
@@ -257,12 +258,12 @@ async def _check_after_kills(
     assert published == {p.jws for p in stored.pods}
     assert watcher.contract_failures() == []
     watcher.check_acks_never_go_down(DEVICE)
-    # The kills did land mid-flight: runs that committed PODs, kills that left records
-    # unacknowledged in the outbox, and more PODs than one run of the file signs.
+    # The kills did land mid-flight: a run that committed PODs (the day remembered,
+    # later runs sign none: one POD per parcel), kills that left records unacknowledged.
     pods_before = [0] + [k.outbox["pod"][0] for k in kills]
-    assert sum(b > a for a, b in itertools.pairwise(pods_before)) >= 3
+    assert sum(b > a for a, b in itertools.pairwise(pods_before)) >= 1
     assert sum(any(k.outbox[s][2] for s in STREAMS) for k in kills) >= 3
-    assert last_seqs["pod"] > parcels
+    assert last_seqs["pod"] == parcels
     recovered = sum(k.chain_seq == k.outbox["pod"][0] - 1 for k in kills)
     print(
         f"{KILLS} kills at {[round(k.delay_s, 2) for k in kills]} s; "

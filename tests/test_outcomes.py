@@ -8,6 +8,7 @@ old PODs without an outcome, and the feedback each result gives.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from firmware_agent.contract.outcomes import (
 from firmware_agent.contract.parcels import parse_scan
 from firmware_agent.contract.pod import GENESIS_PREV, PodClaims, pod_digest
 from firmware_agent.contract.records import PodRecord, Record
+from firmware_agent.day_state import DayState
 from firmware_agent.feedback import (
     PATTERNS,
     DriverFeedback,
@@ -470,3 +472,67 @@ def test_a_simulated_day_signs_each_attempt_with_the_outcome_the_driver_gave() -
     assert not [r for r in records if getattr(r, "reason", None) == "reason_unpaired"]
     assert van.counts["failed_attempts"] == sum(not is_delivery(o) for o in truth.values())
     assert verify_chain([r.jws for r in signed], key.public_key()).valid
+
+
+# --- What waits survives a restart (the van's day) ------------------------------------------
+
+
+def restarted(old: JsonVan, key: Ed25519PrivateKey) -> JsonVan:
+    """A new pipeline on the same manifest and chain, given the day ``old`` saved, as
+    the agent builds one after a crash (its outbox kept the day)."""
+    saved = DayState.decode(old.van.day_state().encode())
+    van = VanPipeline(
+        old.van.manifest,
+        pods=PodChain("van-1", key, old.van.pods.state),
+        config=VanConfig(parcel_wait_s=8.0, reason_wait_s=8.0),
+        telemetry=False,
+    )
+    assert van.restore_day(saved)
+    return JsonVan(van)
+
+
+def test_a_parcel_waiting_for_its_card_is_signed_after_a_restart() -> None:
+    van, _, key = day()
+    assert van.on_scan(scan(0, "]C100" + SSCC_1)) == []  # waits; the van crashes
+    again = restarted(van, key)
+    assert again.on_tick(at(5)) == []  # still in its window
+    out = again.on_tick(at(8))
+    assert [(m["type"], m["parcel"], m["outcome"]) for m in out] == [("pod", SSCC_1, "delivered")]
+    assert claims(out[0], key)["scan_time"] == "2026-11-21T09:01:10.000Z"
+    # Its card scanned after the restart, within the window, still amends it.
+    van, _, key = day()
+    van.on_scan(scan(0, "]C100" + SSCC_1))
+    out = restarted(van, key).on_scan(scan(4, NOT_HOME))
+    assert [(m["parcel"], m["outcome"]) for m in out] == [(SSCC_1, "not_home")]
+
+
+def test_a_card_waiting_for_its_parcel_pairs_after_a_restart() -> None:
+    van, _, key = day()
+    assert van.on_scan(scan(0, REFUSED)) == []
+    out = restarted(van, key).on_scan(scan(3, "]C100" + SSCC_1))
+    assert [(m["parcel"], m["outcome"]) for m in out] == [(SSCC_1, "refused")]
+
+
+def test_a_signed_attempt_is_not_waiting_in_the_day_saved_with_its_pod() -> None:
+    van, _, key = day()
+    van.on_scan(scan(0, "]C100" + SSCC_1))
+    assert van.van.day_state().pending is not None
+    assert pods(van.on_tick(at(8)))
+    again = restarted(van, key)  # the day committed with the POD
+    assert again.van.day_state().pending is None
+    assert pods(again.on_tick(at(60)) + again.flush()) == []  # never signed twice
+
+
+def test_a_damaged_saved_attempt_is_dropped_not_fatal() -> None:
+    van, _, key = day()
+    van.on_scan(scan(0, "]C100" + SSCC_1))
+    saved = van.van.day_state()
+    assert saved.pending is not None
+    broken = DayState.decode(
+        dataclasses.replace(saved, pending={**saved.pending, "verdict": 7}).encode()
+    )
+    fresh = VanPipeline(
+        van.van.manifest, pods=PodChain("van-1", key, van.van.pods.state), telemetry=False
+    )
+    assert fresh.restore_day(broken)  # the rest of the day is taken back
+    assert fresh.day_state().pending is None

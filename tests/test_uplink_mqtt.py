@@ -191,7 +191,15 @@ def test_birth_is_retained_and_the_will_says_offline_after_its_delay(tmp_path: P
             assert van.stdout.readline().strip() == "connected"
             status = asyncio.run(retained_status(broker.port))
             assert status["state"] == "online"
-            assert status["health"] == {"fixes": 12, "acks_behind": 0, "acks_unsent": 0}
+            assert status["health"] == {
+                "fixes": 12,
+                "acks_behind": 0,
+                "acks_unsent": 0,
+                # The outbox's depth, said by every status (issue 14): nothing waits.
+                "outbox_pending": {"telemetry": 0, "events": 0, "pod": 0},
+                "outbox_oldest_unacked_s": {"telemetry": None, "events": None, "pod": None},
+                "outbox_oldest_unacked_max_s": 0.0,
+            }
             # The van dies without a DISCONNECT (power cut): the broker publishes the
             # retained will, but only after the will delay.
             van.send_signal(signal.SIGKILL)

@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from firmware_agent.contract.fix import Fix, FixMode
 from firmware_agent.contract.manifest import Manifest, Stop
+from firmware_agent.day_state import StopDay
 from firmware_agent.geofence.config import GeofenceConfig
 from firmware_agent.geofence.events import (
     Arrival,
@@ -209,6 +210,60 @@ class GeofenceEngine:
         self._grid = index.grid
         self._route = index.route
         self.index = index
+
+    # -- the day, saved and restored ----------------------------------------------
+
+    def stop_days(self) -> dict[str, StopDay]:
+        """Per stop that left its initial state (entered, visited): its state, to save."""
+        return {
+            f.stop_id: StopDay(
+                phase=str(f.phase),
+                visits=f.visits,
+                entered_s=f.entered_s,
+                arrived_s=f.arrived_s,
+                departed_s=f.departed_s,
+                outside_s=f.outside_s,
+                beyond_s=f.beyond_s,
+                moved=f.moved,
+            )
+            for f in self._by_index
+            if f.phase is not Phase.IDLE or f.visits or f.departed_s is not None
+        }
+
+    def runs(self) -> tuple[bool, float | None, float | None, bool, float]:
+        """The engine's runs to save: moved yet, halt since, off route since, that
+        deviation reported, its largest distance."""
+        return self._has_moved, self._halt_s, self._off_s, self._off_reported, self._off_max_m
+
+    def restore(
+        self,
+        stops: Mapping[str, StopDay],
+        *,
+        has_moved: bool = False,
+        halt_s: float | None = None,
+        off_s: float | None = None,
+        off_reported: bool = False,
+        off_max_m: float = 0.0,
+    ) -> None:
+        """Take back a saved day: each stop of the manifest found in ``stops`` gets
+        its phase, visits and times (stops not in the manifest are ignored), and the
+        runs their state. The stopped-van tracking starts afresh."""
+        for stop_id, day in stops.items():
+            fence = self._fences.get(stop_id)
+            if fence is None:
+                continue
+            fence.phase = Phase(day.phase)
+            fence.visits = day.visits
+            fence.entered_s = day.entered_s
+            fence.arrived_s = day.arrived_s
+            fence.departed_s = day.departed_s
+            fence.outside_s = day.outside_s
+            fence.beyond_s = day.beyond_s
+            fence.moved = day.moved
+        self._active = {f for f in self._by_index if f.phase is not Phase.IDLE}
+        self._has_moved, self._halt_s = has_moved, halt_s
+        self._off_s, self._off_reported, self._off_max_m = off_s, off_reported, off_max_m
+        self._off_measured_s = -math.inf
 
     # -- queries -----------------------------------------------------------------
 

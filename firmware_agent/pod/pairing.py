@@ -145,6 +145,12 @@ class OutcomePairing:
             self.pending = PendingAttempt(fields, until)
         return step
 
+    def restore(self, *, pending: PendingAttempt | None, armed: ArmedReason | None) -> None:
+        """Carry on what waited before a restart (the van's day); what has expired
+        since is settled by the next :meth:`due`."""
+        self.pending = pending
+        self.armed = armed
+
     def waiting(self, parcel: str) -> bool:
         """Whether an attempt at ``parcel`` is waiting to be signed."""
         return self.pending is not None and self.pending.fields.parcel == parcel

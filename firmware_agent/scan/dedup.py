@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Final
 
 from firmware_agent.errors import ConfigError
@@ -45,6 +46,19 @@ class ScanDeduplicator:
 
     def __len__(self) -> int:
         return len(self._accepted)
+
+    def accepted(self) -> tuple[tuple[str, float], ...]:
+        """The (code, accepted at) pairs remembered, oldest first (to save)."""
+        return tuple(self._accepted.items())
+
+    def restore(self, accepted: Iterable[tuple[str, float]]) -> None:
+        """Remember ``accepted`` (code, accepted at) pairs, oldest first, as saved."""
+        self._accepted.clear()
+        for code, accepted_s in accepted:
+            self._accepted.pop(code, None)
+            self._accepted[code] = accepted_s
+        while len(self._accepted) > self._max_entries:
+            self._accepted.popitem(last=False)
 
     def seen(self, code: str, now_s: float) -> bool:
         """True if ``code`` is a duplicate; otherwise record it as accepted at ``now_s``."""

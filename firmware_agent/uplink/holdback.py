@@ -19,6 +19,12 @@ fix and scan of the outage was lost). :class:`Committer` instead:
   records were held, thinned, dropped, how many scans refused), and reports all of it
   in :meth:`Committer.health` for the status.
 
+The van's day (:mod:`firmware_agent.day_state`) comes with a commit's records and goes
+into the outbox in the same transaction (:meth:`~firmware_agent.uplink.outbox.Outbox.
+add_batch`, :data:`META_VAN_DAY`): a crash leaves the day and the records agreeing.
+While records are held, the newest day waits with them and is stored with the last
+chunk of the flush that empties memory.
+
 What memory cannot do is survive a crash or a power cut: records held when the agent
 dies are lost (and logged at shutdown when it stops cleanly). The outbox's reserve
 file makes that rare for events and PODs, which it stores in the space the reserve
@@ -38,7 +44,7 @@ from typing import Any, Final
 
 from firmware_agent.contract.topics import STREAMS
 from firmware_agent.errors import OutboxStorageError
-from firmware_agent.uplink.outbox import META_POD_CHAIN
+from firmware_agent.uplink.outbox import META_POD_CHAIN, META_VAN_DAY
 from firmware_agent.uplink.queue import AsyncOutbox
 
 log = logging.getLogger(__name__)
@@ -116,6 +122,8 @@ class Committer:
         self._refused_logged = False
         # The counts when the current outage began, for its summary.
         self._at_start = HoldCounts()
+        # The newest day handed in with records that are held: stored with the last of them.
+        self._held_day: bytes | None = None
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -124,8 +132,8 @@ class Committer:
 
     @property
     def degraded(self) -> bool:
-        """True while records wait in memory for the outbox."""
-        return self._in_flight > 0 or any(self._held.values())
+        """True while records (or the van's day) wait in memory for the outbox."""
+        return self._in_flight > 0 or any(self._held.values()) or self._held_day is not None
 
     def held(self) -> dict[str, int]:
         return {s: len(q) for s, q in self._held.items()}
@@ -169,34 +177,63 @@ class Committer:
 
     # -- committing -------------------------------------------------------------------
 
-    async def commit(self, items: Sequence[Held]) -> None:
-        """Store ``items`` in order, durably; or hold them (and say so) if the outbox
-        refuses. Never raises :class:`OutboxStorageError`."""
+    async def commit(self, items: Sequence[Held], *, day: bytes | None = None) -> None:
+        """Store ``items`` in order, durably, and ``day`` (the van's day after them,
+        None: unchanged) in the same transaction; or hold them (and say so) if the
+        outbox refuses. Never raises :class:`OutboxStorageError`."""
         if self.degraded:
-            self._hold(items)
+            self._hold(items, day)
             return
+        groups: list[Sequence[Held]] = []
         start = 0
         while start < len(items):
             stream = items[start].stream
             end = start
             while end < len(items) and items[end].stream == stream:
                 end += 1
+            groups.append(items[start:end])
+            start = end
+        if not groups:
+            if day is not None:  # the day alone (a reason card or a parcel now waiting)
+                try:
+                    await self._store_batch([], day)
+                except OutboxStorageError as err:
+                    self._hold([], day)
+                    self._outage(err)
+            return
+        try:
+            await self._store_batch(groups, day)
+        except OutboxStorageError:
+            pass  # a full disk: stream by stream, events and PODs into the reserve
+        else:
+            return
+        for i, group in enumerate(groups):
+            last = i == len(groups) - 1
             try:
-                await self._store(items[start:end])
+                await self._store(group, day if last else None)
             except OutboxStorageError as err:
-                self._hold(items[start:])
+                self._hold([h for g in groups[i:] for h in g], day)
                 self._outage(err)
                 return
-            start = end
 
-    async def _store(self, group: Sequence[Held]) -> None:
+    async def _store_batch(self, groups: Sequence[Sequence[Held]], day: bytes | None) -> None:
+        """Every group, the last POD's chain state and ``day``, in one transaction."""
+        chains = [h.chain for g in groups for h in g if h.chain is not None]
+        await self.outbox.add_batch(
+            [(g[0].stream, [(h.payload, h.created) for h in g]) for g in groups],
+            meta=_meta(chains[-1] if chains else None, day),
+        )
+        for g in groups:
+            self.stored[g[0].stream] += len(g)
+
+    async def _store(self, group: Sequence[Held], day: bytes | None = None) -> None:
         """One stream's records in one transaction, a POD's chain state with it."""
         stream = group[0].stream
         chains = [h.chain for h in group if h.chain is not None]
         await self.outbox.add_many(
             stream,
             [(h.payload, h.created) for h in group],
-            meta={META_POD_CHAIN: chains[-1]} if chains else None,
+            meta=_meta(chains[-1] if chains else None, day),
         )
         self.stored[stream] += len(group)
 
@@ -226,7 +263,9 @@ class Committer:
         if self._on_change is not None:
             self._on_change()
 
-    def _hold(self, items: Sequence[Held]) -> None:
+    def _hold(self, items: Sequence[Held], day: bytes | None = None) -> None:
+        if day is not None:
+            self._held_day = day
         for item in items:
             self._held[item.stream].append(item)
         self.counts.held += len(items)
@@ -278,14 +317,28 @@ class Committer:
             while queue:
                 chunk = [queue.popleft() for _ in range(min(_CHUNK, len(queue)))]
                 self._in_flight = len(chunk)
+                # The day goes with the last of the records held: memory is empty after.
+                last = not any(self._held.values())
+                day = self._held_day if last else None
                 try:
-                    await self._store(chunk)
+                    await self._store(chunk, day)
+                    if day is not None and self._held_day is day:
+                        self._held_day = None  # not a newer one held meanwhile
                 except OutboxStorageError as err:
                     queue.extendleft(reversed(chunk))
                     self._outage(err)
                     return False
                 finally:
                     self._in_flight = 0
+        day = self._held_day
+        if day is not None:  # a day held with no record after it: stored alone
+            try:
+                await self._store_batch([], day)
+            except OutboxStorageError as err:
+                self._outage(err)
+                return False
+            if self._held_day is day:
+                self._held_day = None
         self._recovered()
         return True
 
@@ -307,3 +360,12 @@ class Committer:
         )
         if self._on_change is not None:
             self._on_change()
+
+
+def _meta(chain: bytes | None, day: bytes | None) -> dict[str, bytes] | None:
+    meta = {}
+    if chain is not None:
+        meta[META_POD_CHAIN] = chain
+    if day is not None:
+        meta[META_VAN_DAY] = day
+    return meta or None

@@ -24,6 +24,12 @@ An ack is applied only when it makes sense (docs/ingest.md, "Acks"):
   what is lost instead of waiting for it for ever. The report also goes with every
   ``status`` (each connect).
 
+The retained ``status`` goes out at each connect, on :meth:`Uplink.announce` and at
+least every ``status_every_s``; to the health the agent gives it adds the outbox's
+depth: ``outbox_pending`` (per stream, records waiting for an ack),
+``outbox_oldest_unacked_s`` (per stream, seconds since the oldest of them was committed,
+None when none waits) and ``outbox_oldest_unacked_max_s`` (the largest, 0 when drained).
+
 A telemetry batch whose range holds seqs it does not carry (the outbox thinned them) is
 signed with the device key: ingest settles seqs a batch does not carry only on the
 van's signature.
@@ -102,6 +108,9 @@ class UplinkConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     connect_timeout_s: float = 10.0
+    # The retained status (with fresh health: outbox depth, oldest unacknowledged
+    # record) goes out again at least this often while connected, not only on changes.
+    status_every_s: float = 60.0
 
 
 @dataclass
@@ -265,7 +274,9 @@ class Uplink:
 
     async def _status(self, client: aiomqtt.Client) -> None:
         while True:
-            await self._status_due.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.status_every_s):
+                    await self._status_due.wait()
             self._status_due.clear()
             await self._publish_status(client)
 
@@ -275,6 +286,7 @@ class Uplink:
         health["acks_behind"] = self.counts.acks_behind
         health["acks_unsent"] = self.counts.acks_unsent
         now = self._clock()
+        health.update(await self._outbox_depth(now))
         seqs = await self._seq_report(now)
         await client.publish(
             status_topic(device),
@@ -284,6 +296,23 @@ class Uplink:
         )
         if seqs is not None:
             self.counts.seq_reports += 1
+
+    async def _outbox_depth(self, now: datetime) -> dict[str, Any]:
+        """What waits for ingest's ack, per stream: ``outbox_pending`` (records) and
+        ``outbox_oldest_unacked_s`` (the age of the oldest, seconds since it was
+        committed; null when none waits), and ``outbox_oldest_unacked_max_s``, the
+        largest of those (0 when the van has drained)."""
+        pending = await self.outbox.counts()
+        oldest: dict[str, float | None] = {}
+        for stream in STREAMS:
+            first = await self.outbox.pending(stream, limit=1) if pending[stream] else []
+            age_s = (now - first[0].created).total_seconds() if first else None
+            oldest[stream] = None if age_s is None else round(max(0.0, age_s), 1)
+        return {
+            "outbox_pending": dict(pending),
+            "outbox_oldest_unacked_s": oldest,
+            "outbox_oldest_unacked_max_s": max((a for a in oldest.values() if a), default=0.0),
+        }
 
     async def _seq_report(self, now: datetime) -> str | None:
         """The signed sequence report (what the outbox has applied and handed out), or

@@ -160,9 +160,11 @@ PERSISTENT_COUNTERS: Final = (
     "seq_resets",
     "wal_discarded",
 )
-# Names in the meta table: the POD chain state committed with the last POD, the last
+# Names in the meta table: the POD chain state committed with the last POD, the van's
+# day (firmware_agent.day_state) committed with the records that changed it, the last
 # reset (JSON), and per stream the top of the seqs a reset left void.
 META_POD_CHAIN: Final = "pod_chain"
+META_VAN_DAY: Final = "van_day"
 META_LAST_RESET: Final = "last_reset"
 _META_VOID: Final = "void_upto."
 # SQLite's names for a write that failed for want of space (ENOSPC can surface as an
@@ -355,6 +357,51 @@ class Outbox:
                 raise
         return self._add(sid, stream, rows, extra)
 
+    def add_batch(
+        self,
+        groups: Sequence[tuple[str, Sequence[tuple[bytes, datetime]]]],
+        *,
+        meta: Mapping[str, bytes] | None = None,
+    ) -> list[list[int]]:
+        """:meth:`add_many` for several streams at once: every ``(stream, items)``
+        group, in order, and ``meta``, in one transaction; the seqs of each group.
+
+        All or nothing, so what the records of one step depend on (the van's day) and
+        the records themselves cannot disagree after a crash. A batch with telemetry is
+        refused while the reserve for events and PODs is released, as :meth:`add_many`
+        refuses telemetry; one without is tried once more in the space the reserve frees.
+        """
+        batch = [
+            (_stream_id(stream), stream, [(_payload_bytes(p), _created_ms(c)) for p, c in items])
+            for stream, items in groups
+        ]
+        batch = [(sid, stream, rows) for sid, stream, rows in batch if rows]
+        extra = [(_meta_name(name), _payload_bytes(value)) for name, value in (meta or {}).items()]
+        if not batch:
+            if extra:  # meta alone (the van's day changed with no record): one transaction
+                try:
+                    self._add_groups([], extra)
+                except OutboxStorageError as err:
+                    if not _disk_full(err) or not self._release_reserve():
+                        raise
+                    self._add_groups([], extra)
+            return [[] for _ in groups]
+        telemetry = any(sid == _TELEMETRY for sid, _, _ in batch)
+        if telemetry and self._reserve_released and not self._restore_reserve():
+            raise OutboxStorageError(
+                f"outbox {self.path}: disk full: a batch with telemetry not stored "
+                "while the reserve for events and PODs is released",
+                sqlite_errorname="SQLITE_FULL",
+            )
+        try:
+            seqs = self._add_groups(batch, extra)
+        except OutboxStorageError as err:
+            if telemetry or not _disk_full(err) or not self._release_reserve():
+                raise
+            seqs = self._add_groups(batch, extra)
+        by_stream = iter(seqs)
+        return [next(by_stream) if items else [] for _, items in groups]
+
     def _add(
         self,
         sid: int,
@@ -362,23 +409,34 @@ class Outbox:
         rows: list[tuple[bytes, int]],
         extra: list[tuple[str, bytes]],
     ) -> list[int]:
-        n = len(rows)
-        with self._write(f"could not add {n} {stream} record(s); not stored") as conn:
-            (last,) = conn.execute(
-                "UPDATE stream SET last_seq = last_seq + ?, pending = pending + ? "
-                "WHERE id = ? RETURNING last_seq",
-                (n, n, sid),
-            ).fetchall()[0]
-            first = last - n + 1
-            self._reserve_seqs(stream, last, first - 1)
-            conn.executemany(
-                "INSERT INTO record (stream, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
-                ((sid, first + i, ms, payload) for i, (payload, ms) in enumerate(rows)),
-            )
+        return self._add_groups([(sid, stream, rows)], extra)[0]
+
+    def _add_groups(
+        self,
+        groups: Sequence[tuple[int, str, list[tuple[bytes, int]]]],
+        extra: list[tuple[str, bytes]],
+    ) -> list[list[int]]:
+        what = " + ".join(f"{len(rows)} {stream}" for _, stream, rows in groups)
+        out: list[list[int]] = []
+        with self._write(f"could not add {what} record(s); not stored") as conn:
+            for sid, stream, rows in groups:
+                n = len(rows)
+                (last,) = conn.execute(
+                    "UPDATE stream SET last_seq = last_seq + ?, pending = pending + ? "
+                    "WHERE id = ? RETURNING last_seq",
+                    (n, n, sid),
+                ).fetchall()[0]
+                first = last - n + 1
+                self._reserve_seqs(stream, last, first - 1)
+                conn.executemany(
+                    "INSERT INTO record (stream, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
+                    ((sid, first + i, ms, payload) for i, (payload, ms) in enumerate(rows)),
+                )
+                out.append(list(range(first, last + 1)))
             if extra:
                 _put_meta(conn, extra)
             self._enforce_budget(conn)
-        return list(range(first, last + 1))
+        return out
 
     def ack(self, stream: object, seq: object) -> int:
         """Apply ingest's cumulative ack: delete every record of ``stream`` with seq <= ``seq``.
@@ -979,7 +1037,9 @@ class Outbox:
             for name, count in scan.counters.items():
                 counters.setdefault(name, count)
             for name, value in scan.meta.items():
-                if name in (META_POD_CHAIN, META_LAST_RESET) or name.startswith(_META_VOID):
+                if name in (META_POD_CHAIN, META_VAN_DAY, META_LAST_RESET) or name.startswith(
+                    _META_VOID
+                ):
                     meta.setdefault(name, value)
             counters["corrupt_recovered"] = counters.get("corrupt_recovered", 0) + 1
             counters["salvaged"] = counters.get("salvaged", 0) + copied

@@ -91,6 +91,16 @@ class AsyncOutbox:
         self.changed.set()
         return seqs
 
+    async def add_batch(
+        self,
+        groups: Sequence[tuple[str, Sequence[tuple[bytes, datetime]]]],
+        *,
+        meta: Mapping[str, bytes] | None = None,
+    ) -> list[list[int]]:
+        seqs = await self._run(self.outbox.add_batch, groups, meta=meta)
+        self.changed.set()
+        return seqs
+
     async def pending(
         self, stream: str, *, after_seq: int = 0, limit: int = 100
     ) -> list[OutboxRecord]:
