@@ -121,6 +121,9 @@ class UplinkSettings(_Section):
     resend_after_s: float = Field(default=30.0, gt=0)
     reconnect_resend_s: float = Field(default=5.0, gt=0)
     report_interval_s: float = Field(default=5.0, gt=0)
+    # The retained status (its health: outbox depth, oldest unacknowledged age) again
+    # this often while connected.
+    status_every_s: float = Field(default=60.0, gt=0)
 
 
 class TelemetrySettings(_Section):
