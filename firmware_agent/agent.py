@@ -34,29 +34,11 @@ ETAs: the model to run and the signed models the fleet sends are
 State directory (``/var/lib/fleet-agent`` on a van): ``device.key`` (Ed25519, 0600),
 ``pod-chain.json``, ``manifest.json``, ``config.json``, ``outbox.db`` with its
 high-water mark ``outbox.db.seqmark`` and disk-full reserve ``outbox.db.reserve``,
-``eta/``.
-
-The van's day (:mod:`firmware_agent.day_state`: delivered parcels, the duplicate-scan
-memory, every stop's geofence phase and visits, so the ETA's served stops) is kept by
-the outbox too, committed in the same transaction as the records that changed it
-(``van_day`` in its meta table); at start the pipeline carries on that day if it is the
-stored manifest's (same ``route_id`` and ``date``), else starts a new one. So after a
-power cut or a watchdog restart a delivered parcel scanned again is ``already_delivered``,
-a van still inside a stop's fence does not arrive there again, and no ETA goes out for
-a stop already reached. Status health: ``day_restored`` (true when the day was carried
-on at start).
-
-The POD chain state is saved after the POD is in the outbox, and kept by the outbox in
-the POD's own transaction; at start the newest of the saved state, the outbox's copy
-and the pending PODs wins (a crash between the two, a save a full disk refused), so
-the chain never forks and no signed POD is lost.
-
-A full disk does not stop the van (:mod:`firmware_agent.uplink.holdback`): what the
-outbox refuses waits in memory, bounded, and is stored at the first retry once space
-returns; once the PODs memory may hold are held, scans are refused before anything is
-signed. An outbox that cannot even be opened is retried until it opens. Status health
-says so (``outbox_degraded``, ``outbox_held``, ``scans_refused``, ...) and reports a
-numbering reset of a damaged or lost outbox (``outbox_resets``, ``outbox_last_reset``).
+``eta/``. What the van keeps there, and how each record gets there durably with what
+it depends on (the POD chain state, the van's day), is
+:class:`~firmware_agent.van_store.VanStore`'s; so is a full disk, which never stops
+the van (status health: ``outbox_degraded``, ``outbox_held``, ``scans_refused``,
+``outbox_resets``, ``day_restored``, ...).
 """
 
 from __future__ import annotations
@@ -64,69 +46,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from firmware_agent.contract import wirejson
-from firmware_agent.contract.errors import CodecError
+from firmware_agent.agent_config import AgentConfig, AgentCounts
 from firmware_agent.contract.fix import Fix
-from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import Manifest, ManifestError, parse_manifest
-from firmware_agent.contract.records import PodRecord, Record, encode_record
-from firmware_agent.day_state import DayState, DayStateError
+from firmware_agent.contract.records import Record
 from firmware_agent.downlinks import Downlinks
-from firmware_agent.errors import ConfigError, OutboxStorageError, RemoteConfigError
+from firmware_agent.errors import RemoteConfigError
 from firmware_agent.eta.manager import SHIPPED_MODEL, EtaManager, EtaSettings, load_eta_predictor
 from firmware_agent.eta.model_store import RunningModel
 from firmware_agent.eta.predictor import EtaPredictor
-from firmware_agent.feedback import Feedback, FeedbackSettings, open_feedback
+from firmware_agent.feedback import Feedback, open_feedback
 from firmware_agent.geofence import GeofenceIndex, build_index
-from firmware_agent.gnss.reader import ReaderConfig
 from firmware_agent.manifest_store import (
     ManifestStore,
     check_device,
 )
-from firmware_agent.pod.chain import ChainState, PodChain
-from firmware_agent.pod.state import (
-    ChainStateError,
-    ChainStateStore,
-    encode_state,
-    parse_state,
-    recover_state,
-)
+from firmware_agent.pod.chain import PodChain
+from firmware_agent.pod.state import ChainStateStore
 from firmware_agent.remote_config import (
     RemoteConfig,
     RemoteConfigStore,
     apply_config,
     running_revision,
 )
-from firmware_agent.scan.serial_reader import ScannerConfig
 from firmware_agent.scan.types import Scan
 from firmware_agent.sources import (
     Clock,
     FixSource,
     GnssClock,
-    GnssSource,
-    NmeaFile,
-    ScanLog,
-    ScannerSource,
     ScanSource,
-    SerialGnss,
-    SerialScan,
     SimClock,
     default_clock,
-    inputs,
 )
-from firmware_agent.uplink.holdback import Committer, Held, HoldLimits
+from firmware_agent.uplink.holdback import Committer
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
-from firmware_agent.uplink.outbox import META_POD_CHAIN, META_VAN_DAY
-from firmware_agent.uplink.queue import AsyncOutbox
 from firmware_agent.van import VanConfig, VanPipeline
+from firmware_agent.van_store import VanStore
 
 log = logging.getLogger(__name__)
 
@@ -140,77 +98,6 @@ __all__ = [
     "SimClock",
     "load_eta_predictor",
 ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentConfig:
-    state_dir: Path
-    uplink: UplinkConfig
-    # The pipeline's own settings; a remote config overrides them while it runs.
-    van: VanConfig = field(default_factory=VanConfig)
-    # Where fixes come from (firmware_agent.sources): a serial receiver, a receiver on
-    # TCP, an NMEA file. A bare ReaderConfig is a serial receiver (the older form).
-    gnss: GnssSource | ReaderConfig | None = None
-    # Scanners, several at once (a ring scanner and a handheld): serial, HID, scan logs.
-    scanners: tuple[ScannerSource, ...] = ()
-    # What the driver sees and hears after a scan: GPIO LEDs and buzzer, log, none.
-    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
-    # The older forms, mapped onto the sources above (sources()): one serial scanner,
-    # an NMEA file played at `speed` (1.0 real time, 0 as fast as possible) with a
-    # scan log merged in.
-    scanner: ScannerConfig | None = None
-    nmea_file: Path | None = None
-    scans_file: Path | None = None
-    speed: float = 0.0
-    outbox_budget_bytes: int = 100 * 1024 * 1024
-    # What is held in memory while the outbox cannot store records (a full disk).
-    hold: HoldLimits = field(default_factory=HoldLimits)
-    # With file input: stop once the file is done and ingest acknowledged everything.
-    exit_when_drained: bool = False
-    # On-device ETAs; the model file, None for the one shipped in the package.
-    eta: bool = True
-    eta_model: Path | None = None
-    # The fleet's public keys (PEM or JWK files) that sign models sent on the `model`
-    # topic; none: every model downlink is refused.
-    model_keys: tuple[Path, ...] = ()
-
-    def __post_init__(self) -> None:
-        if (self.gnss is None) == (self.nmea_file is None):
-            raise ConfigError("give exactly one GNSS input: a receiver or an NMEA file")
-        if self.speed < 0:
-            raise ConfigError(f"speed must be >= 0, got {self.speed}")
-
-    def sources(self) -> tuple[GnssSource, tuple[ScannerSource, ...]]:
-        """The fix source and the scan sources to run, the older fields mapped."""
-        gnss = self.gnss
-        if isinstance(gnss, ReaderConfig):
-            gnss = SerialGnss(gnss)
-        elif gnss is None:
-            assert self.nmea_file is not None
-            gnss = NmeaFile(self.nmea_file, speed=self.speed)
-        scanners = self.scanners
-        if self.scanner is not None:
-            scanners += (SerialScan(self.scanner),)
-        if self.scans_file is not None:
-            scanners += (ScanLog(self.scans_file),)
-        return inputs(gnss, scanners)
-
-
-@dataclass
-class AgentCounts:
-    fixes: int = 0
-    scans: int = 0
-    records: dict[str, int] = field(default_factory=lambda: {"telemetry": 0, "events": 0, "pod": 0})
-    manifests: int = 0
-    # Manifest downlinks refused (invalid, another van's, geometry that cannot be built).
-    manifests_refused: int = 0
-    # Remote configs applied (a clear included), and refused (invalid or stale; the
-    # stored one at start included).
-    configs: int = 0
-    configs_refused: int = 0
-    # Model downlinks installed (a clear included), and refused.
-    models: int = 0
-    models_refused: int = 0
 
 
 class Agent:
@@ -246,7 +133,6 @@ class Agent:
         self._on_records = on_records
         self.counts = AgentCounts()
         self.manifests = ManifestStore(config.state_dir / "manifest.json")
-        self.chain_store = ChainStateStore(config.state_dir / "pod-chain.json")
         self.config_store = RemoteConfigStore(config.state_dir / "config.json")
         self.pipeline: VanPipeline | None = None
         self.uplink: Uplink | None = None
@@ -263,15 +149,15 @@ class Agent:
             announce=self._announce,
         )
         self.input_done = asyncio.Event()
-        self._outbox: AsyncOutbox | None = None
-        # Commits to the outbox, holding records in memory while it refuses them.
-        self.committer: Committer | None = None
-        self._chain_save_failures = 0
-        # The outbox's figures and its last numbering reset, read at start.
-        self._outbox_stats: dict[str, int] = {}
-        self._outbox_reset: dict[str, object] | None = None
-        # The device key (PODs, the uplink's sequence report and signed batches).
-        self._device_key: Ed25519PrivateKey | None = None
+        # The outbox, the POD chain state and the van's day (the state directory).
+        self.store = VanStore(
+            config.state_dir,
+            budget_bytes=config.outbox_budget_bytes,
+            hold=config.hold,
+            stored=self.counts.records,
+            on_change=self._announce,
+            clock=self.clock.now,
+        )
         # Manifest and config downlinks; the running remote config and the refusals.
         self.downlinks = Downlinks(
             van=config.van,
@@ -282,40 +168,8 @@ class Agent:
             clock=self.clock.now,
             announce=self._announce,
         )
-        # The van's day as last handed to the outbox (encoded), and whether the day
-        # was carried on from the outbox at start.
-        self._day_saved: bytes | None = None
-        self._day_restored = False
 
     # -- set-up ------------------------------------------------------------------
-
-    async def _chain(self, outbox: AsyncOutbox, device_id: str) -> PodChain:
-        key = await asyncio.to_thread(
-            load_or_create_device_key, self.config.state_dir / "device.key"
-        )
-        self._device_key = key
-        state = await asyncio.to_thread(self.chain_store.load)
-        pending = await outbox.pending("pod", limit=1_000_000)
-        recovered = recover_state(_pod_tokens(r.payload for r in pending), key=key.public_key())
-        # The state committed with the last POD stored: ahead of the file when the
-        # file could not be saved (a full disk) and that POD is acknowledged since.
-        kept = await outbox.meta(META_POD_CHAIN)
-        if kept is not None:
-            try:
-                committed = parse_state(kept)
-            except ChainStateError as err:
-                log.warning("outbox's POD chain state ignored: %s", err)
-            else:
-                recovered = max(recovered, committed, key=lambda s: s.seq)
-        if recovered.seq > state.seq:
-            log.warning(
-                "POD chain state %d behind the outbox's POD %d: recovered",
-                state.seq,
-                recovered.seq,
-            )
-            state = recovered
-            await self._save_chain(state)
-        return PodChain(device_id, key, state)
 
     async def _manifest(self) -> Manifest:
         """The stored manifest, or an empty one when there is none or it is refused
@@ -365,39 +219,6 @@ class Agent:
             manifest, index = self._no_manifest(), None
         return VanPipeline(manifest, pods=chain, config=van, eta=await self.load_eta(), index=index)
 
-    async def _restore_day(self, outbox: AsyncOutbox) -> None:
-        """Carry on the day the outbox kept (committed with the last records that
-        changed it) if it is the running manifest's day; else the pipeline starts a
-        new one. A state that cannot be read is logged and ignored."""
-        assert self.pipeline is not None
-        saved = await outbox.meta(META_VAN_DAY)
-        if saved is None:
-            return
-        try:
-            day = DayState.decode(saved)
-        except DayStateError as err:
-            log.warning("outbox's day state ignored, starting a new day: %s", err)
-            return
-        manifest = self.pipeline.manifest
-        if not self.pipeline.restore_day(day):
-            log.info(
-                "day %s %s not carried on: the manifest is %s %s, a new day",
-                day.route_id,
-                day.date,
-                manifest.route_id,
-                manifest.date,
-            )
-            return
-        self._day_saved = saved
-        self._day_restored = True
-        log.warning(
-            "day %s %s carried on after a restart: %d parcels delivered, %d stops visited",
-            day.route_id,
-            day.date,
-            len(day.delivered),
-            sum(1 for s in day.stops.values() if s.visits),
-        )
-
     async def _stored_config(self) -> tuple[VanConfig, UplinkConfig]:
         """The settings to start on: the stored remote config over the agent's own.
 
@@ -437,59 +258,31 @@ class Agent:
         c = self.config
         await asyncio.to_thread(c.state_dir.mkdir, parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
-            outbox = await self._open_outbox(stack)
-            self._outbox = outbox
-            self.committer = Committer(
-                outbox, limits=c.hold, stored=self.counts.records, on_change=self._announce
-            )
-            self._outbox_stats = await outbox.stats()
-            self._outbox_reset = await outbox.last_reset()
-            chain = await self._chain(outbox, c.uplink.device_id)
+            outbox = await self.store.open(stack)
+            chain = await self.store.chain(outbox, c.uplink.device_id)
             van, uplink = await self._stored_config()
             self.pipeline = await self._start_pipeline(chain, van)
-            await self._restore_day(outbox)
+            await self.store.restore_day(self.pipeline)
             self.uplink = Uplink(
                 uplink,
                 outbox,
                 on_downlink=self._downlink,
                 health=self.health,
                 clock=self.clock.now,
-                key=self._device_key,
+                key=self.store.device_key,
             )
             async with asyncio.TaskGroup() as tg:
                 uplink_task = tg.create_task(self.uplink.run(), name="uplink")
-                retry_task = tg.create_task(self.committer.run(), name="outbox-retry")
+                committer = self.committer
+                assert committer is not None
+                retry_task = tg.create_task(committer.run(), name="outbox-retry")
                 tg.create_task(self._inputs(), name="inputs")
                 if c.exit_when_drained:
                     await self.input_done.wait()
-                    await self.committer.flushed()
+                    await committer.flushed()
                     await self.uplink.drained()
                     uplink_task.cancel()
                     retry_task.cancel()
-
-    async def _open_outbox(self, stack: contextlib.AsyncExitStack) -> AsyncOutbox:
-        """The outbox, opened; while it cannot be (a full disk can refuse even that),
-        the agent waits and tries again rather than exit into a restart loop. Logged
-        when it starts and when it ends."""
-        c = self.config
-        delay_s, failed_at = 1.0, None
-        while True:
-            error: OutboxStorageError | None = None
-            try:
-                outbox = await stack.enter_async_context(
-                    AsyncOutbox(c.state_dir / "outbox.db", budget_bytes=c.outbox_budget_bytes)
-                )
-            except OutboxStorageError as err:
-                error = err
-            if error is None:
-                if failed_at is not None:
-                    log.warning("outbox opened after %.1f s", time.monotonic() - failed_at)
-                return outbox
-            if failed_at is None:
-                failed_at = time.monotonic()
-                log.error("cannot open the outbox (%s): trying again until it opens", error)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 10.0)
 
     def _announce(self) -> None:
         if self.uplink is not None:
@@ -575,93 +368,26 @@ class Agent:
             # signed now could not be kept. Nothing is signed; the scan is refused.
             self.committer.refuse_scan(repr(scan.raw[:40]))
             return
-        records = self._seen(self.pipeline.on_scan(scan))
-        if records:
-            await self._commit_signed(records)
-        else:
-            # Nothing to publish, but the pairing may have changed (a parcel now waits
-            # for its reason card, a card for its parcel): the day goes to the outbox
-            # alone, so that a crash in the window neither loses the attempt nor signs
-            # it twice (it is signed with the day that no longer holds it).
-            await self._save_day()
-
-    async def _save_day(self) -> None:
-        """The van's day into the outbox on its own, if it changed."""
-        assert self.committer is not None
-        day = self._day_changed()
-        if day is not None:
-            await self.committer.commit([], day=day)
+        await self._commit_signed(self._seen(self.pipeline.on_scan(scan)))
 
     async def _commit_signed(self, records: list[Record]) -> None:
-        """Commit ``records``; if they hold a POD, save the chain state after them."""
-        if not records:
-            return
+        """A step's records into the outbox (:meth:`VanStore.commit_signed`)."""
         assert self.pipeline is not None
-        await self._commit(records)
-        if any(isinstance(r, PodRecord) for r in records):
-            await self._save_chain(self.pipeline.pods.state)
+        await self.store.commit_signed(self.pipeline, records)
+
+    @property
+    def committer(self) -> Committer | None:
+        """What commits records to the outbox (None before the outbox opened)."""
+        return self.store.committer
+
+    @property
+    def chain_store(self) -> ChainStateStore:
+        return self.store.chain_store
 
     def _seen(self, records: list[Record]) -> list[Record]:
         if self._on_records is not None:
             self._on_records(records)
         return records
-
-    async def _save_chain(self, state: ChainState) -> None:
-        """Save the POD chain state; a failure (a full disk) is logged once and
-        harmless: the outbox keeps the state with the POD, and the next save catches up."""
-        try:
-            await asyncio.to_thread(self.chain_store.save, state)
-        except OSError as err:
-            failure = err
-        else:
-            return
-        self._chain_save_failures += 1
-        if self._chain_save_failures == 1:
-            log.error(
-                "cannot save the POD chain state to %s (%s): the outbox keeps it with the "
-                "POD; counted from now on (chain_save_failures)",
-                self.chain_store.path,
-                failure,
-            )
-
-    async def _commit(self, records: Iterable[Record]) -> None:
-        """Every record into the outbox, in order, durably, before anything else: its
-        stream's next seq, and its final bytes (the uplink frames them as they are). A
-        POD goes with the chain state after it (a call signs at most one, just now).
-        While the outbox refuses records, they wait in memory (:class:`Committer`)."""
-        assert self.committer is not None
-        assert self.pipeline is not None
-        now = self.clock.now()
-        records = list(records)
-        if not records:
-            return
-        pods = any(isinstance(r, PodRecord) for r in records)
-        chain = encode_state(self.pipeline.pods.state) if pods else None
-        await self.committer.commit(
-            [
-                Held(
-                    r.stream,
-                    encode_record(r),
-                    now,
-                    chain if isinstance(r, PodRecord) else None,
-                )
-                for r in records
-            ],
-            day=self._day_changed(),
-        )
-
-    def _day_changed(self) -> bytes | None:
-        """The van's day, encoded, if it changed since it last went to the outbox."""
-        assert self.pipeline is not None
-        try:
-            day = self.pipeline.day_state().encode()
-        except DayStateError as err:  # a bug: the records still go; logged every time
-            log.error("the van's day cannot be saved: %s", err)  # noqa: TRY400 (no traceback)
-            return None
-        if day == self._day_saved:
-            return None
-        self._day_saved = day
-        return day
 
     async def _downlink(self, kind: str, payload: bytes) -> None:
         if kind == "config":
@@ -724,36 +450,10 @@ class Agent:
             counts["pods"] = self.pipeline.counts["pods"]
             counts["manifest_route_id"] = self.pipeline.manifest.route_id
             counts["manifest_stops"] = len(self.pipeline.manifest.stops)
-        counts.update(self._outbox_health())
+        counts.update(self.store.health())
         counts.update(self._eta_health())
-        counts["day_restored"] = self._day_restored
         return counts
-
-    def _outbox_health(self) -> dict[str, Any]:
-        """Where the van's records stand: held in memory (a full disk), and whether
-        the outbox's numbering was ever reset (a damaged or lost file)."""
-        out: dict[str, Any] = {}
-        if self.committer is not None:
-            out.update(self.committer.health())
-        out["chain_save_failures"] = self._chain_save_failures
-        stats = self._outbox_stats
-        out["outbox_resets"] = stats.get("seq_resets", 0)
-        out["outbox_corrupt_recovered"] = stats.get("corrupt_recovered", 0)
-        out["outbox_wal_discarded"] = stats.get("wal_discarded", 0)
-        if self._outbox_reset is not None:
-            out["outbox_last_reset"] = self._outbox_reset
-        return out
 
     def _eta_health(self) -> dict[str, Any]:
         tracker = self.pipeline.eta_tracker if self.pipeline is not None else None
         return self.eta.health(tracker.predictor if tracker is not None else None)
-
-
-def _pod_tokens(payloads: Iterable[bytes]) -> Iterator[str]:
-    """The JWS of each stored ``pod`` record that reads as one (the others are skipped:
-    :func:`~firmware_agent.pod.state.recover_state` wants the readable ones)."""
-    for payload in payloads:
-        try:
-            yield PodRecord.from_json(wirejson.loads(payload, "stored POD")).jws
-        except CodecError:
-            continue

@@ -280,7 +280,7 @@ def test_the_agent_recovers_its_pod_chain_from_the_outbox_when_the_file_is_behin
         async with AsyncOutbox(state_dir / "outbox.db") as outbox:
             await outbox.add_many("pod", [(b"{}", T0)], meta={META_POD_CHAIN: encode_state(ahead)})
             await outbox.ack("pod", 1)
-            chain = await agent._chain(outbox, "van-1")
+            chain = await agent.store.chain(outbox, "van-1")
             return chain.state
 
     assert asyncio.run(main()) == ahead
