@@ -368,12 +368,14 @@ class Agent:
             # signed now could not be kept. Nothing is signed; the scan is refused.
             self.committer.refuse_scan(repr(scan.raw[:40]))
             return
-        await self._commit_signed(self._seen(self.pipeline.on_scan(scan)))
+        # A scan may change the day without a record (the reason-card pairing): the day
+        # is saved alone then.
+        await self._commit_signed(self._seen(self.pipeline.on_scan(scan)), day_alone=True)
 
-    async def _commit_signed(self, records: list[Record]) -> None:
+    async def _commit_signed(self, records: list[Record], *, day_alone: bool = False) -> None:
         """A step's records into the outbox (:meth:`VanStore.commit_signed`)."""
         assert self.pipeline is not None
-        await self.store.commit_signed(self.pipeline, records)
+        await self.store.commit_signed(self.pipeline, records, day_alone=day_alone)
 
     @property
     def committer(self) -> Committer | None:

@@ -196,14 +196,18 @@ class VanStore:
 
     # -- records -------------------------------------------------------------------
 
-    async def commit_signed(self, pipeline: VanPipeline, records: list[Record]) -> None:
+    async def commit_signed(
+        self, pipeline: VanPipeline, records: list[Record], *, day_alone: bool = False
+    ) -> None:
         """Commit a step's ``records``; if they hold a POD, save the chain state after
-        them. A step with no record may still have changed the day (a parcel now waits
-        for its reason card, a card for its parcel): the day goes alone, so that a crash
-        in the window neither loses the attempt nor signs it twice (it is signed with
-        the day that no longer holds it)."""
+        them. ``day_alone`` (a scan): a step with no record may still have changed the
+        day (a parcel now waits for its reason card, a card for its parcel), so the day
+        goes alone, and a crash in the window neither loses the attempt nor signs it
+        twice (it is signed with the day that no longer holds it). A fix's changes to
+        the day go with the next records instead: no write per fix."""
         if not records:
-            await self.save_day(pipeline)
+            if day_alone:
+                await self.save_day(pipeline)
             return
         await self.commit(pipeline, records)
         if any(isinstance(r, PodRecord) for r in records):

@@ -46,6 +46,7 @@ import pytest
 
 from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.worker import WorkerConfig
+from firmware_agent.contract.outcomes import Outcome, is_delivery
 from tests.broker import Mosquitto
 from tests.uplinkday import (
     BIN,
@@ -221,9 +222,10 @@ def test_the_van_remembers_its_day_across_sigkills(
                     chain_state=saved_chain_state(state),
                 )
                 assert watcher.contract_failures() == []
+                pods = sorted(await stored_pods(store, DEVICE), key=lambda p: p.seq)
                 _check_the_day(
                     watcher.fleetstream("event", DEVICE),
-                    [p.record.parcel for p in await stored_pods(store, DEVICE)],
+                    [(p.record.parcel, p.record.outcome) for p in pods],
                 )
                 assert len(stored.pods) > 0
 
@@ -274,8 +276,18 @@ async def _kill_restart_and_finish(
         after = first + timedelta(seconds=ran_s * SPEED)
 
 
-def _check_the_day(events: list[dict[str, Any]], pod_parcels: list[str]) -> None:
-    twice = [p for p, n in Counter(pod_parcels).items() if n > 1]
+def _check_the_day(events: list[dict[str, Any]], pods: list[tuple[str, Outcome]]) -> None:
+    """``pods``: (parcel, outcome) in chain order. A parcel's POD after a delivery of it
+    is a second POD; one after a failed attempt (the day's reason cards: not home,
+    refused, ...) is its next attempt."""
+    pod_parcels = [parcel for parcel, _ in pods]
+    delivered: set[str] = set()
+    twice: list[str] = []
+    for parcel, outcome in pods:
+        if parcel in delivered:
+            twice.append(parcel)
+        if is_delivery(outcome):
+            delivered.add(parcel)
     events = sorted(events, key=lambda e: e["seq"])
     visits: dict[str, list[int]] = defaultdict(list)
     reached: set[str] = set()
