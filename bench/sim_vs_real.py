@@ -65,6 +65,8 @@ COLUMNS = (
     ("off_stop_halts_per_km", "halts off stops /km", "{:.2f}"),
     ("short_halts_per_km", "halts <60 s /km", "{:.2f}"),
     ("slowdowns_per_km", "slowdowns /km", "{:.2f}"),
+    ("pace_change_p50", "5-min pace change p50 x", "{:.2f}"),
+    ("pace_change_p90", "5-min pace change p90 x", "{:.2f}"),
 )
 
 

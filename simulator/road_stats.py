@@ -27,6 +27,11 @@ records), and the same way for both sides:
   been at least :data:`FAST_MPS` (hysteresis, so jitter around one threshold is not
   counted twice); it counts halts and crawls alike. Short halts (< :data:`SHORT_HALT_S`)
   are traffic-light-like halts.
+- Speed persistence: the trace cut into windows of :data:`WINDOW_S` (5 min) from its
+  start, each window's mean speed (stops included, as the naive ETA's) against the next
+  window's, as the factor ``max(v1, v2) / min(v1, v2)`` (speeds floored at
+  :data:`FLOOR_MPS`, windows with less than 80 % of their time recorded left out): how
+  far the recent pace is from the coming one, which is what the naive ETA assumes away.
 - Halts off the plan: the halts farther than :data:`OFF_STOP_M` from every planned stop
   given (a simulated day's manifest): traffic halts rather than deliveries. A real trip
   has no plan, so all its halts count (bus stops included).
@@ -52,6 +57,8 @@ MAX_SPEED_MPS = 60.0
 MAX_GAP_S = DEFAULT_MAX_GAP_S
 MIN_SPAN_S = 5.0
 OFF_STOP_M = 50.0
+WINDOW_S = 300.0
+FLOOR_MPS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +132,14 @@ class TripStats:
     dwells_s: list[float] = field(default_factory=list)
     halt_at: list[tuple[float, float]] = field(default_factory=list)  # (lat, lon) per dwell
     off_stop_halts: int = 0
+    pace_changes: list[float] = field(default_factory=list)  # next / last window, >= 1
     slowdowns: int = 0
 
 
 def trip_stats(samples: Sequence[Sample], stops: Sequence[tuple[float, float]] = ()) -> TripStats:
     """The figures of one time-sorted trace; ``stops``: the planned stops' (lat, lon)."""
     stats = TripStats()
+    windows: dict[int, list[float]] = {}  # window index -> [seconds, metres]
     run: list[Sample] = []  # the samples of the current run of stopped segments
     fast = False
 
@@ -149,6 +158,9 @@ def trip_stats(samples: Sequence[Sample], stops: Sequence[tuple[float, float]] =
             continue
         stats.duration_s += dt_s
         stats.distance_m += speed * dt_s
+        window = windows.setdefault(int(a.t_s // WINDOW_S), [0.0, 0.0])
+        window[0] += dt_s
+        window[1] += speed * dt_s
         if speed < STOP_SPEED_MPS:
             stats.stopped_s += dt_s
             if not run:
@@ -163,6 +175,12 @@ def trip_stats(samples: Sequence[Sample], stops: Sequence[tuple[float, float]] =
             stats.slowdowns += 1
             fast = False
     end_run()
+    for n, (secs, metres) in sorted(windows.items()):
+        nxt = windows.get(n + 1)
+        if nxt is None or min(secs, nxt[0]) < 0.8 * WINDOW_S:
+            continue
+        v1, v2 = max(FLOOR_MPS, metres / secs), max(FLOOR_MPS, nxt[1] / nxt[0])
+        stats.pace_changes.append(max(v1, v2) / min(v1, v2))
     stats.off_stop_halts = sum(
         1
         for lat, lon in stats.halt_at
@@ -183,6 +201,7 @@ def pooled(trips: Iterable[TripStats]) -> TripStats:
         out.halt_at.extend(t.halt_at)
         out.slowdowns += t.slowdowns
         out.off_stop_halts += t.off_stop_halts
+        out.pace_changes.extend(t.pace_changes)
     return out
 
 
@@ -224,5 +243,7 @@ def figures(stats: TripStats) -> dict[str, float]:
         "off_stop_halts_per_km": per_km(stats.off_stop_halts),
         "short_halts_per_km": per_km(sum(1 for d in stats.dwells_s if d < SHORT_HALT_S)),
         "slowdowns_per_km": per_km(stats.slowdowns),
+        "pace_change_p50": weighted_percentile([(c, 1.0) for c in stats.pace_changes], 0.5),
+        "pace_change_p90": weighted_percentile([(c, 1.0) for c in stats.pace_changes], 0.9),
         "mean_speed_mps": stats.distance_m / stats.duration_s if stats.duration_s else nan,
     }

@@ -125,3 +125,18 @@ def test_a_simulated_day_halts_at_its_stops() -> None:
     assert len(stats.dwells_s) >= len(stops)
     reported = [f.speed_mps for f in day.fixes if f.speed_mps is not None and f.speed_mps >= 1]
     assert figures(stats)["move_p50_mps"] == pytest.approx(statistics.median(reported), rel=0.2)
+
+
+def test_the_pace_change_compares_consecutive_five_minute_windows() -> None:
+    # 10 min at 10 m/s, then 10 min at 2.5 m/s: windows 10, 10, 2.5, 2.5 m/s
+    trace = _north(
+        [(float(t), 10.0 * t) for t in range(600)]
+        + [(600.0 + t, 6000.0 + 2.5 * t) for t in range(601)]
+    )
+    changes = sorted(trip_stats(trace).pace_changes)
+    assert changes == [
+        pytest.approx(1.0),
+        pytest.approx(1.0, abs=0.02),
+        pytest.approx(4.0, rel=0.02),
+    ]
+    assert figures(trip_stats(trace))["pace_change_p90"] == pytest.approx(4.0, rel=0.02)
