@@ -381,9 +381,10 @@ class DriverFeedback:
         return request
 
 
-class LogFeedback:
+class LogFeedback(NullFeedback):
     """Feedback as log lines (INFO, logger ``firmware_agent.feedback``): ``driver
-    feedback: wrong_stop``; for a bench or the simulator, where no one watches LEDs."""
+    feedback: wrong_stop``; for a bench or the simulator, where no one watches LEDs.
+    Nothing to open or wait for: the rest is :class:`NullFeedback`'s."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or _LOG
@@ -392,23 +393,6 @@ class LogFeedback:
     def signal(self, s: Signal) -> None:
         self.signals.append(Signal(s))
         self._log.info("driver feedback: %s", Signal(s).value)
-
-    def wait_idle(self, timeout_s: float | None = None) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 PIN_HISTORY_ENV: Final = "FLEET_TEST_PIN_HISTORY"
