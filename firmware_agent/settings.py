@@ -202,6 +202,13 @@ class EtaSettings(_Section):
     late_confirm_s: float = Field(default=60.0, ge=0, json_schema_extra=REMOTE)
     late_clear_s: float = Field(default=120.0, ge=0, json_schema_extra=REMOTE)
     late_clear_fraction: float = Field(default=0.10, ge=0, json_schema_extra=REMOTE)
+    # Sequence deviations (docs/eta.md): a pending stop is passed when the van came
+    # within passed_near_m and then stayed beyond passed_leave_m for passed_confirm_s
+    # without an arrival; the next passed_watch_stops stops are watched (0: off).
+    passed_near_m: float = Field(default=100.0, gt=0, json_schema_extra=REMOTE)
+    passed_leave_m: float = Field(default=300.0, gt=0, json_schema_extra=REMOTE)
+    passed_confirm_s: float = Field(default=20.0, ge=0, json_schema_extra=REMOTE)
+    passed_watch_stops: int = Field(default=2, ge=0, json_schema_extra=REMOTE)
 
 
 class GnssSettings(_Section):
@@ -658,6 +665,13 @@ def _cross_check(loaded: LoadedSettings) -> None:
             f"geofence.deviation_clear_m: {g.deviation_clear_m:g} (from "
             f"{src(('geofence', 'deviation_clear_m'))}) exceeds geofence.deviation_m "
             f"{g.deviation_m:g} (from {src(('geofence', 'deviation_m'))})"
+        )
+    e = s.eta
+    if e.passed_leave_m <= e.passed_near_m:
+        raise ConfigError(
+            f"eta.passed_leave_m: {e.passed_leave_m:g} (from "
+            f"{src(('eta', 'passed_leave_m'))}) must exceed eta.passed_near_m "
+            f"{e.passed_near_m:g} (from {src(('eta', 'passed_near_m'))})"
         )
 
 

@@ -34,6 +34,7 @@ from firmware_agent.contract.records import (
     LateRisk,
     PodRecord,
     ScanRejected,
+    StopPassed,
     WindowMiss,
     decode_event,
     encode_record,
@@ -77,6 +78,13 @@ EXAMPLES: list[JsonRecord] = [
     LateRisk(
         time=T0, stop_id="S003", route_id="R-1", eta=T1, eta_baseline=T1,
         window_end=T0 + timedelta(seconds=10), late_by_s=21.5, model="baseline",
+    ),
+    StopPassed(
+        time=T0, stop_id="S002", route_id="R-1", planned_index=1, reason="drive_past",
+        closest_m=12.34, eta=T1, eta_baseline=T1, stops_before=3, model="baseline",
+    ),
+    StopPassed(
+        time=T0, stop_id="S005", planned_index=4, reason="out_of_order", model="eta-1",
     ),
     PodRecord(
         time=T0, stop_id="S001", parcel="106141412345678908", seq=12, verdict="no_fix",

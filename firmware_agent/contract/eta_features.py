@@ -458,8 +458,9 @@ class PlanPosition:
     """The van placed on a :class:`RoutePlan` at ``time``.
 
     ``along_m`` is on the plan's axis: the remaining distance to stop ``k`` is
-    ``plan.plan_m[k] - along_m``. ``next_index`` is the first unserved stop in stop
-    order (the number of stops when all are served). ``route_m`` is the last matched
+    ``plan.plan_m[k] - along_m``. ``next_index`` is the stop the van heads for: the
+    first unserved stop in stop order unless :meth:`RoutePlan.project` was told another
+    (the number of stops when all are served). ``route_m`` is the last matched
     point along the route polyline, kept while the van is off the route so the next
     projection searches from there (None without a route, or before any match);
     ``on_route`` says whether this fix matched it. Pass the previous position as
@@ -707,6 +708,8 @@ class RoutePlan:
         now: datetime,
         served: Served,
         since: PlanPosition | None = None,
+        *,
+        next_stop: int | None = None,
     ) -> PlanPosition:
         """Place the van at (lat, lon) on the plan at ``now``; pure.
 
@@ -714,11 +717,19 @@ class RoutePlan:
         manifest): the route is searched in a window ahead of it (module doc). Without
         it, the search starts at the last served on-route stop before the next unserved
         one (the route's start if none) and takes in the whole route ahead.
+        ``next_stop`` is the stop the van heads for (its index), when the caller knows
+        the driver is not taking the planned order (``eta_features``' ``order[0]``);
+        default the first unserved stop in stop order. :class:`FeatureError` if it is
+        not an unserved stop.
         """
         now_us = _utc_us(now, "now")
         mask = self.served_mask(served)
         unserved = np.flatnonzero(~mask)
         nxt = int(unserved[0]) if unserved.size else self.n_stops
+        if next_stop is not None:
+            if not (0 <= next_stop < self.n_stops) or mask[next_stop]:
+                raise FeatureError(f"next_stop {next_stop!r} is not an unserved stop")
+            nxt = int(next_stop)
         x, y = self.frame.to_local(lat, lon)
 
         route_m: float | None = None
@@ -815,6 +826,19 @@ def _on_circle(fraction: float) -> tuple[float, float]:
     return math.sin(angle), math.cos(angle)
 
 
+def _check_order(
+    order: Sequence[int] | npt.NDArray[np.intp], unserved: npt.NDArray[np.intp]
+) -> npt.NDArray[np.intp]:
+    """``order`` as an index array, checked to be the unserved stops, each once."""
+    try:
+        seq = np.asarray(order, dtype=np.intp).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise FeatureError(f"order is not a sequence of stop indexes: {err}") from err
+    if seq.size != unserved.size or not np.array_equal(np.sort(seq), unserved):
+        raise FeatureError("order must list every unserved stop's index exactly once")
+    return seq
+
+
 def eta_features(
     now: datetime,
     plan: RoutePlan,
@@ -823,6 +847,7 @@ def eta_features(
     history: SpeedHistory | SpeedStats,
     *,
     day_start: datetime | None = None,
+    order: Sequence[int] | npt.NDArray[np.intp] | None = None,
 ) -> FeatureMatrix:
     """The model's input at ``now``: one row per unserved stop, in stop order.
 
@@ -831,8 +856,16 @@ def eta_features(
     ``day_start`` the start of the shift for ``day_elapsed_s``/``pace_s_per_stop``
     (default: the first fix the history saw; 0 elapsed if neither). The columns, their
     units and defaults are :data:`FEATURE_NAMES` and the module doc; unknowns take
-    documented defaults, so every value is finite. Raises :class:`FeatureError` for a
-    naive ``now`` or served flags of the wrong length.
+    documented defaults, so every value is finite.
+
+    ``order`` is the order the van is expected to serve the unserved stops in (their
+    indexes, each once; default stop order): the stops, parcels and types "before" a
+    stop are those ahead of it in that order, and its remaining distance runs from the
+    van to ``order[0]`` (``position`` projected with ``next_stop=order[0]``) and then
+    stop to stop: along the plan (``plan_m``) where a leg goes forward in stop order,
+    the straight line where it goes back (a stop the driver passed, served later). The
+    rows stay in stop order. Raises :class:`FeatureError` for a naive ``now``, served
+    flags of the wrong length or an ``order`` that is not the unserved stops.
     """
     now_us = _utc_us(now, "now")
     now_s = now_us / _US
@@ -846,19 +879,38 @@ def eta_features(
 
     out = np.empty((n, N_FEATURES), dtype=np.float64)
     col = _COL
-    remaining = np.maximum(plan.plan_m[idx] - position.along_m, 0.0)
     x, y = plan.frame.to_local(position.lat, position.lon)
     stop_xy = plan.stop_xy[idx]
+    parcels = plan.parcels[idx]
+    onehot = plan.type_onehot[idx]
+    if order is None:
+        remaining = np.maximum(plan.plan_m[idx] - position.along_m, 0.0)
+        rank = np.arange(n)
+        parcels_before = np.cumsum(parcels) - parcels
+        types_before = np.cumsum(onehot, axis=0) - onehot
+    else:
+        seq = _check_order(order, idx)
+        rank = np.empty(n, dtype=np.intp)
+        rank[np.searchsorted(idx, seq)] = np.arange(n)  # row (stop order) -> place in seq
+        plan_m = plan.plan_m[seq]
+        xy = plan.stop_xy[seq]
+        forward = seq[1:] > seq[:-1]
+        chain = np.hypot(*(xy[1:] - xy[:-1]).T)
+        legs = np.where(forward, np.diff(plan_m), chain)
+        first_m = max(float(plan_m[0]) - position.along_m, 0.0)
+        in_seq = first_m + np.concatenate(([0.0], np.cumsum(legs)))
+        remaining = in_seq[rank]
+        p_seq, t_seq = plan.parcels[seq], plan.type_onehot[seq]
+        parcels_before = (np.cumsum(p_seq) - p_seq)[rank]
+        types_before = (np.cumsum(t_seq, axis=0) - t_seq)[rank]
     out[:, col["remaining_m"]] = remaining
     out[:, col["straight_m"]] = np.hypot(stop_xy[:, 0] - x, stop_xy[:, 1] - y)
-    out[:, col["stops_before"]] = np.arange(n)
-    parcels = plan.parcels[idx]
-    out[:, col["parcels_before"]] = np.cumsum(parcels) - parcels
-    onehot = plan.type_onehot[idx]
+    out[:, col["stops_before"]] = rank
+    out[:, col["parcels_before"]] = parcels_before
     first_before = col[f"before_{STOP_TYPE_ORDER[0]}"]
     first_type = col[f"type_{STOP_TYPE_ORDER[0]}"]
     n_types = len(STOP_TYPE_ORDER)
-    out[:, first_before : first_before + n_types] = np.cumsum(onehot, axis=0) - onehot
+    out[:, first_before : first_before + n_types] = types_before
     out[:, first_type : first_type + n_types] = onehot
     out[:, col["parcels"]] = parcels
 
@@ -877,9 +929,10 @@ def eta_features(
 
     naive = naive_eta_s(remaining, stats.mean_15m_mps)
     late_s, late_known = 0.0, 0.0
+    # The next promise: the first windowed stop in the order the van is expected to take.
     windowed = np.flatnonzero(plan.has_window[idx])
     if windowed.size:
-        w = int(windowed[0])
+        w = int(windowed[np.argmin(rank[windowed])])
         arrive_s = now_s + float(naive[w])
         start_s, end_s = float(plan.window_start_s[idx[w]]), float(plan.window_end_s[idx[w]])
         if arrive_s > end_s:

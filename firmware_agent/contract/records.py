@@ -6,7 +6,7 @@ the van's pipeline to ingest's stored row:
 - ``telemetry``: :class:`TelemetryPoint`, one per fix the sampler selects.
 - ``events``: :class:`Arrival`, :class:`Departure`, :class:`WindowMiss`,
   :class:`Halt`, :class:`HaltEnd`, :class:`Deviation`, :class:`DeviationEnd`,
-  :class:`ScanRejected`, :class:`EtaUpdate`, :class:`LateRisk`.
+  :class:`ScanRejected`, :class:`EtaUpdate`, :class:`LateRisk`, :class:`StopPassed`.
 - ``pod``: :class:`PodRecord`, the signed POD (:mod:`.pod`) and the fields it mirrors.
 
 The pipeline makes them; :func:`encode_record` turns one into the bytes the outbox
@@ -508,6 +508,36 @@ class LateRisk(JsonRecord):
     model: str
 
 
+PassReason = Literal["drive_past", "out_of_order"]
+PASS_REASONS: Final[tuple[PassReason, ...]] = get_args(PassReason)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopPassed(JsonRecord):
+    """The van passed a stop it has not reached: the driver is not taking the planned
+    order. ``time``: when the van became sure of it; ``planned_index`` the stop's place
+    in the manifest (0-based); ``reason`` ``drive_past`` (it came within ``closest_m``
+    of the stop and left without an arrival) or ``out_of_order`` (it reached a stop
+    planned after this one); ``closest_m`` the closest approach seen while the stop was
+    among the next ones (absent if never measured). What the van now expects: ``eta``
+    and ``eta_baseline`` the stop's new predicted arrival, served later, and
+    ``stops_before`` how many stops it expects to serve first; all three absent when
+    the van no longer schedules the stop. An arrival there later is a normal arrival."""
+
+    type: ClassVar[str] = "stop_passed"
+    stream: ClassVar[Stream] = "events"
+    time: datetime
+    stop_id: str
+    route_id: str | None = field(default=None, metadata=_OMITTED)
+    planned_index: int
+    reason: PassReason
+    closest_m: float | None = field(default=None, metadata=_OMITTED_TENTH)
+    eta: datetime | None = field(default=None, metadata=_OMITTED)
+    eta_baseline: datetime | None = field(default=None, metadata=_OMITTED)
+    stops_before: int | None = field(default=None, metadata=_OMITTED)
+    model: str
+
+
 Verdict = Literal["inside", "outside", "no_fix"]
 
 
@@ -542,6 +572,7 @@ EventRecord = (
     | ScanRejected
     | EtaUpdate
     | LateRisk
+    | StopPassed
 )
 EVENT_TYPES: Final[dict[str, type[EventRecord]]] = {
     cls.type: cls
@@ -556,6 +587,7 @@ EVENT_TYPES: Final[dict[str, type[EventRecord]]] = {
         ScanRejected,
         EtaUpdate,
         LateRisk,
+        StopPassed,
     )
 }
 

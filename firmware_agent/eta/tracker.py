@@ -125,11 +125,18 @@ from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import PlanPosition, RoutePlan, SpeedHistory, eta_features
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest
-from firmware_agent.contract.records import EtaTrigger, EtaUpdate, LateRisk
+from firmware_agent.contract.records import (
+    EtaTrigger,
+    EtaUpdate,
+    LateRisk,
+    PassReason,
+    StopPassed,
+)
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
+from firmware_agent.eta.sequence import expected_order
 
-Record = EtaUpdate | LateRisk
+Record = EtaUpdate | LateRisk | StopPassed
 """What the tracker publishes."""
 
 BASELINE_MODEL: Final = "baseline"
@@ -137,7 +144,16 @@ TRIGGERS: Final[tuple[EtaTrigger, ...]] = ("first", "moved", "arrival", "heartbe
 _FIRST, _MOVED, _ARRIVAL, _HEARTBEAT = range(len(TRIGGERS))
 _NONE: Final = len(TRIGGERS)
 # What EtaTracker remembers per stop (arrays indexed like the plan's stops).
-_PER_STOP: Final = ("_published_s", "_published_at_s", "_move_since_s", "_late_since_s", "_late")
+_PER_STOP: Final = (
+    "_published_s",
+    "_published_at_s",
+    "_move_since_s",
+    "_late_since_s",
+    "_late",
+    "_passed",
+    "_closest_m",
+    "_far_since_s",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +174,10 @@ class EtaConfig:
     late_confirm_s: float = 60.0
     late_clear_s: float = 120.0
     late_clear_fraction: float = 0.10
+    passed_near_m: float = 100.0
+    passed_leave_m: float = 300.0
+    passed_confirm_s: float = 20.0
+    passed_watch_stops: int = 2
 
     def __post_init__(self) -> None:
         for name in (
@@ -173,6 +193,9 @@ class EtaConfig:
             "late_confirm_s",
             "late_clear_s",
             "late_clear_fraction",
+            "passed_near_m",
+            "passed_leave_m",
+            "passed_confirm_s",
         ):
             value = getattr(self, name)
             if not (
@@ -184,9 +207,15 @@ class EtaConfig:
                 raise ConfigError(f"eta {name} must be a finite number >= 0, got {value!r}")
         if self.heartbeat_s == 0:
             raise ConfigError("eta heartbeat_s must be > 0")
-        value = self.heartbeat_stops
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"eta heartbeat_stops must be an integer >= 0, got {value!r}")
+        for name in ("heartbeat_stops", "passed_watch_stops"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"eta {name} must be an integer >= 0, got {value!r}")
+        if self.passed_leave_m <= self.passed_near_m:
+            raise ConfigError(
+                f"eta passed_leave_m ({self.passed_leave_m!r}) must be more than "
+                f"passed_near_m ({self.passed_near_m!r})"
+            )
 
 
 class EtaTracker:
@@ -233,7 +262,18 @@ class EtaTracker:
         self._move_since_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self._late_since_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self._late = np.zeros(n, dtype=np.bool_)
+        # Sequence deviations: whether the stop was passed (drive-past or out of order;
+        # an arrival there later serves it as usual), its closest approach while among
+        # the next stops, and since when the van has been beyond passed_leave_m of it.
+        self._passed = np.zeros(n, dtype=np.bool_)
+        self._closest_m: npt.NDArray[np.float64] = np.full(n, np.inf)
+        self._far_since_s: npt.NDArray[np.float64] = np.full(n, np.nan)
+        self._new_passes: list[tuple[int, PassReason]] = []  # to announce at the next update
+        self._watched: tuple[int, ...] | None = None  # cache: the stops watched for a pass
+        self._watched_k = 0
         self._position: PlanPosition | None = None
+        # The unserved stops in the order the last prediction expected (stop indexes).
+        self.order: npt.NDArray[np.intp] = np.flatnonzero(~self._served)
         self._last_fix: tuple[datetime, float, float] | None = None
         self._last_predict: datetime | None = None
         self._arrived = False  # a stop was reached since the last prediction
@@ -241,6 +281,7 @@ class EtaTracker:
             "predictions": 0,
             "eta": 0,
             "late_risk": 0,
+            "stop_passed": 0,
             "model_errors": 0,
         }
 
@@ -253,6 +294,12 @@ class EtaTracker:
     @property
     def served(self) -> frozenset[str]:
         return frozenset(self.plan.stop_ids[i] for i in np.flatnonzero(self._served))
+
+    @property
+    def passed(self) -> frozenset[str]:
+        """Stops the van passed and has not served (yet)."""
+        pending = self._passed & ~self._served
+        return frozenset(self.plan.stop_ids[i] for i in np.flatnonzero(pending))
 
     @property
     def position(self) -> PlanPosition | None:
@@ -315,11 +362,12 @@ class EtaTracker:
         if self._last_fix is not None and now <= self._last_fix[0]:
             return []  # out of order: the history ignored it too
         self._last_fix = (now, fix.lat, fix.lon)
+        self._watch(now.timestamp(), fix.lat, fix.lon)
         due = (
             self._last_predict is None
             or (now - self._last_predict).total_seconds() >= self.config.predict_every_s
         )
-        if not (due or self._arrived):
+        if not (due or self._arrived or self._new_passes):
             return []
         return self._update(now, fix.lat, fix.lon)
 
@@ -339,20 +387,84 @@ class EtaTracker:
         i = self.plan.index.get(stop_id)
         if i is None or self._served[i]:
             return False
+        # Out of order: the stops planned before this one, neither served nor already
+        # passed, were skipped. A passed stop served later is a normal arrival.
+        skipped = np.flatnonzero(~self._served[:i] & ~self._passed[:i])
+        for j in skipped:
+            self._pass(int(j), "out_of_order")
         self._served[i] = True
+        # The approach to the stops after it counts from here: a street to this stop
+        # that runs by the next one is not a drive-past of the next one.
+        ahead = ~self._served & ~self._passed
+        self._closest_m[ahead] = np.inf
+        self._far_since_s[ahead] = np.nan
+        self._watched = None
         self._published_s[i] = self._published_at_s[i] = np.nan
         self._move_since_s[i] = self._late_since_s[i] = np.nan
         self._late[i] = False
         self._arrived = True
         return True
 
+    def _pass(self, i: int, reason: PassReason) -> None:
+        self._passed[i] = True
+        self._far_since_s[i] = np.nan
+        self._new_passes.append((i, reason))
+        self._watched = None
+
+    def _watch(self, now_s: float, lat: float, lon: float) -> None:
+        """Drive-pasts: per fix, the next ``passed_watch_stops`` stops not served nor
+        passed (stop order) keep their closest approach; the first of them is passed
+        once the van, having come within ``passed_near_m`` of it since the last arrival,
+        has been farther than ``passed_leave_m`` for ``passed_confirm_s`` without an
+        arrival there. Then the next one is judged at once (two stops driven past
+        together). O(watched) per fix."""
+        cfg = self.config
+        k = cfg.passed_watch_stops
+        if k == 0:
+            return
+        if self._watched is None or self._watched_k != k:
+            pending = np.flatnonzero(~self._served & ~self._passed)[:k]
+            self._watched, self._watched_k = tuple(int(i) for i in pending), k
+        x, y = self.plan.frame.to_local(lat, lon)
+        stop_xy = self.plan.stop_xy
+        closest = self._closest_m
+        distance: dict[int, float] = {}
+        for i in self._watched:
+            d = math.hypot(float(stop_xy[i, 0]) - x, float(stop_xy[i, 1]) - y)
+            distance[i] = d
+            closest[i] = min(closest[i], d)
+        for i in self._watched:
+            if closest[i] > cfg.passed_near_m or distance[i] < cfg.passed_leave_m:
+                self._far_since_s[i] = np.nan
+                return
+            since = self._far_since_s[i]
+            if math.isnan(since):
+                self._far_since_s[i] = since = now_s
+            if now_s - since < cfg.passed_confirm_s:
+                return
+            self._pass(i, "drive_past")
+
     # -- predicting -----------------------------------------------------------------
 
     def predict(self, now: datetime, lat: float, lon: float) -> Prediction:
-        """Place the van at (lat, lon) and predict every unserved stop; no records."""
-        self._position = self.plan.project(lat, lon, now, self._served, since=self._position)
+        """Place the van at (lat, lon) and predict every unserved stop; no records.
+
+        The stops follow the order the driver is expected to take
+        (:func:`~firmware_agent.eta.sequence.expected_order`, in :attr:`order`)."""
+        x, y = self.plan.frame.to_local(lat, lon)
+        order = self.order = expected_order(self.plan, self._served, self._passed, x, y)
+        nxt = int(order[0]) if order.size else None
+        self._position = self.plan.project(
+            lat, lon, now, self._served, since=self._position, next_stop=nxt
+        )
         features = eta_features(
-            now, self.plan, self._position, self._served, self.history, day_start=self.day_start
+            now,
+            self.plan,
+            self._position,
+            self._served,
+            self.history,
+            day_start=self.day_start,
+            order=order,
         )
         self.counts["predictions"] += 1
         try:
@@ -374,6 +486,7 @@ class EtaTracker:
 
     def _update(self, now: datetime, lat: float, lon: float) -> list[Record]:
         arrival, self._arrived = self._arrived, False
+        passes, self._new_passes = self._new_passes, []
         self._last_predict = now
         idx = np.flatnonzero(~self._served)
         if idx.size == 0:
@@ -382,7 +495,11 @@ class EtaTracker:
         eta_s = prediction.eta_s
         now_s = now.timestamp()
         arrive_s = now_s + eta_s
-        trigger = self._triggers(now_s, idx, eta_s, arrive_s, arrival=arrival)
+        # Where each stop of the expected order is among idx (stop order).
+        head = np.searchsorted(idx, self.order)
+        trigger = self._triggers(
+            now_s, idx, eta_s, arrive_s, head, arrival=arrival, resequenced=bool(passes)
+        )
 
         model = prediction.model_version or BASELINE_MODEL
         records: list[Record] = []
@@ -405,6 +522,42 @@ class EtaTracker:
             )
         self.counts["eta"] += len(records)
         records += self._late_risks(now, idx, prediction, arrive_s, model)
+        passed_records = self._stop_passed(now, idx, head, prediction, passes=passes, model=model)
+        return passed_records + records
+
+    def _stop_passed(
+        self,
+        now: datetime,
+        idx: npt.NDArray[np.intp],
+        head: npt.NDArray[np.intp],
+        prediction: Prediction,
+        *,
+        passes: list[tuple[int, PassReason]],
+        model: str,
+    ) -> list[Record]:
+        """One ``stop_passed`` per stop newly passed, with what the van now expects."""
+        records: list[Record] = []
+        place = {int(k): rank for rank, k in enumerate(head)}  # row -> place in order
+        for i, reason in passes:
+            if self._served[i]:
+                continue  # passed and served within one update: nothing to announce
+            k = int(np.searchsorted(idx, i))
+            closest = float(self._closest_m[i])
+            records.append(
+                StopPassed(
+                    time=now,
+                    stop_id=self.plan.stop_ids[i],
+                    route_id=self._route_id,
+                    planned_index=i,
+                    reason=reason,
+                    closest_m=closest if math.isfinite(closest) else None,
+                    eta=self._at(now, prediction.eta_s[k]),
+                    eta_baseline=self._at(now, prediction.baseline_s[k]),
+                    stops_before=place[k],
+                    model=model,
+                )
+            )
+        self.counts["stop_passed"] += len(records)
         return records
 
     def _triggers(
@@ -413,11 +566,16 @@ class EtaTracker:
         idx: npt.NDArray[np.intp],
         eta_s: npt.NDArray[np.float64],
         arrive_s: npt.NDArray[np.float64],
+        head: npt.NDArray[np.intp],
         *,
         arrival: bool,
+        resequenced: bool = False,
     ) -> npt.NDArray[np.int8]:
         """Per unserved stop (``idx``, in stop order), the index in :data:`TRIGGERS` of
-        why its ETA is sent now, or ``_NONE``; keeps each stop's move run up to date."""
+        why its ETA is sent now, or ``_NONE``; keeps each stop's move run up to date.
+        ``head``: the positions in ``idx`` of the stops in the expected order (the next
+        stop first). ``resequenced``: a stop was just passed, so a move beyond the
+        threshold is a known change of order, not noise, and goes out at once."""
         cfg = self.config
         previous = self._published_s[idx]
         far = eta_s > cfg.far_horizon_s
@@ -432,14 +590,16 @@ class EtaTracker:
         self._move_since_s[idx] = since_s
         with np.errstate(invalid="ignore"):
             moved = now_s - since_s >= np.where(far, cfg.far_move_confirm_s, cfg.move_confirm_s)
+        if resequenced:
+            moved |= beyond
         # Lowest priority first: a later rule's trigger replaces an earlier one's.
         trigger = np.full(idx.size, _NONE, dtype=np.int8)
-        head = idx[: cfg.heartbeat_stops]
+        nearest = head[: cfg.heartbeat_stops]
         with np.errstate(invalid="ignore"):
-            stale = now_s - self._published_at_s[head] >= cfg.heartbeat_s
-        trigger[: head.size][stale] = _HEARTBEAT
+            stale = now_s - self._published_at_s[idx[nearest]] >= cfg.heartbeat_s
+        trigger[nearest[stale]] = _HEARTBEAT
         if arrival:
-            trigger[0] = _ARRIVAL  # the next stop, moved or not
+            trigger[head[0]] = _ARRIVAL  # the next stop, moved or not
         trigger[moved] = _MOVED
         trigger[np.isnan(previous)] = _FIRST
         return trigger
