@@ -42,6 +42,7 @@ from cloud_ingest.store.base import (
     UnknownDeviceError,
     WriteBatch,
     WriteResult,
+    event_from_json,
 )
 from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.ranges import absorb, cumulative_ack, holes, merge_ranges
@@ -51,6 +52,7 @@ from firmware_agent.contract.records import (
     Departure,
     EventRecord,
     PodRecord,
+    StopPassed,
     TelemetryPoint,
 )
 from firmware_agent.pod.chain import ChainState, PodChain
@@ -495,6 +497,45 @@ def test_a_write_stores_its_stream_messages_in_the_same_transaction(backend: Bac
         assert newer.stream[0].id > linked.stream[0].id
 
     play(backend, scenario)
+
+
+def test_a_stop_passed_event_is_stored_and_streamed_like_the_eta_events(backend: Backend) -> None:
+    """The van's stop_passed (docs/eta.md, sequence deviations): a stop event like eta
+    and late_risk, stored as sent (its stop and route columns filled) and announced."""
+    record = StopPassed(
+        time=T0,
+        stop_id="S002",
+        route_id="R-1",
+        planned_index=1,
+        reason="drive_past",
+        closest_m=18.44,
+        eta=T0 + timedelta(minutes=42),
+        eta_baseline=T0 + timedelta(minutes=40),
+        stops_before=2,
+        model="baseline",
+    )
+    stored = StopEvent(device_id="van-7", seq=1, historical=False, record=record)
+
+    async def scenario(store: Store) -> None:
+        await register(store, "van-7")
+        result = await write(store, WriteBatch(events=[stored]))
+        assert result.new_events == (stored,)
+        assert stream_records(result.stream) == [("fleetstream/v1/van-7/event", 1, None)]
+        [streamed] = json.loads(result.stream[0].payload)["records"]
+        assert streamed["type"] == "stop_passed"
+        assert streamed["reason"] == "drive_past"
+        assert streamed["closest_m"] == 18.4
+        assert (await store.counts()).stop_events == 1
+        assert await store.arrivals() == []  # not an arrival
+        again = await write(store, WriteBatch(events=[stored]))
+        assert again.new_events == ()
+
+    play(backend, scenario)
+    [(kind, stop_id, route_id, raw)] = backend.sql(
+        "SELECT type, stop_id, route_id, record FROM stop_events"
+    )
+    assert (kind, stop_id, route_id) == ("stop_passed", "S002", "R-1")
+    assert event_from_json(raw) == record
 
 
 def test_a_failed_write_leaves_no_stream_message(backend: Backend) -> None:

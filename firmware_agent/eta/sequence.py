@@ -11,7 +11,12 @@ asks :func:`expected_order` for the order its ETAs follow:
    distance (*cheapest insertion*, the classic construction heuristic of routing):
    between two consecutive stops of the sequence, between the van and the first one
    (turning back now), or after the last one. A stop the route passes again later goes
-   there; a stop nothing passes near goes to the end of the round.
+   there; a stop nothing passes near goes to the end of the round. A stop *driven
+   past* is *deferred* until the van's next arrival: it is not put before the stop the
+   van heads for. Turning back at once is often the shortest detour (twice the few
+   hundred metres since the pass), but the driver was right there and chose not to
+   stop: the one thing the van knows about their plan is that it is not next. A stop
+   skipped by an arrival elsewhere (out of order) may come next.
 
 The reference problem is the Amazon Last Mile Routing Research Challenge 2021 (predict
 the sequence drivers really take). This is a heuristic, not a learned model: a learned
@@ -34,13 +39,20 @@ IntArray = npt.NDArray[np.intp]
 
 
 def expected_order(
-    plan: RoutePlan, served: BoolArray, passed: BoolArray, x_m: float, y_m: float
+    plan: RoutePlan,
+    served: BoolArray,
+    passed: BoolArray,
+    x_m: float,
+    y_m: float,
+    *,
+    deferred: BoolArray | None = None,
 ) -> IntArray:
     """The unserved stops' indexes in the order the van is expected to serve them.
 
-    ``served`` and ``passed`` are one flag per stop; ``(x_m, y_m)`` the van in the
-    plan's local frame (:attr:`RoutePlan.frame`). Without a passed unserved stop this
-    is the planned order of the unserved stops.
+    ``served``, ``passed`` and ``deferred`` (passed stops not to be put first; default
+    none) are one flag per stop; ``(x_m, y_m)`` the van in the plan's local frame
+    (:attr:`RoutePlan.frame`). Without a passed unserved stop this is the planned order
+    of the unserved stops.
     """
     pending = ~served
     seq: list[int] = [int(i) for i in np.flatnonzero(pending & ~passed)]
@@ -53,5 +65,7 @@ def expected_order(
         # Inserting before seq[k] costs to_p[k] + to_p[k + 1] - legs[k]; after the last
         # one, to_p[-1]. argmin takes the earliest of equal costs.
         costs = np.concatenate((to_p[:-1] + to_p[1:] - legs, to_p[-1:]))
+        if deferred is not None and deferred[p] and len(seq) > 0:
+            costs[0] = np.inf  # not before the stop the van heads for
         seq.insert(int(np.argmin(costs)), int(p))
     return np.array(seq, dtype=np.intp)

@@ -151,6 +151,7 @@ _PER_STOP: Final = (
     "_late_since_s",
     "_late",
     "_passed",
+    "_deferred",
     "_closest_m",
     "_far_since_s",
 )
@@ -266,6 +267,7 @@ class EtaTracker:
         # an arrival there later serves it as usual), its closest approach while among
         # the next stops, and since when the van has been beyond passed_leave_m of it.
         self._passed = np.zeros(n, dtype=np.bool_)
+        self._deferred = np.zeros(n, dtype=np.bool_)  # driven past since the last arrival
         self._closest_m: npt.NDArray[np.float64] = np.full(n, np.inf)
         self._far_since_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self._new_passes: list[tuple[int, PassReason]] = []  # to announce at the next update
@@ -396,6 +398,7 @@ class EtaTracker:
         # The approach to the stops after it counts from here: a street to this stop
         # that runs by the next one is not a drive-past of the next one.
         ahead = ~self._served & ~self._passed
+        self._deferred[:] = False
         self._closest_m[ahead] = np.inf
         self._far_since_s[ahead] = np.nan
         self._watched = None
@@ -407,6 +410,7 @@ class EtaTracker:
 
     def _pass(self, i: int, reason: PassReason) -> None:
         self._passed[i] = True
+        self._deferred[i] = reason == "drive_past"
         self._far_since_s[i] = np.nan
         self._new_passes.append((i, reason))
         self._watched = None
@@ -452,7 +456,9 @@ class EtaTracker:
         The stops follow the order the driver is expected to take
         (:func:`~firmware_agent.eta.sequence.expected_order`, in :attr:`order`)."""
         x, y = self.plan.frame.to_local(lat, lon)
-        order = self.order = expected_order(self.plan, self._served, self._passed, x, y)
+        order = self.order = expected_order(
+            self.plan, self._served, self._passed, x, y, deferred=self._deferred
+        )
         nxt = int(order[0]) if order.size else None
         self._position = self.plan.project(
             lat, lon, now, self._served, since=self._position, next_stop=nxt
