@@ -2,7 +2,8 @@
 
 The replay predicts ETAs as the van does, with the same model (the one shipped in the
 package, or ``--eta-model``; the baseline where neither loads), so its output holds the
-``eta`` and ``late_risk`` events the van would publish; ``--no-eta`` leaves them out.
+``eta``, ``late_risk`` and ``stop_passed`` events the van would publish; ``--no-eta``
+leaves them out.
 Which model ran is said on stderr.
 """
 
@@ -65,7 +66,7 @@ def _eta_line(pipeline: VanPipeline) -> str:
     c = tracker.counts
     return (
         f"replay: ETA by {which}: {c['predictions']} predictions, "
-        f"{c['eta']} eta and {c['late_risk']} late_risk events"
+        f"{c['eta']} eta, {c['late_risk']} late_risk and {c['stop_passed']} stop_passed events"
     )
 
 

@@ -48,6 +48,10 @@ The remaining distance to the next
 unserved stop is along the route when both the van and that stop are on it and the stop
 is still ahead, and the straight line otherwise; the stops after it add their plan legs.
 Stops served out of order stay on the chain (the van may still drive past them).
+When the driver is not taking the planned order, the caller says which stop the van
+heads for (``next_stop``) and the order it expects (:func:`eta_features`' ``order``):
+the remaining distance and the stops "before" each stop then follow that order
+(firmware_agent/eta/sequence.py); the columns keep their meaning.
 
 Time zone
 ---------

@@ -57,10 +57,10 @@ Per unserved stop, an ``eta`` record when, at a prediction:
   slipped by half an hour shows as a lasting move. A far stop that comes within the
   hour is judged by the near rule from then on, so a stop whose ETA has drifted is
   refreshed about an hour ahead;
-- ``arrival``: a stop was just reached: the next stop (the first unserved one in stop
-  order), moved or not, so the backend has a fresh ETA for the stop the van now heads
-  for. Other stops are republished only under the ``moved`` rule: an arrival alone
-  does not make their ETAs news. The reached stop gets no final ``eta``: its
+- ``arrival``: a stop was just reached: the next stop (the first in the order the van
+  is expected to take, below), moved or not, so the backend has a fresh ETA for the
+  stop the van now heads for. Other stops are republished only under the ``moved``
+  rule: an arrival alone does not make their ETAs news. The reached stop gets no final ``eta``: its
   ``arrival`` event is the final word;
 - ``heartbeat``: any of the next ``heartbeat_stops`` (1) stops whose ETA was last
   published ``heartbeat_s`` (15 min) ago or more. A stable ETA is otherwise silent;
@@ -86,6 +86,20 @@ a median 31-40 min before the window's end; one windowed stop in 28-44 that came
 time had a false alert, and a stop alerted had 1.0-1.25 late_risks (docs/eta.md, "ETA
 events on the wire").
 
+Sequence deviations
+-------------------
+The planned order is a prior, not a certainty (docs/eta.md, "Sequence deviations"). A
+pending stop is *passed* when the van came within ``passed_near_m`` (100 m) of it since
+the last arrival and then stayed beyond ``passed_leave_m`` (300 m) for
+``passed_confirm_s`` (20 s) without an arrival there (``drive_past``; only the next
+``passed_watch_stops`` (2) stops are watched, a few ``hypot`` per fix), or when a stop
+planned after it is reached (``out_of_order``). Each pass gives one ``stop_passed``
+record, at a prediction made at once, with the stop's new ETA; the stops' ETAs follow
+:func:`~firmware_agent.eta.sequence.expected_order` (the stops not passed in planned
+order, each passed one re-inserted where it costs the least extra distance), and at the
+prediction after a pass a move beyond the ``moved`` threshold is published without
+waiting ``move_confirm_s``. An arrival at a passed stop is a normal arrival.
+
 Records
 -------
 The tracker returns the contract's :class:`~firmware_agent.contract.records.EtaUpdate`
@@ -98,6 +112,8 @@ and ``eta`` is the baseline)::
      "model", "trigger"}
     {"type": "late_risk", "time", "stop_id", "route_id", "eta", "eta_baseline",
      "window_end", "late_by_s", "model"}
+    {"type": "stop_passed", "time", "stop_id", "route_id", "planned_index", "reason",
+     "closest_m", "eta", "eta_baseline", "stops_before", "model"}
 
 ``eta`` is the predicted arrival, ``eta_baseline`` the naive one (remaining distance /
 recent average speed), ``horizon_s`` = ``eta`` - ``time`` in seconds, ``late_by_s`` =
