@@ -168,7 +168,7 @@ def test_eta_events_come_by_default_and_the_flags_choose_the_model_or_drop_them(
     assert "replay: ETA by " in day["stderr"]
 
     def others(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [m for m in messages if m["type"] not in {"eta", "late_risk"}]
+        return [m for m in messages if m["type"] not in {"eta", "late_risk", "stop_passed"}]
 
     out = tmp_path / "no-eta.jsonl"
     proc = run(agent, "replay", *inputs, "--out", out, "--no-eta")
@@ -182,7 +182,9 @@ def test_eta_events_come_by_default_and_the_flags_choose_the_model_or_drop_them(
     proc = run(agent, "replay", *inputs, "--out", out, "--eta-model", bad)
     messages = [json.loads(line) for line in out.read_text().splitlines()]
     assert f"replay: ETA by the baseline (model {bad} refused" in proc.stderr
-    assert {m["model"] for m in messages if m["type"] in {"eta", "late_risk"}} == {"baseline"}
+    assert {m["model"] for m in messages if m["type"] in {"eta", "late_risk", "stop_passed"}} == {
+        "baseline"
+    }
     assert others(messages) == others(day["messages"])
 
     proc = run(agent, "replay", *inputs, "--no-eta", "--eta-model", bad, check=False)
