@@ -287,7 +287,18 @@ class EtaTracker:
         self._closest_m: npt.NDArray[np.float64] = np.full(n, np.inf)
         self._far_since_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self._new_passes: list[tuple[int, PassReason]] = []  # to announce at the next update
-        self._watched: tuple[int, ...] | None = None  # cache: the stops watched for a pass
+        # Cache: the stops watched for a pass, (index, x, y); the plan's local frame.
+        self._watched: tuple[tuple[int, float, float], ...] | None = None
+        # LocalFrame.to_local is linear in lat and lon: its metres per degree, once.
+        lat0, lon0 = self.plan.frame.origin_lat, self.plan.frame.origin_lon
+        east_per_deg = self.plan.frame.to_local(lat0, lon0 + 1.0)[0]
+        north_per_deg = self.plan.frame.to_local(lat0 + 1.0, lon0)[1]
+        self._frame: tuple[float, float, float, float] = (
+            lat0,
+            lon0,
+            east_per_deg,
+            north_per_deg,
+        )
         self._watched_k = 0
         self._position: PlanPosition | None = None
         # The unserved stops in the order the last prediction expected (stop indexes).
@@ -444,24 +455,29 @@ class EtaTracker:
             return
         if self._watched is None or self._watched_k != k:
             pending = np.flatnonzero(~self._served & ~self._passed)[:k]
-            self._watched, self._watched_k = tuple(int(i) for i in pending), k
-        x, y = self.plan.frame.to_local(lat, lon)
-        stop_xy = self.plan.stop_xy
+            xy = self.plan.stop_xy
+            self._watched = tuple((int(i), float(xy[i, 0]), float(xy[i, 1])) for i in pending)
+            self._watched_k = k
+        lat0, lon0, east_per_deg, north_per_deg = self._frame
+        x, y = (lon - lon0) * east_per_deg, (lat - lat0) * north_per_deg
         closest = self._closest_m
-        distance: dict[int, float] = {}
-        for i in self._watched:
-            d = math.hypot(float(stop_xy[i, 0]) - x, float(stop_xy[i, 1]) - y)
-            distance[i] = d
+        first = True
+        for i, sx, sy in self._watched:
+            d = math.hypot(sx - x, sy - y)
             closest[i] = min(closest[i], d)
-        for i in self._watched:
-            if closest[i] > cfg.passed_near_m or distance[i] < cfg.passed_leave_m:
+            if not first:
+                continue
+            # The first one not passed is judged (the next one, once it is passed).
+            if closest[i] > cfg.passed_near_m or d < cfg.passed_leave_m:
                 self._far_since_s[i] = np.nan
-                return
-            since = self._far_since_s[i]
-            if math.isnan(since):
+                first = False
+                continue
+            since = float(self._far_since_s[i])
+            if math.isnan(since):  # the van just went beyond passed_leave_m
                 self._far_since_s[i] = since = now_s
             if now_s - since < cfg.passed_confirm_s:
-                return
+                first = False
+                continue
             self._pass(i, "drive_past")
 
     # -- predicting -----------------------------------------------------------------
