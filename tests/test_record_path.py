@@ -82,8 +82,9 @@ class Leg:
 
 # Drive east to S1 and stand there (arrival, late for its window, a POD and a rejected
 # scan); drive on and stand 200 s by the road (halt, halt end); leave the route 150 m
-# north for a minute (deviation, its end); S2, never reached, is due in ten minutes:
-# the model's ETAs put it past its window (eta, late_risk).
+# north for a minute (deviation, its end), by S1b without stopping (stop_passed); S2,
+# never reached, is due in ten minutes: the model's ETAs put it past its window (eta,
+# late_risk).
 LEGS = (
     Leg(40, 10.0),
     Leg(30, 0.0),
@@ -155,6 +156,8 @@ def day_manifest() -> dict[str, Any]:
                 window_start=format_utc(START - timedelta(hours=1)),
                 window_end=format_utc(START - timedelta(minutes=30)),
             ),
+            # On the detour, 150 m north of the route: driven past at 10 m/s.
+            {**stop("S1b", 400.0, parcels=[]), "lat": latlon(400.0, 150.0)[0]},
             stop(
                 "S2",
                 3500.0,
