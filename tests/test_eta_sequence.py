@@ -32,6 +32,7 @@ from firmware_agent.pod.chain import PodChain
 from firmware_agent.replay import json_line
 from firmware_agent.van import VanPipeline
 from simulator.eta_days import simulator_day
+from tests.test_eta_tracker import envelopes_validate
 from tests.vanday import T0, fix_at, latlon, manifest, stop
 from tests.wire import envelope
 
@@ -164,6 +165,31 @@ def test_a_drive_past_is_announced_once_and_the_next_etas_drop_the_detour() -> N
         new_error = latest_eta_error_s(records, stop_id, arrived[stop_id], when)
         old_error = latest_eta_error_s(old, stop_id, arrived[stop_id], when)
         assert new_error < 0.7 * old_error, (stop_id, new_error, old_error)
+
+
+def test_every_record_of_a_drive_past_day_fits_the_schemas() -> None:
+    served = {s: STREET[s] for s in ("S1", "S3", "S4")}
+    records, _ = play(EtaTracker(street(), _baseline()), drive_past_day(), served)
+    assert {r["type"] for r in records} == {"eta", "stop_passed"}
+    assert envelopes_validate(records) == len(records)  # events and the fleetstream
+
+
+def test_a_new_manifest_keeps_what_was_passed() -> None:
+    served = {s: STREET[s] for s in ("S1",)}
+    fixes = drive_past_day()[:480]  # 1 km past S2, 1 km before S3
+    tracker = EtaTracker(street(), _baseline())
+    records, _ = play(tracker, fixes, served)
+    assert [r["stop_id"] for r in passes(records)] == ["S2"]
+    moved = {**STREET, "S5": (6000.0, 0.0)}
+    new = tracker.for_manifest(street(moved), served=["S1"])
+    assert new.passed == {"S2"}
+    # The next fix predicts on the new plan: S2 stays behind S3, S4, S5, and is not
+    # announced again.
+    last, x, _ = fixes[-1]
+    assert last.time is not None
+    out = new.on_fix(fix_at(last.time + timedelta(seconds=10), x + 100.0, speed_mps=10.0))
+    assert not [r for r in out if r.type == "stop_passed"]
+    assert [new.plan.stop_ids[i] for i in new.order] == ["S3", "S4", "S5", "S2"]
 
 
 def test_the_pass_is_not_repeated_and_a_later_arrival_there_is_a_normal_one() -> None:

@@ -330,6 +330,23 @@ def test_apply_refuses_settings_the_geofence_cannot_take() -> None:
     assert (van.geofence.deviation_m, van.geofence.deviation_clear_m) == (100.0, 80.0)
 
 
+def test_apply_refuses_drive_past_distances_that_cannot_work_together() -> None:
+    # passed_leave_m must exceed passed_near_m (default 100): a van could not be
+    # "near" and "gone" at once.
+    bad = config(6, eta={"passed_leave_m": 80})
+    with pytest.raises(RemoteConfigError) as caught:
+        apply_config(bad, van=VanConfig(), uplink=BASE_UPLINK)
+    assert caught.value.where == "eta"
+    assert "passed_leave_m" in str(caught.value)
+    fine = config(6, eta={"passed_leave_m": 80, "passed_near_m": 50, "passed_watch_stops": 0})
+    van, _ = apply_config(fine, van=VanConfig(), uplink=BASE_UPLINK)
+    assert (van.eta.passed_near_m, van.eta.passed_leave_m, van.eta.passed_watch_stops) == (
+        50.0,
+        80.0,
+        0,
+    )
+
+
 # -- the revision rule ---------------------------------------------------------------
 
 
