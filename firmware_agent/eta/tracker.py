@@ -348,10 +348,11 @@ class EtaTracker:
         The speed history, day start, predictor, config, the prediction cadence and the
         last fix carry over; so does, for stops kept by id, what the rules remember (the
         ETA published and when, the runs of predictions beyond the move threshold and
-        past the window, a standing late_risk): no burst of records for stops that did
-        not change. ``served`` comes from the caller (the geofence engine keeps visits by
-        stop id). The van is placed afresh on the new plan at the next prediction.
-        ``plan``: ``manifest``'s, built beforehand (see the class).
+        past the window, a standing late_risk, the stops passed and their approach): no
+        burst of records for stops that did not change. ``served`` comes from the caller
+        (the geofence engine keeps visits by stop id). The van is placed afresh on the
+        new plan at the next prediction. ``plan``: ``manifest``'s, built beforehand (see
+        the class).
         """
         new = EtaTracker(
             manifest,
@@ -367,6 +368,10 @@ class EtaTracker:
             if j is not None:
                 for name in _PER_STOP:
                     getattr(new, name)[j] = getattr(self, name)[i]
+        for i, reason in self._new_passes:  # passes not announced yet: still to announce
+            j = new.plan.index.get(self.plan.stop_ids[i])
+            if j is not None and not new._served[j]:
+                new._new_passes.append((j, reason))
         new._last_fix = self._last_fix
         new._last_predict = self._last_predict
         new.counts = self.counts
