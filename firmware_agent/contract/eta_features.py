@@ -103,7 +103,7 @@ BoolArray = npt.NDArray[np.bool_]
 Served = AbstractSet[str] | Sequence[bool] | BoolArray
 """Which stops are served: a set of stop ids (unknown ids are ignored) or one flag per stop."""
 
-FEATURES_VERSION: Final = "eta-features/1"
+FEATURES_VERSION: Final = "eta-features/2"
 
 STOP_TYPE_ORDER: Final = ("house", "apartment", "business", "locker", "other")
 """The manifest's stop types in feature order (the one-hot and per-type count columns)."""
@@ -142,6 +142,11 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
     "fix_fraction_60s",  # share of the seconds with a position fix (0..1)
     # The baseline, also the model's natural reference.
     "naive_eta_s",  # naive_eta_s(remaining_m, mean_speed_15m_mps)
+    # eta-features/2: the customer's naive ETA (the model's anchor) and the dwell.
+    "chain_m",  # straight lines from the van through the remaining stops, in stop order (m)
+    "chain_naive_s",  # naive_eta_s(chain_m, mean_speed_5m_mps): the customer's naive
+    "dwell_s",  # time at the stop the van stands at (since its arrival; 0 while driving)
+    "parcels_here",  # parcels left to hand over at that stop (0 while driving)
 )
 N_FEATURES: Final = len(FEATURE_NAMES)
 _COL: Final = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -810,6 +815,10 @@ class FeatureMatrix:
         return len(self.stop_ids)
 
 
+def _non_negative(value: float) -> float:
+    return value if math.isfinite(value) and value > 0.0 else 0.0
+
+
 def _on_circle(fraction: float) -> tuple[float, float]:
     angle = 2.0 * math.pi * fraction
     return math.sin(angle), math.cos(angle)
@@ -823,8 +832,14 @@ def eta_features(
     history: SpeedHistory | SpeedStats,
     *,
     day_start: datetime | None = None,
+    dwell_s: float = 0.0,
+    parcels_here: float = 0.0,
 ) -> FeatureMatrix:
     """The model's input at ``now``: one row per unserved stop, in stop order.
+
+    ``dwell_s``: seconds since the van arrived at the stop it still stands at (0 while
+    driving, or once it has left); ``parcels_here``: the parcels still to hand over
+    there (0 while driving). Negative or non-finite values read as 0.
 
     ``position`` is the van on ``plan`` (:meth:`RoutePlan.project`, with the same
     ``served``); ``history`` the van's :class:`SpeedHistory` (or its stats at ``now``);
@@ -903,6 +918,14 @@ def eta_features(
     out[:, col["sats"]] = stats.sats
     out[:, col["fix_fraction_60s"]] = stats.fix_fraction_60s
     out[:, col["naive_eta_s"]] = naive
+    # The customer's naive: straight lines from the van to the next remaining stop and
+    # on through the remaining stops in stop order, over the last 5 minutes' mean speed.
+    legs = np.hypot(*np.diff(stop_xy, axis=0).T) if n > 1 else np.zeros(0)
+    chain = out[0, col["straight_m"]] + np.concatenate(([0.0], np.cumsum(legs)))
+    out[:, col["chain_m"]] = chain
+    out[:, col["chain_naive_s"]] = naive_eta_s(chain, stats.mean_5m_mps)
+    out[:, col["dwell_s"]] = _non_negative(dwell_s)
+    out[:, col["parcels_here"]] = _non_negative(parcels_here)
 
     # Defence in depth: one NaN reaching the model would poison every ETA it publishes
     # (a NaN position from a caller, say); the contract is "always finite".
