@@ -36,6 +36,10 @@ from cloud_ingest.eta.train import (
     TrainingError,
     default_model_version,
     export_model,
+    fit_calibration,
+    is_simulated,
+    source_weights,
+    split_days,
     train,
     training_record,
 )
@@ -47,7 +51,7 @@ from firmware_agent.contract.eta_features import (
     N_FEATURES,
     FeatureMatrix,
 )
-from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, log_ratio_target
+from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, answer, log_ratio_target
 from firmware_agent.contract.manifest import Manifest
 from firmware_agent.contract.model_file import read_metadata
 from firmware_agent.contract.records import PodRecord, TelemetryPoint
@@ -117,8 +121,31 @@ def test_rows_are_the_unserved_stops_labelled_with_the_true_arrival(tiny_day: Da
         assert rows.actual_s[at[0]] == (arrivals[nxt] - now).total_seconds()
         assert rows.x[at, STOPS_COL].tolist() == list(range(len(at)))
     assert (rows.actual_s > 0).all()
-    np.testing.assert_array_equal(rows.naive_s, rows.x[:, FEATURE_NAMES.index("naive_eta_s")])
+    np.testing.assert_array_equal(rows.naive_s, rows.x[:, FEATURE_NAMES.index("chain_naive_s")])
     np.testing.assert_allclose(rows.y_target, log_ratio_target(rows.actual_s, rows.naive_s))
+    # The dwell: while the van stands at a reached stop (arrival to departure), the
+    # seconds since its arrival; 0 while driving.
+    departures = [tiny_day.departures[s.id] for s in stops]
+    dwell = rows.x[:, FEATURE_NAMES.index("dwell_s")]
+    for t_us in issued:
+        now = epoch + timedelta(microseconds=int(t_us))
+        at = np.flatnonzero(rows.issued_us == t_us)
+        standing = [i for i in range(len(stops)) if arrivals[i] <= now < departures[i]]
+        want = (now - arrivals[standing[0]]).total_seconds() if standing else 0.0
+        assert dwell[at] == pytest.approx(want, abs=1e-3)
+    assert (dwell > 0).any()
+    assert (dwell == 0).any()
+
+
+def test_without_departures_the_rows_take_the_geofence_exit(tiny_day: Day) -> None:
+    """A day without departures.json (an old day, the store) derives them: the first fix
+    outside the stop's radius; the dwell then ends within seconds of the true one."""
+    with_truth = day_rows(tiny_day)
+    derived = day_rows(replace(tiny_day, departures={}))
+    col = FEATURE_NAMES.index("dwell_s")
+    a, b = with_truth.x[:, col], derived.x[:, col]
+    assert ((a > 0) == (b > 0)).mean() > 0.9
+    assert np.abs(a - b).max() < 120
 
 
 def test_a_stop_without_a_known_arrival_gives_no_rows_but_stays_unserved(tiny_day: Day) -> None:
@@ -239,6 +266,58 @@ def test_the_model_beats_the_baseline_on_held_out_days(small_set: EtaDataset) ->
     assert result.val_model.mae_s < result.val_baseline.mae_s, (
         f"model {result.val_model.mae_s:.1f} s, baseline {result.val_baseline.mae_s:.1f} s"
     )
+
+
+def test_excluded_features_carry_no_weight(small_set: EtaDataset) -> None:
+    """An excluded column (by default the simulator-only ones) cannot move the answer,
+    however far it is pushed; a used one does."""
+    result = train(small_set, replace(SMALL, max_epochs=2))
+    assert "type_house" in result.config.exclude
+    x = small_set.x[:50].copy()
+    base = mlp_forward(result.layers, x)[:, 0]
+    pushed = x.copy()
+    for name in result.config.exclude:
+        pushed[:, FEATURE_NAMES.index(name)] += 1e3
+    np.testing.assert_array_equal(mlp_forward(result.layers, pushed)[:, 0], base)
+    moved = x.copy()
+    moved[:, FEATURE_NAMES.index("dwell_s")] += 600.0
+    assert not np.array_equal(mlp_forward(result.layers, moved)[:, 0], base)
+
+
+def test_real_days_get_their_share_and_are_held_out_alike(small_set: EtaDataset) -> None:
+    names = tuple(f"trip-{n}" if i % 3 == 0 else n for i, n in enumerate(small_set.day_names))
+    mixed = replace(small_set, day_names=names)
+    weights = source_weights(mixed, 0.5)
+    real = np.array([not is_simulated(names[g]) for g in mixed.groups])
+    assert 0 < real.mean() < 0.5
+    assert weights[real].sum() == pytest.approx(weights[~real].sum())
+    assert weights.mean() == pytest.approx(1.0)
+    train_days, val_days = split_days(mixed, 0.25, 0)
+    assert any(is_simulated(n) for n in val_days)
+    assert any(not is_simulated(n) for n in val_days)
+    assert any(not is_simulated(n) for n in train_days)
+
+
+def test_calibration_shrinks_a_harmful_correction_and_covers_eight_in_ten() -> None:
+    """Short horizons: the model's correction only adds noise (shrink 0, the naive
+    ETA); long: it is right (shrink 1). The interval covers ~80 % of the fitting rows."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    anchor = np.where(np.arange(n) % 2 == 0, rng.uniform(30, 250, n), rng.uniform(1000, 1700, n))
+    truth_ratio = np.where(anchor < 300, 0.0, 0.4)
+    actual = (anchor + 60) * np.exp(truth_ratio + rng.normal(0, 0.2, n)) - 60
+    model = np.where(anchor < 300, rng.normal(0, 0.8, n), 0.4)
+    cal = fit_calibration(anchor, model, actual)
+    buckets = cal.bucket(anchor)
+    assert cal.shrink[0] == 0.0
+    assert cal.shrink[2] >= 0.9
+    assert cal.shrink[4] == 0.0  # no rows beyond an hour: no evidence, the naive ETA
+    got = answer(anchor, model, cal)
+    assert got.p10_s is not None
+    assert got.p90_s is not None
+    inside = (actual >= got.p10_s) & (actual <= got.p90_s)
+    for b in (0, 2):
+        assert 0.75 <= inside[buckets == b].mean() <= 0.85
 
 
 def test_training_needs_two_days(tiny_day: Day) -> None:
