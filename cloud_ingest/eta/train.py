@@ -143,9 +143,13 @@ class TrainConfig:
     real_share: float = 0.5
     # Features the model must not use (zero weights): names of FEATURE_NAMES.
     exclude: tuple[str, ...] = SIMULATOR_ONLY_FEATURES
-    # Calibrate shrink and interval on the held-out real days' rows (all held-out rows
-    # when there are fewer than this many).
-    min_real_calibration_rows: int = 200
+    # Calibrate shrink and interval on the held-out rows of the days named with one of
+    # ``calibrate_on``'s prefixes (the real trips' long-halt manifests: a delivery stop
+    # is a long halt, and the short halts in between are traffic); failing
+    # ``min_calibration_rows`` of them, on every held-out real day's; failing that, on
+    # every held-out row.
+    calibrate_on: tuple[str, ...] = ("trip-h60-",)
+    min_calibration_rows: int = 200
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.exclude) - set(FEATURE_NAMES))
@@ -205,7 +209,7 @@ class TrainResult:
     history: tuple[float, ...] = field(default=())  # validation MAE (s) per epoch
     calibration: Calibration | None = None
     calibration_rows: int = 0  # held-out rows it was fit on
-    calibration_real: bool = False  # fit on real days' rows only
+    calibration_on: str = ""  # which
 
     @property
     def val_ratio(self) -> float:
@@ -436,9 +440,7 @@ def train(
     mlp = _average(m.mlp for m in members)
     layers = _fold(mlp, prepare)
     out_va = mlp_forward(layers, va.x)[:, 0]
-    real_va = np.array([not is_simulated(va.day_names[g]) for g in va.groups], dtype=np.bool_)
-    calibrate_real = int(real_va.sum()) >= config.min_real_calibration_rows
-    cal = real_va if calibrate_real else np.ones(len(va), dtype=np.bool_)
+    cal, cal_on = _calibration_rows(va, config)
     calibration = fit_calibration(va.naive_s[cal], out_va[cal], va.actual_s[cal])
     predicted = answer(va.naive_s, out_va, calibration).eta_s
     return TrainResult(
@@ -456,8 +458,23 @@ def train(
         history=tuple(members[0].history),
         calibration=calibration,
         calibration_rows=int(cal.sum()),
-        calibration_real=calibrate_real,
+        calibration_on=cal_on,
     )
+
+
+def _calibration_rows(va: EtaDataset, config: TrainConfig) -> tuple[npt.NDArray[np.bool_], str]:
+    """The held-out rows the calibration is fit on, and what they are (config doc)."""
+    names = [va.day_names[g] for g in range(len(va.day_names))]
+    preferred = np.array([n.startswith(config.calibrate_on) for n in names], dtype=np.bool_)
+    real = np.array([not is_simulated(n) for n in names], dtype=np.bool_)
+    for days, what in (
+        (preferred, "held-out " + "/".join(config.calibrate_on) + " days"),
+        (real, "held-out real days"),
+    ):
+        rows = days[va.groups] if len(va) else np.zeros(0, dtype=np.bool_)
+        if int(rows.sum()) >= config.min_calibration_rows:
+            return rows, what
+    return np.ones(len(va), dtype=np.bool_), "held-out days"
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,7 +667,7 @@ def training_record(
         if result.calibration is None
         else json.loads(result.calibration.to_json()),
         "calibration_rows": result.calibration_rows,
-        "calibration_on": "held-out real days" if result.calibration_real else "held-out days",
+        "calibration_on": result.calibration_on,
     }
 
 
