@@ -36,7 +36,14 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_ingest.eta.dataset import EtaDataset, build_dataset, read_days
-from cloud_ingest.eta.train import SIMULATED_PREFIX, TrainConfig, is_simulated, train
+from cloud_ingest.eta.train import (
+    SIMULATED_PREFIX,
+    TrainConfig,
+    day_source,
+    is_simulated,
+    train,
+    trip_halt_s,
+)
 from firmware_agent.contract.eta_days import day_directories
 
 BUCKETS_MIN = ((0, 5), (5, 15), (15, 30), (30, 60))
@@ -44,27 +51,14 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def trip_of(day_name: str) -> str:
-    """The source trip of a trip day: ``trip-h60-X`` and ``trip-X`` are both ``X``."""
-    name = day_name.removeprefix("trip-")
-    if (
-        name.startswith("h")
-        and "-" in name
-        and name[1 : name.index("-")].replace(".", "").isdigit()
-    ):
-        name = name[name.index("-") + 1 :]
-    return name
+    """The source trip of a trip day: ``h60-X`` and ``X`` are both ``X``."""
+    return day_source(day_name)
 
 
 def halt_of(day_name: str) -> str:
-    """Which manifest a trip day has: ``20`` or the ``hSECONDS`` of its name."""
-    name = day_name.removeprefix("trip-")
-    if (
-        name.startswith("h")
-        and "-" in name
-        and name[1 : name.index("-")].replace(".", "").isdigit()
-    ):
-        return name[1 : name.index("-")]
-    return "20"
+    """Which manifest a trip day has: the minimum halt in seconds (20 unless named)."""
+    halt = trip_halt_s(day_name)
+    return "20" if halt is None else f"{halt:g}"
 
 
 def _rows(path: Path) -> EtaDataset:
@@ -131,6 +125,7 @@ def main() -> None:
     )
     parser.add_argument("--exclude-none", action="store_true")
     parser.add_argument("--no-sim", action="store_true", help="train on real trips only")
+    parser.add_argument("--min-calibration-rows", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="keep the rows in this .npz (reused if there)")
     args = parser.parse_args()
@@ -141,6 +136,8 @@ def main() -> None:
         f"rows: {len(data)} from {len(data.day_names)} days ({time.perf_counter() - started:.0f} s)"
     )
     config = TrainConfig(max_epochs=args.epochs, ensemble=args.ensemble, real_share=args.real_share)
+    if args.min_calibration_rows is not None:
+        config = dataclasses.replace(config, min_calibration_rows=args.min_calibration_rows)
     if args.exclude_none:
         config = dataclasses.replace(config, exclude=())
     elif args.exclude is not None:
@@ -174,7 +171,11 @@ def main() -> None:
         train_s.append(time.perf_counter() - t0)
         eta, p10, p90 = result.predict_interval_s(data.x[test], data.naive_s[test])
         oof[test] = np.stack([eta, p10, p90], axis=1)
-        print(f"  fold {k + 1}/{n_folds}: {sorted(held)} {train_s[-1]:.0f} s", file=sys.stderr)
+        print(
+            f"  fold {k + 1}/{n_folds}: {sorted(held)} {train_s[-1]:.0f} s, calibration "
+            f"{result.calibration_rows} rows of {result.calibration_on}",
+            file=sys.stderr,
+        )
     print(f"trip folds: {n_folds}, training {np.median(train_s):.0f} s median per fold")
     halts = np.array(
         [halt_of(n) if r else "" for n, r in zip(data.day_names, real_day, strict=True)]

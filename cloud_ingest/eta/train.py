@@ -114,6 +114,25 @@ def is_simulated(day_name: str) -> bool:
     return day_name.startswith(SIMULATED_PREFIX)
 
 
+def trip_halt_s(day_name: str) -> float | None:
+    """The minimum halt of a trip day's manifest from its name (``[trip-]hSECONDS-NAME``,
+    :func:`simulator.eta_days.trip_day`), ``None`` for any other name."""
+    head, sep, _ = day_name.removeprefix("trip-").partition("-")
+    if sep and head[:1] == "h" and head[1:].replace(".", "", 1).isdigit():
+        return float(head[1:])
+    return None
+
+
+def day_source(day_name: str) -> str:
+    """The recording a day comes from: a trip's manifests of different minimum halts
+    (``h60-X`` and ``X``, with or without ``trip-``) share their fixes, so they are one
+    source and are held out together."""
+    rest = day_name.removeprefix("trip-")
+    if trip_halt_s(day_name) is not None:
+        rest = rest.partition("-")[2]
+    return rest
+
+
 class TrainingError(IngestError, ValueError):
     """The rows cannot train a model (fewer than two days, an empty split)."""
 
@@ -143,12 +162,12 @@ class TrainConfig:
     real_share: float = 0.5
     # Features the model must not use (zero weights): names of FEATURE_NAMES.
     exclude: tuple[str, ...] = SIMULATOR_ONLY_FEATURES
-    # Calibrate shrink and interval on the held-out rows of the days named with one of
-    # ``calibrate_on``'s prefixes (the real trips' long-halt manifests: a delivery stop
+    # Calibrate shrink and interval on the held-out rows of the real trips' manifests of
+    # halts of at least ``calibrate_min_halt_s`` (:func:`trip_halt_s`: a delivery stop
     # is a long halt, and the short halts in between are traffic); failing
     # ``min_calibration_rows`` of them, on every held-out real day's; failing that, on
     # every held-out row.
-    calibrate_on: tuple[str, ...] = ("trip-h60-",)
+    calibrate_min_halt_s: float = 60.0
     min_calibration_rows: int = 200
 
     def __post_init__(self) -> None:
@@ -237,21 +256,26 @@ def split_days(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(training days, validation days): a seeded draw of whole days, at least one each
     (:class:`TrainingError` with fewer than two days), stratified: simulated and real
-    days are each held out in that share (a kind with one day stays in training)."""
+    days are each held out in that share (a kind with one day stays in training), by
+    source (:func:`day_source`: a trip's manifests leave together)."""
     names = sorted({dataset.day_names[g] for g in np.unique(dataset.groups)})
     if len(names) < 2:
         raise TrainingError(f"training needs rows from at least two days, got {len(names)}")
+    sources = sorted({day_source(n) for n in names})
     rng = np.random.default_rng(seed)
-    val: list[str] = []
-    kinds = [[n for n in names if is_simulated(n)], [n for n in names if not is_simulated(n)]]
+    held: list[str] = []
+    kinds = [[n for n in sources if is_simulated(n)], [n for n in sources if not is_simulated(n)]]
     for kind in kinds:
         if len(kind) >= 2:
             order = rng.permutation(len(kind))
             n_val = min(len(kind) - 1, max(1, round(val_fraction * len(kind))))
-            val += [kind[i] for i in order[:n_val]]
-    if not val:
-        val = [names[int(rng.integers(len(names)))]]
-    return tuple(sorted(set(names) - set(val))), tuple(sorted(val))
+            held += [kind[i] for i in order[:n_val]]
+    if not held:
+        held = [sources[int(rng.integers(len(sources)))]]
+    val = tuple(n for n in names if day_source(n) in set(held))
+    if len(val) == len(names):
+        raise TrainingError("training needs rows from at least two recordings")
+    return tuple(n for n in names if n not in set(val)), val
 
 
 def source_weights(dataset: EtaDataset, real_share: float) -> FloatArray:
@@ -464,13 +488,14 @@ def train(
 
 def _calibration_rows(va: EtaDataset, config: TrainConfig) -> tuple[npt.NDArray[np.bool_], str]:
     """The held-out rows the calibration is fit on, and what they are (config doc)."""
-    names = [va.day_names[g] for g in range(len(va.day_names))]
-    preferred = np.array([n.startswith(config.calibrate_on) for n in names], dtype=np.bool_)
+    names = va.day_names
+    halts = [trip_halt_s(n) for n in names]
+    preferred = np.array(
+        [h is not None and h >= config.calibrate_min_halt_s for h in halts], dtype=np.bool_
+    )
     real = np.array([not is_simulated(n) for n in names], dtype=np.bool_)
-    for days, what in (
-        (preferred, "held-out " + "/".join(config.calibrate_on) + " days"),
-        (real, "held-out real days"),
-    ):
+    long_halts = f"held-out real trips of halts >= {config.calibrate_min_halt_s:g} s"
+    for days, what in ((preferred, long_halts), (real, "held-out real days")):
         rows = days[va.groups] if len(va) else np.zeros(0, dtype=np.bool_)
         if int(rows.sum()) >= config.min_calibration_rows:
             return rows, what
