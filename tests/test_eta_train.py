@@ -34,6 +34,7 @@ from cloud_ingest.eta.train import (
     EXPORT_BATCH,
     TrainConfig,
     TrainingError,
+    day_source,
     default_model_version,
     export_model,
     fit_calibration,
@@ -42,6 +43,7 @@ from cloud_ingest.eta.train import (
     split_days,
     train,
     training_record,
+    trip_halt_s,
 )
 from cloud_ingest.store.base import Position, StopEvent, WriteBatch
 from cloud_ingest.store.sqlite import SqliteStore
@@ -285,17 +287,29 @@ def test_excluded_features_carry_no_weight(small_set: EtaDataset) -> None:
 
 
 def test_real_days_get_their_share_and_are_held_out_alike(small_set: EtaDataset) -> None:
-    names = tuple(f"trip-{n}" if i % 3 == 0 else n for i, n in enumerate(small_set.day_names))
+    """Six real trips' two manifests each (``bus-K``, ``h60-bus-K``: the same fixes) and
+    six simulator days: both kinds are held out, a trip's manifests together."""
+    names = tuple(
+        n if i % 3 == 2 else f"{'h60-' if i % 3 else ''}bus-{i // 3}"
+        for i, n in enumerate(small_set.day_names)
+    )
+    assert len(set(names)) == len(names)
     mixed = replace(small_set, day_names=names)
     weights = source_weights(mixed, 0.5)
     real = np.array([not is_simulated(names[g]) for g in mixed.groups])
-    assert 0 < real.mean() < 0.5
+    assert 0 < real.mean() < 1
     assert weights[real].sum() == pytest.approx(weights[~real].sum())
     assert weights.mean() == pytest.approx(1.0)
-    train_days, val_days = split_days(mixed, 0.25, 0)
-    assert any(is_simulated(n) for n in val_days)
-    assert any(not is_simulated(n) for n in val_days)
-    assert any(not is_simulated(n) for n in train_days)
+    assert trip_halt_s("h60-bus-1") == 60.0
+    assert trip_halt_s("bus-1") is None
+    assert day_source("h60-bus-1") == day_source("trip-bus-1") == "bus-1"
+    for split_seed in range(5):
+        train_days, val_days = split_days(mixed, 0.25, split_seed)
+        assert any(is_simulated(n) for n in val_days)
+        assert any(not is_simulated(n) for n in val_days)
+        assert any(not is_simulated(n) for n in train_days)
+        for k in range(4):
+            assert (f"bus-{k}" in val_days) == (f"h60-bus-{k}" in val_days)
 
 
 def test_calibration_shrinks_a_harmful_correction_and_covers_eight_in_ten() -> None:
