@@ -76,24 +76,12 @@ SIMULATED_PREFIX: Final = "sim-"
 """Days whose name starts so are the simulator's; every other day is real (trips, store)."""
 
 SIMULATOR_ONLY_FEATURES: Final = (
-    # What a real fleet's days do not have, or have unlike the simulator: stop types and
-    # parcel counts (trips and the store: one type, no parcels), promised windows,
-    # the simulator's traffic-by-hour and weekday, and its synthetic GNSS quality (a
-    # trip's fixes are interpolated, not received). Excluded by default (zero weights):
-    # checked leave-trips-out (docs/eta.md, "Learning from real trips").
-    "parcels_before",
-    "before_house",
-    "before_apartment",
-    "before_business",
-    "before_locker",
-    "before_other",
-    "type_house",
-    "type_apartment",
-    "type_business",
-    "type_locker",
-    "type_other",
-    "parcels",
-    "parcels_here",
+    # What the real trips have only as the simulator invents it: GNSS quality (a trip's
+    # fixes are interpolated positions, not a receiver's), traffic by hour and weekday
+    # (the simulator's profile), promised windows (no real trip has one). Excluded by
+    # default (zero weights). Stop types and parcels stay: a fleet's manifests carry
+    # them, and the real trips (one type, one parcel per stop) cannot learn them wrong;
+    # the ablation, leave-trips-out, is in docs/eta.md ("Learning from real trips").
     "tod_sin",
     "tod_cos",
     "dow_sin",
@@ -169,6 +157,10 @@ class TrainConfig:
     # every held-out row.
     calibrate_min_halt_s: float = 60.0
     min_calibration_rows: int = 200
+    # Calibrate on out-of-fold predictions of the real days instead (this many folds of
+    # their recordings, each a one-member training; 0: on the held-out days, no extra
+    # training). Costs calibration_folds more trainings.
+    calibration_folds: int = 4
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.exclude) - set(FEATURE_NAMES))
@@ -176,6 +168,8 @@ class TrainConfig:
             raise ConfigError(f"exclude names unknown features: {', '.join(unknown)}")
         if not 0.0 < self.real_share < 1.0:
             raise ConfigError("real_share must be in (0, 1)")
+        if self.calibration_folds < 0 or self.calibration_folds == 1:
+            raise ConfigError("calibration_folds must be 0 (off) or >= 2")
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError("hidden must list at least one layer size >= 1")
         if min(self.max_epochs, self.patience, self.batch_size, self.ensemble) < 1:
@@ -464,8 +458,15 @@ def train(
     mlp = _average(m.mlp for m in members)
     layers = _fold(mlp, prepare)
     out_va = mlp_forward(layers, va.x)[:, 0]
-    cal, cal_on = _calibration_rows(va, config)
-    calibration = fit_calibration(va.naive_s[cal], out_va[cal], va.actual_s[cal])
+    oof = _out_of_fold(dataset, config) if config.calibration_folds > 1 else None
+    if oof is not None:
+        held, out_held = oof
+        cal, cal_on = _calibration_rows(held, config)
+        cal_on = f"out-of-fold ({config.calibration_folds} folds of real trips): {cal_on}"
+        calibration = fit_calibration(held.naive_s[cal], out_held[cal], held.actual_s[cal])
+    else:
+        cal, cal_on = _calibration_rows(va, config)
+        calibration = fit_calibration(va.naive_s[cal], out_va[cal], va.actual_s[cal])
     predicted = answer(va.naive_s, out_va, calibration).eta_s
     return TrainResult(
         layers=layers,
@@ -484,6 +485,34 @@ def train(
         calibration_rows=int(cal.sum()),
         calibration_on=cal_on,
     )
+
+
+def _out_of_fold(dataset: EtaDataset, config: TrainConfig) -> tuple[EtaDataset, FloatArray] | None:
+    """The real days' rows, each predicted by a model trained without its recording
+    (``calibration_folds`` folds of the real recordings, seeded by ``split_seed``; each
+    fold one ensemble member, otherwise ``config``), and those predictions (the output
+    column); ``None`` with fewer real recordings than folds."""
+    real_day = np.array([not is_simulated(n) for n in dataset.day_names], dtype=np.bool_)
+    sources = sorted({day_source(n) for n, r in zip(dataset.day_names, real_day, strict=True) if r})
+    if len(sources) < config.calibration_folds:
+        return None
+    order = np.random.default_rng(config.split_seed).permutation(len(sources))
+    fold_of = {sources[i]: k % config.calibration_folds for k, i in enumerate(order)}
+    day_fold = np.array(
+        [
+            fold_of[day_source(n)] if r else -1
+            for n, r in zip(dataset.day_names, real_day, strict=True)
+        ]
+    )
+    row_fold = day_fold[dataset.groups]
+    out = np.zeros(len(dataset))
+    inner = dataclasses.replace(config, calibration_folds=0, ensemble=1)
+    for k in range(config.calibration_folds):
+        held = row_fold == k
+        result = train(dataset.select(~held), inner)
+        out[held] = mlp_forward(result.layers, dataset.x[held])[:, 0]
+    real_rows = row_fold >= 0
+    return dataset.select(real_rows), out[real_rows]
 
 
 def _calibration_rows(va: EtaDataset, config: TrainConfig) -> tuple[npt.NDArray[np.bool_], str]:
