@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_ingest.cli import main as ingest_main
+from cloud_ingest.errors import ConfigError
 from cloud_ingest.eta.dataset import (
     Day,
     EtaDataset,
@@ -310,6 +311,27 @@ def test_real_days_get_their_share_and_are_held_out_alike(small_set: EtaDataset)
         assert any(not is_simulated(n) for n in train_days)
         for k in range(4):
             assert (f"bus-{k}" in val_days) == (f"h60-bus-{k}" in val_days)
+
+
+def test_the_calibration_comes_from_out_of_fold_real_trips(small_set: EtaDataset) -> None:
+    names = tuple(
+        n if i % 3 == 2 else f"{'h60-' if i % 3 else ''}bus-{i // 3}"
+        for i, n in enumerate(small_set.day_names)
+    )
+    mixed = replace(small_set, day_names=names)
+    config = replace(SMALL, max_epochs=2, ensemble=1, calibration_folds=2, min_calibration_rows=1)
+    result = train(mixed, config)
+    assert result.calibration is not None
+    assert result.calibration_on.startswith("out-of-fold (2 folds of real trips)")
+    long_rows = sum(
+        int((mixed.groups == g).sum()) for g, n in enumerate(names) if n.startswith("h60-")
+    )
+    assert result.calibration_rows == long_rows
+    # Without real recordings to fold, the held-out days calibrate it.
+    plain = train(small_set, config)
+    assert plain.calibration_on == "held-out days"
+    with pytest.raises(ConfigError):
+        TrainConfig(calibration_folds=1)
 
 
 def test_calibration_shrinks_a_harmful_correction_and_covers_eight_in_ten() -> None:
