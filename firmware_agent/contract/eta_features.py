@@ -10,8 +10,10 @@ plan from the manifest, the van's recent motion from the fixes it is fed.
 - :func:`eta_features` turns (now, plan, the van's position, served stops, history) into
   one float32 row per remaining stop, columns as :data:`FEATURE_NAMES` (the model's input
   contract, versioned by :data:`FEATURES_VERSION`).
-- :func:`naive_eta_s` is the industry's naive ETA (remaining distance / recent average
-  speed), always computed and published beside the model's answer.
+- :func:`naive_eta_s` is the naive ETA (distance / recent average speed): over the route
+  and the 15-minute mean (``naive_eta_s``, a feature), and over the straight lines
+  through the remaining stops and the 5-minute mean (``chain_naive_s``, the customer's
+  naive: the model's anchor, published beside its answer).
 
 Where the van is on the plan
 ----------------------------

@@ -95,12 +95,14 @@ events) and ``model`` (the model's version, or ``"baseline"`` when the van has n
 and ``eta`` is the baseline)::
 
     {"type": "eta", "time", "stop_id", "route_id", "eta", "eta_baseline", "horizon_s",
-     "model", "trigger"}
+     "model", "trigger", "eta_p10", "eta_p90"}
     {"type": "late_risk", "time", "stop_id", "route_id", "eta", "eta_baseline",
      "window_end", "late_by_s", "model"}
 
-``eta`` is the predicted arrival, ``eta_baseline`` the naive one (remaining distance /
-recent average speed), ``horizon_s`` = ``eta`` - ``time`` in seconds, ``late_by_s`` =
+``eta`` is the predicted arrival, ``eta_baseline`` the customer's naive one (straight
+lines through the remaining stops / the 5-minute average speed), ``eta_p10``/``eta_p90``
+the model's calibrated interval (absent without one), ``horizon_s`` = ``eta`` - ``time``
+in seconds, ``late_by_s`` =
 ``eta`` - ``window_end``. The JSON Schema is ``firmware_agent/contract/schemas/
 events.schema.json``.
 
