@@ -64,7 +64,7 @@ from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.van import VanPipeline
 from simulator.cli import main as sim_main
-from simulator.eta_days import simulator_day, write_days
+from simulator.eta_days import simulator_day, trained_seeds, write_days
 
 MAX_ABS_ERROR = 1e-4
 DEVICE = "van-0007"
@@ -469,10 +469,15 @@ def test_the_shipped_model_loads_and_matches_its_record() -> None:
     assert metadata["output"] == OUTPUT_LOG_RATIO
     assert json.loads(metadata["training"]) == record
     assert record["val_mae_model_s"] < record["val_mae_baseline_s"]
-    # Trained on seeds the evaluation (bench/eta_eval.py, seeds 1-40) never uses.
-    assert record["sources"]["simulator"]["seeds"] == "1000-1059"
+    # Trained on seeds the evaluation (bench/eta_eval.py, seeds 1-40) never uses, and on
+    # the corpus's real trips; calibrated on them, out of fold.
+    assert trained_seeds(record) == set(range(1000, 1060))
+    assert any(not is_simulated(name) for name in record["sources"]["days"]["days"])
+    assert record["calibration_on"].startswith("out-of-fold")
+    assert "calibration" in metadata
     predictor = EtaPredictor.load(model)
     if available_backend() is not None:
         assert predictor.model_version == record["model_version"]
+        assert predictor.calibration is not None
     else:
         assert predictor.unavailable
