@@ -470,6 +470,16 @@ def train(
         cal, cal_on = _calibration_rows(held, config)
         cal_on = f"out-of-fold ({config.calibration_folds} folds of real trips): {cal_on}"
         calibration = fit_calibration(held.naive_s[cal], out_held[cal], held.actual_s[cal])
+        # Horizons the real trips do not reach (beyond an hour, say): the held-out
+        # validation days (simulated ones included) are the only evidence there.
+        counts = np.bincount(
+            calibration.bucket(held.naive_s[cal]), minlength=len(calibration.shrink)
+        )
+        sparse = counts < MIN_CALIBRATION_ROWS
+        if sparse.any():
+            fallback = fit_calibration(va.naive_s, out_va, va.actual_s)
+            calibration = _merge(calibration, fallback, sparse)
+            cal_on += "; buckets without them: held-out days"
     else:
         cal, cal_on = _calibration_rows(va, config)
         calibration = fit_calibration(va.naive_s[cal], out_va[cal], va.actual_s[cal])
@@ -491,6 +501,15 @@ def train(
         calibration_rows=int(cal.sum()),
         calibration_on=cal_on,
     )
+
+
+def _merge(a: Calibration, b: Calibration, use_b: npt.NDArray[np.bool_]) -> Calibration:
+    """``a``, with ``b``'s values in the buckets ``use_b`` (same edges)."""
+
+    def pick(x: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(yv if flag else xv for xv, yv, flag in zip(x, y, use_b, strict=True))
+
+    return Calibration(a.edges_s, pick(a.shrink, b.shrink), pick(a.q10, b.q10), pick(a.q90, b.q90))
 
 
 def _out_of_fold(dataset: EtaDataset, config: TrainConfig) -> tuple[EtaDataset, FloatArray] | None:
