@@ -446,6 +446,13 @@ def _cmd_train_eta(args: argparse.Namespace) -> int:
         f"{result.val_baseline.mae_s:.1f} s (ratio {result.val_ratio:.2f}); p90: model "
         f"{result.val_model.p90_s:.1f} s, baseline {result.val_baseline.p90_s:.1f} s"
     )
+    if result.calibration is not None:
+        c = result.calibration
+        print(
+            f"calibration ({result.calibration_rows} rows of {result.calibration_on}): "
+            f"shrink {', '.join(f'{w:.2f}' for w in c.shrink)} by anchor bucket "
+            f"(edges {', '.join(f'{e:g}' for e in c.edges_s)} s)"
+        )
     return EXIT_OK
 
 

@@ -77,6 +77,7 @@ from firmware_agent.contract.pod import PodFields
 from firmware_agent.contract.records import (
     SCAN_SOURCES,
     Arrival,
+    Departure,
     Record,
     ScanRejected,
     ScanRejectReason,
@@ -335,6 +336,9 @@ class VanPipeline:
         if fix.time is not None:
             records += self.on_tick(fix.time)
         if self.eta_tracker is not None:
+            for event in records:
+                if isinstance(event, Departure):
+                    self.eta_tracker.on_departure(event.stop_id, event.time)
             arrived = [e.stop_id for e in records if isinstance(e, Arrival)]
             records += self.eta_tracker.on_fix(fix, arrived=arrived)
         if self._telemetry is not None and self._telemetry.select(fix):

@@ -321,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     days.add_argument(
         "--trip", type=Path, nargs="+", default=[], metavar="CSV", help="real trip CSVs"
     )
+    days.add_argument(
+        "--trip-halt-s",
+        type=float,
+        nargs="+",
+        default=[20.0],
+        metavar="S",
+        help="each trip once per minimum halt that makes a stop (default 20; e.g. 20 60)",
+    )
     days.add_argument("--jobs", type=int, default=2, help="processes for simulator days (2)")
     days.add_argument("--out", type=Path, required=True, help="directory of day directories")
     days.set_defaults(handler=_cmd_eta_days)
@@ -428,6 +436,7 @@ def _cmd_eta_days(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         n_stops=args.stops,
         trips=args.trip,
+        trip_halts_s=args.trip_halt_s,
         jobs=args.jobs,
         progress=progress,
     )

@@ -32,7 +32,7 @@ from simulator.manifest import build_manifest
 from simulator.rng import stream as random_stream
 from simulator.scenario import DEFAULT_START, ScenarioConfig, generate
 from simulator.trace import read_trace_csv, trace_epochs
-from simulator.trips import find_dwells, trip_manifest
+from simulator.trips import MIN_DWELL_S, find_dwells, trip_manifest
 
 DEFAULT_SIM_STOPS: Final = 25
 
@@ -113,22 +113,28 @@ def simulator_day(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> EtaDay:
             stop["type"] = "other"
     fixes = [epoch.fix(plan.config.talker) for epoch in scenario.epochs()]
     arrivals = {s.id: s.arrival for s in scenario.stops}
+    departures = {s.id: s.departure for s in scenario.stops}
     about = {"source": "simulator", "seed": seed, "n_stops": n_stops}
-    return EtaDay(f"sim-{seed}", parse_manifest(doc), fixes, arrivals, about)
+    return EtaDay(f"sim-{seed}", parse_manifest(doc), fixes, arrivals, about, departures)
 
 
-def trip_day(csv_path: Path, *, name: str | None = None) -> EtaDay:
+def trip_day(csv_path: Path, *, name: str | None = None, min_halt_s: float = MIN_DWELL_S) -> EtaDay:
     """A recorded trip (``timestamp_utc,lat,lon`` CSV) as a day: stops where the vehicle
-    really halted, fixes at 1 Hz interpolated between the samples, exactly as
-    ``fleet-sim trip`` plays it. Raises :class:`simulator.errors.TraceFileError` for a
-    bad CSV."""
+    really halted for at least ``min_halt_s`` (20 s: traffic lights included; 60 s: the
+    halts a delivery stop or the evaluation's manifests are made of), fixes at 1 Hz
+    interpolated between the samples, exactly as ``fleet-sim trip`` plays it. Labels:
+    each halt's first sample (arrival) and last (departure). Raises
+    :class:`simulator.errors.TraceFileError` for a bad CSV."""
     points = read_trace_csv(csv_path)
-    dwells = find_dwells(points)
+    dwells = find_dwells(points, min_duration_s=min_halt_s)
     manifest = parse_manifest(trip_manifest(points, dwells))
     fixes = [epoch.fix("GP") for epoch in trace_epochs(points, rate_hz=1)]
-    arrivals = {stop.id: dwell.arrival for stop, dwell in zip(manifest.stops, dwells, strict=True)}
-    about = {"source": "trip", "csv": csv_path.name}
-    return EtaDay(name or csv_path.stem, manifest, fixes, arrivals, about)
+    pairs = list(zip(manifest.stops, dwells, strict=True))
+    arrivals = {stop.id: dwell.arrival for stop, dwell in pairs}
+    departures = {stop.id: dwell.departure for stop, dwell in pairs}
+    about = {"source": "trip", "csv": csv_path.name, "min_halt_s": min_halt_s}
+    default = csv_path.stem if min_halt_s == MIN_DWELL_S else f"h{min_halt_s:g}-{csv_path.stem}"
+    return EtaDay(name or default, manifest, fixes, arrivals, about, departures)
 
 
 def _write_sim_day(seed: int, n_stops: int, out: Path) -> Path:
@@ -142,12 +148,14 @@ def write_days(
     seeds: Sequence[int] = (),
     n_stops: int = DEFAULT_SIM_STOPS,
     trips: Iterable[Path] = (),
+    trip_halts_s: Sequence[float] = (MIN_DWELL_S,),
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Write simulator days ``seeds`` and the ``trips`` as day directories under ``out``,
-    the simulator days in ``jobs`` processes (a 25-stop day takes seconds of CPU);
-    returns the directories, seeds first, in order."""
+    the simulator days in ``jobs`` processes (a 25-stop day takes seconds of CPU); each
+    trip once per minimum halt of ``trip_halts_s`` (``trip-NAME`` for 20 s,
+    ``trip-hSECONDS-NAME`` otherwise); returns the directories, seeds first, in order."""
     if n_stops < 1:
         raise ConfigError(f"n_stops must be >= 1, got {n_stops}")
     written: list[Path] = []
@@ -166,8 +174,9 @@ def write_days(
             for path in pool.map(_write_sim_day, seeds, [n_stops] * len(seeds), [out] * len(seeds)):
                 done(path)
     for csv_path in trips:
-        day = trip_day(csv_path)
-        done(write_day(day, out / f"trip-{day.name}"))
+        for halt_s in trip_halts_s:
+            day = trip_day(csv_path, min_halt_s=halt_s)
+            done(write_day(day, out / f"trip-{day.name}"))
     return written
 
 

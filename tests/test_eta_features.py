@@ -109,7 +109,10 @@ def geodetic(east: float, north: float = 0.0) -> tuple[float, float]:
 def test_feature_names_are_a_stable_ordered_contract() -> None:
     assert len(FEATURE_NAMES) == N_FEATURES == len(set(FEATURE_NAMES))
     assert FEATURE_NAMES[0] == "remaining_m"
-    assert FEATURE_NAMES[-1] == "naive_eta_s"
+    # eta-features/2 appended its columns: /1's keep their places.
+    assert FEATURE_NAMES[34] == "naive_eta_s"
+    assert FEATURE_NAMES[35:] == ("chain_m", "chain_naive_s", "dwell_s", "parcels_here")
+    assert FEATURES_VERSION == "eta-features/2"
     assert set(STOP_TYPE_ORDER) == STOP_TYPES  # a new manifest type needs a new version
     assert FEATURES_VERSION.startswith("eta-features/")
 
@@ -412,6 +415,17 @@ def test_five_stop_manifest_after_serving_two(served: Any) -> None:
     # The baseline is distance / the 15-minute mean speed, exactly (to float32).
     remaining = plan.plan_m[2:] - pos.along_m
     np.testing.assert_allclose(rows.column("naive_eta_s"), remaining / 7.0, rtol=1e-6)
+    # The customer's naive: straight lines van (700, 0) -> S003 (1000, 10) -> S004 ->
+    # S005, over the 5-minute mean speed; no dwell given, none counted.
+    first = math.hypot(300.0, 10.0)
+    np.testing.assert_allclose(
+        rows.column("chain_m"), [first, first + 500.0, first + 1100.0], atol=1.0
+    )
+    np.testing.assert_allclose(
+        rows.column("chain_naive_s"), rows.column("chain_m") / 7.0, rtol=1e-5
+    )
+    assert rows.column("dwell_s").tolist() == [0.0] * 3
+    assert rows.column("parcels_here").tolist() == [0.0] * 3
     assert rows.column("day_elapsed_s")[0] == 600.0
     assert rows.column("pace_s_per_stop")[0] == 300.0
     assert rows.column("late_known")[0] == 0.0
@@ -445,7 +459,24 @@ def test_a_parked_van_gets_the_floor_speed_and_features_stay_finite() -> None:
     np.testing.assert_allclose(
         rows.column("naive_eta_s"), rows.column("remaining_m") / MIN_BASELINE_SPEED_MPS, rtol=1e-6
     )
+    np.testing.assert_allclose(
+        rows.column("chain_naive_s"), rows.column("chain_m") / MIN_BASELINE_SPEED_MPS, rtol=1e-6
+    )
     assert np.isfinite(rows.values).all()
+
+
+def test_the_dwell_inputs_reach_every_row_and_bad_values_read_as_zero() -> None:
+    plan = RoutePlan.from_manifest(make_manifest(FIVE_STOPS, FIVE_ROUTE))
+    history = driven_history(0.0)
+    now = T0 + timedelta(seconds=600)
+    pos = plan.project(*geodetic(600.0), now, {"S001", "S002"})
+    rows = eta_features(now, plan, pos, {"S001", "S002"}, history, dwell_s=95.0, parcels_here=2)
+    assert rows.column("dwell_s").tolist() == [95.0] * 3
+    assert rows.column("parcels_here").tolist() == [2.0] * 3
+    for bad in (math.nan, -5.0, math.inf):
+        rows = eta_features(now, plan, pos, set(), history, dwell_s=bad, parcels_here=bad)
+        assert rows.column("dwell_s").tolist() == [0.0] * 5
+        assert rows.column("parcels_here").tolist() == [0.0] * 5
 
 
 def test_features_are_finite_with_missing_speed_hdop_and_no_history() -> None:

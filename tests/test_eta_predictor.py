@@ -12,9 +12,10 @@ from cloud_ingest.eta.tflite_export import Dense, export_mlp
 from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import FEATURE_NAMES, FEATURES_VERSION, FeatureMatrix
 from firmware_agent.contract.eta_model import (
+    ANCHOR_COLUMN,
     MAX_ABS_LOG_RATIO,
-    NAIVE_COLUMN,
     OUTPUT_LOG_RATIO,
+    Calibration,
     eta_from_log_ratio,
     log_ratio_target,
 )
@@ -36,7 +37,7 @@ def constant_model(bias: float, *, n_in: int = N, **metadata: str) -> bytes:
 
 def features(naive_s: list[float]) -> FeatureMatrix:
     values = np.zeros((len(naive_s), N), np.float32)
-    values[:, NAIVE_COLUMN] = naive_s
+    values[:, ANCHOR_COLUMN] = naive_s
     return FeatureMatrix(values, tuple(f"S{i:03d}" for i in range(len(naive_s))))
 
 
@@ -83,8 +84,57 @@ def test_a_model_corrects_the_baseline_through_the_interpreter() -> None:
         (constant_model(0.0, model_version=""), "model_version"),
         (constant_model(0.0, n_in=N - 1), "features"),
         (b"TFL3" * 40, "."),
+        (constant_model(0.0, calibration="{not json"), "calibration"),
+        (
+            constant_model(
+                0.0,
+                calibration='{"edges_s": [300], "shrink": [2, 1], "q10": [0, 0], "q90": [0, 0]}',
+            ),
+            "shrink",
+        ),
+        (
+            constant_model(
+                0.0,
+                calibration='{"edges_s": [300], "shrink": [1, 1], '
+                '"q10": [0.2, 0], "q90": [0.1, 0]}',
+            ),
+            "q10",
+        ),
     ],
 )
 def test_a_model_that_breaks_the_contract_is_refused(model: bytes, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         EtaPredictor.load(model)
+
+
+def test_a_calibrated_model_shrinks_by_horizon_and_gives_an_interval() -> None:
+    """Bucket 0 (anchor < 300 s) keeps none of the correction: the naive ETA itself;
+    bucket 1 all of it. The interval is the shrunk ETA times the calibrated ratios."""
+    calibration = Calibration((300.0,), (0.0, 1.0), (-0.2, -0.5), (0.1, 0.4))
+    predictor = EtaPredictor.load(constant_model(0.5, calibration=calibration.to_json()))
+    assert predictor.calibration == calibration
+    naive = [120.0, 900.0]
+    p = predictor.predict(features(naive))
+    expected = [120.0, (900 + 60) * math.exp(0.5) - 60]
+    np.testing.assert_allclose(p.eta_s, expected, rtol=1e-5)
+    assert p.p10_s is not None
+    assert p.p90_s is not None
+    np.testing.assert_allclose(
+        p.p10_s,
+        [(e + 60) * math.exp(q) - 60 for e, q in zip(expected, (-0.2, -0.5), strict=True)],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        p.p90_s,
+        [(e + 60) * math.exp(q) - 60 for e, q in zip(expected, (0.1, 0.4), strict=True)],
+        rtol=1e-5,
+    )
+    assert np.all(p.p10_s <= p.eta_s)
+    assert np.all(p.eta_s <= p.p90_s)
+
+
+def test_without_a_calibration_there_is_no_interval() -> None:
+    p = EtaPredictor.load(constant_model(0.5)).predict(features([600.0]))
+    assert p.p10_s is None
+    assert p.p90_s is None
+    assert EtaPredictor.baseline("none").predict(features([600.0])).p10_s is None

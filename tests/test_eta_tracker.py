@@ -291,6 +291,54 @@ def test_an_arrival_predicts_at_once_and_republishes_the_next_stop_only() -> Non
         assert all(r["stop_id"] != "S1" for r in feed(tracker, predictor, float(t)))
 
 
+class Recording(Scripted):
+    """A scripted predictor that keeps the features it was given, and answers an
+    interval of -60 s / +120 s around each ETA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[FeatureMatrix] = []
+
+    def predict(self, features: FeatureMatrix) -> Prediction:
+        self.seen.append(features)
+        p = super().predict(features)
+        return Prediction(
+            p.stop_ids, p.eta_s, p.baseline_s, p.model_version, p.eta_s - 60.0, p.eta_s + 120.0
+        )
+
+
+def test_the_dwell_counts_from_the_arrival_until_the_departure() -> None:
+    """While the van stands at a reached stop the features carry the time spent there
+    and its parcels; the departure ends it; the records carry the interval."""
+    m = manifest(
+        [
+            stop(s, x, parcels=["P1", "P2", "P3"] if s == "S1" else [])
+            for s, x in zip(IDS, STOPS_X, strict=True)
+        ],
+        route=route_line([-500.0, 9000.0]),
+    )
+    predictor = Recording()
+    tracker = EtaTracker(m, predictor, QUIET)
+    predictor.arrivals = {s: at(600.0 * (i + 1)) for i, s in enumerate(IDS)}
+    first = feed(tracker, predictor, 0.0, 0.0)
+    assert predictor.seen[-1].column("dwell_s").tolist() == [0.0] * len(IDS)
+    record = first[0]
+    assert record["eta_p10"] == format_utc(at(600.0 - 60.0))
+    assert record["eta_p90"] == format_utc(at(600.0 + 120.0))
+    feed(tracker, predictor, 100.0, 1000.0, arrived=["S1"])
+    assert predictor.seen[-1].column("dwell_s")[0] == 0.0  # just arrived
+    feed(tracker, predictor, 150.0, 1000.0)
+    assert predictor.seen[-1].column("dwell_s").tolist() == [50.0] * (len(IDS) - 1)
+    assert predictor.seen[-1].column("parcels_here")[0] == 3.0
+    assert tracker.dwell(at(170.0)) == (70.0, 3.0)
+    tracker.on_departure("S2", at(175.0))  # not the stop it stands at: nothing changes
+    assert tracker.dwell(at(175.0)) == (75.0, 3.0)
+    tracker.on_departure("S1", at(180.0))
+    feed(tracker, predictor, 190.0, 1100.0)
+    assert predictor.seen[-1].column("dwell_s")[0] == 0.0
+    assert predictor.seen[-1].column("parcels_here")[0] == 0.0
+
+
 def test_a_move_that_has_lasted_by_an_arrival_goes_out_with_it() -> None:
     tracker, predictor = scripted_tracker(QUIET)
     feed(tracker, predictor, 0.0)

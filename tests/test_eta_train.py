@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_ingest.cli import main as ingest_main
+from cloud_ingest.errors import ConfigError
 from cloud_ingest.eta.dataset import (
     Day,
     EtaDataset,
@@ -34,10 +35,16 @@ from cloud_ingest.eta.train import (
     EXPORT_BATCH,
     TrainConfig,
     TrainingError,
+    day_source,
     default_model_version,
     export_model,
+    fit_calibration,
+    is_simulated,
+    source_weights,
+    split_days,
     train,
     training_record,
+    trip_halt_s,
 )
 from cloud_ingest.store.base import Position, StopEvent, WriteBatch
 from cloud_ingest.store.sqlite import SqliteStore
@@ -47,7 +54,7 @@ from firmware_agent.contract.eta_features import (
     N_FEATURES,
     FeatureMatrix,
 )
-from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, log_ratio_target
+from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, answer, log_ratio_target
 from firmware_agent.contract.manifest import Manifest
 from firmware_agent.contract.model_file import read_metadata
 from firmware_agent.contract.records import PodRecord, TelemetryPoint
@@ -57,7 +64,7 @@ from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.van import VanPipeline
 from simulator.cli import main as sim_main
-from simulator.eta_days import simulator_day, write_days
+from simulator.eta_days import simulator_day, trained_seeds, write_days
 
 MAX_ABS_ERROR = 1e-4
 DEVICE = "van-0007"
@@ -117,8 +124,31 @@ def test_rows_are_the_unserved_stops_labelled_with_the_true_arrival(tiny_day: Da
         assert rows.actual_s[at[0]] == (arrivals[nxt] - now).total_seconds()
         assert rows.x[at, STOPS_COL].tolist() == list(range(len(at)))
     assert (rows.actual_s > 0).all()
-    np.testing.assert_array_equal(rows.naive_s, rows.x[:, FEATURE_NAMES.index("naive_eta_s")])
+    np.testing.assert_array_equal(rows.naive_s, rows.x[:, FEATURE_NAMES.index("chain_naive_s")])
     np.testing.assert_allclose(rows.y_target, log_ratio_target(rows.actual_s, rows.naive_s))
+    # The dwell: while the van stands at a reached stop (arrival to departure), the
+    # seconds since its arrival; 0 while driving.
+    departures = [tiny_day.departures[s.id] for s in stops]
+    dwell = rows.x[:, FEATURE_NAMES.index("dwell_s")]
+    for t_us in issued:
+        now = epoch + timedelta(microseconds=int(t_us))
+        at = np.flatnonzero(rows.issued_us == t_us)
+        standing = [i for i in range(len(stops)) if arrivals[i] <= now < departures[i]]
+        want = (now - arrivals[standing[0]]).total_seconds() if standing else 0.0
+        assert dwell[at] == pytest.approx(want, abs=1e-3)
+    assert (dwell > 0).any()
+    assert (dwell == 0).any()
+
+
+def test_without_departures_the_rows_take_the_geofence_exit(tiny_day: Day) -> None:
+    """A day without departures.json (an old day, the store) derives them: the first fix
+    outside the stop's radius; the dwell then ends within seconds of the true one."""
+    with_truth = day_rows(tiny_day)
+    derived = day_rows(replace(tiny_day, departures={}))
+    col = FEATURE_NAMES.index("dwell_s")
+    a, b = with_truth.x[:, col], derived.x[:, col]
+    assert ((a > 0) == (b > 0)).mean() > 0.9
+    assert np.abs(a - b).max() < 120
 
 
 def test_a_stop_without_a_known_arrival_gives_no_rows_but_stays_unserved(tiny_day: Day) -> None:
@@ -241,6 +271,91 @@ def test_the_model_beats_the_baseline_on_held_out_days(small_set: EtaDataset) ->
     )
 
 
+def test_excluded_features_carry_no_weight(small_set: EtaDataset) -> None:
+    """An excluded column (by default the simulator-only ones) cannot move the answer,
+    however far it is pushed; a used one does."""
+    result = train(small_set, replace(SMALL, max_epochs=2))
+    assert "hdop" in result.config.exclude
+    x = small_set.x[:50].copy()
+    base = mlp_forward(result.layers, x)[:, 0]
+    pushed = x.copy()
+    for name in result.config.exclude:
+        pushed[:, FEATURE_NAMES.index(name)] += 1e3
+    np.testing.assert_array_equal(mlp_forward(result.layers, pushed)[:, 0], base)
+    moved = x.copy()
+    moved[:, FEATURE_NAMES.index("dwell_s")] += 600.0
+    assert not np.array_equal(mlp_forward(result.layers, moved)[:, 0], base)
+
+
+def test_real_days_get_their_share_and_are_held_out_alike(small_set: EtaDataset) -> None:
+    """Six real trips' two manifests each (``bus-K``, ``h60-bus-K``: the same fixes) and
+    six simulator days: both kinds are held out, a trip's manifests together."""
+    names = tuple(
+        n if i % 3 == 2 else f"{'h60-' if i % 3 else ''}bus-{i // 3}"
+        for i, n in enumerate(small_set.day_names)
+    )
+    assert len(set(names)) == len(names)
+    mixed = replace(small_set, day_names=names)
+    weights = source_weights(mixed, 0.5)
+    real = np.array([not is_simulated(names[g]) for g in mixed.groups])
+    assert 0 < real.mean() < 1
+    assert weights[real].sum() == pytest.approx(weights[~real].sum())
+    assert weights.mean() == pytest.approx(1.0)
+    assert trip_halt_s("h60-bus-1") == 60.0
+    assert trip_halt_s("bus-1") is None
+    assert day_source("h60-bus-1") == day_source("trip-bus-1") == "bus-1"
+    for split_seed in range(5):
+        train_days, val_days = split_days(mixed, 0.25, split_seed)
+        assert any(is_simulated(n) for n in val_days)
+        assert any(not is_simulated(n) for n in val_days)
+        assert any(not is_simulated(n) for n in train_days)
+        for k in range(4):
+            assert (f"bus-{k}" in val_days) == (f"h60-bus-{k}" in val_days)
+
+
+def test_the_calibration_comes_from_out_of_fold_real_trips(small_set: EtaDataset) -> None:
+    names = tuple(
+        n if i % 3 == 2 else f"{'h60-' if i % 3 else ''}bus-{i // 3}"
+        for i, n in enumerate(small_set.day_names)
+    )
+    mixed = replace(small_set, day_names=names)
+    config = replace(SMALL, max_epochs=2, ensemble=1, calibration_folds=2, min_calibration_rows=1)
+    result = train(mixed, config)
+    assert result.calibration is not None
+    assert result.calibration_on.startswith("out-of-fold (2 folds of real trips)")
+    long_rows = sum(
+        int((mixed.groups == g).sum()) for g, n in enumerate(names) if n.startswith("h60-")
+    )
+    assert result.calibration_rows == long_rows
+    # Without real recordings to fold, the held-out days calibrate it.
+    plain = train(small_set, config)
+    assert plain.calibration_on == "held-out days"
+    with pytest.raises(ConfigError):
+        TrainConfig(calibration_folds=1)
+
+
+def test_calibration_shrinks_a_harmful_correction_and_covers_eight_in_ten() -> None:
+    """Short horizons: the model's correction only adds noise (shrink 0, the naive
+    ETA); long: it is right (shrink 1). The interval covers ~80 % of the fitting rows."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    anchor = np.where(np.arange(n) % 2 == 0, rng.uniform(30, 250, n), rng.uniform(1000, 1700, n))
+    truth_ratio = np.where(anchor < 300, 0.0, 0.4)
+    actual = (anchor + 60) * np.exp(truth_ratio + rng.normal(0, 0.2, n)) - 60
+    model = np.where(anchor < 300, rng.normal(0, 0.8, n), 0.4)
+    cal = fit_calibration(anchor, model, actual)
+    buckets = cal.bucket(anchor)
+    assert cal.shrink[0] == 0.0
+    assert cal.shrink[2] >= 0.9
+    assert cal.shrink[4] == 0.0  # no rows beyond an hour: no evidence, the naive ETA
+    got = answer(anchor, model, cal)
+    assert got.p10_s is not None
+    assert got.p90_s is not None
+    inside = (actual >= got.p10_s) & (actual <= got.p90_s)
+    for b in (0, 2):
+        assert 0.75 <= inside[buckets == b].mean() <= 0.85
+
+
 def test_training_needs_two_days(tiny_day: Day) -> None:
     with pytest.raises(TrainingError, match="two days"):
         train(day_rows(tiny_day), SMALL)
@@ -354,10 +469,15 @@ def test_the_shipped_model_loads_and_matches_its_record() -> None:
     assert metadata["output"] == OUTPUT_LOG_RATIO
     assert json.loads(metadata["training"]) == record
     assert record["val_mae_model_s"] < record["val_mae_baseline_s"]
-    # Trained on seeds the evaluation (bench/eta_eval.py, seeds 1-40) never uses.
-    assert record["sources"]["simulator"]["seeds"] == "1000-1059"
+    # Trained on seeds the evaluation (bench/eta_eval.py, seeds 1-40) never uses, and on
+    # the corpus's real trips; calibrated on them, out of fold.
+    assert trained_seeds(record) == set(range(1000, 1060))
+    assert any(not is_simulated(name) for name in record["sources"]["days"]["days"])
+    assert record["calibration_on"].startswith("out-of-fold")
+    assert "calibration" in metadata
     predictor = EtaPredictor.load(model)
     if available_backend() is not None:
         assert predictor.model_version == record["model_version"]
+        assert predictor.calibration is not None
     else:
         assert predictor.unavailable

@@ -14,7 +14,14 @@ import pytest
 
 from cloud_ingest.eta.dataset import day_rows, read_days
 from firmware_agent.contract.errors import CodecError
-from firmware_agent.contract.eta_days import ARRIVALS, FIXES, EtaDayError, read_day, write_day
+from firmware_agent.contract.eta_days import (
+    ARRIVALS,
+    DEPARTURES,
+    FIXES,
+    EtaDayError,
+    read_day,
+    write_day,
+)
 from firmware_agent.contract.fix import Fix
 from firmware_agent.gnss.decoder import GnssDecoder
 from firmware_agent.gnss.filters import FilterConfig
@@ -75,6 +82,12 @@ def test_a_written_day_reads_back_with_the_same_rows(tmp_path: Path) -> None:
                              for k, v in day.arrivals.items()}  # fmt: skip
     assert len(back.fixes) == len(day.fixes)
     assert back.about["seed"] == 5
+    assert day.departures.keys() == day.arrivals.keys()
+    assert back.departures == {k: v.replace(microsecond=v.microsecond // 1000 * 1000)
+                               for k, v in day.departures.items()}  # fmt: skip
+    # A day written before departures existed still reads, with none.
+    (tmp_path / day.name / DEPARTURES).unlink()
+    assert read_day(tmp_path / day.name).departures == {}
     rows, again = day_rows(day), day_rows(back)
     np.testing.assert_array_equal(rows.stop_index, again.stop_index)
     np.testing.assert_allclose(again.x, rows.x, rtol=1e-4, atol=1e-2)
@@ -91,6 +104,10 @@ def test_a_damaged_day_is_named_not_trained_on(tmp_path: Path) -> None:
     (directory / ARRIVALS).write_text('{"S001": 7}')
     with pytest.raises(EtaDayError, match=r"arrivals\.json: S001"):
         read_day(directory)
+    (directory / ARRIVALS).write_text("{}")
+    (directory / DEPARTURES).write_text('{"S001": "soon"}')
+    with pytest.raises(EtaDayError, match=r"departures\.json: S001"):
+        read_day(directory)
     with pytest.raises(CodecError, match="lat and lon go together"):
         Fix.from_json({"lat": 1.0})
 
@@ -100,9 +117,20 @@ def test_a_real_trip_is_a_day_with_its_halts_as_stops() -> None:
     csv = sorted(require(TRAJECTORIES / "liverpool_bus").glob("*.csv"))[0]
     day = trip_day(csv)
     assert len(day.manifest.stops) == len(day.arrivals) > 0
-    assert day.about == {"source": "trip", "csv": csv.name}
+    assert day.about == {"source": "trip", "csv": csv.name, "min_halt_s": 20.0}
+    assert day.name == csv.stem
     assert all(f.talker == "GP" for f in day.fixes)
     assert len(day_rows(day)) > 0
+    # Each halt's last sample is its departure, at or after its first.
+    assert day.departures.keys() == day.arrivals.keys()
+    assert all(day.departures[s] >= day.arrivals[s] for s in day.arrivals)
+    # Long halts only: fewer stops, each lasting at least 60 s.
+    long = trip_day(csv, min_halt_s=60.0)
+    assert long.name == f"h60-{csv.stem}"
+    assert 0 < len(long.arrivals) < len(day.arrivals)
+    assert all(
+        (long.departures[s] - long.arrivals[s]).total_seconds() >= 60.0 for s in long.arrivals
+    )
 
 
 def test_the_command_writes_days_training_reads(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ the :func:`~firmware_agent.contract.eta_features.eta_features` of the remaining 
 model learns from the very numbers the van will compute.
 
 A row is one (sample time, unserved stop) pair: ``x`` its feature row, ``actual_s`` the
-seconds from the sample time to the stop's real arrival, ``naive_s`` the baseline
-(the ``naive_eta_s`` column) and ``y_target`` the model's target,
+seconds from the sample time to the stop's real arrival, ``naive_s`` the model's anchor,
+the customer's naive ETA (the ``chain_naive_s`` column), and ``y_target`` the model's target,
 :func:`~firmware_agent.eta.predictor.log_ratio_target`. ``groups`` names the day of each
 row, so that validation and evaluation hold out whole days (rows of one day are highly
 correlated; a random row split would flatter the model).
@@ -21,6 +21,14 @@ Which stops are served at a sample time
     are those whose real arrival is at or before the sample time: the truth stands in
     for the geofence, which is fine for training (the geofence confirms an arrival
     within seconds, see bench/arrivals.py) and keeps detection errors out of the labels.
+
+The dwell
+    While the van stands at a served stop (from its arrival to its departure), the
+    features get ``dwell_s`` (seconds since that arrival) and ``parcels_here`` (that
+    stop's parcels in the manifest: the van's tracker does not know the scans, so
+    neither do the rows). The departure is the day's own where it has one
+    (``departures.json``), else the first fix outside the stop's radius after the
+    arrival, the van's geofence rule.
 
 Sources
     - :func:`read_days`: day directories the simulator wrote (``fleet-sim eta-days``:
@@ -60,7 +68,7 @@ from firmware_agent.contract.eta_features import (
     SpeedHistory,
     eta_features,
 )
-from firmware_agent.contract.eta_model import NAIVE_COLUMN, log_ratio_target
+from firmware_agent.contract.eta_model import ANCHOR_COLUMN, log_ratio_target
 from firmware_agent.contract.manifest import parse_manifest
 from firmware_agent.contract.records import Arrival
 
@@ -194,6 +202,7 @@ def day_rows(day: Day, *, sample_every_s: float = SAMPLE_EVERY_S) -> EtaDataset:
     known = np.array([s in day.arrivals for s in plan.stop_ids], dtype=np.bool_).reshape(
         plan.n_stops
     )
+    departure_us = _departures_us(day, plan, arrival_us, known)
     step_us = round(sample_every_s * 1e6)
     history = SpeedHistory()
     position: PlanPosition | None = None
@@ -216,7 +225,15 @@ def day_rows(day: Day, *, sample_every_s: float = SAMPLE_EVERY_S) -> EtaDataset:
         if position is None or now_us < next_sample_us:
             continue
         next_sample_us += step_us * ((now_us - next_sample_us) // step_us + 1)
-        features = eta_features(now, plan, position, served, history)
+        dwell_s = parcels_here = 0.0
+        if served.any():
+            last = int(np.argmax(np.where(served, arrival_us, np.iinfo(np.int64).min)))
+            if departure_us[last] > now_us:
+                dwell_s = (now_us - arrival_us[last]) / 1e6
+                parcels_here = float(plan.parcels[last])
+        features = eta_features(
+            now, plan, position, served, history, dwell_s=dwell_s, parcels_here=parcels_here
+        )
         idx = np.array([plan.index[s] for s in features.stop_ids], dtype=np.intp)
         keep = known[idx]
         if not keep.any():
@@ -229,7 +246,7 @@ def day_rows(day: Day, *, sample_every_s: float = SAMPLE_EVERY_S) -> EtaDataset:
         return dataclasses.replace(EtaDataset.empty(), day_names=(day.name,))
     x = np.concatenate(blocks)
     actual_s = np.concatenate(labels)
-    naive_s = x[:, NAIVE_COLUMN].astype(np.float64)
+    naive_s = x[:, ANCHOR_COLUMN].astype(np.float64)
     return EtaDataset(
         x,
         log_ratio_target(actual_s, naive_s),
@@ -240,6 +257,38 @@ def day_rows(day: Day, *, sample_every_s: float = SAMPLE_EVERY_S) -> EtaDataset:
         np.concatenate(issued),
         np.concatenate(stops).astype(np.int64),
     )
+
+
+def _departures_us(
+    day: Day, plan: RoutePlan, arrival_us: npt.NDArray[np.int64], known: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.int64]:
+    """Per stop, when the vehicle left it (microseconds; 0 without an arrival): the day's
+    departure, else the first fix after the arrival outside the stop's radius (the last
+    fix's time if it never left)."""
+    out = np.zeros(plan.n_stops, dtype=np.int64)
+    timed = [f for f in day.fixes if f.time is not None and f.lat is not None]
+    times = np.array([_us(f.time) for f in timed if f.time is not None], dtype=np.int64)
+    xy = np.array(
+        [
+            plan.frame.to_local(f.lat, f.lon)
+            for f in timed
+            if f.lat is not None and f.lon is not None
+        ]
+    ).reshape(-1, 2)
+    radius_m = np.array([s.radius_m for s in day.manifest.stops], dtype=np.float64)
+    for i in np.flatnonzero(known):
+        stop_id = plan.stop_ids[i]
+        if stop_id in day.departures:
+            out[i] = max(_us(day.departures[stop_id]), int(arrival_us[i]))
+            continue
+        first = int(np.searchsorted(times, arrival_us[i], side="left"))
+        dist = np.hypot(*(xy[first:] - plan.stop_xy[i]).T) if first < len(times) else np.zeros(0)
+        away = np.flatnonzero(dist > radius_m[i])
+        if away.size:
+            out[i] = times[first + int(away[0])]
+        else:
+            out[i] = times[-1] if len(times) else arrival_us[i]
+    return out
 
 
 def build_dataset(days: Iterable[Day], *, sample_every_s: float = SAMPLE_EVERY_S) -> EtaDataset:

@@ -35,6 +35,7 @@ metadata and the training's record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -52,7 +53,13 @@ from cloud_ingest.errors import ConfigError, IngestError
 from cloud_ingest.eta.dataset import EtaDataset
 from cloud_ingest.eta.tflite_export import Dense, export_mlp, mlp_forward
 from firmware_agent.contract.eta_features import FEATURE_NAMES, FEATURES_VERSION
-from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO, eta_from_log_ratio
+from firmware_agent.contract.eta_model import (
+    HORIZON_EDGES_S,
+    OUTPUT_LOG_RATIO,
+    Calibration,
+    answer,
+    eta_from_log_ratio,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -63,6 +70,55 @@ EXPORT_BATCH: Final = 256
 _CONSTANT_RELATIVE_STD: Final = 1e-9
 _ADAM_BETAS: Final = (0.9, 0.999)
 _ADAM_EPS: Final = 1e-8
+
+
+SIMULATED_PREFIX: Final = "sim-"
+"""Days whose name starts so are the simulator's; every other day is real (trips, store)."""
+
+SIMULATOR_ONLY_FEATURES: Final = (
+    # What the real trips have only as the simulator invents it: GNSS quality (a trip's
+    # fixes are interpolated positions, not a receiver's), traffic by hour and weekday
+    # (the simulator's profile), promised windows (no real trip has one). Excluded by
+    # default (zero weights). Stop types and parcels stay: a fleet's manifests carry
+    # them, and the real trips (one type, one parcel per stop) cannot learn them wrong;
+    # the ablation, leave-trips-out, is in docs/eta.md ("Learning from real trips").
+    "tod_sin",
+    "tod_cos",
+    "dow_sin",
+    "dow_cos",
+    "late_s",
+    "late_known",
+    "hdop",
+    "hdop_known",
+    "sats",
+    "fix_fraction_60s",
+)
+MIN_CALIBRATION_ROWS: Final = 30
+"""Fewer held-out rows in a horizon bucket: no evidence, the ETA is the naive one."""
+_SHRINK_GRID: Final = np.linspace(0.0, 1.0, 21)
+
+
+def is_simulated(day_name: str) -> bool:
+    return day_name.startswith(SIMULATED_PREFIX)
+
+
+def trip_halt_s(day_name: str) -> float | None:
+    """The minimum halt of a trip day's manifest from its name (``[trip-]hSECONDS-NAME``,
+    :func:`simulator.eta_days.trip_day`), ``None`` for any other name."""
+    head, sep, _ = day_name.removeprefix("trip-").partition("-")
+    if sep and head[:1] == "h" and head[1:].replace(".", "", 1).isdigit():
+        return float(head[1:])
+    return None
+
+
+def day_source(day_name: str) -> str:
+    """The recording a day comes from: a trip's manifests of different minimum halts
+    (``h60-X`` and ``X``, with or without ``trip-``) share their fixes, so they are one
+    source and are held out together."""
+    rest = day_name.removeprefix("trip-")
+    if trip_halt_s(day_name) is not None:
+        rest = rest.partition("-")[2]
+    return rest
 
 
 class TrainingError(IngestError, ValueError):
@@ -89,8 +145,31 @@ class TrainConfig:
     # MLPs trained from different seeds and averaged (exported as one wider MLP): an
     # ensemble answers more steadily on days unlike the training days.
     ensemble: int = 3
+    # Share of the loss the real days' rows carry when both kinds are present (the
+    # simulator's days would otherwise drown the few real trips).
+    real_share: float = 0.5
+    # Features the model must not use (zero weights): names of FEATURE_NAMES.
+    exclude: tuple[str, ...] = SIMULATOR_ONLY_FEATURES
+    # Calibrate shrink and interval on the held-out rows of the real trips' manifests of
+    # halts of at least ``calibrate_min_halt_s`` (:func:`trip_halt_s`: a delivery stop
+    # is a long halt, and the short halts in between are traffic); failing
+    # ``min_calibration_rows`` of them, on every held-out real day's; failing that, on
+    # every held-out row.
+    calibrate_min_halt_s: float = 60.0
+    min_calibration_rows: int = 200
+    # Calibrate on out-of-fold predictions of the real days instead (this many folds of
+    # their recordings, each a one-member training; 0: on the held-out days, no extra
+    # training). Costs calibration_folds more trainings.
+    calibration_folds: int = 4
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.exclude) - set(FEATURE_NAMES))
+        if unknown:
+            raise ConfigError(f"exclude names unknown features: {', '.join(unknown)}")
+        if not 0.0 < self.real_share < 1.0:
+            raise ConfigError("real_share must be in (0, 1)")
+        if self.calibration_folds < 0 or self.calibration_folds == 1:
+            raise ConfigError("calibration_folds must be 0 (off) or >= 2")
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError("hidden must list at least one layer size >= 1")
         if min(self.max_epochs, self.patience, self.batch_size, self.ensemble) < 1:
@@ -99,6 +178,12 @@ class TrainConfig:
             raise ConfigError("val_fraction must be in (0, 1)")
         if self.learning_rate <= 0 or self.huber_delta <= 0 or self.weight_decay < 0:
             raise ConfigError("learning_rate and huber_delta must be > 0, weight_decay >= 0")
+
+
+QUICK_CONFIG: Final = TrainConfig(max_epochs=15, ensemble=1)
+"""A training for evaluations that train once per held-out fold: one member, 15 epochs
+(the out-of-fold calibration included: about 30-80 s on the 141,659 rows of the 60
+simulator days and 76 trip manifests, shared 2-CPU VM; bench/eta_loto.py's figures)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +226,9 @@ class TrainResult:
     val_baseline: ErrorStats
     train_time_s: float
     history: tuple[float, ...] = field(default=())  # validation MAE (s) per epoch
+    calibration: Calibration | None = None
+    calibration_rows: int = 0  # held-out rows it was fit on
+    calibration_on: str = ""  # which
 
     @property
     def val_ratio(self) -> float:
@@ -148,22 +236,101 @@ class TrainResult:
         return self.val_model.mae_s / self.val_baseline.mae_s
 
     def predict_s(self, x: npt.ArrayLike, naive_s: npt.ArrayLike) -> FloatArray:
-        """Seconds to arrival for feature rows, as the agent computes them (float64)."""
-        return eta_from_log_ratio(naive_s, mlp_forward(self.layers, x)[:, 0])
+        """Seconds to arrival for feature rows, as the agent computes them (float64);
+        ``naive_s`` the anchor (the dataset's ``naive_s``)."""
+        return answer(naive_s, mlp_forward(self.layers, x)[:, 0], self.calibration).eta_s
+
+    def predict_interval_s(
+        self, x: npt.ArrayLike, naive_s: npt.ArrayLike
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(eta, p10, p90) in seconds; without a calibration p10 = p90 = eta."""
+        got = answer(naive_s, mlp_forward(self.layers, x)[:, 0], self.calibration)
+        eta = got.eta_s
+        p10 = got.p10_s if got.p10_s is not None else eta
+        p90 = got.p90_s if got.p90_s is not None else eta
+        return eta, p10, p90
 
 
 def split_days(
     dataset: EtaDataset, val_fraction: float, seed: int
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(training days, validation days): a seeded draw of whole days, at least one each
-    (:class:`TrainingError` with fewer than two days)."""
+    (:class:`TrainingError` with fewer than two days), stratified: simulated and real
+    days are each held out in that share (a kind with one day stays in training), by
+    source (:func:`day_source`: a trip's manifests leave together)."""
     names = sorted({dataset.day_names[g] for g in np.unique(dataset.groups)})
     if len(names) < 2:
         raise TrainingError(f"training needs rows from at least two days, got {len(names)}")
-    order = np.random.default_rng(seed).permutation(len(names))
-    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names))))
-    val = tuple(sorted(names[i] for i in order[:n_val]))
-    return tuple(sorted(set(names) - set(val))), val
+    sources = sorted({day_source(n) for n in names})
+    rng = np.random.default_rng(seed)
+    held: list[str] = []
+    kinds = [[n for n in sources if is_simulated(n)], [n for n in sources if not is_simulated(n)]]
+    for kind in kinds:
+        if len(kind) >= 2:
+            order = rng.permutation(len(kind))
+            n_val = min(len(kind) - 1, max(1, round(val_fraction * len(kind))))
+            held += [kind[i] for i in order[:n_val]]
+    if not held:
+        held = [sources[int(rng.integers(len(sources)))]]
+    val = tuple(n for n in names if day_source(n) in set(held))
+    if len(val) == len(names):
+        raise TrainingError("training needs rows from at least two recordings")
+    return tuple(n for n in names if n not in set(val)), val
+
+
+def source_weights(dataset: EtaDataset, real_share: float) -> FloatArray:
+    """Per row, a weight that gives the real days' rows ``real_share`` of the total (1
+    everywhere when the rows are all of one kind); mean 1."""
+    real_day = np.array([not is_simulated(n) for n in dataset.day_names], dtype=np.bool_)
+    real = real_day[dataset.groups] if len(dataset) else np.zeros(0, dtype=np.bool_)
+    n_real = int(real.sum())
+    n_sim = len(real) - n_real
+    if n_real == 0 or n_sim == 0:
+        return np.ones(len(real))
+    return np.where(real, real_share / n_real, (1.0 - real_share) / n_sim) * len(real)
+
+
+def fit_calibration(
+    anchor_s: FloatArray,
+    log_ratio: FloatArray,
+    actual_s: FloatArray,
+    edges_s: Sequence[float] = HORIZON_EDGES_S,
+) -> Calibration:
+    """Per anchor bucket, the share of the model's correction that minimises the MAE in
+    seconds on these (held-out) rows, and the 10th/90th percentiles of the log ratio of
+    the truth to the shrunk ETA (both + 60 s). A bucket with fewer than
+    :data:`MIN_CALIBRATION_ROWS` rows keeps the naive ETA (shrink 0) and takes the
+    interval of all rows."""
+    probe = Calibration(tuple(edges_s), *([(0.0,) * (len(edges_s) + 1)] * 3))
+    bucket = probe.bucket(anchor_s)
+    shrink: list[float] = []
+    residual = np.zeros(len(actual_s))
+    for b in range(len(edges_s) + 1):
+        rows = bucket == b
+        best_w = 0.0
+        if int(rows.sum()) >= MIN_CALIBRATION_ROWS:
+            maes = [
+                float(
+                    np.abs(
+                        eta_from_log_ratio(anchor_s[rows], w * log_ratio[rows]) - actual_s[rows]
+                    ).mean()
+                )
+                for w in _SHRINK_GRID
+            ]
+            best_w = float(_SHRINK_GRID[int(np.argmin(maes))])
+        shrink.append(best_w)
+        eta = eta_from_log_ratio(anchor_s[rows], best_w * log_ratio[rows])
+        residual[rows] = np.log((np.maximum(actual_s[rows], 0.0) + 60.0) / (eta + 60.0))
+    limit = 2.9  # within the contract's +-3
+    q10: list[float] = []
+    q90: list[float] = []
+    for b in range(len(edges_s) + 1):
+        rows = bucket == b
+        pool = residual[rows] if int(rows.sum()) >= MIN_CALIBRATION_ROWS else residual
+        lo, hi = np.quantile(pool, [0.1, 0.9]) if len(pool) else (0.0, 0.0)
+        q10.append(float(np.clip(min(lo, 0.0), -limit, limit)))
+        q90.append(float(np.clip(max(hi, 0.0), -limit, limit)))
+    return Calibration(tuple(float(e) for e in edges_s), tuple(shrink), tuple(q10), tuple(q90))
 
 
 class _Mlp:
@@ -279,6 +446,8 @@ def train(
 
     x_tr = tr.x.astype(np.float64)
     prepare = _Inputs.fit(x_tr, config.clip_quantile)
+    used = np.array([name not in config.exclude for name in FEATURE_NAMES], dtype=np.bool_)
+    prepare = dataclasses.replace(prepare, varies=prepare.varies & used)
     varies = prepare.varies
     z_tr = prepare(x_tr)
     z_va = prepare(va.x)
@@ -294,7 +463,27 @@ def train(
         )
     mlp = _average(m.mlp for m in members)
     layers = _fold(mlp, prepare)
-    predicted = eta_from_log_ratio(va.naive_s, mlp_forward(layers, va.x)[:, 0])
+    out_va = mlp_forward(layers, va.x)[:, 0]
+    oof = _out_of_fold(dataset, config) if config.calibration_folds > 1 else None
+    if oof is not None:
+        held, out_held = oof
+        cal, cal_on = _calibration_rows(held, config)
+        cal_on = f"out-of-fold ({config.calibration_folds} folds of real trips): {cal_on}"
+        calibration = fit_calibration(held.naive_s[cal], out_held[cal], held.actual_s[cal])
+        # Horizons the real trips do not reach (beyond an hour, say): the held-out
+        # validation days (simulated ones included) are the only evidence there.
+        counts = np.bincount(
+            calibration.bucket(held.naive_s[cal]), minlength=len(calibration.shrink)
+        )
+        sparse = counts < MIN_CALIBRATION_ROWS
+        if sparse.any():
+            fallback = fit_calibration(va.naive_s, out_va, va.actual_s)
+            calibration = _merge(calibration, fallback, sparse)
+            cal_on += "; buckets without them: held-out days"
+    else:
+        cal, cal_on = _calibration_rows(va, config)
+        calibration = fit_calibration(va.naive_s[cal], out_va[cal], va.actual_s[cal])
+    predicted = answer(va.naive_s, out_va, calibration).eta_s
     return TrainResult(
         layers=layers,
         config=config,
@@ -308,7 +497,63 @@ def train(
         val_baseline=ErrorStats.of(va.naive_s, va.actual_s),
         train_time_s=time.perf_counter() - started,
         history=tuple(members[0].history),
+        calibration=calibration,
+        calibration_rows=int(cal.sum()),
+        calibration_on=cal_on,
     )
+
+
+def _merge(a: Calibration, b: Calibration, use_b: npt.NDArray[np.bool_]) -> Calibration:
+    """``a``, with ``b``'s values in the buckets ``use_b`` (same edges)."""
+
+    def pick(x: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(yv if flag else xv for xv, yv, flag in zip(x, y, use_b, strict=True))
+
+    return Calibration(a.edges_s, pick(a.shrink, b.shrink), pick(a.q10, b.q10), pick(a.q90, b.q90))
+
+
+def _out_of_fold(dataset: EtaDataset, config: TrainConfig) -> tuple[EtaDataset, FloatArray] | None:
+    """The real days' rows, each predicted by a model trained without its recording
+    (``calibration_folds`` folds of the real recordings, seeded by ``split_seed``; each
+    fold one ensemble member, otherwise ``config``), and those predictions (the output
+    column); ``None`` with fewer real recordings than folds."""
+    real_day = np.array([not is_simulated(n) for n in dataset.day_names], dtype=np.bool_)
+    sources = sorted({day_source(n) for n, r in zip(dataset.day_names, real_day, strict=True) if r})
+    if len(sources) < config.calibration_folds:
+        return None
+    order = np.random.default_rng(config.split_seed).permutation(len(sources))
+    fold_of = {sources[i]: k % config.calibration_folds for k, i in enumerate(order)}
+    day_fold = np.array(
+        [
+            fold_of[day_source(n)] if r else -1
+            for n, r in zip(dataset.day_names, real_day, strict=True)
+        ]
+    )
+    row_fold = day_fold[dataset.groups]
+    out = np.zeros(len(dataset))
+    inner = dataclasses.replace(config, calibration_folds=0, ensemble=1)
+    for k in range(config.calibration_folds):
+        held = row_fold == k
+        result = train(dataset.select(~held), inner)
+        out[held] = mlp_forward(result.layers, dataset.x[held])[:, 0]
+    real_rows = row_fold >= 0
+    return dataset.select(real_rows), out[real_rows]
+
+
+def _calibration_rows(va: EtaDataset, config: TrainConfig) -> tuple[npt.NDArray[np.bool_], str]:
+    """The held-out rows the calibration is fit on, and what they are (config doc)."""
+    names = va.day_names
+    halts = [trip_halt_s(n) for n in names]
+    preferred = np.array(
+        [h is not None and h >= config.calibrate_min_halt_s for h in halts], dtype=np.bool_
+    )
+    real = np.array([not is_simulated(n) for n in names], dtype=np.bool_)
+    long_halts = f"held-out real trips of halts >= {config.calibrate_min_halt_s:g} s"
+    for days, what in ((preferred, long_halts), (real, "held-out real days")):
+        rows = days[va.groups] if len(va) else np.zeros(0, dtype=np.bool_)
+        if int(rows.sum()) >= config.min_calibration_rows:
+            return rows, what
+    return np.ones(len(va), dtype=np.bool_), "held-out days"
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +582,8 @@ def _fit_member(
     """One MLP trained with Adam and early stopping (module doc); the best epoch's."""
     y_tr = tr.y_target
     weight_tr = (tr.actual_s + 60.0) / (tr.actual_s + 60.0).mean()
+    weight_tr = weight_tr * source_weights(tr, config.real_share)
+    weight_va = source_weights(va, config.real_share)
     mlp = _Mlp([z_tr.shape[1], *config.hidden, 1], rng)
     mlp.weights[0] *= varies  # constant columns carry nothing: no weight, ever
     # Start near "the baseline times the typical correction": a full-size random last
@@ -349,7 +596,8 @@ def _fit_member(
 
     def val_mae() -> float:
         out, _ = mlp.forward(z_va)
-        return float(np.abs(eta_from_log_ratio(va.naive_s, out) - va.actual_s).mean())
+        error = np.abs(eta_from_log_ratio(va.naive_s, out) - va.actual_s)
+        return float((error * weight_va).mean())
 
     best = val_mae()
     best_params = [p.copy() for p in params]
@@ -494,6 +742,11 @@ def training_record(
         "val_mae_ratio": round(result.val_ratio, 3),
         "val_p90_model_s": round(result.val_model.p90_s, 1),
         "val_p90_baseline_s": round(result.val_baseline.p90_s, 1),
+        "calibration": None
+        if result.calibration is None
+        else json.loads(result.calibration.to_json()),
+        "calibration_rows": result.calibration_rows,
+        "calibration_on": result.calibration_on,
     }
 
 
@@ -508,4 +761,6 @@ def export_model(result: TrainResult, record: Mapping[str, Any]) -> bytes:
         "features": json.dumps(list(FEATURE_NAMES)),
         "training": json.dumps(record, sort_keys=True),
     }
+    if result.calibration is not None:
+        metadata["calibration"] = result.calibration.to_json()
     return export_mlp(result.layers, batch=EXPORT_BATCH, metadata=metadata)

@@ -11,6 +11,9 @@ one directory format, defined here:
   decode`` (:meth:`~.fix.Fix.to_json`), fixes without a time or position included;
 - ``arrivals.json``: ``{"stop_id": "2026-11-21T08:14:03.000Z", ...}``, the true arrival
   of each stop that has one (a stop missing here is unserved but gives no label);
+- ``departures.json`` (optional, same form): when the vehicle left each stop, where
+  known (days written before it existed read with none; the training rows then derive
+  the departure from the fixes, as the van's geofence does);
 - ``day.json``: where the day comes from (free form, for people: seed, source file).
 
 Blocking file I/O; pure otherwise.
@@ -33,6 +36,7 @@ from firmware_agent.contract.times import format_utc, parse_utc
 MANIFEST: Final = "manifest.json"
 FIXES: Final = "fixes.jsonl"
 ARRIVALS: Final = "arrivals.json"
+DEPARTURES: Final = "departures.json"
 ABOUT: Final = "day.json"
 
 
@@ -46,7 +50,8 @@ class EtaDay:
 
     ``manifest`` is the plan the van had; ``fixes`` what it saw, in time order (fixes
     without a time are skipped by whoever reads them); ``arrivals`` when each stop was
-    really reached (UTC-aware). ``about`` says where the day comes from.
+    really reached (UTC-aware); ``departures`` when it left them, where known (may be
+    empty). ``about`` says where the day comes from.
     """
 
     name: str
@@ -54,6 +59,7 @@ class EtaDay:
     fixes: Sequence[Fix]
     arrivals: Mapping[str, datetime]
     about: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    departures: Mapping[str, datetime] = field(default_factory=dict)
 
 
 def write_day(day: EtaDay, directory: Path) -> Path:
@@ -66,6 +72,12 @@ def write_day(day: EtaDay, directory: Path) -> Path:
         out.writelines(fix.to_json() + "\n" for fix in day.fixes)
     arrivals = {stop_id: format_utc(at) for stop_id, at in day.arrivals.items()}
     (directory / ARRIVALS).write_text(json.dumps(arrivals, indent=1) + "\n", encoding="utf-8")
+    departures_path = directory / DEPARTURES
+    if day.departures:
+        departures = {stop_id: format_utc(at) for stop_id, at in day.departures.items()}
+        departures_path.write_text(json.dumps(departures, indent=1) + "\n", encoding="utf-8")
+    else:
+        departures_path.unlink(missing_ok=True)
     about = {"name": day.name, **day.about}
     (directory / ABOUT).write_text(json.dumps(about, indent=1) + "\n", encoding="utf-8")
     return directory
@@ -88,23 +100,32 @@ def read_day(directory: Path) -> EtaDay:
         raise EtaDayError(f"{path}: {err}") from None
     except (OSError, ValueError) as err:  # CodecError and JSONDecodeError are ValueErrors
         raise EtaDayError(f"{path}: {err}") from err
-    path = directory / ARRIVALS
-    arrivals: dict[str, datetime] = {}
-    try:
-        times = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as err:
-        raise EtaDayError(f"{path}: {err}") from err
-    for stop_id, text in _object(times, str(path)).items():
-        at = parse_utc(text)
-        if at is None:
-            raise EtaDayError(f"{path}: {stop_id}: {text!r:.40} is no ISO 8601 UTC time")
-        arrivals[stop_id] = at
+    arrivals = _times(directory / ARRIVALS, required=True)
+    departures = _times(directory / DEPARTURES, required=False)
     try:
         about = json.loads((directory / ABOUT).read_text("utf-8"))
     except (OSError, ValueError):
         about = {}  # for people only: a day without it is still a day
     about = about if isinstance(about, dict) else {}
-    return EtaDay(str(about.get("name", directory.name)), manifest, fixes, arrivals, about)
+    name = str(about.get("name", directory.name))
+    return EtaDay(name, manifest, fixes, arrivals, about, departures)
+
+
+def _times(path: Path, *, required: bool) -> dict[str, datetime]:
+    """``{"stop_id": ISO 8601 UTC}`` from ``path``; an absent optional file is empty."""
+    if not required and not path.exists():
+        return {}
+    try:
+        times = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        raise EtaDayError(f"{path}: {err}") from err
+    out: dict[str, datetime] = {}
+    for stop_id, text in _object(times, str(path)).items():
+        at = parse_utc(text) if isinstance(text, str) else None
+        if at is None:
+            raise EtaDayError(f"{path}: {stop_id}: {text!r:.40} is no ISO 8601 UTC time")
+        out[stop_id] = at
+    return out
 
 
 def day_directories(paths: Iterable[Path]) -> list[Path]:

@@ -10,8 +10,10 @@ plan from the manifest, the van's recent motion from the fixes it is fed.
 - :func:`eta_features` turns (now, plan, the van's position, served stops, history) into
   one float32 row per remaining stop, columns as :data:`FEATURE_NAMES` (the model's input
   contract, versioned by :data:`FEATURES_VERSION`).
-- :func:`naive_eta_s` is the industry's naive ETA (remaining distance / recent average
-  speed), always computed and published beside the model's answer.
+- :func:`naive_eta_s` is the naive ETA (distance / recent average speed): over the route
+  and the 15-minute mean (``naive_eta_s``, a feature), and over the straight lines
+  through the remaining stops and the 5-minute mean (``chain_naive_s``, the customer's
+  naive: the model's anchor, published beside its answer).
 
 Where the van is on the plan
 ----------------------------
@@ -107,7 +109,7 @@ BoolArray = npt.NDArray[np.bool_]
 Served = AbstractSet[str] | Sequence[bool] | BoolArray
 """Which stops are served: a set of stop ids (unknown ids are ignored) or one flag per stop."""
 
-FEATURES_VERSION: Final = "eta-features/1"
+FEATURES_VERSION: Final = "eta-features/2"
 
 STOP_TYPE_ORDER: Final = ("house", "apartment", "business", "locker", "other")
 """The manifest's stop types in feature order (the one-hot and per-type count columns)."""
@@ -146,6 +148,11 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
     "fix_fraction_60s",  # share of the seconds with a position fix (0..1)
     # The baseline, also the model's natural reference.
     "naive_eta_s",  # naive_eta_s(remaining_m, mean_speed_15m_mps)
+    # eta-features/2: the customer's naive ETA (the model's anchor) and the dwell.
+    "chain_m",  # straight lines from the van through the remaining stops, in stop order (m)
+    "chain_naive_s",  # naive_eta_s(chain_m, mean_speed_5m_mps): the customer's naive
+    "dwell_s",  # time at the stop the van stands at (since its arrival; 0 while driving)
+    "parcels_here",  # parcels left to hand over at that stop (0 while driving)
 )
 N_FEATURES: Final = len(FEATURE_NAMES)
 _COL: Final = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -825,6 +832,10 @@ class FeatureMatrix:
         return len(self.stop_ids)
 
 
+def _non_negative(value: float) -> float:
+    return value if math.isfinite(value) and value > 0.0 else 0.0
+
+
 def _on_circle(fraction: float) -> tuple[float, float]:
     angle = 2.0 * math.pi * fraction
     return math.sin(angle), math.cos(angle)
@@ -852,8 +863,14 @@ def eta_features(
     *,
     day_start: datetime | None = None,
     order: Sequence[int] | npt.NDArray[np.intp] | None = None,
+    dwell_s: float = 0.0,
+    parcels_here: float = 0.0,
 ) -> FeatureMatrix:
     """The model's input at ``now``: one row per unserved stop, in stop order.
+
+    ``dwell_s``: seconds since the van arrived at the stop it still stands at (0 while
+    driving, or once it has left); ``parcels_here``: the parcels still to hand over
+    there (0 while driving). Negative or non-finite values read as 0.
 
     ``position`` is the van on ``plan`` (:meth:`RoutePlan.project`, with the same
     ``served``); ``history`` the van's :class:`SpeedHistory` (or its stats at ``now``);
@@ -960,6 +977,17 @@ def eta_features(
     out[:, col["sats"]] = stats.sats
     out[:, col["fix_fraction_60s"]] = stats.fix_fraction_60s
     out[:, col["naive_eta_s"]] = naive
+    # The customer's naive: straight lines from the van to the next remaining stop and
+    # on through the remaining stops (in the expected order, stop order by default),
+    # over the last 5 minutes' mean speed.
+    seq_xy = stop_xy[np.argsort(rank, kind="stable")]
+    legs = np.hypot(*np.diff(seq_xy, axis=0).T) if n > 1 else np.zeros(0)
+    first_leg = math.hypot(float(seq_xy[0, 0]) - x, float(seq_xy[0, 1]) - y)
+    chain = (first_leg + np.concatenate(([0.0], np.cumsum(legs))))[rank]
+    out[:, col["chain_m"]] = chain
+    out[:, col["chain_naive_s"]] = naive_eta_s(chain, stats.mean_5m_mps)
+    out[:, col["dwell_s"]] = _non_negative(dwell_s)
+    out[:, col["parcels_here"]] = _non_negative(parcels_here)
 
     # Defence in depth: one NaN reaching the model would poison every ETA it publishes
     # (a NaN position from a caller, say); the contract is "always finite".

@@ -6,15 +6,29 @@ The metadata lives in the .tflite file itself (:mod:`.model_file` reads it):
   normalization is folded into the model's first layer);
 - metadata ``features_version`` equal to :data:`~.eta_features.FEATURES_VERSION`,
   ``model_version`` (a name the agent reports in status and on every ETA event),
-  ``output`` equal to :data:`OUTPUT_LOG_RATIO`;
-- output column 0: ``log((actual_s + 60) / (naive_s + 60))``, a correction of the
-  naive baseline. A log ratio keeps one model good at 2 min and at 2 h; the 60 s
-  offset keeps it finite for a stop the van is about to reach.
+  ``output`` equal to :data:`OUTPUT_LOG_RATIO`, and optionally ``calibration``
+  (:class:`Calibration`, JSON);
+- output column 0: ``log((actual_s + 60) / (anchor_s + 60))``, a correction of the
+  *anchor*, the customer's naive ETA (``chain_naive_s``: straight lines through the
+  remaining stops over the last 5 minutes' mean speed). A log ratio keeps one model good
+  at 2 min and at 2 h; the 60 s offset keeps it finite for a stop the van is about to
+  reach.
+
+The calibration, fit on held-out real trips, does two things per horizon bucket (of the
+anchor): it *shrinks* the model's correction towards the anchor (``eta`` uses
+``shrink * y``: 0 is the naive ETA itself, where the model has shown no gain), and
+gives the interval: ``p10``/``p90`` are the eta times the 10th/90th percentile of the
+held-out ratio ``(actual + 60) / (eta + 60)``. A model without calibration is used
+unshrunk and without an interval.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -23,11 +37,16 @@ from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import FEATURE_NAMES, FEATURES_VERSION
 from firmware_agent.contract.model_file import read_model
 
-OUTPUT_LOG_RATIO: Final = "log_ratio_plus60/1"
+OUTPUT_LOG_RATIO: Final = "log_ratio_chain_plus60/2"
 OFFSET_S: Final = 60.0
 # A correction beyond x/e^3..x*e^3 is the model extrapolating, not knowledge: clipped.
 MAX_ABS_LOG_RATIO: Final = 3.0
 NAIVE_COLUMN: Final = FEATURE_NAMES.index("naive_eta_s")
+ANCHOR_COLUMN: Final = FEATURE_NAMES.index("chain_naive_s")
+"""The model's reference and the van's baseline: the customer's naive ETA."""
+HORIZON_EDGES_S: Final = (300.0, 900.0, 1800.0, 3600.0)
+"""Upper edges of the calibration's anchor buckets (0-5, 5-15, 15-30, 30-60, 60+ min)."""
+MAX_CALIBRATION_BUCKETS: Final = 64
 
 
 def eta_from_log_ratio(naive_s: npt.ArrayLike, log_ratio: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -44,6 +63,90 @@ def log_ratio_target(actual_s: npt.ArrayLike, naive_s: npt.ArrayLike) -> npt.NDA
     return np.log((actual + OFFSET_S) / (naive + OFFSET_S))
 
 
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Per anchor bucket (``edges_s``: upper edges, the last bucket open): how much of
+    the model's correction to keep (``shrink``, 0..1) and the log ratios of the
+    interval (``q10`` <= ``q90``) around the shrunk ETA, for ``eta + 60`` s."""
+
+    edges_s: tuple[float, ...]
+    shrink: tuple[float, ...]
+    q10: tuple[float, ...]
+    q90: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.edges_s) + 1
+        if n > MAX_CALIBRATION_BUCKETS:
+            raise ModelError(f"calibration has {n} buckets, at most {MAX_CALIBRATION_BUCKETS}")
+        if any(len(v) != n for v in (self.shrink, self.q10, self.q90)):
+            raise ModelError(f"calibration needs {n} values per list for {n - 1} edges")
+        values = (*self.edges_s, *self.shrink, *self.q10, *self.q90)
+        if not all(math.isfinite(v) for v in values):
+            raise ModelError("calibration values must be finite")
+        if list(self.edges_s) != sorted(self.edges_s) or any(e <= 0 for e in self.edges_s):
+            raise ModelError("calibration edges must be positive and increasing")
+        if not all(0.0 <= w <= 1.0 for w in self.shrink):
+            raise ModelError("calibration shrink factors must be within 0..1")
+        if any(
+            lo > hi or abs(lo) > MAX_ABS_LOG_RATIO or abs(hi) > MAX_ABS_LOG_RATIO
+            for lo, hi in zip(self.q10, self.q90, strict=True)
+        ):
+            raise ModelError(f"calibration needs q10 <= q90, each within +-{MAX_ABS_LOG_RATIO}")
+
+    def bucket(self, anchor_s: npt.ArrayLike) -> npt.NDArray[np.intp]:
+        """The bucket of each anchor (seconds)."""
+        edges = np.asarray(self.edges_s, dtype=np.float64)
+        return np.searchsorted(edges, np.asarray(anchor_s, dtype=np.float64), side="right")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"edges_s": self.edges_s, "shrink": self.shrink, "q10": self.q10, "q90": self.q90}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        """:class:`ModelError` for anything but the form :meth:`to_json` writes."""
+        try:
+            doc: Any = json.loads(text)
+            return cls(*(tuple(float(v) for v in _list(doc[k])) for k in _CALIBRATION_KEYS))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ModelError(f"model calibration is unreadable: {err}") from None
+
+
+_CALIBRATION_KEYS: Final = ("edges_s", "shrink", "q10", "q90")
+
+
+def _list(value: object) -> Sequence[Any]:
+    if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
+        raise TypeError("expected a list of numbers")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Seconds to arrival per row: the point estimate and, with a calibration, the
+    p10 / p90 interval (``None`` without)."""
+
+    eta_s: npt.NDArray[np.float64]
+    p10_s: npt.NDArray[np.float64] | None
+    p90_s: npt.NDArray[np.float64] | None
+
+
+def answer(
+    anchor_s: npt.ArrayLike, log_ratio: npt.ArrayLike, calibration: Calibration | None
+) -> Answer:
+    """The ETA (and interval) from the anchor and the model's output column (module doc)."""
+    anchor = np.maximum(0.0, np.asarray(anchor_s, dtype=np.float64))
+    y = np.clip(np.asarray(log_ratio, dtype=np.float64), -MAX_ABS_LOG_RATIO, MAX_ABS_LOG_RATIO)
+    if calibration is None:
+        return Answer(eta_from_log_ratio(anchor, y), None, None)
+    b = calibration.bucket(anchor)
+    eta = eta_from_log_ratio(anchor, np.asarray(calibration.shrink)[b] * y)
+    p10 = eta_from_log_ratio(eta, np.asarray(calibration.q10)[b])
+    p90 = eta_from_log_ratio(eta, np.asarray(calibration.q90)[b])
+    return Answer(eta, np.minimum(p10, eta), np.maximum(p90, eta))
+
+
 def check_model_metadata(metadata: dict[str, str]) -> None:
     """:class:`ModelError` unless a model's metadata (:func:`~firmware_agent.contract.
     model_file.read_metadata`) is for these features and this output."""
@@ -56,6 +159,14 @@ def check_model_metadata(metadata: dict[str, str]) -> None:
         raise ModelError(f"model output {metadata.get('output')!r}, expected {OUTPUT_LOG_RATIO!r}")
     if not metadata.get("model_version"):
         raise ModelError("model has no model_version in its metadata")
+    if "calibration" in metadata:
+        Calibration.from_json(metadata["calibration"])
+
+
+def model_calibration(metadata: dict[str, str]) -> Calibration | None:
+    """The model's calibration, ``None`` if it has none (:class:`ModelError` if bad)."""
+    text = metadata.get("calibration")
+    return None if text is None else Calibration.from_json(text)
 
 
 def check_model(model_bytes: bytes) -> dict[str, str]:

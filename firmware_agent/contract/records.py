@@ -475,8 +475,9 @@ EtaTrigger = Literal["first", "moved", "arrival", "heartbeat"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EtaUpdate(JsonRecord):
     """The van's predicted arrival at a stop it has not reached (``time``: when it was
-    issued; ``eta`` the model's, ``eta_baseline`` the naive one; ``model`` the model's
-    version, or ``"baseline"``; ``trigger`` why it was sent)."""
+    issued; ``eta`` the model's, ``eta_baseline`` the naive one; ``eta_p10``/``eta_p90``
+    the model's calibrated interval, when it has one; ``model`` the model's version, or
+    ``"baseline"``; ``trigger`` why it was sent)."""
 
     type: ClassVar[str] = "eta"
     stream: ClassVar[Stream] = "events"
@@ -489,6 +490,8 @@ class EtaUpdate(JsonRecord):
     horizon_s: float | None = field(default=None, metadata=_OMITTED_TENTH)
     model: str
     trigger: EtaTrigger | None = field(default=None, metadata=_OMITTED)
+    eta_p10: datetime | None = field(default=None, metadata=_OMITTED)
+    eta_p90: datetime | None = field(default=None, metadata=_OMITTED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

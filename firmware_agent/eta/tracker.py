@@ -109,14 +109,16 @@ events) and ``model`` (the model's version, or ``"baseline"`` when the van has n
 and ``eta`` is the baseline)::
 
     {"type": "eta", "time", "stop_id", "route_id", "eta", "eta_baseline", "horizon_s",
-     "model", "trigger"}
+     "model", "trigger", "eta_p10", "eta_p90"}
     {"type": "late_risk", "time", "stop_id", "route_id", "eta", "eta_baseline",
      "window_end", "late_by_s", "model"}
     {"type": "stop_passed", "time", "stop_id", "route_id", "planned_index", "reason",
      "closest_m", "eta", "eta_baseline", "stops_before", "model"}
 
-``eta`` is the predicted arrival, ``eta_baseline`` the naive one (remaining distance /
-recent average speed), ``horizon_s`` = ``eta`` - ``time`` in seconds, ``late_by_s`` =
+``eta`` is the predicted arrival, ``eta_baseline`` the customer's naive one (straight
+lines through the remaining stops / the 5-minute average speed), ``eta_p10``/``eta_p90``
+the model's calibrated interval (absent without one), ``horizon_s`` = ``eta`` - ``time``
+in seconds, ``late_by_s`` =
 ``eta`` - ``window_end``. The JSON Schema is ``firmware_agent/contract/schemas/
 events.schema.json``.
 
@@ -306,6 +308,9 @@ class EtaTracker:
         self._last_fix: tuple[datetime, float, float] | None = None
         self._last_predict: datetime | None = None
         self._arrived = False  # a stop was reached since the last prediction
+        # The stop the van stands at (reached, not yet left) and since when: the
+        # features' dwell_s and parcels_here.
+        self._dwell: tuple[int, datetime] | None = None
         self.counts: dict[str, int] = {
             "predictions": 0,
             "eta": 0,
@@ -374,6 +379,9 @@ class EtaTracker:
                 new._new_passes.append((j, reason))
         new._last_fix = self._last_fix
         new._last_predict = self._last_predict
+        if self._dwell is not None:
+            j = new.plan.index.get(self.plan.stop_ids[self._dwell[0]])
+            new._dwell = None if j is None else (j, self._dwell[1])
         new.counts = self.counts
         return new
 
@@ -388,7 +396,7 @@ class EtaTracker:
         pending arrival pending).
         """
         for stop_id in arrived:
-            self._serve(stop_id)
+            self._serve(stop_id, fix.time)
         self.history.update(fix)
         if fix.time is None or fix.lat is None or fix.lon is None:
             return []
@@ -412,12 +420,28 @@ class EtaTracker:
         last one (the arrival rule). Before any position the update waits for the
         first fix. An unknown or already served stop changes nothing.
         """
-        if not self._serve(stop_id) or self._last_fix is None:
+        if not self._serve(stop_id, now) or self._last_fix is None:
             return []
         fix_time, lat, lon = self._last_fix
         return self._update(max(now, fix_time), lat, lon)
 
-    def _serve(self, stop_id: str) -> bool:
+    def on_departure(self, stop_id: str, now: datetime) -> None:
+        """The van left ``stop_id`` at ``now`` (the geofence's departure): the dwell there
+        ends, and the next prediction sees the van driving. Publishes nothing itself."""
+        i = self.plan.index.get(stop_id)
+        if self._dwell is not None and self._dwell[0] == i:
+            self._dwell = None
+
+    def dwell(self, now: datetime) -> tuple[float, float]:
+        """(seconds at the stop the van stands at, its manifest parcels), (0, 0) while
+        driving: the features' ``dwell_s`` and ``parcels_here``. The tracker does not
+        see the scans, so the parcels are the stop's, not those left to scan."""
+        if self._dwell is None:
+            return 0.0, 0.0
+        i, since = self._dwell
+        return max(0.0, (now - since).total_seconds()), float(self.plan.parcels[i])
+
+    def _serve(self, stop_id: str, at: datetime | None = None) -> bool:
         i = self.plan.index.get(stop_id)
         if i is None or self._served[i]:
             return False
@@ -434,6 +458,8 @@ class EtaTracker:
         self._closest_m[ahead] = np.inf
         self._far_since_s[ahead] = np.nan
         self._watched = None
+        if at is not None:
+            self._dwell = (i, at)
         self._published_s[i] = self._published_at_s[i] = np.nan
         self._move_since_s[i] = self._late_since_s[i] = np.nan
         self._late[i] = False
@@ -500,6 +526,7 @@ class EtaTracker:
         self._position = self.plan.project(
             lat, lon, now, self._served, since=self._position, next_stop=nxt
         )
+        dwell_s, parcels_here = self.dwell(now)
         features = eta_features(
             now,
             self.plan,
@@ -508,6 +535,8 @@ class EtaTracker:
             self.history,
             day_start=self.day_start,
             order=order,
+            dwell_s=dwell_s,
+            parcels_here=parcels_here,
         )
         self.counts["predictions"] += 1
         try:
@@ -524,7 +553,7 @@ class EtaTracker:
             # records: those stops fall back to their baseline for this prediction.
             self.counts["model_errors"] += 1
             eta_s = np.where(finite, prediction.eta_s, prediction.baseline_s)
-            prediction = dataclasses.replace(prediction, eta_s=eta_s)
+            prediction = dataclasses.replace(prediction, eta_s=eta_s, p10_s=None, p90_s=None)
         return prediction
 
     def _update(self, now: datetime, lat: float, lon: float) -> list[Record]:
@@ -561,6 +590,8 @@ class EtaTracker:
                     horizon_s=float(eta_s[k]),
                     model=model,
                     trigger=TRIGGERS[trigger[k]],
+                    eta_p10=self._maybe_at(now, prediction.p10_s, int(k)),
+                    eta_p90=self._maybe_at(now, prediction.p90_s, int(k)),
                 )
             )
         self.counts["eta"] += len(records)
@@ -693,3 +724,11 @@ class EtaTracker:
     @staticmethod
     def _at(now: datetime, seconds: float) -> datetime:
         return now + timedelta(seconds=float(seconds))
+
+    @staticmethod
+    def _maybe_at(
+        now: datetime, seconds: npt.NDArray[np.float64] | None, k: int
+    ) -> datetime | None:
+        if seconds is None or not math.isfinite(float(seconds[k])):
+            return None
+        return now + timedelta(seconds=float(seconds[k]))
