@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,8 +31,16 @@ from simulator.errors import ConfigError
 from simulator.manifest import build_manifest
 from simulator.rng import stream as random_stream
 from simulator.scenario import DEFAULT_START, ScenarioConfig, generate
-from simulator.trace import read_trace_csv, trace_epochs
-from simulator.trips import find_dwells, trip_manifest
+from simulator.trace import TracePoint, read_trace_csv, trace_epochs
+from simulator.trips import (
+    DWELL_SPREAD_M,
+    MIN_DWELL_S,
+    TRIP_STOP_RADIUS_M,
+    Dwell,
+    find_dwells,
+    trip_manifest,
+    trip_stop_order,
+)
 
 DEFAULT_SIM_STOPS: Final = 25
 
@@ -117,17 +125,40 @@ def simulator_day(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> EtaDay:
     return EtaDay(f"sim-{seed}", parse_manifest(doc), fixes, arrivals, about)
 
 
-def trip_day(csv_path: Path, *, name: str | None = None) -> EtaDay:
+def trip_day(
+    csv_path: Path,
+    *,
+    name: str | None = None,
+    min_dwell_s: float = MIN_DWELL_S,
+    max_spread_m: float = DWELL_SPREAD_M,
+    radius_m: int = TRIP_STOP_RADIUS_M,
+    passes: Callable[[Sequence[TracePoint], Sequence[Dwell]], Sequence[TracePoint]] | None = None,
+) -> EtaDay:
     """A recorded trip (``timestamp_utc,lat,lon`` CSV) as a day: stops where the vehicle
     really halted, fixes at 1 Hz interpolated between the samples, exactly as
     ``fleet-sim trip`` plays it. Raises :class:`simulator.errors.TraceFileError` for a
-    bad CSV."""
+    bad CSV.
+
+    The halt rule's settings and the stops' radius are :func:`simulator.trips.find_dwells`'
+    and :func:`simulator.trips.trip_manifest`'s defaults unless given. ``passes``, if
+    given, is called with the trace and its halts and returns places the vehicle drove
+    past, added to the manifest in the order reached without an arrival (``about``
+    lists their stop ids under ``drive_pasts``)."""
     points = read_trace_csv(csv_path)
-    dwells = find_dwells(points)
-    manifest = parse_manifest(trip_manifest(points, dwells))
+    dwells = find_dwells(points, max_spread_m=max_spread_m, min_duration_s=min_dwell_s)
+    passed = list(passes(points, dwells)) if passes is not None else []
+    manifest = parse_manifest(trip_manifest(points, dwells, radius_m=radius_m, passes=passed))
     fixes = [epoch.fix("GP") for epoch in trace_epochs(points, rate_hz=1)]
-    arrivals = {stop.id: dwell.arrival for stop, dwell in zip(manifest.stops, dwells, strict=True)}
-    about = {"source": "trip", "csv": csv_path.name}
+    arrivals: dict[str, datetime] = {}
+    drive_pasts: list[str] = []
+    for stop, place in zip(manifest.stops, trip_stop_order(dwells, passed), strict=True):
+        if isinstance(place, Dwell):
+            arrivals[stop.id] = place.arrival
+        else:
+            drive_pasts.append(stop.id)
+    about: dict[str, Any] = {"source": "trip", "csv": csv_path.name}
+    if passes is not None:
+        about["drive_pasts"] = drive_pasts
     return EtaDay(name or csv_path.stem, manifest, fixes, arrivals, about)
 
 
