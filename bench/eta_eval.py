@@ -108,6 +108,7 @@ from simulator.eta_scoring import (
     Score,
     Track,
     choose_drive_pasts,
+    instants,
     score_day,
 )
 from simulator.manifest import build_manifest
@@ -262,6 +263,10 @@ def run_fold(csv: Path, drive_seed: int, shipped: bytes | None) -> Fold:
     fold = Fold(day.name, stops=len(day.arrivals))
     if not day.arrivals:
         fold.skipped.append("no halt of 60 s or more: no stop to score")
+        return fold
+    first = next(f.time for f in day.fixes if f.time is not None and f.lat is not None)
+    if all(instants(at.timestamp(), first.timestamp()) == [] for at in day.arrivals.values()):
+        fold.skipped.append("its only halts start with the trip: no instant before an arrival")
         return fold
     if shipped is not None:
         fold.shipped = play(day, _predictor(shipped))

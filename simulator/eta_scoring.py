@@ -205,7 +205,7 @@ class BucketScore:
 
 @dataclass
 class Score:
-    """Per bucket of :data:`BUCKETS_MIN`, and how many stops were scored."""
+    """Per bucket of :data:`BUCKETS_MIN`, and how many stops had an instant scored."""
 
     buckets: list[BucketScore] = field(default_factory=lambda: [BucketScore() for _ in BUCKETS_MIN])
     stops: int = 0
@@ -239,8 +239,9 @@ def score_stop(
     arrival_s = arrivals_s[target]
     if not len(track):
         return
-    score.stops += 1
-    for t_s in instants(arrival_s, track.times_s[0]):
+    scored = instants(arrival_s, track.times_s[0])
+    score.stops += bool(scored)  # a stop reached before the first instant is not scored
+    for t_s in scored:
         n = bucket(arrival_s - t_s)
         if n is None:  # pragma: no cover - instants() stays within the buckets
             continue

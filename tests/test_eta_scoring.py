@@ -185,6 +185,11 @@ def test_records_without_an_interval_are_not_counted_for_coverage() -> None:
     )
     total = score.total()
     assert total.shown == total.instants == 33
+    assert score.stops == 1
+    # A stop reached at the first position has no instant: not counted as scored.
+    early = score_day(order=["S"], places=places, arrivals_s={"S": 0.0}, published={}, track=track)
+    assert early.stops == 0
+    assert early.total().instants == 0
     assert total.with_interval == 0
     assert total.inside == 0
 
