@@ -50,9 +50,10 @@ and the p10 and p90 sides alone) when the records carry ``eta_p10``/``eta_p90``,
 coverage 75-85 %; synthetic: <= 0.4). ``--json FILE`` writes every figure. Then the
 CPU cost of one ETA update (as before): figures only, nothing here asserts a time.
 
-Cost: with the defaults a full run takes about the time printed at its end (sim
-training days and plays in ``--jobs`` processes, one fold per task); ``--quick`` plays
-6 held-out days of 15 stops, trains folds on 12 simulator days with 20 epochs.
+Run time (sim training days and plays in ``--jobs`` processes, one fold per task; one
+fold trains in 40-130 s on a loaded 2-CPU VM, 21 folds): the defaults took 17-21 min
+there (780-910 s CPU); ``--quick`` (6 held-out days of 15 stops; folds trained on 12
+simulator days, at most 20 epochs: its real figures are not the full run's) took 4 min.
 
     .venv/bin/python bench/eta_eval.py [--quick] [--seeds 1-40] [--stops 25]
         [--train-seeds 1000-1059] [--epochs 60] [--model FILE] [--jobs 2]
