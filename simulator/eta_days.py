@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,8 +31,16 @@ from simulator.errors import ConfigError
 from simulator.manifest import build_manifest
 from simulator.rng import stream as random_stream
 from simulator.scenario import DEFAULT_START, ScenarioConfig, generate
-from simulator.trace import read_trace_csv, trace_epochs
-from simulator.trips import MIN_DWELL_S, find_dwells, trip_manifest
+from simulator.trace import TracePoint, read_trace_csv, trace_epochs
+from simulator.trips import (
+    DWELL_SPREAD_M,
+    MIN_DWELL_S,
+    TRIP_STOP_RADIUS_M,
+    Dwell,
+    find_dwells,
+    trip_manifest,
+    trip_stop_order,
+)
 
 DEFAULT_SIM_STOPS: Final = 25
 
@@ -118,21 +126,44 @@ def simulator_day(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> EtaDay:
     return EtaDay(f"sim-{seed}", parse_manifest(doc), fixes, arrivals, about, departures)
 
 
-def trip_day(csv_path: Path, *, name: str | None = None, min_halt_s: float = MIN_DWELL_S) -> EtaDay:
+def trip_day(
+    csv_path: Path,
+    *,
+    name: str | None = None,
+    min_halt_s: float = MIN_DWELL_S,
+    max_spread_m: float = DWELL_SPREAD_M,
+    radius_m: int = TRIP_STOP_RADIUS_M,
+    passes: Callable[[Sequence[TracePoint], Sequence[Dwell]], Sequence[TracePoint]] | None = None,
+) -> EtaDay:
     """A recorded trip (``timestamp_utc,lat,lon`` CSV) as a day: stops where the vehicle
     really halted for at least ``min_halt_s`` (20 s: traffic lights included; 60 s: the
     halts a delivery stop or the evaluation's manifests are made of), fixes at 1 Hz
     interpolated between the samples, exactly as ``fleet-sim trip`` plays it. Labels:
     each halt's first sample (arrival) and last (departure). Raises
-    :class:`simulator.errors.TraceFileError` for a bad CSV."""
+    :class:`simulator.errors.TraceFileError` for a bad CSV.
+
+    The halt rule's spread and the stops' radius are :func:`simulator.trips.find_dwells`'
+    and :func:`simulator.trips.trip_manifest`'s defaults unless given. ``passes``, if
+    given, is called with the trace and its halts and returns places the vehicle drove
+    past, added to the manifest in the order reached without an arrival (``about``
+    lists their stop ids under ``drive_pasts``)."""
     points = read_trace_csv(csv_path)
-    dwells = find_dwells(points, min_duration_s=min_halt_s)
-    manifest = parse_manifest(trip_manifest(points, dwells))
+    dwells = find_dwells(points, max_spread_m=max_spread_m, min_duration_s=min_halt_s)
+    passed = list(passes(points, dwells)) if passes is not None else []
+    manifest = parse_manifest(trip_manifest(points, dwells, radius_m=radius_m, passes=passed))
     fixes = [epoch.fix("GP") for epoch in trace_epochs(points, rate_hz=1)]
-    pairs = list(zip(manifest.stops, dwells, strict=True))
-    arrivals = {stop.id: dwell.arrival for stop, dwell in pairs}
-    departures = {stop.id: dwell.departure for stop, dwell in pairs}
-    about = {"source": "trip", "csv": csv_path.name, "min_halt_s": min_halt_s}
+    arrivals: dict[str, datetime] = {}
+    departures: dict[str, datetime] = {}
+    drive_pasts: list[str] = []
+    for stop, place in zip(manifest.stops, trip_stop_order(dwells, passed), strict=True):
+        if isinstance(place, Dwell):
+            arrivals[stop.id] = place.arrival
+            departures[stop.id] = place.departure
+        else:
+            drive_pasts.append(stop.id)
+    about: dict[str, Any] = {"source": "trip", "csv": csv_path.name, "min_halt_s": min_halt_s}
+    if passes is not None:
+        about["drive_pasts"] = drive_pasts
     default = csv_path.stem if min_halt_s == MIN_DWELL_S else f"h{min_halt_s:g}-{csv_path.stem}"
     return EtaDay(name or default, manifest, fixes, arrivals, about, departures)
 

@@ -141,20 +141,40 @@ def sampling_stats(points: Sequence[TracePoint]) -> dict[str, float]:
     }
 
 
+def trip_stop_order(
+    dwells: Sequence[Dwell], passes: Sequence[TracePoint] = ()
+) -> list[Dwell | TracePoint]:
+    """The stops of a trip's manifest in the order the vehicle reached them: its halts
+    (at their first sample) and the places it drove past (``passes``, at their time)."""
+    timed: list[tuple[datetime, int, Dwell | TracePoint]] = [
+        (d.arrival, n, d) for n, d in enumerate(dwells)
+    ]
+    timed += [(p.time, len(dwells) + n, p) for n, p in enumerate(passes)]
+    return [place for _, _, place in sorted(timed, key=lambda item: (item[0], item[1]))]
+
+
 def trip_manifest(
     points: Sequence[TracePoint],
     dwells: Sequence[Dwell],
     *,
     device_id: str = DEFAULT_DEVICE_ID,
     seed: int = 0,
+    radius_m: int = TRIP_STOP_RADIUS_M,
+    passes: Sequence[TracePoint] = (),
 ) -> dict[str, Any]:
-    """The manifest of a real trip: a stop per halt (see the module doc) and the path."""
+    """The manifest of a real trip: a stop per halt (see the module doc) and the path.
+
+    ``passes`` adds stops the vehicle drove past without halting (an evaluation's
+    drive-pasts), each at its place in the order reached (:func:`trip_stop_order`);
+    ``radius_m`` is every stop's geofence radius."""
+    if radius_m < 1:
+        raise ConfigError(f"radius_m must be >= 1, got {radius_m}")
     rng = random_stream("trip-parcels", seed)
     day = points[0].time.date()
     frame = LocalFrame(points[0].lat, points[0].lon)
     stops: list[dict[str, Any]] = []
     used: set[str] = set()
-    for n, dwell in enumerate(dwells):
+    for n, place in enumerate(trip_stop_order(dwells, passes)):
         code = random_carrier_code(rng)
         while code in used:
             code = random_carrier_code(rng)
@@ -162,9 +182,9 @@ def trip_manifest(
         stops.append(
             {
                 "id": stop_id(n),
-                "lat": round(dwell.lat, 7),
-                "lon": round(dwell.lon, 7),
-                "radius_m": TRIP_STOP_RADIUS_M,
+                "lat": round(place.lat, 7),
+                "lon": round(place.lon, 7),
+                "radius_m": radius_m,
                 "type": "other",
                 "parcels": [code],
             }
