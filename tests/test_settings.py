@@ -593,8 +593,9 @@ def test_the_remote_parser_takes_the_trees_remote_settings() -> None:
     assert {s: set(keys) for s, keys in SETTINGS.items()} == {
         s: set(keys) for s, keys in remote_settings().items()
     }
-    # The 39 pipeline settings the issue counts, and the two reason-card waits.
-    assert sum(len(keys) for keys in SETTINGS.values()) == 41
+    # The 39 pipeline settings the issue counts, the two reason-card waits, and the two
+    # events batching settings (issue 15).
+    assert sum(len(keys) for keys in SETTINGS.values()) == 43
 
 
 @pytest.mark.parametrize(
