@@ -163,8 +163,10 @@ def test_the_framer_refuses_what_the_layout_cannot_carry(
         frame_events("van-7", [(1, False, b'{"type":"halt"}')], sent_at=datetime(2026, 1, 1))
 
 
-def _header(count: int = 1, first_seq: int = 1) -> bytes:
-    return MAGIC + bytes((1, 0, 5)) + b"van-7" + bytes((first_seq, count, 1))
+def _header(count: int = 1, first_seq: int = 1, device: str = "van-7") -> bytes:
+    """A version 1 header (``first_seq`` and ``count`` under 128), sent_at 1 ms."""
+    name = device.encode()
+    return MAGIC + bytes((1, 0, len(name))) + name + bytes((first_seq, count, 1))
 
 
 def _deflate(body: bytes) -> bytes:
