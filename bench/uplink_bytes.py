@@ -21,9 +21,9 @@ uplink decides at every outbox change and at least every second):
 Printed: MQTT payload bytes per van-hour by stream and (events) by record type (a batch's
 bytes shared among its records in proportion to their JSON); an estimate with each
 message's MQTT 5 PUBLISH overhead (fixed header, topic, packet id, empty properties; no
-TCP/TLS); messages per hour; and how long each event type waited between its creation
-and its send (median and max). Settings are the uplink's defaults (``--set`` changes
-them: ``--set events_batch_max_age_s=120``).
+TCP/TLS); messages per hour; how long each event type waited between its creation and
+its send (median and max); and the CPU the batches' deflate and inflate cost. Settings
+are the uplink's defaults (``--set`` changes them: ``--set events_batch_max_age_s=120``).
 
     .venv/bin/python bench/uplink_bytes.py [--long-seeds 3] [--seeds 1] [--long-stops 150]
         [--stops 25] [--jobs 2] [--interval] [--set NAME=VALUE ...]
@@ -88,9 +88,13 @@ class Tally:
     by_type: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     records: Counter[str] = field(default_factory=Counter)  # events records by type
     waits_s: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    framing_s: float = 0.0  # CPU in frame_events (the van), after only
+    decoding_s: float = 0.0  # CPU in decode_events (ingest), after only
 
     def add(self, other: Tally) -> None:
         self.hours += other.hours
+        self.framing_s += other.framing_s
+        self.decoding_s += other.decoding_s
         for name in ("messages", "payload", "mqtt", "records"):
             getattr(self, name).update(getattr(other, name))
         for kind, value in other.by_type.items():
@@ -133,8 +137,12 @@ def _send_events(
             tally.by_type[record_type(p.data)] += len(payload)
     else:
         records = [(p.seq, is_historical(p.created, now), p.data) for p in batch]
+        started = time.perf_counter()
         payload = frame_events(device, records, sent_at=now)
+        tally.framing_s += time.perf_counter() - started
+        started = time.perf_counter()
         back = decode_events(payload)
+        tally.decoding_s += time.perf_counter() - started
         assert [(r.seq, r.historical, r.record) for r in back.records] == records
         tally.sent("events", topic, payload)
         total = sum(len(p.data) for p in batch)
@@ -281,6 +289,13 @@ def report(name: str, tallies: dict[str, Tally]) -> list[str]:
                 f"{t.by_type[kind] / n:.0f} | {statistics.median(waits):.0f} | "
                 f"{max(waits):.0f} |"
             )
+    after = tallies["after"]
+    out += [
+        "",
+        f"after: frame_events {after.framing_s * 1e3 / after.hours:.1f} ms of CPU per van-hour "
+        f"({after.messages['events']} batches), decode_events "
+        f"{after.decoding_s * 1e3 / after.hours:.1f} ms",
+    ]
     return [*out, ""]
 
 

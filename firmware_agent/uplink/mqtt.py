@@ -141,6 +141,7 @@ class UplinkCounts:
     seq_reports: int = 0  # statuses sent with the signed sequence report
     signed_batches: int = 0  # telemetry batches covering seqs they do not carry
     event_batches: int = 0  # events batches (firmware_agent.contract.eventbatch)
+    events_sent: int = 0  # events records sent, batched or alone (repeats included)
     downlink: int = 0
     downlink_errors: int = 0
 
@@ -519,6 +520,7 @@ class Uplink:
                 sent_at=now,
             )
             self.counts.event_batches += 1
+            self.counts.events_sent += len(records)
             await self._publish(client, topic, payload, window, publishes, stream)
         else:
             for r in records:
@@ -530,6 +532,7 @@ class Uplink:
                     historical=is_historical(r.created, now),
                     sent_at=now,
                 )
+                self.counts.events_sent += stream == "events"
                 await self._publish(client, topic, payload, window, publishes, stream)
         if self._sent[stream] <= self._acked[stream]:
             # Nothing in flight: the wait for an ack starts now (the first send of a
