@@ -68,10 +68,13 @@ SHIPPED = Path(__file__).resolve().parents[1] / "firmware_agent" / "eta" / "mode
 MODES = ("before", "after")
 
 
-def mqtt_overhead(topic: str, payload_bytes: int) -> int:
+def mqtt_overhead(topic: str, payload_bytes: int, *, alias: bool = False) -> int:
     """Bytes of an MQTT 5 QoS 1 PUBLISH besides its payload: fixed header (1 + the
-    remaining length's varint), topic (2 + its bytes), packet id (2), properties (1)."""
-    rest = 2 + len(topic.encode()) + 2 + 1 + payload_bytes
+    remaining length's varint), topic (2 + its bytes), packet id (2), properties (1).
+    ``alias``: the topic replaced by a Topic Alias (an empty topic, and the property's
+    3 bytes), as every publish but a connection's first on the topic could be."""
+    topic_bytes = 0 if alias else len(topic.encode())
+    rest = 2 + topic_bytes + 2 + 1 + 3 * alias + payload_bytes
     length_bytes = 1 if rest < 128 else 2 if rest < 16384 else 3 if rest < 2097152 else 4
     return 1 + length_bytes + rest - payload_bytes
 
@@ -84,6 +87,7 @@ class Tally:
     messages: Counter[str] = field(default_factory=Counter)  # by stream
     payload: Counter[str] = field(default_factory=Counter)  # by stream
     mqtt: Counter[str] = field(default_factory=Counter)  # by stream, payload + overhead
+    aliased: Counter[str] = field(default_factory=Counter)  # the same with a topic alias
     # Events payload by record type (a batch's bytes shared among its records).
     by_type: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     records: Counter[str] = field(default_factory=Counter)  # events records by type
@@ -95,7 +99,7 @@ class Tally:
         self.hours += other.hours
         self.framing_s += other.framing_s
         self.decoding_s += other.decoding_s
-        for name in ("messages", "payload", "mqtt", "records"):
+        for name in ("messages", "payload", "mqtt", "aliased", "records"):
             getattr(self, name).update(getattr(other, name))
         for kind, value in other.by_type.items():
             self.by_type[kind] += value
@@ -106,6 +110,7 @@ class Tally:
         self.messages[stream] += 1
         self.payload[stream] += len(payload)
         self.mqtt[stream] += len(payload) + mqtt_overhead(topic, len(payload))
+        self.aliased[stream] += len(payload) + mqtt_overhead(topic, len(payload), alias=True)
 
 
 @dataclass
@@ -260,20 +265,22 @@ def report(name: str, tallies: dict[str, Tally]) -> list[str]:
         f"### {name}",
         "",
         "| mode | hours | stream | messages/h | payload kB/van-hour | with MQTT header+topic "
-        "kB/van-hour |",
-        "|---|--:|---|--:|--:|--:|",
+        "kB/van-hour | same, topic alias (estimate) |",
+        "|---|--:|---|--:|--:|--:|--:|",
     ]
     for mode, t in tallies.items():
         for stream in ("telemetry", "events"):
             out.append(
                 f"| {mode} | {t.hours:.1f} | {stream} | {t.messages[stream] / t.hours:.0f} | "
-                f"{_kb_h(t.payload[stream], t.hours)} | {_kb_h(t.mqtt[stream], t.hours)} |"
+                f"{_kb_h(t.payload[stream], t.hours)} | {_kb_h(t.mqtt[stream], t.hours)} | "
+                f"{_kb_h(t.aliased[stream], t.hours)} |"
             )
         out.append(
             f"| {mode} | {t.hours:.1f} | **whole uplink** | "
             f"{sum(t.messages.values()) / t.hours:.0f} | "
             f"**{_kb_h(sum(t.payload.values()), t.hours)}** | "
-            f"**{_kb_h(sum(t.mqtt.values()), t.hours)}** |"
+            f"**{_kb_h(sum(t.mqtt.values()), t.hours)}** | "
+            f"**{_kb_h(sum(t.aliased.values()), t.hours)}** |"
         )
     out += [
         "",
