@@ -60,7 +60,7 @@ from firmware_agent.eta.models import DEFAULT_MODEL
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.settings import UplinkSettings
-from firmware_agent.uplink.batching import events_due, record_type
+from firmware_agent.uplink.batching import events_due, fitting, record_type
 from firmware_agent.van import VanConfig, VanPipeline
 from simulator.eta_days import format_seeds, parse_seeds, simulator_day
 
@@ -216,6 +216,7 @@ def play(
         after = events["after"]
         while after:
             head = after[:max_records]
+            head = head[: fitting([len(p.data) for p in head])]
             pending = [(record_type(p.data), p.created) for p in head]
             if not events_due(
                 pending,

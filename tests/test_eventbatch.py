@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloud_ingest.store.base import Covered, Device, Quarantined, StopEvent
-from cloud_ingest.verify import Accepted, Rejected, check_message
+from cloud_ingest.verify import MAX_MESSAGE_BYTES, Accepted, Rejected, check_message
 from firmware_agent.contract import schema, wirejson
 from firmware_agent.contract.envelope import decode_envelope, frame_record
 from firmware_agent.contract.errors import CodecError
@@ -30,7 +31,13 @@ from firmware_agent.contract.eventbatch import (
     frame_events,
     is_event_batch,
 )
-from firmware_agent.uplink.batching import DEFERRABLE, events_due, record_type
+from firmware_agent.uplink.batching import (
+    DEFERRABLE,
+    MAX_BATCH_RECORD_BYTES,
+    events_due,
+    fitting,
+    record_type,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIVED = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
@@ -272,6 +279,27 @@ def test_deferrable_records_wait_for_count_or_age_and_others_go_at_once() -> Non
     assert due([""], 0.0)
     assert {"eta", "departure"} <= DEFERRABLE
     assert "arrival" not in DEFERRABLE
+
+
+def test_a_batch_never_outgrows_what_ingest_takes() -> None:
+    assert fitting([100] * 40) == 40
+    assert fitting([60_000] * 5, 150_000) == 2
+    assert fitting([200_000, 10], 150_000) == 1  # the first always goes
+    assert fitting([]) == 0
+    # The worst case: records of incompressible text, as many as fit.
+    noise = [
+        b'{"type":"halt","x":"'
+        + bytes(random.Random(i).choices(b"0123456789abcdefghij", k=60_000))
+        + b'"}'
+        for i in range(5)
+    ]
+    n = fitting([len(r) for r in noise])
+    payload = frame_events(
+        "van-7", [(i + 1, False, r) for i, r in enumerate(noise[:n])], sent_at=SENT
+    )
+    assert n == 3
+    assert sum(len(r) for r in noise[:n]) <= MAX_BATCH_RECORD_BYTES
+    assert len(payload) < MAX_MESSAGE_BYTES
 
 
 # --- ingest's checks of a batch ------------------------------------------------------------

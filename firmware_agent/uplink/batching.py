@@ -20,6 +20,10 @@ from datetime import datetime
 from typing import Final
 
 DEFERRABLE: Final = frozenset({"eta", "departure", "halt_end", "deviation_end"})
+# The records' JSON in one batch at most: deflate never grows data by more than a few
+# bytes per 16 KiB, so the message stays well under ingest's 256 KiB limit whatever
+# the records hold (a record is at most 64 KiB: one always fits).
+MAX_BATCH_RECORD_BYTES: Final = 192 * 1024
 _PREFIX: Final = b'{"type":"'
 
 
@@ -30,6 +34,17 @@ def record_type(stored: bytes) -> str:
         return ""
     end = stored.find(b'"', len(_PREFIX))
     return stored[len(_PREFIX) : end].decode("ascii", "replace") if end > 0 else ""
+
+
+def fitting(sizes: Sequence[int], max_bytes: int = MAX_BATCH_RECORD_BYTES) -> int:
+    """How many of the records of ``sizes`` (bytes of each one's JSON, oldest first) one
+    batch carries: as many as fit in ``max_bytes``, and always the first."""
+    total = 0
+    for n, size in enumerate(sizes):
+        total += size
+        if total > max_bytes:
+            return max(n, 1)
+    return len(sizes)
 
 
 def events_due(

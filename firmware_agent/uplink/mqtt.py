@@ -73,7 +73,7 @@ from firmware_agent.contract.topics import (
     uplink_topic,
 )
 from firmware_agent.faults import FaultCounter, log_first_seen
-from firmware_agent.uplink.batching import events_due, record_type
+from firmware_agent.uplink.batching import events_due, fitting, record_type
 from firmware_agent.uplink.queue import AsyncOutbox
 
 log = logging.getLogger(__name__)
@@ -486,6 +486,8 @@ class Uplink:
             age_s = (now - records[0].created).total_seconds()
             if len(records) < c.batch_max_fixes and age_s < c.batch_max_age_s and not self._flush:
                 return False
+        if batching:
+            records = records[: fitting([len(r.payload) for r in records])]
         if batching and not events_due(
             [(record_type(r.payload), r.created) for r in records],
             now,
