@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from cloud_ingest.store.base import Covered, Device, Quarantined, StopEvent
 from cloud_ingest.verify import MAX_MESSAGE_BYTES, Accepted, Rejected, check_message
@@ -31,6 +32,8 @@ from firmware_agent.contract.eventbatch import (
     frame_events,
     is_event_batch,
 )
+from firmware_agent.contract.telemetry import HISTORICAL_AFTER_S, is_historical
+from firmware_agent.settings import UplinkSettings
 from firmware_agent.uplink.batching import (
     DEFERRABLE,
     MAX_BATCH_RECORD_BYTES,
@@ -279,6 +282,17 @@ def test_deferrable_records_wait_for_count_or_age_and_others_go_at_once() -> Non
     assert due([""], 0.0)
     assert {"eta", "departure"} <= DEFERRABLE
     assert "arrival" not in DEFERRABLE
+
+
+def test_a_record_waiting_for_its_batch_is_never_historical() -> None:
+    """The longest wait the settings allow, plus the uplink's one-second look, stays
+    under the 60 s after which a record is historical (no live alert for it)."""
+    field = UplinkSettings.model_fields["events_batch_max_age_s"]
+    longest_s = next(m.le for m in field.metadata if getattr(m, "le", None) is not None)
+    assert not is_historical(T0, T0 + timedelta(seconds=longest_s + 1.0))
+    assert UplinkSettings().events_batch_max_age_s <= longest_s
+    with pytest.raises(ValidationError):
+        UplinkSettings(events_batch_max_age_s=HISTORICAL_AFTER_S)
 
 
 def test_a_batch_never_outgrows_what_ingest_takes() -> None:

@@ -108,7 +108,8 @@ class UplinkConfig:
     # the first is this old, or at once for a record that is not deferrable; 1: each
     # record alone in its JSON envelope (what an ingest older than event batches reads).
     events_batch_max_records: int = 32
-    events_batch_max_age_s: float = 60.0
+    # Under HISTORICAL_AFTER_S (60 s): a record waiting for its batch is not historical.
+    events_batch_max_age_s: float = 45.0
     resend_after_s: float = 30.0
     # After a (re)connect the first resend comes sooner: what the van sent again on
     # connecting is lost if ingest had not subscribed again yet (a broker restarted:
