@@ -80,6 +80,7 @@ enrolled or enabled.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -97,6 +98,7 @@ from cloud_ingest.store.base import (
 )
 from firmware_agent.contract.envelope import RecordEnvelope, decode_envelope, decode_status
 from firmware_agent.contract.errors import CodecError, SchemaError
+from firmware_agent.contract.eventbatch import decode_events, is_event_batch
 from firmware_agent.contract.jws import POD_TYP, JwsError, verify_compact
 from firmware_agent.contract.pod import GENESIS_PREV, PodClaims
 from firmware_agent.contract.records import PodRecord
@@ -244,10 +246,12 @@ def check_message(
     chain links are checked separately (:func:`check_chain`).
     """
     checked = _check_message(
-        topic, payload, received_at=received_at, device=device, max_bytes=max_bytes
+        topic, payload, received_at=received_at, device=device, max_bytes=max_bytes, times=times
     )
     if times is None or not isinstance(checked, Accepted) or checked.leaf == STATUS:
         return checked
+    if checked.leaf == "events" and is_event_batch(payload):
+        return checked  # each record's time was checked as the record was
     return _check_times(checked, times, topic=topic, payload=payload, received_at=received_at)
 
 
@@ -315,8 +319,10 @@ def _check_message(
     received_at: datetime,
     device: Device | None,
     max_bytes: int,
+    times: RecordTimes | None,
 ) -> Checked:
-    """:func:`check_message` but for record times."""
+    """:func:`check_message` but for record times (which only an events batch, whose
+    records are checked one by one, uses here)."""
     try:
         parsed = parse_topic(topic)
     except CodecError as err:
@@ -336,6 +342,10 @@ def _check_message(
         return _check_telemetry(device, payload)
     if leaf == STATUS:
         return _check_status(device, payload, received_at)
+    if leaf == "events" and is_event_batch(payload):
+        return _check_event_batch(
+            device, topic, payload, received_at=received_at, max_bytes=max_bytes, times=times
+        )
     try:
         env = decode_envelope(payload, stream=leaf)
     except CodecError as err:
@@ -477,6 +487,54 @@ def _check_telemetry(device: Device, payload: bytes) -> Checked:
     # Unsigned, with fixes: each settles its own seq, and a thinned seq of its range
     # stays a hole until a signed batch covers it.
     return Accepted(device_id, "telemetry", tuple(items))
+
+
+def _check_event_batch(
+    device: Device,
+    topic: str,
+    payload: bytes,
+    *,
+    received_at: datetime,
+    max_bytes: int,
+    times: RecordTimes | None,
+) -> Checked:
+    """An events batch (:mod:`firmware_agent.contract.eventbatch`): the batch as a whole
+    (it decodes, its header fits its schema, its device is the topic's), then each record
+    exactly as the envelope it would have been alone (:func:`check_message` of
+    :func:`~firmware_agent.contract.envelope.frame_record` with the batch's device and
+    ``sent_at``). The records that pass are accepted; each one refused is quarantined
+    on its own, as that envelope (what it settles, ``covered``, is what it would settle
+    alone), and the others are stored."""
+    device_id = device.device_id
+    try:
+        batch = decode_events(payload)
+    except CodecError as err:
+        return Rejected("malformed", str(err), device_id)
+    rejected = _schema("event-batch", batch.header_json(), device_id)
+    if rejected is not None:
+        return rejected
+    if batch.device_id != device_id:
+        return _device_mismatch(batch.device_id, device_id)
+    items: list[Position | Covered | StopEvent | Pod | StatusUpdate | Released | Quarantined] = []
+    for r in batch.records:
+        where = f"events batch {batch.first_seq}..{batch.last_seq}, seq {r.seq}"
+        try:
+            alone = batch.envelope(r)
+        except CodecError as err:
+            detail = f"{where}: {err}"
+            items.append(
+                Quarantined(received_at, topic, device_id, "malformed", detail, r.record, None)
+            )
+            continue
+        checked = check_message(
+            topic, alone, received_at=received_at, device=device, max_bytes=max_bytes, times=times
+        )
+        if isinstance(checked, Rejected):
+            q = checked.quarantined(topic=topic, payload=alone, received_at=received_at)
+            items.append(dataclasses.replace(q, detail=f"{where}: {q.detail}"))
+        else:
+            items.extend(checked.items)
+    return Accepted(device_id, "events", tuple(items))
 
 
 def _public_key(device: Device) -> Ed25519PublicKey | None:

@@ -15,8 +15,9 @@ the agent's own settings (shipped defaults and /etc), never over a previous remo
 config, so a setting dropped from a later revision returns to its default:
 
 - ``telemetry``: :class:`~firmware_agent.telemetry.TelemetryConfig` (smart sampling);
-- ``uplink``: ``batch_max_fixes`` and ``batch_max_age_s`` of
-  :class:`~firmware_agent.uplink.mqtt.UplinkConfig` (telemetry batching);
+- ``uplink``: ``batch_max_fixes``, ``batch_max_age_s``, ``events_batch_max_records``
+  and ``events_batch_max_age_s`` of :class:`~firmware_agent.uplink.mqtt.UplinkConfig`
+  (telemetry and events batching);
 - ``geofence``: :class:`~firmware_agent.geofence.config.GeofenceConfig`;
 - ``van``: ``dedup_window_s``, ``max_fix_age_s``, ``reason_wait_s`` and
   ``parcel_wait_s`` of :class:`~firmware_agent.van.VanConfig` (scanning and POD, the
@@ -324,8 +325,9 @@ def apply_config(
 
     ``van`` and ``uplink`` are the agent's own settings (not a previous remote config's
     result), so that every setting ``config`` leaves out is the agent's own. Settings
-    that a section does not name keep their values; only ``batch_max_fixes`` and
-    ``batch_max_age_s`` of ``uplink`` can change. :class:`RemoteConfigError` when the
+    that a section does not name keep their values; of ``uplink`` only the batching
+    settings (``batch_max_fixes``, ``batch_max_age_s``, ``events_batch_max_records``,
+    ``events_batch_max_age_s``) can change. :class:`RemoteConfigError` when the
     settings refuse the combination (``geofence.deviation_clear_m`` above
     ``deviation_m``) or a value (``eta``: what :class:`~firmware_agent.eta.tracker.
     EtaConfig` refuses).

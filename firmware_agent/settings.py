@@ -118,6 +118,13 @@ class UplinkSettings(_Section):
     window: int = Field(default=32, ge=1, le=65_535)
     batch_max_fixes: int = Field(default=60, ge=1, le=4096, json_schema_extra=REMOTE)
     batch_max_age_s: float = Field(default=30.0, gt=0, json_schema_extra=REMOTE)
+    # The events stream in batches (firmware_agent.uplink.batching): sent at this many
+    # records, once the first is this old, or at once for a record dispatch must see
+    # now (an arrival, a late_risk, ...); 1 record: one JSON envelope each, as before.
+    events_batch_max_records: int = Field(default=32, ge=1, le=1024, json_schema_extra=REMOTE)
+    # At most 50 s: a record sent more than 60 s after it was made is historical
+    # (firmware_agent.contract.telemetry.HISTORICAL_AFTER_S), and a live one must not be.
+    events_batch_max_age_s: float = Field(default=45.0, gt=0, le=50, json_schema_extra=REMOTE)
     resend_after_s: float = Field(default=30.0, gt=0)
     reconnect_resend_s: float = Field(default=5.0, gt=0)
     report_interval_s: float = Field(default=5.0, gt=0)

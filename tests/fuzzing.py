@@ -26,6 +26,8 @@ model_file      ``read_model``, ``read_metadata`` (the .tflite         ModelErro
 telemetry       ``decode_batch``, ``verify_batch``, the JSON forms     CodecError
 envelope        ``decode_envelope`` (each stream), ``typed()``,        CodecError
                 the JSON Schema
+event_batch     ``decode_events``, its header's schema, each record    CodecError
+                as its envelope (``typed()``; a bad one is skipped)
 ack             ``decode_ack`` (the van's downlink)                   CodecError
 status          ``decode_status``                                     CodecError
 jws             ``verify_compact`` (POD typ, the device key),          JwsError, CodecError
@@ -1286,6 +1288,40 @@ def _run_envelope(data: bytes) -> None:
         env.typed().to_json()
 
 
+def event_batch_seeds() -> list[bytes]:
+    """Events batches of the simulated day's event records (and the examples'), in
+    batches of 1, 3 and all, as the uplink frames them."""
+    from firmware_agent.contract.envelope import decode_envelope  # noqa: PLC0415
+    from firmware_agent.contract.eventbatch import frame_events  # noqa: PLC0415
+
+    records: list[tuple[int, bool, bytes]] = []
+    for stream, payload in envelope_seeds():
+        if stream == "events":
+            record = json.dumps(decode_envelope(payload).record, separators=(",", ":"))
+            records.append((len(records) + 1, False, record.encode()))
+    sent_at = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    return [
+        frame_events(DEVICE, records[i : i + size], sent_at=sent_at)
+        for size in (1, 3, len(records))
+        for i in range(0, len(records), size)
+    ][:60]
+
+
+def _run_event_batch(data: bytes) -> None:
+    from firmware_agent.contract.envelope import decode_envelope  # noqa: PLC0415
+    from firmware_agent.contract.errors import CodecError  # noqa: PLC0415
+    from firmware_agent.contract.eventbatch import decode_events  # noqa: PLC0415
+    from firmware_agent.contract.schema import validate  # noqa: PLC0415
+
+    batch = decode_events(data)
+    validate("event-batch", batch.header_json())
+    for record in batch.records:
+        try:
+            decode_envelope(batch.envelope(record), stream="events").typed().to_json()
+        except CodecError:
+            continue  # one bad record spoils only itself
+
+
 def _run_ack(data: bytes) -> None:
     from firmware_agent.contract.envelope import decode_ack  # noqa: PLC0415
 
@@ -1339,6 +1375,7 @@ def _ingest_seeds() -> list[bytes]:
     prefix = f"fleet/v1/{DEVICE}/".encode()
     seeds = [prefix + b"telemetry\n" + b for b in day.batches]
     seeds += [prefix + stream.encode() + b"\n" + p for stream, p in envelope_seeds()]
+    seeds += [prefix + b"events\n" + p for p in event_batch_seeds()[:10]]
     seeds += [prefix + b"status\n" + p for p in status_payloads()]
     return seeds
 
@@ -1425,6 +1462,7 @@ def _allowed() -> dict[str, tuple[type[BaseException], ...]]:
         "model_file": (ModelError,),
         "telemetry": (CodecError,),
         "envelope": (CodecError,),
+        "event_batch": (CodecError,),
         "ack": (CodecError,),
         "status": (CodecError,),
         "jws": (JwsError, CodecError),
@@ -1446,6 +1484,7 @@ def _seeds_of(name: str) -> Callable[[], list[bytes]]:
         "model_file": lambda: [_shipped_model()],
         "telemetry": lambda: list(day().batches),
         "envelope": lambda: [p for _, p in envelope_seeds()],
+        "event_batch": event_batch_seeds,
         "ack": ack_payloads,
         "status": status_payloads,
         "jws": lambda: (
@@ -1488,6 +1527,7 @@ _RUNS: Final[dict[str, Callable[[bytes], None]]] = {
     "model_file": _run_model_file,
     "telemetry": _run_telemetry,
     "envelope": _run_envelope,
+    "event_batch": _run_event_batch,
     "ack": _run_ack,
     "status": _run_status,
     "jws": _run_jws,

@@ -34,10 +34,11 @@ from cloud_ingest.downlink import PublishError, publish_retained
 from cloud_ingest.eta.tflite_export import Dense, export_mlp
 from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.contract import schema
-from firmware_agent.contract.envelope import decode_envelope, decode_status
+from firmware_agent.contract.envelope import decode_status
 from firmware_agent.contract.errors import CodecError, ModelUpdateError
 from firmware_agent.contract.eta_features import FEATURES_VERSION, N_FEATURES
 from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO
+from firmware_agent.contract.eventbatch import decode_event_message
 from firmware_agent.contract.jws import b64url_decode, b64url_encode, canonical_json, sign_compact
 from firmware_agent.contract.keys import key_thumbprint, load_public_key, public_key_pem
 from firmware_agent.contract.model import (
@@ -775,9 +776,9 @@ async def watching(port: int) -> AsyncIterator[Seen]:
                 if str(message.topic).endswith("/status"):
                     seen.health.append(dict(decode_status(message.payload).health))
                     continue
-                envelope = decode_envelope(message.payload, stream="events")
-                if envelope.record["type"] == "eta":
-                    seen.etas.append((envelope.seq, envelope.record))
+                for envelope in decode_event_message(message.payload):
+                    if envelope.record["type"] == "eta":
+                        seen.etas.append((envelope.seq, envelope.record))
 
         task = asyncio.create_task(read())
         try:
@@ -829,7 +830,9 @@ def test_a_van_takes_a_signed_model_from_the_broker_and_keeps_it(tmp_path: Path)
         agent = Agent(
             AgentConfig(
                 state_dir=state,
-                uplink=UplinkConfig(device_id=DEVICE, port=broker.port),
+                # ETAs wait in an events batch for up to events_batch_max_age_s: this
+                # test watches them come.
+                uplink=UplinkConfig(device_id=DEVICE, port=broker.port, events_batch_max_age_s=1.0),
                 nmea_file=nmea,
                 speed=20.0,
                 model_keys=keys,

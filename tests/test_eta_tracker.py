@@ -33,6 +33,7 @@ from firmware_agent.contract.envelope import decode_envelope, decode_status
 from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.eta_features import FEATURES_VERSION, N_FEATURES, FeatureMatrix
 from firmware_agent.contract.eta_model import OUTPUT_LOG_RATIO
+from firmware_agent.contract.eventbatch import decode_event_message, decode_events
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, parse_manifest
 from firmware_agent.contract.records import Record as TypedRecord
@@ -946,7 +947,9 @@ def test_a_running_agent_publishes_etas_and_its_model_in_the_status(tmp_path: Pa
         agent = Agent(
             AgentConfig(
                 state_dir=state,
-                uplink=UplinkConfig(device_id=device, port=port),
+                # ETAs wait in an events batch for up to events_batch_max_age_s: this
+                # test watches them come.
+                uplink=UplinkConfig(device_id=device, port=port, events_batch_max_age_s=1.0),
                 nmea_file=nmea,
                 eta_model=model,
             )
@@ -964,10 +967,11 @@ def test_a_running_agent_publishes_etas_and_its_model_in_the_status(tmp_path: Pa
                         if message.topic.matches(f"fleet/v1/{device}/status"):
                             health = dict(decode_status(message.payload).health or {})
                         else:
-                            schema.validate("events", json.loads(message.payload))
-                            record = decode_envelope(message.payload, stream="events").record
-                            if record["type"] == "eta":
-                                etas.append(record)
+                            batch = decode_events(message.payload)
+                            schema.validate("event-batch", batch.to_json())
+                            for env in decode_event_message(message.payload):
+                                if env.record["type"] == "eta":
+                                    etas.append(env.record)
                         if health and len(etas) >= len(doc["stops"]):
                             break
             finally:

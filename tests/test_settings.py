@@ -593,9 +593,9 @@ def test_the_remote_parser_takes_the_trees_remote_settings() -> None:
     assert {s: set(keys) for s, keys in SETTINGS.items()} == {
         s: set(keys) for s, keys in remote_settings().items()
     }
-    # The 39 pipeline settings the issue counts, the two reason-card waits and the
-    # four of sequence deviations (eta.passed_*).
-    assert sum(len(keys) for keys in SETTINGS.values()) == 45
+    # The 39 pipeline settings the issue counts, the two reason-card waits, the four
+    # of sequence deviations (eta.passed_*) and the two of events batching (issue 15).
+    assert sum(len(keys) for keys in SETTINGS.values()) == 47
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from cloud_ingest.worker import IngestWorker, WorkerConfig
 from firmware_agent.agent import Agent, AgentConfig
 from firmware_agent.contract.envelope import decode_envelope, decode_status, frame_record
 from firmware_agent.contract.errors import CodecError, SchemaError
+from firmware_agent.contract.eventbatch import decode_events, is_event_batch
 from firmware_agent.contract.keys import load_or_create_device_key
 from firmware_agent.contract.manifest import parse_manifest
 from firmware_agent.contract.records import (
@@ -407,6 +408,8 @@ def _contract_view(m: Seen) -> list[tuple[str, dict[str, Any]]]:
         return [("telemetry-batch", decode_batch(m.payload).to_json())]
     if m.leaf == "status":
         return [("status", decode_status(m.payload).to_json())]
+    if m.leaf == "events" and is_event_batch(m.payload):
+        return [("event-batch", decode_events(m.payload).to_json())]
     return [(UPLINK_KINDS[m.leaf], decode_envelope(m.payload, stream=m.leaf).to_json())]
 
 

@@ -12,6 +12,12 @@ after the van did), everything unacknowledged is sent again; ingest stores
 idempotently on (device, stream, seq), so a repeat costs bytes, not correctness.
 Reconnects back off exponentially with jitter, capped.
 
+Events go in deflated batches (:mod:`firmware_agent.contract.eventbatch`), sent when
+:func:`~firmware_agent.uplink.batching.events_due` says so: at once when one holds an
+arrival or another record dispatch must see now, else at ``events_batch_max_records``
+records or once the first is ``events_batch_max_age_s`` old. Each record keeps its own
+seq and ack, as when it went alone (``events_batch_max_records`` 1).
+
 An ack is applied only when it makes sense (docs/ingest.md, "Acks"):
 
 - one *above what this van has sent* (a record it never published cannot be stored) is
@@ -55,6 +61,7 @@ from paho.mqtt.properties import Properties
 from firmware_agent.contract.backoff import Backoff
 from firmware_agent.contract.envelope import decode_ack, encode_status, frame_record
 from firmware_agent.contract.errors import CodecError
+from firmware_agent.contract.eventbatch import frame_events
 from firmware_agent.contract.mqtt import TlsConfig, stay_connected, until_one_ends
 from firmware_agent.contract.seqreport import SeqReport, sign_report
 from firmware_agent.contract.telemetry import frame_batch, is_historical
@@ -66,6 +73,7 @@ from firmware_agent.contract.topics import (
     uplink_topic,
 )
 from firmware_agent.faults import FaultCounter, log_first_seen
+from firmware_agent.uplink.batching import events_due, fitting, record_type
 from firmware_agent.uplink.queue import AsyncOutbox
 
 log = logging.getLogger(__name__)
@@ -96,6 +104,12 @@ class UplinkConfig:
     batch_max_fixes: int = 60
     # A partial telemetry batch goes out once its oldest fix is this old.
     batch_max_age_s: float = 30.0
+    # Events go in batches (firmware_agent.uplink.batching): at this many records, once
+    # the first is this old, or at once for a record that is not deferrable; 1: each
+    # record alone in its JSON envelope (what an ingest older than event batches reads).
+    events_batch_max_records: int = 32
+    # Under HISTORICAL_AFTER_S (60 s): a record waiting for its batch is not historical.
+    events_batch_max_age_s: float = 45.0
     resend_after_s: float = 30.0
     # After a (re)connect the first resend comes sooner: what the van sent again on
     # connecting is lost if ingest had not subscribed again yet (a broker restarted:
@@ -127,6 +141,8 @@ class UplinkCounts:
     acks_unsent: int = 0  # an ack above what the van sent: refused
     seq_reports: int = 0  # statuses sent with the signed sequence report
     signed_batches: int = 0  # telemetry batches covering seqs they do not carry
+    event_batches: int = 0  # events batches (firmware_agent.contract.eventbatch)
+    events_sent: int = 0  # events records sent, batched or alone (repeats included)
     downlink: int = 0
     downlink_errors: int = 0
 
@@ -182,7 +198,7 @@ class Uplink:
     # -- public ------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Send partial telemetry batches now (end of day, shutdown, tests)."""
+        """Send partial telemetry and events batches now (end of day, shutdown, tests)."""
         self._flush = True
         self.outbox.changed.set()
 
@@ -457,7 +473,11 @@ class Uplink:
     ) -> bool:
         c = self.config
         device = c.device_id
-        limit = c.batch_max_fixes if stream == "telemetry" else c.window
+        batching = stream == "events" and c.events_batch_max_records > 1
+        if stream == "telemetry":
+            limit = c.batch_max_fixes
+        else:
+            limit = c.events_batch_max_records if batching else c.window
         records = await self.outbox.pending(stream, after_seq=self._sent[stream], limit=limit)
         if not records:
             return False
@@ -467,6 +487,16 @@ class Uplink:
             age_s = (now - records[0].created).total_seconds()
             if len(records) < c.batch_max_fixes and age_s < c.batch_max_age_s and not self._flush:
                 return False
+        if batching:
+            records = records[: fitting([len(r.payload) for r in records])]
+        if batching and not events_due(
+            [(record_type(r.payload), r.created) for r in records],
+            now,
+            max_records=c.events_batch_max_records,
+            max_age_s=c.events_batch_max_age_s,
+            flush=self._flush,
+        ):
+            return False
         if self._sent_max is not None:
             # Before publishing: ingest may ack the first before the last is handed over.
             self._sent_max[stream] = max(self._sent_max[stream], records[-1].seq)
@@ -486,6 +516,15 @@ class Uplink:
             self.counts.fixes_sent += len(records)
             self.counts.signed_batches += sign is not None
             await self._publish(client, topic, payload, window, publishes, stream)
+        elif batching:
+            payload = frame_events(
+                device,
+                [(r.seq, is_historical(r.created, now), r.payload) for r in records],
+                sent_at=now,
+            )
+            self.counts.event_batches += 1
+            self.counts.events_sent += len(records)
+            await self._publish(client, topic, payload, window, publishes, stream)
         else:
             for r in records:
                 payload = frame_record(
@@ -496,6 +535,7 @@ class Uplink:
                     historical=is_historical(r.created, now),
                     sent_at=now,
                 )
+                self.counts.events_sent += stream == "events"
                 await self._publish(client, topic, payload, window, publishes, stream)
         if self._sent[stream] <= self._acked[stream]:
             # Nothing in flight: the wait for an ack starts now (the first send of a
