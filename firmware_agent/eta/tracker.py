@@ -20,16 +20,19 @@ every 10 s. A prediction covers every unserved stop in one model invoke.
 
 What it publishes (``EtaConfig`` holds every number)
 ----------------------------------------------------
-Every record costs cellular data: an ``eta`` is about 370 bytes on the wire (the
-uplink sends each events record as one JSON envelope; bench/eta_events.py), and the
-van's whole telemetry costs about 6 kB an hour. Publishing every change (as a first
+Every record costs cellular data: an ``eta`` was about 370 bytes on the wire as one
+JSON envelope (bench/eta_events.py); in the uplink's deflated events batches it is
+about 60 (docs/event-batch.md), and the van's whole telemetry costs about 7 kB an hour.
+Predicted times go out to the whole second (finer means nothing at one prediction per
+10 s, and milliseconds do not compress). Publishing every change (as a first
 version did: every stop that moved at all at each arrival, 5 stops every 5 minutes)
 cost 130-880 kB per van-hour on simulated days. The rules below keep what the backend
 needs: an ETA for every stop from the start, a fresh one for the next stop at every
 arrival, every lasting move of a near stop within half a minute, far stops corrected
-when the day really shifts, and one ``late_risk`` a customer can be told about. With
-the shipped model they cost about 19 kB per van-hour on 25-stop days and 31-33 kB on
-150-stop days (the baseline: 44-68 kB), at some 15 stops an hour: the first ETAs and
+when the day really shifts, and one ``late_risk`` a customer can be told about. As
+envelopes, with the ``eta-features/1`` model, they cost about 19 kB per van-hour on
+25-stop days and 31-33 kB on 150-stop days (the baseline: 44-68 kB), at some 15 stops
+an hour (batched, the whole uplink of a 150-stop day is 14.8 kB): the first ETAs and
 the arrival rule alone are about 11 kB of that, and most of the rest is the model's
 ETAs of the next stops sliding while the van dwells (it does not know how long the
 dwell will last) and catching up at the next arrival.
@@ -158,6 +161,7 @@ Record = EtaUpdate | LateRisk | StopPassed
 """What the tracker publishes."""
 
 BASELINE_MODEL: Final = "baseline"
+_ONE_S: Final = timedelta(seconds=1)
 TRIGGERS: Final[tuple[EtaTrigger, ...]] = ("first", "moved", "arrival", "heartbeat")
 _FIRST, _MOVED, _ARRIVAL, _HEARTBEAT = range(len(TRIGGERS))
 _NONE: Final = len(TRIGGERS)
@@ -585,9 +589,9 @@ class EtaTracker:
                     time=now,
                     stop_id=self.plan.stop_ids[i],
                     route_id=self._route_id,
-                    eta=self._at(now, eta_s[k]),
+                    eta=(eta := self._at(now, eta_s[k])),
                     eta_baseline=self._at(now, prediction.baseline_s[k]),
-                    horizon_s=float(eta_s[k]),
+                    horizon_s=(eta - now).total_seconds(),
                     model=model,
                     trigger=TRIGGERS[trigger[k]],
                     eta_p10=self._maybe_at(now, prediction.p10_s, int(k)),
@@ -723,7 +727,12 @@ class EtaTracker:
 
     @staticmethod
     def _at(now: datetime, seconds: float) -> datetime:
-        return now + timedelta(seconds=float(seconds))
+        """``now`` + ``seconds``, to the whole second: a prediction made every 10 s
+        means nothing finer, and the milliseconds of four times per record were the
+        part of an ``eta`` that deflate cannot shrink (bench/uplink_bytes.py)."""
+        t = now + timedelta(seconds=float(seconds))
+        whole = t.replace(microsecond=0)
+        return whole + _ONE_S if t.microsecond >= 500_000 else whole
 
     @staticmethod
     def _maybe_at(
@@ -731,4 +740,4 @@ class EtaTracker:
     ) -> datetime | None:
         if seconds is None or not math.isfinite(float(seconds[k])):
             return None
-        return now + timedelta(seconds=float(seconds[k]))
+        return EtaTracker._at(now, float(seconds[k]))
