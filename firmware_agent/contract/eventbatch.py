@@ -40,10 +40,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from firmware_agent.contract import wirejson
+from firmware_agent.contract.binary import Reader, check_seq, device_id_from, put_varint
 from firmware_agent.contract.envelope import RecordEnvelope, decode_envelope, frame_record
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.times import format_utc
-from firmware_agent.contract.topics import MAX_SEQ, check_device_id
+from firmware_agent.contract.topics import check_device_id
 from firmware_agent.contract.wirejson import MAX_JSON_BYTES, Payload, as_bytes
 
 VERSION: Final = 1  # the contract's (JSON) version, as every payload's "v"
@@ -54,7 +55,6 @@ MAX_RECORDS: Final = 1024
 # The records' JSON together, inflated: 1024 records of 1 KiB, far above any real batch.
 MAX_INFLATED_BYTES: Final = 1024 * 1024
 MAX_BATCH_BYTES: Final = 256 * 1024
-_MAX_VARINT_BYTES: Final = 10
 _MAX_SENT_AT_MS: Final = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 # Version 1's preset dictionary: what events repeat, the commonest last (deflate's
@@ -170,13 +170,13 @@ def frame_events(
     body = bytearray()
     prev = first_seq
     for i, (seq, historical, data) in enumerate(records):
-        _check_seq(seq, "record seq")
+        check_seq(seq, "record seq")
         if i and seq <= prev:
             raise CodecError(f"record {i}: seq {seq} not strictly increasing")
         if not data.startswith(b'{"type":') or len(data) > MAX_JSON_BYTES:
             raise CodecError(f"record {i} (seq {seq}): not a stored record's JSON")
-        _put(body, (seq - prev) << 1 | bool(historical))
-        _put(body, len(data))
+        put_varint(body, (seq - prev) << 1 | bool(historical))
+        put_varint(body, len(data))
         body += data
         prev = seq
     if len(body) > MAX_INFLATED_BYTES:
@@ -186,11 +186,11 @@ def frame_events(
     out = bytearray(MAGIC)
     out += bytes((BATCH_VERSION, 0))
     name = device_id.encode("ascii")
-    _put(out, len(name))
+    put_varint(out, len(name))
     out += name
-    _put(out, first_seq)
-    _put(out, len(records))
-    _put(out, sent_at_ms)
+    put_varint(out, first_seq)
+    put_varint(out, len(records))
+    put_varint(out, sent_at_ms)
     deflate = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
     out += deflate.compress(bytes(body))
     out += deflate.flush()
@@ -218,13 +218,13 @@ def decode_events(payload: Payload) -> EventBatch:
         raise CodecError(f"events batch: version {version}, this decoder reads {READS}")
     if buf[3]:
         raise CodecError(f"events batch: unknown flag bits 0x{buf[3]:02x}")
-    head = _Reader(buf, 4)
+    head = Reader(buf, 4, "events batch")
     name_len = head.varint("device_id length")
     if not 1 <= name_len <= 64:
         raise CodecError(f"events batch: device_id length {name_len}, want 1..64")
-    device_id = _device_id(head.take(name_len, "device_id"))
+    device_id = device_id_from(head.take(name_len, "device_id"))
     first_seq = head.varint("first_seq")
-    _check_seq(first_seq, "first_seq")
+    check_seq(first_seq, "first_seq")
     n = head.varint("record count")
     if not 1 <= n <= MAX_RECORDS:
         raise CodecError(f"events batch: {n} records, want 1..{MAX_RECORDS}")
@@ -233,7 +233,7 @@ def decode_events(payload: Payload) -> EventBatch:
         raise CodecError(f"events batch: sent_at {sent_at_ms} ms out of range")
     sent_at = datetime.fromtimestamp(sent_at_ms / 1000, UTC)
     body = _inflate(buf[head.pos :])
-    r = _Reader(body, 0)
+    r = Reader(body, 0, "events batch")
     records: list[BatchedRecord] = []
     seq = first_seq
     for i in range(n):
@@ -242,7 +242,7 @@ def decode_events(payload: Payload) -> EventBatch:
         if (i == 0) != (step == 0):
             raise CodecError(f"events batch: record {i}: seq not strictly increasing")
         seq += step
-        _check_seq(seq, f"record {i} seq")
+        check_seq(seq, f"record {i} seq")
         size = r.varint("record length")
         if size > MAX_JSON_BYTES:
             raise CodecError(f"events batch: record {i}: {size} bytes, at most {MAX_JSON_BYTES}")
@@ -275,59 +275,3 @@ def _inflate(data: bytes) -> bytes:
     if inflate.unused_data:
         raise CodecError(f"events batch: {len(inflate.unused_data)} bytes after the deflate data")
     return body
-
-
-def _check_seq(value: int, what: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEQ:
-        raise CodecError(f"{what} {value!r:.40} out of range 1..{MAX_SEQ}")
-
-
-def _device_id(value: bytes) -> str:
-    try:
-        text = value.decode("ascii")
-    except UnicodeDecodeError:
-        raise CodecError(f"bad device id {value!r:.80}: not ASCII") from None
-    return check_device_id(text)
-
-
-class _Reader:
-    """A cursor over ``buf`` whose reads raise :class:`CodecError` past the end."""
-
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: bytes, pos: int) -> None:
-        self.buf = buf
-        self.pos = pos
-
-    @property
-    def remaining(self) -> int:
-        return len(self.buf) - self.pos
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > self.remaining:
-            raise CodecError(f"events batch: truncated in {what}")
-        self.pos += n
-        return self.buf[self.pos - n : self.pos]
-
-    def varint(self, what: str) -> int:
-        """An unsigned LEB128 value in its shortest form."""
-        value = shift = 0
-        for i in range(self.pos, min(self.pos + _MAX_VARINT_BYTES, len(self.buf))):
-            byte = self.buf[i]
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                if byte == 0 and i > self.pos:
-                    raise CodecError(f"events batch: overlong varint in {what}")
-                self.pos = i + 1
-                return value
-            shift += 7
-        if self.remaining < _MAX_VARINT_BYTES:
-            raise CodecError(f"events batch: truncated in {what}")
-        raise CodecError(f"events batch: varint longer than {_MAX_VARINT_BYTES} in {what}")
-
-
-def _put(out: bytearray, value: int) -> None:
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)

@@ -33,6 +33,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from firmware_agent.contract.binary import Reader, check_seq, device_id_from, put_varint
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.records import (
     NO_ALT,
@@ -43,7 +44,7 @@ from firmware_agent.contract.records import (
     point_from_integers,
     stored_integers,
 )
-from firmware_agent.contract.topics import MAX_SEQ, check_device_id
+from firmware_agent.contract.topics import check_device_id
 from firmware_agent.contract.wirejson import Payload, as_bytes
 
 VERSION: Final = 1  # the contract's (JSON) version, as every payload's "v"
@@ -70,7 +71,6 @@ MAX_BATCH_BYTES: Final = 256 * 1024  # 4096 fixes of the largest encoding fit
 
 # Varints per point, each at least one byte: version 1 has nine, version 2 eleven.
 _MIN_FIX_BYTES: Final = {1: 9, 2: 11}
-_MAX_VARINT_BYTES = 10  # 70 bits; every field is range-checked after reading
 
 
 def is_historical(created_at: datetime, first_sent_at: datetime) -> bool:
@@ -143,37 +143,37 @@ def frame_batch(
         if not stored:
             raise CodecError("an empty batch needs last_seq")
         last_seq = stored[-1][0]
-    _check_seq(first_seq, "first_seq")
-    _check_seq(last_seq, "last_seq")
+    check_seq(first_seq, "first_seq")
+    check_seq(last_seq, "last_seq")
     if last_seq < first_seq:
         raise CodecError(f"last_seq {last_seq} < first_seq {first_seq}")
     out = bytearray(MAGIC)
     out.append(BATCH_VERSION)
     out.append((FLAG_HISTORICAL if historical else 0) | (FLAG_SIGNED if sign else 0))
     name = device_id.encode("ascii")
-    _put(out, len(name))
+    put_varint(out, len(name))
     out += name
-    _put(out, first_seq)
-    _put(out, last_seq - first_seq)
-    _put(out, len(stored))
+    put_varint(out, first_seq)
+    put_varint(out, last_seq - first_seq)
+    put_varint(out, len(stored))
     prev_seq, prev_ms, prev_lat, prev_lon, prev_alt = first_seq, 0, 0, 0, 0
     for i, (seq, data) in enumerate(stored):
-        _check_seq(seq, "fix seq")
+        check_seq(seq, "fix seq")
         if seq > last_seq or seq < prev_seq or (i and seq == prev_seq):
             raise CodecError(
                 f"fix {i}: seq {seq} not strictly increasing within {first_seq}..{last_seq}"
             )
         ms, lat, lon, alt, speed, course, hdop, sats, mode, quality = stored_integers(data)
-        _put(out, seq - prev_seq)
-        _put(out, _zigzag(ms - prev_ms))
-        _put(out, _zigzag(lat - prev_lat))
-        _put(out, _zigzag(lon - prev_lon))
+        put_varint(out, seq - prev_seq)
+        put_varint(out, _zigzag(ms - prev_ms))
+        put_varint(out, _zigzag(lat - prev_lat))
+        put_varint(out, _zigzag(lon - prev_lon))
         for value in (speed, course, hdop, sats, mode, quality):
-            _put(out, value)
+            put_varint(out, value)
         if alt == NO_ALT:
-            _put(out, 0)
+            put_varint(out, 0)
         else:
-            _put(out, _zigzag(alt - prev_alt) + 1)
+            put_varint(out, _zigzag(alt - prev_alt) + 1)
             prev_alt = alt
         prev_seq, prev_ms, prev_lat, prev_lon = seq, ms, lat, lon
     if sign is not None:
@@ -233,15 +233,15 @@ def decode_batch(payload: Payload) -> TelemetryBatch:
         if len(buf) < 4 + SIGNATURE_BYTES:
             raise CodecError(f"telemetry batch: signed, but {len(buf)} bytes in all")
         buf, signature = buf[:-SIGNATURE_BYTES], buf[-SIGNATURE_BYTES:]
-    r = _Reader(buf, 4)
+    r = Reader(buf, 4, "telemetry batch")
     name_len = r.varint("device_id length")
     if not 1 <= name_len <= 64:
         raise CodecError(f"telemetry batch: device_id length {name_len}, want 1..64")
-    device_id = _device_id(r.take(name_len, "device_id"))
+    device_id = device_id_from(r.take(name_len, "device_id"))
     first_seq = r.varint("first_seq")
-    _check_seq(first_seq, "first_seq")
+    check_seq(first_seq, "first_seq")
     last_seq = first_seq + r.varint("last_seq - first_seq")
-    _check_seq(last_seq, "last_seq")
+    check_seq(last_seq, "last_seq")
     n = r.varint("fix count")
     min_bytes = _MIN_FIX_BYTES[version]
     if n > MAX_FIXES or n * min_bytes > r.remaining:
@@ -287,66 +287,6 @@ def decode_batch(payload: Payload) -> TelemetryBatch:
         version=version,
         signature=signature,
     )
-
-
-def _check_seq(value: int, what: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEQ:
-        raise CodecError(f"{what} {value!r:.40} out of range 1..{MAX_SEQ}")
-
-
-def _device_id(value: bytes) -> str:
-    try:
-        text = value.decode("ascii")
-    except UnicodeDecodeError:
-        raise CodecError(f"bad device id {value!r:.80}: not ASCII") from None
-    return check_device_id(text)
-
-
-class _Reader:
-    """A cursor over ``buf`` whose reads raise :class:`CodecError` past the end."""
-
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: bytes, pos: int) -> None:
-        self.buf = buf
-        self.pos = pos
-
-    @property
-    def remaining(self) -> int:
-        return len(self.buf) - self.pos
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > self.remaining:
-            raise CodecError(f"telemetry batch: truncated in {what}")
-        self.pos += n
-        return self.buf[self.pos - n : self.pos]
-
-    def varint(self, what: str) -> int:
-        """An unsigned LEB128 value in its shortest form."""
-        buf, pos = self.buf, self.pos
-        if pos < len(buf) and buf[pos] < 0x80:  # one byte: most fields of most points
-            self.pos = pos + 1
-            return buf[pos]
-        value = shift = 0
-        for i in range(pos, min(pos + _MAX_VARINT_BYTES, len(buf))):
-            byte = buf[i]
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                if byte == 0 and i > pos:
-                    raise CodecError(f"telemetry batch: overlong varint in {what}")
-                self.pos = i + 1
-                return value
-            shift += 7
-        if len(buf) - pos < _MAX_VARINT_BYTES:
-            raise CodecError(f"telemetry batch: truncated in {what}")
-        raise CodecError(f"telemetry batch: varint longer than {_MAX_VARINT_BYTES} in {what}")
-
-
-def _put(out: bytearray, value: int) -> None:
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
 
 
 def _zigzag(n: int) -> int:
