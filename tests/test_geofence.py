@@ -409,3 +409,20 @@ def test_next_door_stop_departs_the_previous_one() -> None:
     assert a2.time == at(fixes, 22.0)  # the first fix inside S2's (the same one)
     assert engine.phase("S1") is Phase.IDLE
     assert engine.phase("S2") is Phase.ARRIVED
+
+
+def test_a_departure_before_its_own_arrival_is_not_sent() -> None:
+    """The clock goes back past the arrival (a restart replaying older positions over
+    the saved day, a receiver's time jump): leaving the fence then would make a
+    departure with a negative dwell, which breaks the contract and stalls the events
+    ack. It is counted and not sent; the fence is left all the same."""
+    engine = GeofenceEngine(manifest([stop("S1", 0.0, 10.0)]))
+    standing = drive([(36, 10.0), (4, 1.0), (60, 0.0)], x0=-364)
+    assert kinds(run(engine, standing)) == ["Arrival"]
+    leaving = drive([(40, 8.0)], x0=0.0, t0=T0 - timedelta(seconds=600))
+    assert kinds(run(engine, leaving)) == []
+    assert engine.counts["departures_before_arrival"] == 1
+    assert engine.phase("S1") is Phase.IDLE
+    # Time going forward again: the next visit arrives and departs as usual.
+    again = drive(APPROACH_AND_STOP, x0=-364, t0=T0 + timedelta(hours=1))
+    assert kinds(run(engine, again)) == ["Arrival", "Departure"]

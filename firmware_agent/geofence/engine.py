@@ -179,7 +179,7 @@ class GeofenceEngine:
         self._off_reported = False
         self._off_max_m = 0.0
         self._off_measured_s = 0.0
-        self.counts = {"fixes": 0, "poor": 0, "undated": 0}
+        self.counts = {"fixes": 0, "poor": 0, "undated": 0, "departures_before_arrival": 0}
         self.load_manifest(manifest, index)
 
     # -- manifest ----------------------------------------------------------------
@@ -408,6 +408,13 @@ class GeofenceEngine:
     ) -> None:
         departed_s, arrived_s = departed
         self._active.discard(fence)
+        if departed_s < arrived_s:
+            # The clock went back past the arrival (a restart replaying older positions
+            # over the saved day, a receiver's time jump): a departure before its own
+            # arrival is no fact, and its negative dwell would break the contract and
+            # stall the events ack for good. Counted, not sent.
+            self.counts["departures_before_arrival"] += 1
+            return
         events.append(
             Departure(
                 time=_utc(departed_s),
