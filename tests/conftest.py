@@ -17,6 +17,24 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+# The end-to-end runs that time SIGKILLs in wall time: one group of their own, so the
+# two slow groups (about 2.5 and 4 minutes) go to the two workers side by side.
+KILL_TESTS: frozenset[str] = frozenset(
+    {"test_e2e_day.py", "test_e2e_faults.py", "test_outbox_crash.py", "test_e2e_acks.py"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``./run test`` runs two workers) the end-to-end runs marked
+    ``slow`` run in two groups, each one test after another on one worker: they pace
+    agents, brokers and SIGKILLs in wall time, so at most two run at once on a 2-CPU
+    machine. The fast tests fill in around them."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            group = "slow-kills" if item.path.name in KILL_TESTS else "slow"
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def no_blocking() -> Iterator[BlockBuster]:
     """Fail any blocking call made on an asyncio event loop thread during the test.

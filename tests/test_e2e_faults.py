@@ -70,6 +70,7 @@ from tests.uplinkday import (
     assert_exactly_once,
     day_messages,
     dense_scans,
+    input_started,
     make_day,
     outbox_state,
     prepare_agent_state,
@@ -185,17 +186,6 @@ def test_agent_sigkilled_at_random_moments_and_restarted(
     asyncio.run(main())
 
 
-async def _input_started(
-    log_path: Path, proc: asyncio.subprocess.Process, timeout_s: float = 30.0
-) -> None:
-    """Wait until the agent logs that its input plays (or it has ended)."""
-    async with asyncio.timeout(timeout_s):
-        while proc.returncode is None:
-            if b"GNSS input: " in await asyncio.to_thread(log_path.read_bytes):
-                return
-            await asyncio.sleep(0.02)
-
-
 async def _kill_and_restart(
     store: Store, state: Path, day: Day, port: int, rng: random.Random
 ) -> list[AfterKill]:
@@ -215,7 +205,7 @@ async def _kill_and_restart(
                 stderr=log,
             )
             if from_input:
-                await _input_started(log_path, proc)
+                await input_started(log_path, proc)
             await asyncio.sleep(delay_s)
             proc.send_signal(signal.SIGKILL)
             rc = await proc.wait()

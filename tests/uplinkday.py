@@ -177,6 +177,19 @@ def agent_command(state_dir: Path, day: Day, port: int, *, speed: float) -> list
     ]  # fmt: skip
 
 
+async def input_started(
+    log_path: Path, proc: asyncio.subprocess.Process, timeout_s: float = 30.0
+) -> None:
+    """Wait until an agent started by :func:`agent_command` logs that its input plays
+    (or it has ended): start-up (imports, model, outbox) takes 1.6-1.9 s on a loaded
+    2-CPU VM, so a kill timed from the launch alone seldom lands mid-day."""
+    async with asyncio.timeout(timeout_s):
+        while proc.returncode is None:
+            if b"GNSS input: " in await asyncio.to_thread(log_path.read_bytes):
+                return
+            await asyncio.sleep(0.02)
+
+
 class ObservedWorker(IngestWorker):
     """An ingest worker that also counts the messages it has finished with (checked,
     stored, acked and republished), so that a test knows when it is done."""
