@@ -216,6 +216,12 @@ class EtaSettings(_Section):
     passed_leave_m: float = Field(default=300.0, gt=0, json_schema_extra=REMOTE)
     passed_confirm_s: float = Field(default=20.0, ge=0, json_schema_extra=REMOTE)
     passed_watch_stops: int = Field(default=2, ge=0, json_schema_extra=REMOTE)
+    # The dwell (docs/eta.md): a stop's expected dwell is dwell_base_s +
+    # dwell_per_parcel_s x its parcels; the next dwell_hold_stops stops' ETAs are held
+    # at it while the van stands there (0: not held).
+    dwell_base_s: float = Field(default=83.0, ge=0, json_schema_extra=REMOTE)
+    dwell_per_parcel_s: float = Field(default=15.0, ge=0, json_schema_extra=REMOTE)
+    dwell_hold_stops: int = Field(default=1, ge=0, json_schema_extra=REMOTE)
 
 
 class GnssSettings(_Section):

@@ -42,7 +42,9 @@ next attempt is a new POD.
 
 Given a predictor (``eta=``), the pipeline also keeps the day's ETAs
 (:class:`~firmware_agent.eta.tracker.EtaTracker`, built from the manifest and rebuilt
-with it): every fix feeds it, every arrival serves a stop, and its ``eta`` and
+with it): every fix feeds it, every arrival serves a stop, every POD tells it a parcel
+of the stop the van stands at was dealt with (the hold of the next stops' ETAs during
+a dwell, firmware_agent/eta/dwell.py), and its ``eta`` and
 ``late_risk`` records go out among the events, after the arrival that caused them.
 Without one (the default) the pipeline publishes no ETAs.
 
@@ -487,6 +489,9 @@ class VanPipeline:
         """Sign one attempt as the next POD; a successful one delivers its parcel."""
         pod, claims = self.pods.deliver(fields)
         self.counts["pods"] += 1
+        if self.eta_tracker is not None and fields.stop_id is not None:
+            # A parcel dealt with: one less left to scan at its stop.
+            self.eta_tracker.on_parcel(fields.stop_id, fields.parcel)
         if is_delivery(fields.outcome):
             self._delivered[fields.parcel] = pod.seq
         else:
