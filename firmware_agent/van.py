@@ -50,7 +50,8 @@ Without one (the default) the pipeline publishes no ETAs.
 
 The day (:class:`~firmware_agent.day_state.DayState`: delivered parcels, the
 de-duplicator's memory, every stop's geofence state and visits, hence the ETA
-tracker's served stops) is :meth:`VanPipeline.day_state`, to save with the records,
+tracker's served stops, and the tracker's passed stops, published ETAs and standing
+late_risks) is :meth:`VanPipeline.day_state`, to save with the records,
 and :meth:`VanPipeline.restore_day` takes it back at start; it is the day of the
 manifest's ``route_id`` and ``date``: another day's state is not restored, and a
 manifest of another day starts a new one.
@@ -88,7 +89,7 @@ from firmware_agent.contract.records import (
     decode_fields,
     encode_fields,
 )
-from firmware_agent.day_state import DayState, StopDay
+from firmware_agent.day_state import DayState, EtaDay, StopDay
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
@@ -229,6 +230,7 @@ class VanPipeline:
             off_reported=off_reported,
             off_max_m=off_max_m,
             **self._pairing_state(),
+            eta=self.eta_tracker.saved() if self.eta_tracker is not None else EtaDay(),
         )
 
     def _pairing_state(self) -> dict[str, Any]:
@@ -272,7 +274,8 @@ class VanPipeline:
 
         Delivered parcels stay delivered, recent scans stay duplicates, every stop gets
         back its phase and visits (a van still in a fence does not arrive again), and
-        the ETA tracker has the visited stops served."""
+        the ETA tracker has the visited stops served, and its passed stops, published
+        ETAs and standing late_risks back (no second ``stop_passed``)."""
         if not day.is_day(self._manifest.route_id, self._manifest.date.isoformat()):
             return False
         self._delivered = dict(day.delivered)
@@ -294,6 +297,7 @@ class VanPipeline:
                 served=[s.id for s in self._manifest.stops if self.engine.visits(s.id) > 0],
                 plan=self.eta_tracker.plan,
             )
+            self.eta_tracker.restore(day.eta)
         return True
 
     def use_predictor(self, predictor: EtaPredictor | None) -> None:

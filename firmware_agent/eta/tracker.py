@@ -164,6 +164,7 @@ from firmware_agent.contract.records import (
     PassReason,
     StopPassed,
 )
+from firmware_agent.day_state import EtaDay
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.dwell import DwellHold, expected_departure_s
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
@@ -415,6 +416,43 @@ class EtaTracker:
             new._scanned = set(self._scanned)
         new.counts = self.counts
         return new
+
+    def saved(self) -> EtaDay:
+        """What must survive a restart (:class:`~firmware_agent.day_state.EtaDay`):
+        the stops passed and not served, the ETAs published (to the whole second, as
+        sent) and the standing late_risks of the stops not served."""
+        ids = self.plan.stop_ids
+        pending = ~self._served
+        published = np.flatnonzero(pending & np.isfinite(self._published_s))
+        return EtaDay(
+            passed=tuple(ids[i] for i in np.flatnonzero(pending & self._passed)),
+            deferred=tuple(ids[i] for i in np.flatnonzero(pending & self._deferred)),
+            published={
+                ids[i]: (round(float(self._published_s[i])), round(float(self._published_at_s[i])))
+                for i in published
+            },
+            late=tuple(ids[i] for i in np.flatnonzero(pending & self._late)),
+        )
+
+    def restore(self, day: EtaDay) -> None:
+        """Take back what :meth:`saved` kept before a restart (stops unknown to this
+        plan, or served, are skipped): passed stops stay passed and are not announced
+        again, published ETAs are judged by the ``moved`` rule, not sent as ``first``."""
+        index = self.plan.index
+        for names, flags in ((day.passed, self._passed), (day.deferred, self._deferred)):
+            for stop_id in names:
+                i = index.get(stop_id)
+                if i is not None and not self._served[i]:
+                    flags[i] = True
+        for stop_id, (eta_s, at_s) in day.published.items():
+            i = index.get(stop_id)
+            if i is not None and not self._served[i]:
+                self._published_s[i], self._published_at_s[i] = eta_s, at_s
+        for stop_id in day.late:
+            i = index.get(stop_id)
+            if i is not None and not self._served[i]:
+                self._late[i] = True
+        self._watched = None
 
     # -- feeding --------------------------------------------------------------------
 
