@@ -209,6 +209,9 @@ class EtaSettings(_Section):
     late_confirm_s: float = Field(default=60.0, ge=0, json_schema_extra=REMOTE)
     late_clear_s: float = Field(default=120.0, ge=0, json_schema_extra=REMOTE)
     late_clear_fraction: float = Field(default=0.10, ge=0, json_schema_extra=REMOTE)
+    # With the model's interval, late_risk when P(arrival after window_end) > this
+    # (0: the point rule, as without an interval).
+    late_probability: float = Field(default=0.7, ge=0, le=0.99, json_schema_extra=REMOTE)
     # Sequence deviations (docs/eta.md): a pending stop is passed when the van came
     # within passed_near_m and then stayed beyond passed_leave_m for passed_confirm_s
     # without an arrival; the next passed_watch_stops stops are watched (0: off).

@@ -76,7 +76,12 @@ A stop's trigger is the first of these that applies, in this order, and is on th
 record. A move "lasts" from the first prediction beyond the threshold to the first
 back within it; a published record ends it.
 
-``late_risk``: when a stop's predicted arrival has been after its promised
+``late_risk``: with the model's calibrated interval, when the probability of arriving
+after the window's end (:func:`~firmware_agent.eta.late.late_probability`) has been above
+``late_probability`` (0.7) for ``late_confirm_s``, cleared like the point rule with the
+probability against a window ending the margin sooner; the record says ``probability``.
+Without an interval (the baseline) or with ``late_probability`` 0, the point rule: when
+a stop's predicted arrival has been after its promised
 ``window_end`` (manifest) at every prediction for ``late_confirm_s`` (60 s) while the
 stop is predicted at most ``late_horizon_s`` (1 h) away: the time a customer can still
 rearrange their day, and as far ahead as the model is accurate enough to be believed
@@ -125,7 +130,7 @@ and ``eta`` is the baseline)::
     {"type": "eta", "time", "stop_id", "route_id", "eta", "eta_baseline", "horizon_s",
      "model", "trigger", "eta_p10", "eta_p90"}
     {"type": "late_risk", "time", "stop_id", "route_id", "eta", "eta_baseline",
-     "window_end", "late_by_s", "model"}
+     "window_end", "late_by_s", "model", "probability"}
     {"type": "stop_passed", "time", "stop_id", "route_id", "planned_index", "reason",
      "closest_m", "eta", "eta_baseline", "stops_before", "model"}
 
@@ -167,6 +172,7 @@ from firmware_agent.contract.records import (
 from firmware_agent.day_state import EtaDay
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.dwell import DwellHold, expected_departure_s
+from firmware_agent.eta.late import late_probability
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.sequence import expected_order
 
@@ -210,6 +216,9 @@ class EtaConfig:
     late_confirm_s: float = 60.0
     late_clear_s: float = 120.0
     late_clear_fraction: float = 0.10
+    # With the model's interval: late_risk when the probability of arriving after the
+    # window's end exceeds this (0: the point rule above, as without an interval).
+    late_probability: float = 0.7
     passed_near_m: float = 100.0
     passed_leave_m: float = 300.0
     passed_confirm_s: float = 20.0
@@ -236,6 +245,7 @@ class EtaConfig:
             "late_confirm_s",
             "late_clear_s",
             "late_clear_fraction",
+            "late_probability",
             "passed_near_m",
             "passed_leave_m",
             "passed_confirm_s",
@@ -250,6 +260,10 @@ class EtaConfig:
                 and value >= 0
             ):
                 raise ConfigError(f"eta {name} must be a finite number >= 0, got {value!r}")
+        if self.late_probability > 0.99:
+            raise ConfigError(
+                f"eta late_probability must be at most 0.99, got {self.late_probability!r}"
+            )
         if self.heartbeat_s == 0:
             raise ConfigError("eta heartbeat_s must be > 0")
         for name in ("heartbeat_stops", "passed_watch_stops", "dwell_hold_stops"):
@@ -806,9 +820,26 @@ class EtaTracker:
         window_end_s = self.plan.window_end_s[idx]  # NaN without a window: never late
         now_s = now.timestamp()
         with np.errstate(invalid="ignore"):
-            late = (arrive_s > window_end_s) & (prediction.eta_s <= cfg.late_horizon_s)
             margin_s = np.maximum(cfg.late_clear_s, cfg.late_clear_fraction * prediction.eta_s)
+            near = prediction.eta_s <= cfg.late_horizon_s
+            late = (arrive_s > window_end_s) & near
             clear = arrive_s <= window_end_s - margin_s
+        # With an interval, by the probability of missing the window (firmware_agent/
+        # eta/late.py): raised above late_probability, cleared once the arrival is that
+        # unlikely even after a window ending margin_s sooner; else the point rule.
+        probability = None
+        if (
+            cfg.late_probability > 0
+            and prediction.p10_s is not None
+            and prediction.p90_s is not None
+        ):
+            to_end_s = window_end_s - now_s
+            probability = late_probability(prediction.p10_s, prediction.p90_s, to_end_s)
+            has = np.isfinite(probability)
+            with np.errstate(invalid="ignore"):
+                late = np.where(has, (probability > cfg.late_probability) & near, late)
+                sooner = late_probability(prediction.p10_s, prediction.p90_s, to_end_s - margin_s)
+                clear = np.where(has, sooner <= cfg.late_probability, clear)
         # As for moves: late counts once it has lasted late_confirm_s, within the horizon.
         since_s = np.where(late, np.fmin(self._late_since_s[idx], now_s), np.nan)
         self._late_since_s[idx] = since_s
@@ -832,6 +863,11 @@ class EtaTracker:
                     window_end=window_end,
                     late_by_s=float(arrive_s[k] - window_end_s[k]),
                     model=model,
+                    probability=(
+                        None
+                        if probability is None or not math.isfinite(probability[k])
+                        else round(float(probability[k]), 2)
+                    ),
                 )
             )
         self.counts["late_risk"] += len(records)
