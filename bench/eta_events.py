@@ -33,6 +33,7 @@ Printed per suite (days of one size) and predictor:
     .venv/bin/python bench/eta_events.py [--quick] [--seeds 1-12] [--stops 25]
         [--long-seeds 2,3,5,6] [--long-stops 150] [--model FILE] [--jobs 2]
         [--set min_move_s=90 --set heartbeat_s=600 ...]
+        (``--set dwell_hold_stops=0``: the ETAs not held during dwells, as before)
 """
 
 from __future__ import annotations
@@ -144,10 +145,15 @@ def play(day: Any, predictor: EtaPredictor, config: EtaConfig) -> Tally:
         telemetry=False,
         eta=recorder,
     )
+    assert van.eta_tracker is not None
     records: list[EtaUpdate | LateRisk] = []
     for fix in day.fixes:
         recorder.now = fix.time
         records += [r for r in van.on_fix(fix) if isinstance(r, EtaUpdate | LateRisk)]
+        # The van's own prediction is the tracker's, after the hold of a dwell.
+        held = van.eta_tracker.last_prediction
+        if recorder.log and held is not None and held.stop_ids == recorder.log[-1][1]:
+            recorder.log[-1] = (recorder.log[-1][0], held.stop_ids, held.eta_s.copy())
 
     t = Tally(days=1, stops=len(manifest.stops))
     first_s = day.fixes[0].time.timestamp()

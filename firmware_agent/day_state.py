@@ -12,7 +12,11 @@ and hands it back at start, so that after a power cut or a watchdog restart:
 - a parcel delivered before is rejected ``already_delivered``, not signed again;
 - a van still inside a stop's fence does not arrive there again, and the next real
   visit is visit 2;
-- no ETA is published for a stop already reached.
+- no ETA is published for a stop already reached;
+- a stop passed stays passed and is not announced again (no second ``stop_passed``),
+  a standing ``late_risk`` is not raised again, and the ETAs published before are not
+  sent again as ``first`` (:class:`EtaDay`, optional: a state saved before it reads
+  as nothing passed nor published).
 
 A day is the manifest's ``route_id`` and ``date``: a state saved for another one is
 not restored (a new day's manifest starts a new day). Times are POSIX seconds (UTC).
@@ -52,6 +56,23 @@ class StopDay:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EtaDay:
+    """What the ETA tracker must not forget (:class:`~firmware_agent.eta.tracker.
+    EtaTracker`): the stops passed (announced by a ``stop_passed``; ``deferred``: driven
+    past since the last arrival), the ETA last published per stop and when (POSIX s),
+    and the stops with a standing ``late_risk``. Without it a restarted van announced
+    every pass again, published a ``first`` ETA for every stop and alerted again."""
+
+    passed: tuple[str, ...] = ()
+    deferred: tuple[str, ...] = ()
+    published: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    late: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.passed or self.published or self.late)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DayState:
     """The pipeline's day. ``delivered``: parcel code -> POD seq; ``accepted``: the
     de-duplicator's (code, accepted at) pairs, oldest first; ``stops``: stop id ->
@@ -76,6 +97,9 @@ class DayState:
     pending: Mapping[str, Any] | None = None
     pending_until_s: float | None = None
     armed: tuple[str, str, str, float, float] | None = None
+    # The ETA tracker's memory (optional in format 1: absent in states saved before it,
+    # which restore with nothing passed nor published).
+    eta: EtaDay = field(default_factory=EtaDay)
 
     def is_day(self, route_id: str, date: str) -> bool:
         """Whether this is the day of the manifest with ``route_id`` and ``date``."""
@@ -109,6 +133,13 @@ class DayState:
                 "pending_until_s": self.pending_until_s,
                 "armed": list(self.armed) if self.armed is not None else None,
             }
+        if self.eta:
+            obj["eta"] = {
+                "passed": list(self.eta.passed),
+                "deferred": list(self.eta.deferred),
+                "published": {k: list(v) for k, v in self.eta.published.items()},
+                "late": list(self.eta.late),
+            }
         try:
             text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except ValueError as err:  # a NaN or infinity: a bug upstream, said plainly
@@ -141,6 +172,7 @@ class DayState:
                 pending=pending,
                 pending_until_s=pending_until_s,
                 armed=armed,
+                eta=_eta(obj.get("eta")),
             )
         except DayStateError:
             raise
@@ -170,6 +202,25 @@ def _pairing(
         raise DayStateError(f"day state: an armed reason is not 5 fields: {armed!r:.80}")
     outcome, raw, source, time_s, until_s = armed
     return pending, until, (_str(outcome), _str(raw), _str(source), _float(time_s), _float(until_s))
+
+
+def _eta(value: object) -> EtaDay:
+    """The saved ETA tracker's memory (absent: a state saved before it, nothing)."""
+    if value is None:
+        return EtaDay()
+    if not isinstance(value, dict):
+        raise DayStateError(f"day state: eta is not an object: {value!r:.80}")
+    published: dict[str, tuple[float, float]] = {}
+    for stop_id, pair in value.get("published", {}).items():
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise DayStateError(f"day state: a published ETA is not 2 numbers: {pair!r:.80}")
+        published[_str(stop_id)] = (_float(pair[0]), _float(pair[1]))
+    return EtaDay(
+        passed=tuple(_str(s) for s in value.get("passed", [])),
+        deferred=tuple(_str(s) for s in value.get("deferred", [])),
+        published=published,
+        late=tuple(_str(s) for s in value.get("late", [])),
+    )
 
 
 def _stop(value: object) -> StopDay:

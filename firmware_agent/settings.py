@@ -209,6 +209,9 @@ class EtaSettings(_Section):
     late_confirm_s: float = Field(default=60.0, ge=0, json_schema_extra=REMOTE)
     late_clear_s: float = Field(default=120.0, ge=0, json_schema_extra=REMOTE)
     late_clear_fraction: float = Field(default=0.10, ge=0, json_schema_extra=REMOTE)
+    # With the model's interval, late_risk when P(arrival after window_end) > this
+    # (0: the point rule, as without an interval).
+    late_probability: float = Field(default=0.7, ge=0, le=0.99, json_schema_extra=REMOTE)
     # Sequence deviations (docs/eta.md): a pending stop is passed when the van came
     # within passed_near_m and then stayed beyond passed_leave_m for passed_confirm_s
     # without an arrival; the next passed_watch_stops stops are watched (0: off).
@@ -216,6 +219,12 @@ class EtaSettings(_Section):
     passed_leave_m: float = Field(default=300.0, gt=0, json_schema_extra=REMOTE)
     passed_confirm_s: float = Field(default=20.0, ge=0, json_schema_extra=REMOTE)
     passed_watch_stops: int = Field(default=2, ge=0, json_schema_extra=REMOTE)
+    # The dwell (docs/eta.md): a stop's expected dwell is dwell_base_s +
+    # dwell_per_parcel_s x its parcels; the next dwell_hold_stops stops' ETAs are held
+    # at it while the van stands there (0: not held).
+    dwell_base_s: float = Field(default=83.0, ge=0, json_schema_extra=REMOTE)
+    dwell_per_parcel_s: float = Field(default=15.0, ge=0, json_schema_extra=REMOTE)
+    dwell_hold_stops: int = Field(default=1, ge=0, json_schema_extra=REMOTE)
 
 
 class GnssSettings(_Section):

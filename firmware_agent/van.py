@@ -42,13 +42,16 @@ next attempt is a new POD.
 
 Given a predictor (``eta=``), the pipeline also keeps the day's ETAs
 (:class:`~firmware_agent.eta.tracker.EtaTracker`, built from the manifest and rebuilt
-with it): every fix feeds it, every arrival serves a stop, and its ``eta`` and
+with it): every fix feeds it, every arrival serves a stop, every POD tells it a parcel
+of the stop the van stands at was dealt with (the hold of the next stops' ETAs during
+a dwell, firmware_agent/eta/dwell.py), and its ``eta`` and
 ``late_risk`` records go out among the events, after the arrival that caused them.
 Without one (the default) the pipeline publishes no ETAs.
 
 The day (:class:`~firmware_agent.day_state.DayState`: delivered parcels, the
 de-duplicator's memory, every stop's geofence state and visits, hence the ETA
-tracker's served stops) is :meth:`VanPipeline.day_state`, to save with the records,
+tracker's served stops, and the tracker's passed stops, published ETAs and standing
+late_risks) is :meth:`VanPipeline.day_state`, to save with the records,
 and :meth:`VanPipeline.restore_day` takes it back at start; it is the day of the
 manifest's ``route_id`` and ``date``: another day's state is not restored, and a
 manifest of another day starts a new one.
@@ -86,7 +89,7 @@ from firmware_agent.contract.records import (
     decode_fields,
     encode_fields,
 )
-from firmware_agent.day_state import DayState, StopDay
+from firmware_agent.day_state import DayState, EtaDay, StopDay
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.eta.tracker import EtaConfig, EtaTracker
 from firmware_agent.faults import FaultCounter
@@ -227,6 +230,7 @@ class VanPipeline:
             off_reported=off_reported,
             off_max_m=off_max_m,
             **self._pairing_state(),
+            eta=self.eta_tracker.saved() if self.eta_tracker is not None else EtaDay(),
         )
 
     def _pairing_state(self) -> dict[str, Any]:
@@ -270,7 +274,8 @@ class VanPipeline:
 
         Delivered parcels stay delivered, recent scans stay duplicates, every stop gets
         back its phase and visits (a van still in a fence does not arrive again), and
-        the ETA tracker has the visited stops served."""
+        the ETA tracker has the visited stops served, and its passed stops, published
+        ETAs and standing late_risks back (no second ``stop_passed``)."""
         if not day.is_day(self._manifest.route_id, self._manifest.date.isoformat()):
             return False
         self._delivered = dict(day.delivered)
@@ -292,6 +297,7 @@ class VanPipeline:
                 served=[s.id for s in self._manifest.stops if self.engine.visits(s.id) > 0],
                 plan=self.eta_tracker.plan,
             )
+            self.eta_tracker.restore(day.eta)
         return True
 
     def use_predictor(self, predictor: EtaPredictor | None) -> None:
@@ -487,6 +493,9 @@ class VanPipeline:
         """Sign one attempt as the next POD; a successful one delivers its parcel."""
         pod, claims = self.pods.deliver(fields)
         self.counts["pods"] += 1
+        if self.eta_tracker is not None and fields.stop_id is not None:
+            # A parcel dealt with: one less left to scan at its stop.
+            self.eta_tracker.on_parcel(fields.stop_id, fields.parcel)
         if is_delivery(fields.outcome):
             self._delivered[fields.parcel] = pod.seq
         else:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_agent.contract.manifest import Manifest
 from firmware_agent.contract.topics import STREAMS
-from firmware_agent.day_state import DayState, DayStateError, StopDay
+from firmware_agent.day_state import DayState, DayStateError, EtaDay, StopDay
 from firmware_agent.errors import OutboxStorageError
 from firmware_agent.eta.predictor import EtaPredictor
 from firmware_agent.pod.chain import PodChain
@@ -85,6 +85,16 @@ def test_a_day_reads_back_as_it_was_written() -> None:
     )
     assert DayState.decode(day.encode()) == day
     assert DayState.decode(DayState(route_id="R", date="2026-01-01").encode()).stops == {}
+    # The ETA tracker's memory (passed stops, published ETAs, standing late_risks).
+    eta = EtaDay(
+        passed=("S4", "S5"),
+        deferred=("S5",),
+        published={"S4": (1.8e9, 1.7999e9), "S6": (1.8e9 + 60, 1.7999e9)},
+        late=("S6",),
+    )
+    with_eta = DayState(route_id="R1", date="2026-11-21", eta=eta)
+    assert DayState.decode(with_eta.encode()) == with_eta
+    assert b'"eta"' not in day.encode()  # nothing to keep: the format as before
 
 
 @pytest.mark.parametrize(
@@ -103,6 +113,12 @@ def test_a_day_reads_back_as_it_was_written() -> None:
         b'"stops":{"S1":["arrived",0,null,null,null,null,null,false]},"engine":[false,null,null,false,0]}',
         b'{"v":1,"route_id":"R","date":"d","delivered":{},"accepted":[["P",1e999]],"stops":{},'
         b'"engine":[false,null,null,false,0]}',
+        b'{"v":1,"route_id":"R","date":"d","delivered":{},"accepted":[],"stops":{},'
+        b'"engine":[false,null,null,false,0],"eta":{"passed":[3]}}',
+        b'{"v":1,"route_id":"R","date":"d","delivered":{},"accepted":[],"stops":{},'
+        b'"engine":[false,null,null,false,0],"eta":{"published":{"S1":[1]}}}',
+        b'{"v":1,"route_id":"R","date":"d","delivered":{},"accepted":[],"stops":{},'
+        b'"engine":[false,null,null,false,0],"eta":[]}',
     ],
 )
 def test_a_damaged_day_is_a_day_state_error(data: bytes) -> None:

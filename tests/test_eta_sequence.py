@@ -23,6 +23,7 @@ from firmware_agent.contract.errors import FeatureError
 from firmware_agent.contract.eta_features import RoutePlan, SpeedHistory, eta_features
 from firmware_agent.contract.fix import Fix
 from firmware_agent.contract.manifest import Manifest, parse_manifest
+from firmware_agent.day_state import DayState
 from firmware_agent.errors import ConfigError
 from firmware_agent.eta.manager import load_eta_predictor
 from firmware_agent.eta.predictor import EtaPredictor
@@ -132,7 +133,10 @@ def drive_past_day() -> list[tuple[Fix, float, float]]:
 def test_a_drive_past_is_announced_once_and_the_next_etas_drop_the_detour() -> None:
     served = {s: STREET[s] for s in ("S1", "S3", "S4")}
     fixes = drive_past_day()
-    tracker = EtaTracker(street(), EtaPredictor.baseline("test"))
+    # The ETAs are compared below with drive-pasts on and off: the order alone, so the
+    # hold of the ETAs during the dwell at S1 (tests/test_eta_dwell.py) is off in both.
+    no_hold = EtaConfig(dwell_hold_stops=0)
+    tracker = EtaTracker(street(), EtaPredictor.baseline("test"), no_hold)
     records, arrived = play(tracker, fixes, served)
     [passed] = passes(records)
     assert passed["stop_id"] == "S2"
@@ -157,7 +161,11 @@ def test_a_drive_past_is_announced_once_and_the_next_etas_drop_the_detour() -> N
     assert {r["trigger"] for r in at_pass} == {"moved"}
     # ... and are closer to the truth than with drive-pasts off (the planned order: the
     # arrival at S3 then passes S2 as out of order, so both days agree from there on).
-    before = EtaTracker(street(), EtaPredictor.baseline("test"), EtaConfig(passed_watch_stops=0))
+    before = EtaTracker(
+        street(),
+        EtaPredictor.baseline("test"),
+        EtaConfig(passed_watch_stops=0, dwell_hold_stops=0),
+    )
     old, old_arrived = play(before, fixes, served)
     assert old_arrived == arrived
     assert [(r["stop_id"], r["reason"]) for r in passes(old)] == [("S2", "out_of_order")]
@@ -401,3 +409,48 @@ def test_a_simulated_day_served_in_order_passes_nothing() -> None:
     assert "stop_passed" not in kinds
     assert van.eta_tracker is not None
     assert van.eta_tracker.counts["stop_passed"] == 0
+
+
+def test_a_restart_keeps_the_passed_stops_and_announces_none_again() -> None:
+    """The van is killed after announcing S2 passed and restarted on its saved day:
+    S2 stays passed, no second stop_passed (the arrival at S3 would otherwise pass it
+    again as out of order), and no `first` ETA for the stops already published."""
+    fixes = [f for f, _, _ in drive_past_day()]
+
+    def van() -> VanPipeline:
+        return VanPipeline(
+            street(),
+            pods=PodChain("van-1", Ed25519PrivateKey.generate()),
+            telemetry=False,
+            eta=EtaPredictor.baseline("test"),
+        )
+
+    first = van()
+    before: list[Record] = []
+    rest = list(fixes)
+    while rest and not passes(before):  # up to the fix that announced S2
+        before += [json.loads(json_line(r)) for r in first.on_fix(rest.pop(0))]
+    assert [p["stop_id"] for p in passes(before)] == ["S2"]
+    saved = first.day_state().encode()  # what the agent commits with those records
+
+    def restarted(state: bytes) -> tuple[VanPipeline, list[Record]]:
+        again = van()
+        assert again.restore_day(DayState.decode(state))
+        out = []
+        for fix in rest:
+            out += [json.loads(json_line(r)) for r in again.on_fix(fix)]
+        return again, out
+
+    again, after = restarted(saved)
+    assert again.eta_tracker is not None
+    assert again.eta_tracker.passed == {"S2"}
+    assert passes(after) == []
+    assert "S3" in {r["stop_id"] for r in after if r["type"] == "arrival"}
+    assert not [r for r in after if r.get("trigger") == "first"]
+    # A day saved before the tracker's memory was (no "eta" key) still restores, and
+    # shows what was lost: S2 announced again at S3, every stop's ETA sent as first.
+    old = json.loads(saved)
+    del old["eta"]
+    _, lost = restarted(json.dumps(old).encode())
+    assert [(p["stop_id"], p["reason"]) for p in passes(lost)] == [("S2", "out_of_order")]
+    assert [r for r in lost if r.get("trigger") == "first"]

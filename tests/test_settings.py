@@ -594,8 +594,9 @@ def test_the_remote_parser_takes_the_trees_remote_settings() -> None:
         s: set(keys) for s, keys in remote_settings().items()
     }
     # The 39 pipeline settings the issue counts, the two reason-card waits, the four
-    # of sequence deviations (eta.passed_*) and the two of events batching (issue 15).
-    assert sum(len(keys) for keys in SETTINGS.values()) == 47
+    # of sequence deviations (eta.passed_*), the two of events batching and the three
+    # of the dwell (eta.dwell_*) and eta.late_probability (issue 15).
+    assert sum(len(keys) for keys in SETTINGS.values()) == 51
 
 
 @pytest.mark.parametrize(

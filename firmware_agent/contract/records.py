@@ -311,6 +311,7 @@ _COORD: Final = wire(ndigits=7)
 _TENTH: Final = wire(ndigits=1)
 _OMITTED: Final = wire(omit_none=True)
 _OMITTED_TENTH: Final = wire(ndigits=1, omit_none=True)
+_OMITTED_HUNDREDTH: Final = wire(ndigits=2, omit_none=True)
 
 
 # --- Event and POD records -----------------------------------------------------------------
@@ -509,6 +510,9 @@ class LateRisk(JsonRecord):
     window_end: datetime
     late_by_s: float = field(metadata=_TENTH)
     model: str
+    # The probability (0-1) of arriving after window_end, from the model's calibrated
+    # interval; absent when the point ETA decided (no interval: the baseline).
+    probability: float | None = field(default=None, metadata=_OMITTED_HUNDREDTH)
 
 
 PassReason = Literal["drive_past", "out_of_order"]

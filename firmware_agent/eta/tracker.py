@@ -76,7 +76,12 @@ A stop's trigger is the first of these that applies, in this order, and is on th
 record. A move "lasts" from the first prediction beyond the threshold to the first
 back within it; a published record ends it.
 
-``late_risk``: when a stop's predicted arrival has been after its promised
+``late_risk``: with the model's calibrated interval, when the probability of arriving
+after the window's end (:func:`~firmware_agent.eta.late.late_probability`) has been above
+``late_probability`` (0.7) for ``late_confirm_s``, cleared like the point rule with the
+probability against a window ending the margin sooner; the record says ``probability``.
+Without an interval (the baseline) or with ``late_probability`` 0, the point rule: when
+a stop's predicted arrival has been after its promised
 ``window_end`` (manifest) at every prediction for ``late_confirm_s`` (60 s) while the
 stop is predicted at most ``late_horizon_s`` (1 h) away: the time a customer can still
 rearrange their day, and as far ahead as the model is accurate enough to be believed
@@ -88,6 +93,17 @@ simulated days the model raised a late_risk for every stop that really arrived l
 a median 31-40 min before the window's end; one windowed stop in 28-44 that came on
 time had a false alert, and a stop alerted had 1.0-1.25 late_risks (docs/eta.md, "ETA
 events on the wire").
+
+The dwell
+---------
+While the van stands at a stop (from its arrival to the geofence's departure) the
+ETAs of the next ``dwell_hold_stops`` (1) stops are held at what the first prediction
+of the dwell said, moved only by the change of the expected departure (the stop's
+expected dwell, ``dwell_base_s`` + ``dwell_per_parcel_s`` x parcels, or later by the
+parcels left to scan: :meth:`EtaTracker.on_parcel`, fed by the pipeline's PODs), so they
+do not slide minute by minute (firmware_agent/eta/dwell.py; docs/eta.md, "How an ETA
+is computed", for the figures). The model's features are unchanged: ``parcels_here``
+is the stop's manifest parcels, as in training.
 
 Sequence deviations
 -------------------
@@ -114,7 +130,7 @@ and ``eta`` is the baseline)::
     {"type": "eta", "time", "stop_id", "route_id", "eta", "eta_baseline", "horizon_s",
      "model", "trigger", "eta_p10", "eta_p90"}
     {"type": "late_risk", "time", "stop_id", "route_id", "eta", "eta_baseline",
-     "window_end", "late_by_s", "model"}
+     "window_end", "late_by_s", "model", "probability"}
     {"type": "stop_passed", "time", "stop_id", "route_id", "planned_index", "reason",
      "closest_m", "eta", "eta_baseline", "stops_before", "model"}
 
@@ -153,7 +169,10 @@ from firmware_agent.contract.records import (
     PassReason,
     StopPassed,
 )
+from firmware_agent.day_state import EtaDay
 from firmware_agent.errors import ConfigError
+from firmware_agent.eta.dwell import DwellHold, expected_departure_s
+from firmware_agent.eta.late import late_probability
 from firmware_agent.eta.predictor import EtaPredictor, Prediction
 from firmware_agent.eta.sequence import expected_order
 
@@ -197,10 +216,20 @@ class EtaConfig:
     late_confirm_s: float = 60.0
     late_clear_s: float = 120.0
     late_clear_fraction: float = 0.10
+    # With the model's interval: late_risk when the probability of arriving after the
+    # window's end exceeds this (0: the point rule above, as without an interval).
+    late_probability: float = 0.7
     passed_near_m: float = 100.0
     passed_leave_m: float = 300.0
     passed_confirm_s: float = 20.0
     passed_watch_stops: int = 2
+    # The dwell (docs/eta.md, "Dwell"): a stop's expected dwell is dwell_base_s +
+    # dwell_per_parcel_s x its parcels (the median line through the training days'
+    # dwells, bench/eta_dwell.py); the ETAs of the next dwell_hold_stops stops are held
+    # meanwhile (0: none).
+    dwell_base_s: float = 83.0
+    dwell_per_parcel_s: float = 15.0
+    dwell_hold_stops: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -216,9 +245,12 @@ class EtaConfig:
             "late_confirm_s",
             "late_clear_s",
             "late_clear_fraction",
+            "late_probability",
             "passed_near_m",
             "passed_leave_m",
             "passed_confirm_s",
+            "dwell_base_s",
+            "dwell_per_parcel_s",
         ):
             value = getattr(self, name)
             if not (
@@ -228,9 +260,13 @@ class EtaConfig:
                 and value >= 0
             ):
                 raise ConfigError(f"eta {name} must be a finite number >= 0, got {value!r}")
+        if self.late_probability > 0.99:
+            raise ConfigError(
+                f"eta late_probability must be at most 0.99, got {self.late_probability!r}"
+            )
         if self.heartbeat_s == 0:
             raise ConfigError("eta heartbeat_s must be > 0")
-        for name in ("heartbeat_stops", "passed_watch_stops"):
+        for name in ("heartbeat_stops", "passed_watch_stops", "dwell_hold_stops"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"eta {name} must be an integer >= 0, got {value!r}")
@@ -315,6 +351,11 @@ class EtaTracker:
         # The stop the van stands at (reached, not yet left) and since when: the
         # features' dwell_s and parcels_here.
         self._dwell: tuple[int, datetime] | None = None
+        # The parcels of that stop scanned since (their codes), and the ETAs held
+        # during it (firmware_agent/eta/dwell.py; dwell_hold_stops 0: none held).
+        self._scanned: set[str] = set()
+        self._hold: DwellHold | None = None
+        self.last_prediction: Prediction | None = None  # after the hold: what was judged
         self.counts: dict[str, int] = {
             "predictions": 0,
             "eta": 0,
@@ -386,8 +427,46 @@ class EtaTracker:
         if self._dwell is not None:
             j = new.plan.index.get(self.plan.stop_ids[self._dwell[0]])
             new._dwell = None if j is None else (j, self._dwell[1])
+            new._scanned = set(self._scanned)
         new.counts = self.counts
         return new
+
+    def saved(self) -> EtaDay:
+        """What must survive a restart (:class:`~firmware_agent.day_state.EtaDay`):
+        the stops passed and not served, the ETAs published (to the whole second, as
+        sent) and the standing late_risks of the stops not served."""
+        ids = self.plan.stop_ids
+        pending = ~self._served
+        published = np.flatnonzero(pending & np.isfinite(self._published_s))
+        return EtaDay(
+            passed=tuple(ids[i] for i in np.flatnonzero(pending & self._passed)),
+            deferred=tuple(ids[i] for i in np.flatnonzero(pending & self._deferred)),
+            published={
+                ids[i]: (round(float(self._published_s[i])), round(float(self._published_at_s[i])))
+                for i in published
+            },
+            late=tuple(ids[i] for i in np.flatnonzero(pending & self._late)),
+        )
+
+    def restore(self, day: EtaDay) -> None:
+        """Take back what :meth:`saved` kept before a restart (stops unknown to this
+        plan, or served, are skipped): passed stops stay passed and are not announced
+        again, published ETAs are judged by the ``moved`` rule, not sent as ``first``."""
+        index = self.plan.index
+        for names, flags in ((day.passed, self._passed), (day.deferred, self._deferred)):
+            for stop_id in names:
+                i = index.get(stop_id)
+                if i is not None and not self._served[i]:
+                    flags[i] = True
+        for stop_id, (eta_s, at_s) in day.published.items():
+            i = index.get(stop_id)
+            if i is not None and not self._served[i]:
+                self._published_s[i], self._published_at_s[i] = eta_s, at_s
+        for stop_id in day.late:
+            i = index.get(stop_id)
+            if i is not None and not self._served[i]:
+                self._late[i] = True
+        self._watched = None
 
     # -- feeding --------------------------------------------------------------------
 
@@ -435,15 +514,31 @@ class EtaTracker:
         i = self.plan.index.get(stop_id)
         if self._dwell is not None and self._dwell[0] == i:
             self._dwell = None
+            self._hold = None
+
+    def on_parcel(self, stop_id: str, parcel: str) -> None:
+        """An attempt at ``parcel`` of ``stop_id`` was recorded (a POD, delivered or
+        failed: the parcel was dealt with). Counts toward the parcels left to scan at the
+        stop the van stands at; a parcel of another stop, or again, changes nothing."""
+        i = self.plan.index.get(stop_id)
+        if self._dwell is not None and self._dwell[0] == i:
+            self._scanned.add(parcel)
 
     def dwell(self, now: datetime) -> tuple[float, float]:
         """(seconds at the stop the van stands at, its manifest parcels), (0, 0) while
-        driving: the features' ``dwell_s`` and ``parcels_here``. The tracker does not
-        see the scans, so the parcels are the stop's, not those left to scan."""
+        driving: the features' ``dwell_s`` and ``parcels_here``, as the training rows
+        compute them (cloud_ingest/eta/dataset.py: the stop's parcels, whatever was
+        scanned). The parcels left to scan serve the hold (:meth:`parcels_left`)."""
         if self._dwell is None:
             return 0.0, 0.0
         i, since = self._dwell
         return max(0.0, (now - since).total_seconds()), float(self.plan.parcels[i])
+
+    def parcels_left(self) -> float:
+        """Parcels of the stop the van stands at not scanned yet (0 while driving)."""
+        if self._dwell is None:
+            return 0.0
+        return max(0.0, float(self.plan.parcels[self._dwell[0]]) - len(self._scanned))
 
     def _serve(self, stop_id: str, at: datetime | None = None) -> bool:
         i = self.plan.index.get(stop_id)
@@ -464,6 +559,8 @@ class EtaTracker:
         self._watched = None
         if at is not None:
             self._dwell = (i, at)
+            self._scanned = set()
+        self._hold = None
         self._published_s[i] = self._published_at_s[i] = np.nan
         self._move_since_s[i] = self._late_since_s[i] = np.nan
         self._late[i] = False
@@ -471,6 +568,7 @@ class EtaTracker:
         return True
 
     def _pass(self, i: int, reason: PassReason) -> None:
+        self._hold = None  # the order changed: the hold starts again
         self._passed[i] = True
         self._deferred[i] = reason == "drive_past"
         self._far_since_s[i] = np.nan
@@ -567,9 +665,9 @@ class EtaTracker:
         idx = np.flatnonzero(~self._served)
         if idx.size == 0:
             return []  # the day's stops are all served: nothing more to say
-        prediction = self.predict(now, lat, lon)
-        eta_s = prediction.eta_s
         now_s = now.timestamp()
+        prediction = self.last_prediction = self._held(now_s, idx, self.predict(now, lat, lon))
+        eta_s = prediction.eta_s
         arrive_s = now_s + eta_s
         # Where each stop of the expected order is among idx (stop order).
         head = np.searchsorted(idx, self.order)
@@ -602,6 +700,34 @@ class EtaTracker:
         records += self._late_risks(now, idx, prediction, arrive_s, model)
         passed_records = self._stop_passed(now, idx, head, prediction, passes=passes, model=model)
         return passed_records + records
+
+    def _held(self, now_s: float, idx: npt.NDArray[np.intp], prediction: Prediction) -> Prediction:
+        """``prediction`` with the next stops held while the van dwells
+        (firmware_agent/eta/dwell.py); as it is while driving."""
+        if self._dwell is None or self.config.dwell_hold_stops == 0:
+            self._hold = None
+            return prediction
+        i, since = self._dwell
+        departure_s = expected_departure_s(
+            since.timestamp(),
+            now_s,
+            parcels=float(self.plan.parcels[i]),
+            parcels_left=self.parcels_left(),
+            base_s=self.config.dwell_base_s,
+            per_parcel_s=self.config.dwell_per_parcel_s,
+        )
+        if self._hold is None or self._hold.stop != i:
+            self._hold = DwellHold.start(
+                i,
+                self.plan.n_stops,
+                idx,
+                now_s,
+                prediction,
+                departure_s,
+                only=self.order[: self.config.dwell_hold_stops],
+            )
+            return prediction
+        return self._hold.apply(idx, now_s, prediction, departure_s)
 
     def _stop_passed(
         self,
@@ -694,9 +820,26 @@ class EtaTracker:
         window_end_s = self.plan.window_end_s[idx]  # NaN without a window: never late
         now_s = now.timestamp()
         with np.errstate(invalid="ignore"):
-            late = (arrive_s > window_end_s) & (prediction.eta_s <= cfg.late_horizon_s)
             margin_s = np.maximum(cfg.late_clear_s, cfg.late_clear_fraction * prediction.eta_s)
+            near = prediction.eta_s <= cfg.late_horizon_s
+            late = (arrive_s > window_end_s) & near
             clear = arrive_s <= window_end_s - margin_s
+        # With an interval, by the probability of missing the window (firmware_agent/
+        # eta/late.py): raised above late_probability, cleared once the arrival is that
+        # unlikely even after a window ending margin_s sooner; else the point rule.
+        probability = None
+        if (
+            cfg.late_probability > 0
+            and prediction.p10_s is not None
+            and prediction.p90_s is not None
+        ):
+            to_end_s = window_end_s - now_s
+            probability = late_probability(prediction.p10_s, prediction.p90_s, to_end_s)
+            has = np.isfinite(probability)
+            with np.errstate(invalid="ignore"):
+                late = np.where(has, (probability > cfg.late_probability) & near, late)
+                sooner = late_probability(prediction.p10_s, prediction.p90_s, to_end_s - margin_s)
+                clear = np.where(has, sooner <= cfg.late_probability, clear)
         # As for moves: late counts once it has lasted late_confirm_s, within the horizon.
         since_s = np.where(late, np.fmin(self._late_since_s[idx], now_s), np.nan)
         self._late_since_s[idx] = since_s
@@ -720,6 +863,11 @@ class EtaTracker:
                     window_end=window_end,
                     late_by_s=float(arrive_s[k] - window_end_s[k]),
                     model=model,
+                    probability=(
+                        None
+                        if probability is None or not math.isfinite(probability[k])
+                        else round(float(probability[k]), 2)
+                    ),
                 )
             )
         self.counts["late_risk"] += len(records)
