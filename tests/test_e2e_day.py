@@ -254,7 +254,6 @@ async def _kill_restart_and_finish(
         command = agent_command(state, part, port, speed=SPEED)
         log_path = directory / f"agent-{run:02d}.log"
         with log_path.open("wb") as log:
-            started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *command, *(["--exit-when-drained"] if last else []), stdout=log, stderr=log
             )
@@ -268,19 +267,34 @@ async def _kill_restart_and_finish(
                         await proc.wait()
                 assert rc == 0, (directory / f"agent-{run:02d}.log").read_text()
                 return
+            # When the input started playing (the agent logs it first): the day plays
+            # from then on, so the next run starts where this one can have got to.
+            playing = asyncio.create_task(_playing_since(log_path, proc))
             delay_s = rng.uniform(*RUN_S)
             # Half the kills count from the launch (start-up included), half from the
             # moment the input plays: start-up alone takes 1.6-1.9 s on a loaded VM.
             if rng.random() < 0.5:
-                await input_started(log_path, proc)
+                await asyncio.shield(playing)
             await asyncio.sleep(delay_s)
             proc.send_signal(signal.SIGKILL)
-            ran_s = time.monotonic() - started
+            killed = time.monotonic()
             assert await proc.wait() == -signal.SIGKILL, f"run {run} ended by itself"
-        # Playing starts after start-up, paced from its first fix: it cannot have got
-        # further than the wall time since the spawn allows.
+            since = await playing
+        # Paced from its first fix, the input cannot have got further than the wall
+        # time it played (plus the log poll's step) allows; killed before it played,
+        # the van saw nothing of this part.
         first = next((t for t, _ in day.nmea if t > after), day.nmea[-1][0])
-        after = first + timedelta(seconds=ran_s * SPEED)
+        if since is not None:
+            played_s = killed - since + 0.1
+            after = first + timedelta(seconds=played_s * SPEED)
+
+
+async def _playing_since(log_path: Path, proc: asyncio.subprocess.Process) -> float | None:
+    """The monotonic time the agent logged its input playing, None if it never did."""
+    await input_started(log_path, proc)
+    if b"GNSS input: " in await asyncio.to_thread(log_path.read_bytes):
+        return time.monotonic()
+    return None
 
 
 def _check_the_day(events: list[dict[str, Any]], pods: list[tuple[str, Outcome]]) -> None:
