@@ -243,9 +243,51 @@ def test_a_round_served_out_of_order_passes_the_skipped_stop_and_reorders() -> N
     assert passed["closest_m"] == pytest.approx(800.0, abs=1.0)  # seen, never near
     # S1 is re-inserted before S3: going up to it and on to S3 costs the least.
     assert passed["stops_before"] == 0
-    # The arrival at S2 republishes the stop the van now heads for: S1, not S3.
-    at_s2 = [r for r in records if r["time"] == passed["time"] and r.get("trigger") == "arrival"]
-    assert [r["stop_id"] for r in at_s2] == ["S1"]
+    # The arrival at S2 republishes the stop the van now heads for: S1, not S3 (as
+    # ``moved`` when its ETA moved beyond the threshold, which takes precedence).
+    at_s2 = [r for r in records if r["time"] == passed["time"] and r["type"] == "eta"]
+    assert "S1" in {r["stop_id"] for r in at_s2}
+    assert not [r for r in at_s2 if r["stop_id"] == "S3" and r["trigger"] == "arrival"]
+
+
+def test_a_halt_the_geofence_missed_never_puts_a_turn_back_into_the_later_etas() -> None:
+    # A long street east: the van stands a minute at S2, but no arrival is confirmed
+    # there (a halt the geofence missed, as on a real bus run); it then serves S3, 250 m
+    # on (never 300 m from S2: no drive-past), S4 and S5. S2 is passed out of order at
+    # S3 with closest_m ~0: the driver was there. Before, the deferral ended at the next
+    # arrival, and from S4 on cheapest insertion turned the van back to S2 first (2 km
+    # back and forth on every later ETA; the end of the street, S6, is farther from S2).
+    xs = {"S1": 1000.0, "S2": 2000.0, "S3": 2250.0, "S4": 3000.0, "S5": 4000.0, "S6": 9000.0}
+    stops = {s: (x, 0.0) for s, x in xs.items()}
+    fixes = path_fixes([(0.0, 0.0, 0.0), *((x, 0.0, 60.0) for s, x in xs.items() if s != "S6")])
+    served = {s: xy for s, xy in stops.items() if s != "S2"}
+    tracker = EtaTracker(street(stops), EtaPredictor.baseline("test"))
+    records, arrived = play(tracker, fixes, served)
+    assert list(arrived) == ["S1", "S3", "S4", "S5"]
+    [passed] = passes(records)
+    assert (passed["stop_id"], passed["reason"]) == ("S2", "out_of_order")
+    assert passed["closest_m"] == pytest.approx(0.0, abs=1.0)
+    assert [tracker.plan.stop_ids[i] for i in tracker.order] == ["S6", "S2"]
+    # Every ETA of S5 and S6 published after the pass counts the street ahead only: at
+    # most the straight line ahead over the 2 m/s floor of the naive.
+    for r in records:
+        if r["type"] == "eta" and r["stop_id"] in ("S5", "S6") and r["time"] >= passed["time"]:
+            issued = datetime.fromisoformat(r["time"])
+            x = next(x for f, x, _ in fixes if f.time == issued)
+            ahead_m = stops[r["stop_id"]][0] - x
+            assert (datetime.fromisoformat(r["eta"]) - issued).total_seconds() <= ahead_m / 2.0
+
+
+def test_a_stop_skipped_while_never_near_it_may_still_come_next() -> None:
+    # The out-of-order case of test_a_round_served_out_of_order...: S1 was never
+    # approached (800 m away), so after S2 it may be next; deferral is for stops the
+    # driver was at or by.
+    stops = {"S1": (1000.0, 800.0), "S2": (1000.0, 0.0), "S3": (2500.0, 800.0)}
+    fixes = path_fixes([(0.0, 0.0, 0.0), (1000.0, 0.0, DWELL_S)])
+    tracker = EtaTracker(street(stops), EtaPredictor.baseline("test"))
+    play(tracker, fixes, {"S2": stops["S2"]})
+    assert tracker.passed == {"S1"}
+    assert [tracker.plan.stop_ids[i] for i in tracker.order] == ["S1", "S3"]
 
 
 def test_expected_order_keeps_the_plan_and_inserts_passed_stops_where_cheapest() -> None:
@@ -289,6 +331,13 @@ def test_expected_order_keeps_the_plan_and_inserts_passed_stops_where_cheapest()
     deferred = passed.copy()
     order = expected_order(plan, served, passed, *here(plan, 2050.0, 0.0), deferred=deferred)
     assert order.tolist() == [2, 3, 4, 1, 5]
+    # ... and only where the route comes back by it: an insertion costing more than
+    # max_detour_m (on the way back west, 157 m) is a turn back one stop later: the end.
+    for detour_m, expected in ((600.0, [2, 3, 4, 1, 5]), (100.0, [2, 3, 4, 5, 1])):
+        order = expected_order(
+            plan, served, passed, *here(plan, 2050.0, 0.0), deferred=deferred, max_detour_m=detour_m
+        )
+        assert order.tolist() == expected
     # Nothing left but passed stops: their planned order, cheapest first.
     served[2:] = True
     assert expected_order(

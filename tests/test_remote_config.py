@@ -433,7 +433,7 @@ def test_reconfigure_gives_the_running_eta_tracker_its_new_settings_and_keeps_it
     m = manifest([stop("S1", 0.0), stop("S2", 1000.0)], route=route_line([-500.0, 1500.0]))
     # The baseline's ETAs of a parked van drift as its speed history fills: this van
     # publishes no moves, so that only the heartbeat speaks.
-    own = VanConfig(eta=EtaConfig(min_move_s=1e6, far_min_move_s=1e6))
+    own = VanConfig(eta=EtaConfig(min_move_s=1e6, near_min_move_s=1e6, far_min_move_s=1e6))
     van = VanPipeline(
         m,
         pods=PodChain("van-1", Ed25519PrivateKey.generate()),
