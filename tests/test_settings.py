@@ -595,8 +595,9 @@ def test_the_remote_parser_takes_the_trees_remote_settings() -> None:
     }
     # The 39 pipeline settings the issue counts, the two reason-card waits, the four
     # of sequence deviations (eta.passed_*), the two of events batching and the three
-    # of the dwell (eta.dwell_*) and eta.late_probability (issue 15).
-    assert sum(len(keys) for keys in SETTINGS.values()) == 51
+    # of the dwell (eta.dwell_*), eta.late_probability and the three of the near rule
+    # (eta.near_*) (issue 15).
+    assert sum(len(keys) for keys in SETTINGS.values()) == 54
 
 
 @pytest.mark.parametrize(
