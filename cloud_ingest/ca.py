@@ -140,9 +140,18 @@ def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def init_ca(directory: Path, *, now: datetime, name: str = "fleet CA", days: int = 3650) -> FleetCa:
+def init_ca(
+    directory: Path,
+    *,
+    now: datetime,
+    name: str = "fleet CA",
+    days: int = 3650,
+    crl_file: Path | None = None,
+    crl_days: int = 365,
+) -> FleetCa:
     """Create the CA in ``directory`` (made 0700 if missing): key, certificate, an empty
-    record and CRL. :class:`CaExistsError` if a CA key is already there."""
+    record and CRL (see :class:`FleetCa` for ``crl_file`` and ``crl_days``).
+    :class:`CaExistsError` if a CA key is already there."""
     make_private_dirs(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     public = key.public_key()
@@ -178,7 +187,7 @@ def init_ca(directory: Path, *, now: datetime, name: str = "fleet CA", days: int
     if not write_file_atomically(directory / CA_KEY, private_key_pem(key), overwrite=False):
         raise CaExistsError(f"{directory / CA_KEY} exists: a CA key is never overwritten")
     write_file_atomically(directory / CA_CERT, _pem(cert), overwrite=True, mode=0o644)
-    ca = FleetCa(directory)
+    ca = FleetCa(directory, crl_file=crl_file, crl_days=crl_days)
     with ca.locked():
         if not (directory / RECORDS).exists():
             ca._save([])

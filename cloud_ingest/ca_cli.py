@@ -143,9 +143,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from cloud_ingest.ca import CA_CERT, CA_KEY, init_ca, utcnow  # noqa: PLC0415
 
     ca = _ca(args)
-    init_ca(ca.directory, now=utcnow(), name=args.name, days=args.days)
-    ca = _ca(args)
-    ca.write_crl(now=utcnow())
+    init_ca(
+        ca.directory,
+        now=utcnow(),
+        name=args.name,
+        days=args.days,
+        crl_file=ca.crl_file,
+        crl_days=ca.crl_days,
+    )
     print(f"CA key: {ca.directory / CA_KEY} (0600: keep it on this host only)")
     print(f"CA certificate: {ca.directory / CA_CERT} (the broker's cafile; vans get it)")
     print(f"CRL: {ca.crl_file} (the broker's crlfile)")

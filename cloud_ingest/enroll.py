@@ -284,10 +284,11 @@ async def enroll(
         cert.serial_number,
         f", revoked {', '.join(r.serial_hex for r in revoked)}" if revoked else "",
     )
+    ca_pem = await asyncio.to_thread(ca.certificate_pem)
     return EnrollOut(
         device_id=device_id,
         certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        ca_pem=ca.certificate_pem().decode(),
+        ca_pem=ca_pem.decode(),
         serial=f"{cert.serial_number:x}",
         not_after=cert.not_valid_after_utc,
         broker=BrokerOut(host=enrollment.broker_host, port=enrollment.broker_port),

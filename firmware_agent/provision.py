@@ -326,6 +326,16 @@ def provision(
             broker=str(marker.get("broker")),
         )
     text, _ = read_settings_file(paths.config)
+    top: dict[str, object] = {"device_id": device_id}
+    if paths.state_dir != state_dir_of(text):
+        top["state_dir"] = str(paths.state_dir)
+    tls_files = {
+        "tls_ca": str(paths.ca_cert),
+        "tls_cert": str(paths.client_cert),
+        "tls_key": str(paths.client_key),
+    }
+    # A settings file this editor cannot handle is found before the token is spent.
+    set_settings(text, top, {"host": "broker.invalid", "port": 8883, **tls_files})
     pod_key = load_or_create_device_key(paths.pod_key)
     tls_key = ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -362,20 +372,7 @@ def provision(
     write_file_atomically(paths.client_key, key_pem, overwrite=True)
     write_file_atomically(paths.client_cert, cert.public_bytes(pem), overwrite=True, mode=0o644)
     write_file_atomically(paths.ca_cert, ca.public_bytes(pem), overwrite=True, mode=0o644)
-    top: dict[str, object] = {"device_id": device_id}
-    if paths.state_dir != state_dir_of(text):
-        top["state_dir"] = str(paths.state_dir)
-    settings = set_settings(
-        text,
-        top,
-        {
-            "host": host,
-            "port": port,
-            "tls_ca": str(paths.ca_cert),
-            "tls_cert": str(paths.client_cert),
-            "tls_key": str(paths.client_key),
-        },
-    )
+    settings = set_settings(text, top, {"host": host, "port": port, **tls_files})
     paths.config.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     write_file_atomically(paths.config, settings.encode(), overwrite=True, mode=0o644)
     serial = f"{cert.serial_number:x}"

@@ -84,6 +84,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         return 2
     except (ProvisionError, OSError) as err:
         print(f"fleet-agent provision: {err}", file=sys.stderr)
+        if "already used" in str(err) or "expired" in str(err):
+            print("ask for a new token: fleet-ingest enroll-token --device ID", file=sys.stderr)
         return 1
     until = outcome.not_after.strftime("%Y-%m-%d")
     if not outcome.changed:
