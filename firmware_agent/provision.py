@@ -108,6 +108,7 @@ class Outcome:
     not_after: datetime
     broker: str
     revoked: tuple[str, ...] = ()
+    owner: str | None = None
 
 
 def token_device(token: str) -> str:
@@ -282,17 +283,19 @@ def _post(url: str, body: dict[str, Any], *, timeout_s: float, cafile: Path | No
         raise ProvisionError(f"{url}: the answer is not JSON") from None
 
 
-def _chown(owner: str | None, *paths: Path) -> None:
+def _chown(owner: str | None, *paths: Path) -> str | None:
+    """Give ``paths`` to ``owner`` when run as root and the user exists; who got them."""
     if owner is None or os.geteuid() != 0:
-        return
+        return None
     import pwd  # noqa: PLC0415 (POSIX only)
 
     try:
         entry = pwd.getpwnam(owner)
     except KeyError:
-        return
+        return None
     for path in paths:
         os.chown(path, entry.pw_uid, entry.pw_gid)
+    return owner
 
 
 def provision(
@@ -388,7 +391,7 @@ def provision(
     write_file_atomically(
         paths.marker, json.dumps(record, indent=1).encode() + b"\n", overwrite=True
     )
-    _chown(
+    owned_by = _chown(
         owner,
         paths.tls_dir,
         paths.client_key,
@@ -405,6 +408,7 @@ def provision(
         not_after=cert.not_valid_after_utc,
         broker=f"{host}:{port}",
         revoked=revoked,
+        owner=owned_by,
     )
 
 

@@ -9,6 +9,7 @@ malformed token, URL or option.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
         return 0
     print(f"provisioned {outcome.device_id}: certificate {outcome.serial} valid to {until}")
     print(f"broker {outcome.broker}; settings {paths.config}; keys in {paths.tls_dir}")
+    if outcome.owner is not None:
+        print(f"keys owned by {outcome.owner}")
+    elif os.geteuid() == 0:
+        print(f"no user {args.owner!r}: the keys stay root's (create it, or --owner USER)")
     if outcome.revoked:
         print(f"the van's earlier certificate(s) revoked: {', '.join(outcome.revoked)}")
     return 0
