@@ -81,6 +81,7 @@ from firmware_agent.contract.times import format_utc
 from firmware_agent.contract.topics import STREAMS, Stream
 
 if TYPE_CHECKING:
+    from cloud_ingest.enroll import Enrollment
     from cloud_ingest.worker import IngestWorker
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -743,13 +744,15 @@ def create_app(
     workers: Sequence[IngestWorker] = (),
     counts_max_age_s: float = 10.0,
     health_timeout_s: float = 5.0,
+    enrollment: Enrollment | None = None,
 ) -> FastAPI:
     """The API over ``store`` (open and migrated; the caller owns its lifetime).
 
     ``workers``: the service's MQTT workers, for ``/health`` (each must be connected)
     and ``/metrics`` (their counters). ``counts_max_age_s``: how long ``/metrics`` may
     reuse the store's row counts. ``health_timeout_s``: how long ``/health`` waits for
-    the store before calling it unavailable.
+    the store before calling it unavailable. ``enrollment``: the fleet CA for
+    ``POST /v1/enroll`` (:mod:`cloud_ingest.enroll`); ``None``: no such endpoint.
     """
     app = FastAPI(
         title="fleet-ingest",
@@ -785,6 +788,11 @@ def create_app(
         if device is None:
             raise UnknownDeviceError(f"device {device_id!r} is not registered")
         return device
+
+    if enrollment is not None:
+        from cloud_ingest.enroll import enroll_router  # noqa: PLC0415
+
+        app.include_router(enroll_router(enrollment, store))
 
     # --- devices --------------------------------------------------------------------
 

@@ -6,6 +6,8 @@
   van with the public key it printed (``fleet-agent pod pubkey --key ...``; PEM or JWK).
 - ``fleet-ingest device enable ID`` / ``device disable ID`` / ``device list [--json]``.
 - ``fleet-ingest config``: the effective settings, as JSON.
+- ``fleet-ingest ca init|issue|list|revoke|crl`` and ``fleet-ingest enroll-token``: the
+  fleet CA and the vans' one-time enrollment tokens (:mod:`cloud_ingest.ca_cli`).
 - ``fleet-ingest train-eta --out FILE [--days DIR ...] [--from-store]``: build the ETA
   training set from day directories (``fleet-sim eta-days`` writes them) and/or the
   stored history, train the model and write the .tflite file the vans run (docs/eta.md).
@@ -234,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check and size the payload, publish nothing"
     )
     p.set_defaults(func=_cmd_publish_manifest, compress=None)
+
+    from cloud_ingest import ca_cli  # noqa: PLC0415 (the CA's commands: their own module)
+
+    ca_cli.register(sub, common)
     return parser
 
 

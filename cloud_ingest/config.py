@@ -39,6 +39,15 @@ TOML layout (every key optional)::
     earliest = 2020-01-01T00:00:00Z    # never before
     max_age_days = 0                   # at most this old at receipt (0: any age)
 
+    [ca]                               # the fleet CA and enrollment (docs/ingest.md)
+    dir = "/var/lib/fleet-ingest/ca"   # fleet-ingest ca init; unset: no POST /v1/enroll
+    broker_host = "broker.example.com" # what enrolled vans connect to (default: [mqtt] host)
+    broker_port = 8883
+    device_cert_days = 730
+    crl_file = "/etc/mosquitto/certs/fleet-crl.pem"   # default: crl.pem in dir
+    crl_days = 365
+    reload_command = "systemctl reload mosquitto"     # after each CRL rewrite
+
 Environment: ``FLEET_INGEST_`` + the key path in capitals joined by ``_``:
 ``FLEET_INGEST_WORKERS``, ``FLEET_INGEST_DATABASE_URL``, ``FLEET_INGEST_MQTT_PORT``,
 ``FLEET_INGEST_HTTP_PORT``, ... (:func:`environment_variables` lists them all).
@@ -208,6 +217,27 @@ class RecordTimeSettings(_Section):
     max_age_days: float = Field(default=0.0, ge=0, le=100 * 366)
 
 
+class CaSettings(_Section):
+    """The fleet CA and enrollment (:mod:`cloud_ingest.ca`, :mod:`cloud_ingest.enroll`).
+
+    ``dir``: the CA directory (``fleet-ingest ca init``); unset: no CA commands without
+    ``--ca-dir`` and no ``POST /v1/enroll``. ``broker_host``/``broker_port``: the
+    broker address enrolled vans are given (default: ``[mqtt] host``, and 8883).
+    ``device_cert_days``: how long a van's certificate is valid. ``crl_file``: where the
+    CRL goes (default ``crl.pem`` in ``dir``; the broker's ``crlfile``), valid for
+    ``crl_days``. ``reload_command``: run (no shell) after every CRL rewrite so the
+    broker re-reads it, e.g. ``systemctl reload mosquitto``.
+    """
+
+    dir: Path | None = None
+    broker_host: str | None = Field(default=None, min_length=1)
+    broker_port: Port = 8883
+    device_cert_days: int = Field(default=730, ge=1, le=3650)
+    crl_file: Path | None = None
+    crl_days: int = Field(default=365, ge=1, le=3650)
+    reload_command: str | None = None
+
+
 class IngestConfig(_Section):
     """Every setting of ``fleet-ingest`` (see the module doc)."""
 
@@ -218,6 +248,7 @@ class IngestConfig(_Section):
     http: HttpSettings = Field(default_factory=HttpSettings)
     quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
     record_time: RecordTimeSettings = Field(default_factory=RecordTimeSettings)
+    ca: CaSettings = Field(default_factory=CaSettings)
 
 
 def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

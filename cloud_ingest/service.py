@@ -42,6 +42,7 @@ from cloud_ingest.store.base import QUARANTINE_PAYLOAD_MAX_BYTES, Store
 if TYPE_CHECKING:
     import uvicorn
 
+    from cloud_ingest.enroll import Enrollment
     from cloud_ingest.verify import RecordTimes
     from cloud_ingest.worker import WorkerConfig
     from firmware_agent.contract.mqtt import TlsConfig
@@ -143,6 +144,26 @@ def worker_configs(config: IngestConfig) -> list[WorkerConfig]:
     ]
 
 
+def enrollment(config: IngestConfig) -> Enrollment | None:
+    """``POST /v1/enroll``'s settings, when ``[ca] dir`` names a CA (else none)."""
+    from cloud_ingest.ca import FleetCa  # noqa: PLC0415
+    from cloud_ingest.enroll import Enrollment  # noqa: PLC0415
+
+    ca = config.ca
+    if ca.dir is None:
+        return None
+    fleet_ca = FleetCa(ca.dir, crl_file=ca.crl_file, crl_days=ca.crl_days)
+    if not fleet_ca.exists():
+        raise ConfigError(f"ca.dir: no fleet CA in {ca.dir} (run `fleet-ingest ca init`)")
+    return Enrollment(
+        ca=fleet_ca,
+        broker_host=ca.broker_host or config.mqtt.host,
+        broker_port=ca.broker_port,
+        device_cert_days=ca.device_cert_days,
+        reload_command=ca.reload_command,
+    )
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -229,6 +250,7 @@ async def serve(
 
     stop = stop or asyncio.Event()
     configs = worker_configs(config)
+    enroll = enrollment(config)
     # The schemas are package files read on first use: read them now, off the loop,
     # rather than in a worker's first batch.
     await asyncio.to_thread(schema.kinds)
@@ -250,7 +272,7 @@ async def serve(
                         open_store(url, migrate=False, quarantine_payload_max_bytes=keep)
                     )
                 workers.append(IngestWorker(worker_store, wc))
-            app = create_app(store, workers=workers)
+            app = create_app(store, workers=workers, enrollment=enroll)
             server = _http_server(
                 uvicorn.Config(
                     app,

@@ -12,6 +12,8 @@
 - ``fleet-agent run``: the van service; ``fleet-agent config``: the settings it would
   start with, and where each came from (:mod:`firmware_agent.run_cli`,
   docs/configuration.md).
+- ``fleet-agent provision --enroll URL --token T``: the van's keys, certificate and
+  settings from a one-time enrollment token (:mod:`firmware_agent.provision`).
 - ``fleet-agent cards --out reasons.svg``: the printable reason cards (docs/outcomes.md).
 """
 
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from firmware_agent.pod.cards import register as register_cards  # noqa: PLC0415
     from firmware_agent.pod.cli import register as register_pod  # noqa: PLC0415
+    from firmware_agent.provision_cli import register as register_provision  # noqa: PLC0415
     from firmware_agent.run_cli import register as register_run  # noqa: PLC0415
     from firmware_agent.scan.cli import register as register_scan  # noqa: PLC0415
 
@@ -222,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_pod(sub)
     register_scan(sub)
     register_cards(sub)
+    register_provision(sub)
     return parser
 
 

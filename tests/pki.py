@@ -58,3 +58,23 @@ def write_pair(
             serialization.NoEncryption(),
         )
     )
+
+
+def write_crl(
+    path: Path, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey], revoked: tuple[int, ...] = ()
+) -> None:
+    """A CRL (PEM) by ``issuer`` listing the ``revoked`` serials, valid for a day."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer[0])
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=1))
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    path.write_bytes(
+        builder.sign(issuer[1], hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    )

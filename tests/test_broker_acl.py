@@ -59,7 +59,7 @@ from firmware_agent.contract.topics import (
 )
 from tests.bigday import day_doc
 from tests.broker import Mosquitto, free_port
-from tests.pki import issue, write_pair
+from tests.pki import issue, write_crl, write_pair
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET_CONF = REPO / "docs" / "mosquitto" / "fleet.conf"
@@ -89,6 +89,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = issue("fleet test CA", ca_key, None, ca=True)
     write_pair(d, "ca", ca, ca_key)
+    write_crl(d / "crl.pem", (ca.subject, ca_key))
     key = ec.generate_private_key(ec.SECP256R1())
     write_pair(d, "broker", issue("127.0.0.1", key, (ca.subject, ca_key), san_ip=True), key)
     for cn in (VAN, OTHER_VAN, *ROLES):
@@ -115,6 +116,7 @@ def shipped_config(pki: Path, ports: Ports) -> str:
         "/etc/mosquitto/certs/fleet-ca.pem": (str(pki / "ca.pem"), 2),
         "/etc/mosquitto/certs/broker.pem": (str(pki / "broker.pem"), 2),
         "/etc/mosquitto/certs/broker.key": (str(pki / "broker.key"), 2),
+        "/etc/mosquitto/certs/fleet-crl.pem": (str(pki / "crl.pem"), 2),
         "/etc/mosquitto/fleet.acl": (str(FLEET_ACL), 1),
         "/etc/mosquitto/fleet-services.acl": (str(FLEET_SERVICES_ACL), 1),
     }
