@@ -29,7 +29,9 @@ delivered it would have arrived before the sentinel.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import queue
 import threading
 import time
@@ -44,6 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from firmware_agent.contract.envelope import encode_ack
 from firmware_agent.contract.manifest import (
     MAX_ROUTE_VERTICES,
     MAX_STOPS,
@@ -51,6 +54,7 @@ from firmware_agent.contract.manifest import (
     loads_manifest,
     parse_manifest,
 )
+from firmware_agent.contract.mqtt import TlsConfig
 from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAMS,
@@ -60,7 +64,16 @@ from firmware_agent.contract.topics import (
     stream_topic,
     uplink_topic,
 )
-from simulator.fleet_broker import BrokerTls, FleetPorts, build_share_guard, fleet_mosquitto
+from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
+from firmware_agent.uplink.queue import AsyncOutbox
+from simulator.demo import MONITOR, MONITOR_ACL
+from simulator.fleet_broker import (
+    FLEET_SERVICES_ACL,
+    BrokerTls,
+    FleetPorts,
+    build_share_guard,
+    fleet_mosquitto,
+)
 from tests.bigday import day_doc
 from tests.pki import issue, write_pair
 
@@ -83,14 +96,15 @@ MAX_MESSAGE_BYTES = 256 * 1024
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, the broker's certificate (for 127.0.0.1), three vans' and the three roles'."""
+    """A CA, the broker's certificate (for 127.0.0.1), three vans', the three roles' and
+    the demo's monitor's."""
     d = tmp_path_factory.mktemp("pki")
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = issue("fleet test CA", ca_key, None, ca=True)
     write_pair(d, "ca", ca, ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
     write_pair(d, "broker", issue("127.0.0.1", key, (ca.subject, ca_key), san_ip=True), key)
-    for cn in (VAN, OTHER_VAN, THIRD_VAN, *ROLES):
+    for cn in (VAN, OTHER_VAN, THIRD_VAN, *ROLES, MONITOR):
         key = ec.generate_private_key(ec.SECP256R1())
         write_pair(d, cn, issue(cn, key, (ca.subject, ca_key)), key)
     return d
@@ -722,6 +736,78 @@ def test_only_ingest_can_ack_a_van(connect: Connect, broker: Ports) -> None:
     assert ingest.publish(ack, b"genuine") == SUCCESS
     assert van.receive() == Message(ack, b"genuine", retain=False)
     assert van.inbox.empty()
+
+
+def test_a_forged_ack_leaves_the_vans_records_in_its_outbox(
+    connect: Connect, broker: Ports, pki: Path, tmp_path: Path
+) -> None:
+    """The agent's real uplink and outbox: another van's ack saying "events 3 stored"
+    is refused at the broker, so the van deletes only what ingest's own ack covers."""
+    ingest = connect("ingest", client_id="ingest-1")
+    for subscription in shared_subscriptions("ingest"):
+        assert ingest.subscribe(subscription) == GRANTED_QOS1
+    forger = connect(OTHER_VAN)
+    ack = downlink_topic(VAN, "ack")
+    now = dt.datetime.now(dt.UTC)
+    tls = TlsConfig(
+        ca_file=pki / "ca.pem", cert_file=pki / f"{VAN}.pem", key_file=pki / f"{VAN}.key"
+    )
+
+    async def main() -> None:
+        async with AsyncOutbox(tmp_path / "outbox.db") as outbox:
+            for _ in range(3):
+                await outbox.add("events", b'{"type":"x"}', created=now)
+            uplink = Uplink(UplinkConfig(device_id=VAN, port=broker.vans, tls=tls), outbox)
+            task = asyncio.create_task(uplink.run())
+            try:
+                async with asyncio.timeout(10):
+                    while uplink.counts.events_sent < 3:
+                        await asyncio.sleep(0.02)
+                forged = encode_ack(VAN, {"events": 3}, time=now)
+                assert await asyncio.to_thread(forger.publish, ack, forged) == NOT_AUTHORIZED
+                # Ingest's own ack, for the first record: a forged ack delivered before it
+                # would already have moved the van to 3.
+                genuine = encode_ack(VAN, {"events": 1}, time=now)
+                assert await asyncio.to_thread(ingest.publish, ack, genuine) == SUCCESS
+                async with asyncio.timeout(5):
+                    while await outbox.acked("events") < 1:
+                        await asyncio.sleep(0.02)
+                assert await outbox.acked("events") == 1
+                assert (await outbox.counts())["events"] == 2
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_the_demos_monitor_reads_and_acks_nothing(pki: Path, guard: Path, tmp_path: Path) -> None:
+    """The demo's broker: the shipped files, plus a read-only monitor on the services'
+    listener (simulator/demo.py)."""
+    services_acl = tmp_path / "fleet-services.acl"
+    services_acl.write_text(FLEET_SERVICES_ACL.read_text() + MONITOR_ACL)
+    ports = FleetPorts.free()
+    with (
+        fleet_mosquitto(
+            tmp_path / "broker", _tls(pki), guard=guard, ports=ports, services_acl=services_acl
+        ),
+        _peers(ports, pki) as connect,
+    ):
+        monitor = connect(MONITOR, port=ports.services)
+        assert monitor.subscribe("fleet/v1/#") == GRANTED_QOS1
+        van = connect(VAN)
+        assert van.subscribe(downlink_topic(VAN, "ack")) == GRANTED_QOS1
+        for topic in (downlink_topic(VAN, "ack"), downlink_topic(VAN, "manifest"),
+                      uplink_topic(VAN, "pod"), stream_topic(VAN, "pod")):  # fmt: skip
+            assert monitor.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+        telemetry = uplink_topic(VAN, "telemetry")
+        assert van.publish(uplink_topic(VAN, "pod")) == SUCCESS  # not the monitor's to read
+        assert van.publish(telemetry) == SUCCESS
+        assert monitor.until(telemetry) == []
+        ingest = connect("ingest", client_id="ingest-1")
+        ack = downlink_topic(VAN, "ack")
+        assert ingest.publish(ack, b"genuine") == SUCCESS
+        assert van.receive() == Message(ack, b"genuine", retain=False)
 
 
 def _connects(port: int, setup: Callable[[mqtt.Client], None]) -> bool:
