@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from simulator.errors import SimulatorError
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
@@ -26,8 +28,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class BrokerError(RuntimeError):
-    """The broker could not be started."""
+class BrokerError(SimulatorError, RuntimeError):
+    """The broker could not be started (or its share guard built)."""
 
 
 class Mosquitto:
