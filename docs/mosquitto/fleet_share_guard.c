@@ -10,10 +10,12 @@
  * turn of the group's messages, which its ACL then refuses, so they are dropped, not
  * passed on to an ingest worker. One van in the group halves the fleet's uplink.
  *
- * What it does: every SUBSCRIBE (and UNSUBSCRIBE) whose filter starts with "$share" is
- * denied, so the broker answers SUBACK 0x87 (Not authorized; 0x80 for MQTT 3.1.1) and
- * the van never joins a group; every other check is deferred to the next ACL source,
- * the listener's acl_file. Mosquitto asks a listener's plugins before its acl_file.
+ * What it does: every SUBSCRIBE whose filter starts with "$share" is denied, so the
+ * broker answers SUBACK 0x87 (Not authorized; 0x80 for MQTT 3.1.1) and the van never
+ * joins a group; every other check (UNSUBSCRIBE included: leaving a group is harmless)
+ * is deferred to the next ACL source, the listener's acl_file. Mosquitto asks a
+ * listener's plugins before its acl_file, and the first answer that is not "defer"
+ * decides.
  *
  * Build (Debian: apt-get install gcc libc6-dev mosquitto-dev):
  *   gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o fleet_share_guard.so fleet_share_guard.c
@@ -41,18 +43,16 @@ static int acl_check(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
-	if(ed->access != MOSQ_ACL_SUBSCRIBE && ed->access != MOSQ_ACL_UNSUBSCRIBE){
+	if(ed->access != MOSQ_ACL_SUBSCRIBE){
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
 	if(ed->topic == NULL || strncmp(ed->topic, SHARE_PREFIX, sizeof(SHARE_PREFIX) - 1) != 0){
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
-	if(ed->access == MOSQ_ACL_SUBSCRIBE){
-		id = mosquitto_client_id(ed->client);
-		mosquitto_log_printf(MOSQ_LOG_NOTICE,
-				"fleet_share_guard: denied shared subscription %s to %s",
-				ed->topic, id != NULL ? id : "(no id)");
-	}
+	id = mosquitto_client_id(ed->client);
+	mosquitto_log_printf(MOSQ_LOG_NOTICE,
+			"fleet_share_guard: denied shared subscription %s to %s",
+			ed->topic, id != NULL ? id : "(no id)");
 	return MOSQ_ERR_ACL_DENIED;
 }
 
