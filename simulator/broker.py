@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from simulator.errors import SimulatorError
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
@@ -26,8 +28,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class BrokerError(RuntimeError):
-    """The broker could not be started."""
+class BrokerError(SimulatorError, RuntimeError):
+    """The broker could not be started (or its share guard built)."""
 
 
 class Mosquitto:
@@ -35,7 +37,14 @@ class Mosquitto:
     restart (as a production broker does), in ``directory``. ``max_queued_messages``
     per client (0: no limit; Mosquitto's default of 1000 drops QoS 1 messages for a
     subscriber that falls further behind). ``nodelay``: ``set_tcp_nodelay`` (acks and
-    PUBACKs are small writes; Mosquitto's default leaves Nagle's algorithm on)."""
+    PUBACKs are small writes; Mosquitto's default leaves Nagle's algorithm on).
+
+    ``port``: the port to listen on (default: a free one). ``anonymous``: open a plain,
+    anonymous listener on it, as most tests want; False leaves every listener and
+    security setting to ``extra``, which must then listen on ``port`` (Mosquitto refuses
+    ``per_listener_settings`` after ``allow_anonymous``; see
+    :mod:`simulator.fleet_broker`). ``wait_ports``: more listeners :meth:`start` waits
+    for (Mosquitto opens them one after the other)."""
 
     def __init__(
         self,
@@ -45,17 +54,21 @@ class Mosquitto:
         max_queued_messages: int = 100_000,
         nodelay: bool = True,
         extra: str = "",
+        port: int | None = None,
+        anonymous: bool = True,
+        wait_ports: tuple[int, ...] = (),
     ) -> None:
         if not Path(MOSQUITTO).exists():
             raise BrokerError(f"mosquitto is not installed ({MOSQUITTO}); ./run installs it")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port() if port is None else port
+        self.wait_ports = wait_ports
         self.config = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
+        own = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"] if anonymous else []
         lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *own,
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {directory}/",
             f"max_queued_messages {max_queued_messages}",
@@ -77,16 +90,23 @@ class Mosquitto:
                 [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log
             )
         deadline = time.monotonic() + timeout_s
+        for port in (self.port, *self.wait_ports):
+            self._wait_listening(self.process, port, deadline)
+
+    def _wait_listening(self, process: subprocess.Popen[bytes], port: int, deadline: float) -> None:
+        """Until ``port`` takes a TCP connection (a TLS listener takes and drops it like
+        any other)."""
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise BrokerError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             except OSError:
                 time.sleep(0.05)
             else:
                 return
-        raise BrokerError(f"mosquitto did not listen on {self.port}")
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on {port}: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
         """SIGKILL: the broker vanishes without a goodbye (what a crash or power cut does)."""

@@ -2,7 +2,10 @@
 
 1. A scenario (a generated town, its stops, GNSS noise, multipath, a tunnel) is written
    as an NMEA log, the day's manifest and the driver's scan log.
-2. A private Mosquitto starts on a free port.
+2. A private Mosquitto starts with the fleet's own configuration (docs/mosquitto/:
+   fleet.conf, the two ACLs and the share guard plugin), its two listeners on free
+   ports of 127.0.0.1, and a throwaway fleet CA: mutual TLS, every client named by
+   its certificate, a van only on its own topics, acks only from ingest.
 3. Ingest, the real service: ``fleet-ingest device add`` enrolls the van's key, then
    ``fleet-ingest serve`` runs its worker and HTTP API on a SQLite database.
 4. The agent, the real service: ``fleet-agent run`` plays the day at ``speed`` times
@@ -42,15 +45,35 @@ import aiomqtt
 
 from firmware_agent.contract.errors import CodecError
 from firmware_agent.contract.keys import load_or_create_device_key, public_key_pem
+from firmware_agent.contract.mqtt import TlsConfig
 from firmware_agent.contract.outcomes import Outcome, is_delivery
 from firmware_agent.contract.telemetry import decode_batch
 from firmware_agent.contract.topics import STREAM_ROOT, status_topic, uplink_topic
-from simulator.broker import Mosquitto, free_port
+from simulator.broker import free_port
+from simulator.demo_pki import write_demo_pki
 from simulator.errors import SimulatorError
+from simulator.fleet_broker import (
+    FLEET_SERVICES_ACL,
+    FleetPorts,
+    build_share_guard,
+    fleet_mosquitto,
+)
 from simulator.scenario import ScenarioConfig, generate
 from simulator.scenario_dir import write_scenario_dir
 
 DEVICE_ID = "van-0001"
+INGEST = "ingest"
+# The demo's observer: the normalized stream as a backend team reads it, and (for the
+# summary) the van's status and the telemetry it put on the wire. Its rights, on the
+# services' listener: the production roles' (fleet-services.acl) and this block.
+MONITOR = "demo-monitor"
+MONITOR_ACL = f"""
+# -- the demo's monitor (simulator/demo.py): reads only.
+user {MONITOR}
+topic read fleetstream/v1/#
+topic read fleet/v1/+/status
+topic read fleet/v1/+/telemetry
+"""
 BIN = Path(sys.executable).parent
 # "fleet-agent run: 3602 fixes, 31 scans; committed telemetry=310 events=52 pod=17"
 _COMMITTED = re.compile(r"committed telemetry=(\d+) events=(\d+) pod=(\d+)")
@@ -86,8 +109,11 @@ class Backend:
     # when its chain links is one POD.
     pods: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
 
-    async def watch(self, port: int, ready: asyncio.Event) -> None:
-        async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend") as client:
+    async def watch(self, port: int, tls: TlsConfig, ready: asyncio.Event) -> None:
+        context = await asyncio.to_thread(tls.context)
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier=MONITOR, tls_context=context
+        ) as client:
             for kind in ("event", "pod"):
                 await client.subscribe(f"{STREAM_ROOT}/+/{kind}", qos=1)
             await client.subscribe(status_topic(DEVICE_ID), qos=1)
@@ -223,13 +249,19 @@ async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
         (van / "manifest.json").write_bytes((day / "manifest.json").read_bytes())
         key = await asyncio.to_thread(load_or_create_device_key, van / "device.key")
         (work / "van.pub.pem").write_bytes(public_key_pem(key.public_key()))
-        broker = stack.enter_context(Mosquitto(work / "broker"))
-        out.write(f"broker: mosquitto on 127.0.0.1:{broker.port}\n")
+        ports = await _start_broker(stack, work)
+        out.write(
+            f"broker: mosquitto with docs/mosquitto/'s configuration, mutual TLS: vans on "
+            f"127.0.0.1:{ports.vans}, services on 127.0.0.1:{ports.services}\n"
+        )
         http_port = free_port()
         ingest_toml = work / "ingest.toml"
+        pki = work / "pki"
         ingest_toml.write_text(
             f'[database]\nurl = "sqlite:///{work / "ingest.db"}"\n'
-            f'[mqtt]\nport = {broker.port}\nclient_id = "demo-ingest"\n'
+            f'[mqtt]\nport = {ports.services}\nclient_id = "demo-ingest"\n'
+            f'tls_ca = "{pki / "ca.pem"}"\ntls_cert = "{pki / f"{INGEST}.pem"}"\n'
+            f'tls_key = "{pki / f"{INGEST}.key"}"\n'
             f"[http]\nport = {http_port}\n",
             encoding="utf-8",
         )
@@ -240,13 +272,31 @@ async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
             work / "ingest.log",
             "fleet-ingest device add",
         )  # fmt: skip
-        return await _serve_and_drive(config, work, broker.port, http_port, summary, out)
+        return await _serve_and_drive(config, work, ports, http_port, summary, out)
+
+
+async def _start_broker(stack: contextlib.ExitStack, work: Path) -> FleetPorts:
+    """The fleet's broker (:func:`fleet_mosquitto`) in ``work/broker``, its CA and
+    certificates in ``work/pki``; stopped when ``stack`` closes."""
+    tls = await asyncio.to_thread(write_demo_pki, work / "pki", (DEVICE_ID, INGEST, MONITOR))
+    guard = await asyncio.to_thread(build_share_guard, work / "broker")
+    services_acl = work / "fleet-services.acl"
+    services_acl.write_text(
+        FLEET_SERVICES_ACL.read_text(encoding="utf-8") + MONITOR_ACL, encoding="utf-8"
+    )
+    ports = FleetPorts.free()
+    broker = fleet_mosquitto(
+        work / "broker", tls, guard=guard, ports=ports, services_acl=services_acl
+    )
+    await asyncio.to_thread(broker.start)
+    stack.callback(broker.stop)
+    return ports
 
 
 async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order)
     config: DemoConfig,
     work: Path,
-    broker_port: int,
+    ports: FleetPorts,
     http_port: int,
     summary: Any,
     out: TextIO,
@@ -260,7 +310,13 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
         )  # fmt: skip
     backend = Backend(out)
     ready = asyncio.Event()
-    watcher = asyncio.create_task(backend.watch(broker_port, ready), name="demo-backend")
+    pki = work / "pki"
+    monitor = TlsConfig(
+        ca_file=pki / "ca.pem", cert_file=pki / f"{MONITOR}.pem", key_file=pki / f"{MONITOR}.key"
+    )
+    watcher = asyncio.create_task(
+        backend.watch(ports.services, monitor, ready), name="demo-backend"
+    )
     try:
         await _until_healthy(api, service, ingest_log)
         async with asyncio.timeout(10):
@@ -277,7 +333,9 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
             await _run(
                 [str(BIN / "fleet-agent"), "run", "--config", os.devnull,
                  "--device-id", DEVICE_ID, "--state-dir", str(work / "van"),
-                 "--mqtt-port", str(broker_port), "--nmea-file", str(day / "nmea.log"),
+                 "--mqtt-port", str(ports.vans), "--tls-ca", str(pki / "ca.pem"),
+                 "--tls-cert", str(pki / f"{DEVICE_ID}.pem"),
+                 "--tls-key", str(pki / f"{DEVICE_ID}.key"), "--nmea-file", str(day / "nmea.log"),
                  "--scans-file", str(day / "scans.jsonl"), "--speed", str(config.speed),
                  "--exit-when-drained"],
                 agent_log,

@@ -6,15 +6,19 @@ can push another off) and the services' (its own ACL and client ids: ingest work
 share a CN).
 
 The broker of each test loads fleet.conf itself, its listeners and file paths pointed
-at the test's ports, certificates and the repository's ACLs (:func:`shipped_config`).
+at the test's ports, certificates, the repository's ACLs and the share guard plugin
+built from its source (:mod:`simulator.fleet_broker`).
 
 What Mosquitto 2.0.11 does with a refusal (MQTT 5), as these tests assert:
 
 - an unauthorized QoS 1 PUBLISH is answered with PUBACK 0x87 (Not authorized) and
   dropped;
-- a SUBSCRIBE is always granted (SUBACK 0x01): acl_file does not judge subscriptions,
-  it checks "read" on each message before delivering it (retained ones included), so a
-  forbidden subscription is granted and stays silent;
+- a SUBSCRIBE is always granted (SUBACK 0x01) by acl_file, which does not judge
+  subscriptions: it checks "read" on each message before delivering it (retained ones
+  included), so a forbidden subscription is granted and stays silent;
+- except a shared one ($share/...) on the vans' listener: the share guard refuses it
+  (SUBACK 0x87, 0x80 for MQTT 3.1.1). Without the guard a van joins ingest's group,
+  is dealt its turn of the messages and drops them at its read check (shown here);
 - a last will on a topic the van may not write is dropped, silently, when it falls due.
 
 "Never receives" is proved with a sentinel: a message the subscriber may read,
@@ -25,9 +29,10 @@ delivered it would have arrived before the sentinel.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from firmware_agent.contract.envelope import encode_ack
 from firmware_agent.contract.manifest import (
     MAX_ROUTE_VERTICES,
     MAX_STOPS,
@@ -48,6 +54,7 @@ from firmware_agent.contract.manifest import (
     loads_manifest,
     parse_manifest,
 )
+from firmware_agent.contract.mqtt import TlsConfig
 from firmware_agent.contract.topics import (
     DOWNLINK_KINDS,
     STREAMS,
@@ -57,22 +64,27 @@ from firmware_agent.contract.topics import (
     stream_topic,
     uplink_topic,
 )
+from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
+from firmware_agent.uplink.queue import AsyncOutbox
+from simulator.demo import MONITOR, MONITOR_ACL
+from simulator.fleet_broker import (
+    FLEET_SERVICES_ACL,
+    BrokerTls,
+    FleetPorts,
+    build_share_guard,
+    fleet_mosquitto,
+)
 from tests.bigday import day_doc
-from tests.broker import Mosquitto, free_port
 from tests.pki import issue, write_crl, write_pair
 
-REPO = Path(__file__).resolve().parent.parent
-FLEET_CONF = REPO / "docs" / "mosquitto" / "fleet.conf"
-FLEET_ACL = REPO / "docs" / "mosquitto" / "fleet.acl"
-FLEET_SERVICES_ACL = REPO / "docs" / "mosquitto" / "fleet-services.acl"
-
-VAN, OTHER_VAN = "van-1", "van-2"
+VAN, OTHER_VAN, THIRD_VAN = "van-1", "van-2", "van-3"
 ROLES = ("ingest", "backend", "dispatcher")
 
 SUCCESS = 0x00
 NO_MATCHING_SUBSCRIBERS = 0x10  # accepted (and retained, if so flagged); nobody to tell
 GRANTED_QOS1 = 0x01
 NOT_AUTHORIZED = 0x87
+FAILURE_MQTT311 = 0x80  # SUBACK "Failure", MQTT 3.1.1's only refusal
 TIMEOUT_S = 5.0
 
 # The largest payload ingest accepts (WorkerConfig.max_message_bytes).
@@ -84,7 +96,8 @@ MAX_MESSAGE_BYTES = 256 * 1024
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, the broker's certificate (for 127.0.0.1), two vans' and the three roles'."""
+    """A CA, the broker's certificate (for 127.0.0.1), three vans', the three roles' and
+    the demo's monitor's."""
     d = tmp_path_factory.mktemp("pki")
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = issue("fleet test CA", ca_key, None, ca=True)
@@ -92,7 +105,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_crl(d / "crl.pem", (ca.subject, ca_key))
     key = ec.generate_private_key(ec.SECP256R1())
     write_pair(d, "broker", issue("127.0.0.1", key, (ca.subject, ca_key), san_ip=True), key)
-    for cn in (VAN, OTHER_VAN, *ROLES):
+    for cn in (VAN, OTHER_VAN, THIRD_VAN, *ROLES, MONITOR):
         key = ec.generate_private_key(ec.SECP256R1())
         write_pair(d, cn, issue(cn, key, (ca.subject, ca_key)), key)
     return d
@@ -101,71 +114,28 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- the shipped configuration ---------------------------------------------------------
 
 
-class Ports(NamedTuple):
-    vans: int
-    services: int
+Ports = FleetPorts
 
 
-def shipped_config(pki: Path, ports: Ports) -> str:
-    """fleet.conf as shipped, but for a test: its two listeners on ``ports`` of
-    127.0.0.1, its certificates the test's, its ACLs the repository's."""
-    text = FLEET_CONF.read_text()
-    replacements = {
-        "listener 8883\n": (f"listener {ports.vans} 127.0.0.1\n", 1),
-        "listener 8884\n": (f"listener {ports.services} 127.0.0.1\n", 1),
-        "/etc/mosquitto/certs/fleet-ca.pem": (str(pki / "ca.pem"), 2),
-        "/etc/mosquitto/certs/broker.pem": (str(pki / "broker.pem"), 2),
-        "/etc/mosquitto/certs/broker.key": (str(pki / "broker.key"), 2),
-        "/etc/mosquitto/certs/fleet-crl.pem": (str(pki / "crl.pem"), 2),
-        "/etc/mosquitto/fleet.acl": (str(FLEET_ACL), 1),
-        "/etc/mosquitto/fleet-services.acl": (str(FLEET_SERVICES_ACL), 1),
-    }
-    for old, (new, count) in replacements.items():
-        assert text.count(old) == count, f"fleet.conf should hold {old!r} {count} times"
-        text = text.replace(old, new)
-    listeners = [line for line in text.splitlines() if line.startswith("listener")]
-    assert len(listeners) == 2, listeners
-    return text
+@pytest.fixture(scope="module")
+def guard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The share guard plugin, built from docs/mosquitto/fleet_share_guard.c."""
+    return build_share_guard(tmp_path_factory.mktemp("guard"))
 
 
-def _wait_listening(port: int) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-        else:
-            return
+def _tls(pki: Path) -> BrokerTls:
+    return BrokerTls(
+        ca=pki / "ca.pem", cert=pki / "broker.pem", key=pki / "broker.key", crl=pki / "crl.pem"
+    )
 
 
 @pytest.fixture
-def broker(pki: Path, tmp_path: Path) -> Iterator[Ports]:
-    """A Mosquitto running the shipped fleet.conf; yields its two listeners' ports.
-
-    :class:`Mosquitto` writes its own ``listener {port} 127.0.0.1`` and ``allow_anonymous
-    true`` first, then ``extra``. fleet.conf cannot simply follow as ``extra``: it opens
-    with ``per_listener_settings true``, which Mosquitto refuses once a security setting
-    (that ``allow_anonymous``) has been read. And a plain, anonymous listener next to the
-    shipped two would not be the shipped broker. So the config Mosquitto wrote is
-    rewritten before it starts: those two lines dropped (what remains, persistence, logs,
-    queue limit, TCP_NODELAY, user, holds no security setting), fleet.conf appended with
-    the vans' listener on Mosquitto's own port. Sound, since that port was only ever
-    picked by Mosquitto and used by :meth:`Mosquitto.start` to see the broker up: a TCP
-    connect, which a TLS listener takes (and drops) like any other. The services' port
-    is waited for as well: Mosquitto opens its listeners one after the other.
-    """
-    mosquitto = Mosquitto(tmp_path / "broker")
-    ports = Ports(vans=mosquitto.port, services=free_port())
-    own = [f"listener {mosquitto.port} 127.0.0.1", "allow_anonymous true"]
-    lines = mosquitto.config.read_text().splitlines()
-    assert lines[: len(own)] == own, f"Mosquitto's config has changed: {lines[:2]}"
-    config = [*lines[len(own) :], shipped_config(pki, ports)]
-    mosquitto.config.write_text("\n".join(config) + "\n")
-    with mosquitto:
-        _wait_listening(ports.services)
+def broker(pki: Path, guard: Path, tmp_path: Path) -> Iterator[Ports]:
+    """A Mosquitto running the shipped fleet.conf (:func:`fleet_mosquitto`: its listeners
+    on free ports of 127.0.0.1, its files the test's certificates, the repository's ACLs
+    and the guard built from its source); yields its two listeners' ports."""
+    ports = FleetPorts.free()
+    with fleet_mosquitto(tmp_path / "broker", _tls(pki), guard=guard, ports=ports):
         yield ports
 
 
@@ -198,6 +168,7 @@ class Peer:
         *,
         client_id: str | None = None,
         will: Will | None = None,
+        protocol: int = mqtt.MQTTv5,
     ) -> None:
         self.cn = cn
         self.client_id = client_id or cn
@@ -208,7 +179,7 @@ class Peer:
         self._changed = threading.Condition()
         self._gone = False
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol
         )
         client.tls_set(
             ca_certs=str(pki / "ca.pem"),
@@ -325,11 +296,11 @@ class Peer:
 Connect = Callable[..., Peer]
 
 
-@pytest.fixture
-def connect(broker: Ports, pki: Path) -> Iterator[Connect]:
-    """``connect(cn, client_id=None, will=None, port=None)``: a connected :class:`Peer`,
-    closed after the test; on the services' listener if ``cn`` is a role's, else on the
-    vans' (``port``: another)."""
+@contextlib.contextmanager
+def _peers(ports: Ports, pki: Path) -> Iterator[Connect]:
+    """``connect(cn, client_id=None, will=None, port=None, protocol=MQTTv5)``: a
+    connected :class:`Peer`, closed at the end; on the services' listener if ``cn`` is a
+    role's, else on the vans' (``port``: another)."""
     peers: list[Peer] = []
 
     def make(
@@ -338,16 +309,26 @@ def connect(broker: Ports, pki: Path) -> Iterator[Connect]:
         client_id: str | None = None,
         will: Will | None = None,
         port: int | None = None,
+        protocol: int = mqtt.MQTTv5,
     ) -> Peer:
         if port is None:
-            port = broker.services if cn in ROLES else broker.vans
-        peer = Peer(port, pki, cn, client_id=client_id, will=will)
+            port = ports.services if cn in ROLES else ports.vans
+        peer = Peer(port, pki, cn, client_id=client_id, will=will, protocol=protocol)
         peers.append(peer)
         return peer
 
-    yield make
-    for peer in peers:
-        peer.close()
+    try:
+        yield make
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+@pytest.fixture
+def connect(broker: Ports, pki: Path) -> Iterator[Connect]:
+    """:func:`_peers` on the shipped broker."""
+    with _peers(broker, pki) as make:
+        yield make
 
 
 # -- tests ---------------------------------------------------------------------------
@@ -403,7 +384,6 @@ def test_a_van_cannot_read_another_vans_downlink(connect: Connect) -> None:
     forbidden = [
         downlink_topic(OTHER_VAN, "ack"),
         downlink_topic(OTHER_VAN, "manifest"),
-        f"$share/vans/{downlink_topic(OTHER_VAN, 'ack')}",
         "fleet/v1/+/manifest",
         "#",
     ]
@@ -411,6 +391,8 @@ def test_a_van_cannot_read_another_vans_downlink(connect: Connect) -> None:
         # Mosquitto 2.0 grants the subscription and withholds every message: a broker
         # that refuses it (0x87) is stricter still, and needs this assertion updated.
         assert van.subscribe(subscription) == GRANTED_QOS1, subscription
+    # A shared subscription is refused outright (the share guard).
+    assert van.subscribe(f"$share/vans/{downlink_topic(OTHER_VAN, 'ack')}") == NOT_AUTHORIZED
     own_manifest = downlink_topic(VAN, "manifest")
     assert van.subscribe(own_manifest) == GRANTED_QOS1
     # ... and live after.
@@ -624,7 +606,8 @@ def test_each_listener_grants_by_its_own_acl_only(connect: Connect, broker: Port
     # not ingest's rights (nor would a van with that CN): it reads no uplink, writes no
     # ack. Its client id there is "ingest", whatever it sent.
     misplaced = connect("ingest", client_id="ingest-9", port=broker.vans)
-    assert misplaced.subscribe("$share/other/fleet/v1/+/telemetry") == GRANTED_QOS1
+    assert misplaced.subscribe("fleet/v1/+/telemetry") == GRANTED_QOS1
+    assert misplaced.subscribe("$share/ingest/fleet/v1/+/telemetry") == NOT_AUTHORIZED
     assert misplaced.subscribe(downlink_topic("ingest", "ack")) == GRANTED_QOS1
     assert misplaced.publish(downlink_topic(VAN, "ack")) == NOT_AUTHORIZED
     # A van certificate on the services' listener: no rights at all.
@@ -651,3 +634,256 @@ def test_a_van_that_reaches_the_services_listener_chooses_its_client_id(
     connect(VAN, client_id=OTHER_VAN, port=broker.services)
     assert victim.disconnected()
     victim.close()  # before paho reconnects it
+
+
+# -- shared subscriptions: the share guard ---------------------------------------------
+
+# What a van might try, to be dealt a share of ingest's messages (or of another group's).
+SHARE_ATTEMPTS = (
+    "$share/ingest/fleet/v1/+/pod",
+    "$share/ingest/fleet/v1/+/telemetry",
+    f"$share/ingest/{uplink_topic(VAN, 'pod')}",
+    "$share/ingest/#",
+    "$share/other/fleet/v1/#",
+)
+N_PODS = 40
+
+
+def _pods_reaching_ingest(ingest: list[Peer], van: Peer) -> list[bytes]:
+    """``van`` publishes :data:`N_PODS` PODs, then one telemetry message per worker as
+    sentinels (ingest's telemetry group is not the PODs' one: dealt round-robin, one
+    each; and each worker's messages queue in order); what the workers got of the PODs."""
+    pod, sentinel = uplink_topic(VAN, "pod"), uplink_topic(VAN, "telemetry")
+    for i in range(N_PODS):
+        assert van.publish(pod, str(i).encode()) == SUCCESS
+    for _ in ingest:
+        assert van.publish(sentinel) == SUCCESS
+    return [m.payload for worker in ingest for m in worker.until(sentinel)]
+
+
+def test_a_van_cannot_join_a_shared_subscription_and_ingest_gets_every_message(
+    connect: Connect,
+) -> None:
+    ingest = [connect("ingest", client_id=f"ingest-{i}") for i in (1, 2)]
+    for worker in ingest:
+        for subscription in shared_subscriptions("ingest"):
+            assert worker.subscribe(subscription) == GRANTED_QOS1
+    thief = connect(OTHER_VAN)
+    for subscription in SHARE_ATTEMPTS:
+        assert thief.subscribe(subscription) == NOT_AUTHORIZED, subscription
+    # MQTT 3.1.1 has shared subscriptions in Mosquitto too; refused there with 0x80.
+    old = connect(THIRD_VAN, protocol=mqtt.MQTTv311)
+    assert old.subscribe("$share/ingest/fleet/v1/+/pod") == FAILURE_MQTT311
+    van = connect(VAN)
+    received = _pods_reaching_ingest(ingest, van)
+    assert sorted(received, key=int) == [str(i).encode() for i in range(N_PODS)]
+    assert thief.inbox.empty()
+    assert old.inbox.empty()
+    # Refused, not cut off: the thief's own downlinks still reach it.
+    ack = downlink_topic(OTHER_VAN, "ack")
+    assert thief.subscribe(ack) == GRANTED_QOS1
+    assert ingest[0].publish(ack) == SUCCESS
+    assert thief.receive().topic == ack
+
+
+@pytest.fixture
+def connect_unguarded(pki: Path, tmp_path: Path) -> Iterator[Connect]:
+    """:func:`_peers` on the shipped broker without its share guard: what Mosquitto
+    2.0.11 does on its own (never a configuration to run)."""
+    ports = FleetPorts.free()
+    with (
+        fleet_mosquitto(tmp_path / "broker", _tls(pki), guard=None, ports=ports),
+        _peers(ports, pki) as make,
+    ):
+        yield make
+
+
+def test_without_the_share_guard_one_van_in_ingests_group_halves_its_uplink(
+    connect_unguarded: Connect,
+) -> None:
+    """Why the guard: acl_file grants every SUBSCRIBE, the broker deals the group's
+    messages round-robin and only then checks the chosen member's "read". The van's
+    turns are dropped at its read check, not passed to ingest: half the PODs are lost."""
+    connect = connect_unguarded
+    ingest = connect("ingest", client_id="ingest-1")
+    for subscription in shared_subscriptions("ingest"):
+        assert ingest.subscribe(subscription) == GRANTED_QOS1
+    thief = connect(OTHER_VAN)
+    assert thief.subscribe("$share/ingest/fleet/v1/+/pod") == GRANTED_QOS1
+    received = _pods_reaching_ingest([ingest], connect(VAN))
+    assert len(received) == N_PODS // 2, received
+    assert thief.inbox.empty()  # nor does the thief get them: they are simply gone
+
+
+# -- acks: only ingest may make a van delete records ------------------------------------
+
+
+def test_only_ingest_can_ack_a_van(connect: Connect, broker: Ports) -> None:
+    van = connect(VAN)
+    ack = downlink_topic(VAN, "ack")
+    assert van.subscribe(ack) == GRANTED_QOS1
+    forgers = [
+        connect(OTHER_VAN),
+        van,  # nor may a van ack itself
+        connect("backend"),
+        connect("dispatcher"),
+        connect("ingest", client_id="ingest-9", port=broker.vans),  # ingest's CN, vans' port
+        # A van that reached the services' port (a client id of its own: on this port it
+        # would otherwise push van-2 off, client ids being broker-wide).
+        connect(OTHER_VAN, client_id="stray", port=broker.services),
+    ]
+    for forger in forgers:
+        assert forger.publish(ack, b"forged") == NOT_AUTHORIZED, forger.cn
+        assert forger.publish(ack, b"forged", retain=True) == NOT_AUTHORIZED, forger.cn
+    ingest = connect("ingest", client_id="ingest-1")
+    assert ingest.publish(ack, b"genuine") == SUCCESS
+    assert van.receive() == Message(ack, b"genuine", retain=False)
+    assert van.inbox.empty()
+
+
+def test_a_forged_ack_leaves_the_vans_records_in_its_outbox(
+    connect: Connect, broker: Ports, pki: Path, tmp_path: Path
+) -> None:
+    """The agent's real uplink and outbox: another van's ack saying "events 3 stored"
+    is refused at the broker, so the van deletes only what ingest's own ack covers."""
+    ingest = connect("ingest", client_id="ingest-1")
+    for subscription in shared_subscriptions("ingest"):
+        assert ingest.subscribe(subscription) == GRANTED_QOS1
+    forger = connect(OTHER_VAN)
+    ack = downlink_topic(VAN, "ack")
+    now = dt.datetime.now(dt.UTC)
+    tls = TlsConfig(
+        ca_file=pki / "ca.pem", cert_file=pki / f"{VAN}.pem", key_file=pki / f"{VAN}.key"
+    )
+
+    async def main() -> None:
+        async with AsyncOutbox(tmp_path / "outbox.db") as outbox:
+            for _ in range(3):
+                await outbox.add("events", b'{"type":"x"}', created=now)
+            uplink = Uplink(UplinkConfig(device_id=VAN, port=broker.vans, tls=tls), outbox)
+            task = asyncio.create_task(uplink.run())
+            try:
+                async with asyncio.timeout(10):
+                    while uplink.counts.events_sent < 3:
+                        await asyncio.sleep(0.02)
+                forged = encode_ack(VAN, {"events": 3}, time=now)
+                assert await asyncio.to_thread(forger.publish, ack, forged) == NOT_AUTHORIZED
+                # Ingest's own ack, for the first record: a forged ack delivered before it
+                # would already have moved the van to 3.
+                genuine = encode_ack(VAN, {"events": 1}, time=now)
+                assert await asyncio.to_thread(ingest.publish, ack, genuine) == SUCCESS
+                async with asyncio.timeout(5):
+                    while await outbox.acked("events") < 1:
+                        await asyncio.sleep(0.02)
+                assert await outbox.acked("events") == 1
+                assert (await outbox.counts())["events"] == 2
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_the_demos_monitor_reads_and_acks_nothing(pki: Path, guard: Path, tmp_path: Path) -> None:
+    """The demo's broker: the shipped files, plus a read-only monitor on the services'
+    listener (simulator/demo.py)."""
+    services_acl = tmp_path / "fleet-services.acl"
+    services_acl.write_text(FLEET_SERVICES_ACL.read_text() + MONITOR_ACL)
+    ports = FleetPorts.free()
+    with (
+        fleet_mosquitto(
+            tmp_path / "broker", _tls(pki), guard=guard, ports=ports, services_acl=services_acl
+        ),
+        _peers(ports, pki) as connect,
+    ):
+        monitor = connect(MONITOR, port=ports.services)
+        assert monitor.subscribe("fleet/v1/#") == GRANTED_QOS1
+        van = connect(VAN)
+        assert van.subscribe(downlink_topic(VAN, "ack")) == GRANTED_QOS1
+        for topic in (downlink_topic(VAN, "ack"), downlink_topic(VAN, "manifest"),
+                      uplink_topic(VAN, "pod"), stream_topic(VAN, "pod")):  # fmt: skip
+            assert monitor.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+        telemetry = uplink_topic(VAN, "telemetry")
+        assert van.publish(uplink_topic(VAN, "pod")) == SUCCESS  # not the monitor's to read
+        assert van.publish(telemetry) == SUCCESS
+        assert monitor.until(telemetry) == []
+        ingest = connect("ingest", client_id="ingest-1")
+        ack = downlink_topic(VAN, "ack")
+        assert ingest.publish(ack, b"genuine") == SUCCESS
+        assert van.receive() == Message(ack, b"genuine", retain=False)
+
+
+def _connects(port: int, setup: Callable[[mqtt.Client], None]) -> bool:
+    """Whether an MQTT 5 client, ``setup`` its TLS, gets a CONNACK on ``port``."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    setup(client)
+    try:
+        client.connect("127.0.0.1", port)
+        # TLS 1.3: a refused certificate is told after the handshake, as an alert.
+        for _ in range(50):
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                return False
+            if client.is_connected():
+                return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        client.disconnect()
+    return False
+
+
+def test_no_client_gets_in_without_a_fleet_certificate(
+    broker: Ports, pki: Path, tmp_path: Path
+) -> None:
+    """Anonymous clients (plain MQTT, TLS without a client certificate, a certificate
+    with ingest's CN from another CA) reach neither listener, so never publish an ack."""
+    other_ca_key = ec.generate_private_key(ec.SECP256R1())
+    other_ca = issue("another CA", other_ca_key, None, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_pair(tmp_path, "ingest", issue("ingest", key, (other_ca.subject, other_ca_key)), key)
+
+    def tls(stem: Path | None) -> Callable[[mqtt.Client], None]:
+        def setup(client: mqtt.Client) -> None:
+            if stem is None:
+                client.tls_set(ca_certs=str(pki / "ca.pem"))
+            else:
+                client.tls_set(
+                    ca_certs=str(pki / "ca.pem"),
+                    certfile=f"{stem}.pem",
+                    keyfile=f"{stem}.key",
+                )
+
+        return setup
+
+    for port in broker:
+        assert _connects(port, tls(pki / VAN))  # the way in, to show the others fail
+        assert not _connects(port, lambda _client: None), port  # plain MQTT
+        assert not _connects(port, tls(None)), port
+        assert not _connects(port, tls(tmp_path / "ingest")), port
+
+
+def test_a_van_cannot_publish_retained_downlinks_for_itself_nor_read_sys(
+    connect: Connect,
+) -> None:
+    """Manifest, config and model are the dispatcher's (ingest's in the demo): a van
+    cannot plant one for its next start. $SYS (the broker's clients, load, version) is
+    closed to it, read and write."""
+    van = connect(VAN)
+    for kind in DOWNLINK_KINDS:
+        topic = downlink_topic(VAN, kind)
+        assert van.publish(topic, b"planted", retain=True) == NOT_AUTHORIZED, topic
+    for subscription in ("$SYS/#", "$SYS/broker/clients/connected", "#"):
+        assert van.subscribe(subscription) == GRANTED_QOS1
+    assert van.publish("$SYS/broker/version", b"forged") == NOT_AUTHORIZED
+    # Mosquitto keeps $SYS/broker/version and others retained: a van allowed to read
+    # them would be given them on subscribing, before this sentinel.
+    dispatcher = connect("dispatcher")
+    manifest = downlink_topic(VAN, "manifest")
+    assert dispatcher.publish(manifest, b"real", retain=True) == SUCCESS
+    assert van.until(manifest) == []
+    # Reconnected, the van is given only the dispatcher's retained manifest.
+    van.close()
+    late = connect(VAN)
+    assert late.subscribe(f"fleet/v1/{VAN}/#") == GRANTED_QOS1
+    assert late.receive() == Message(manifest, b"real", retain=True)
+    assert late.inbox.empty()
