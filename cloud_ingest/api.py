@@ -56,6 +56,7 @@ from pydantic import (
 )
 
 from cloud_ingest import __version__
+from cloud_ingest.access import PUBLIC, Access, install, require_scope
 from cloud_ingest.errors import StorageError
 from cloud_ingest.fleetstream import position_record
 from cloud_ingest.store.base import (
@@ -734,6 +735,14 @@ def _error(status_code: int, message: str) -> JSONResponse:
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
+# Each endpoint's scope (docs/ingest.md, "Who may call the API"): reads need read;
+# enrolling, re-keying, enabling and disabling devices need admin; dispatch (publishing
+# manifests, configs, models over HTTP) and enroll (POST /v1/enroll with a bearer token
+# instead of a one-time enrollment token) have no endpoint of this module.
+READ = require_scope("read")
+ADMIN = require_scope("admin")
+DISPATCH = require_scope("dispatch")
+ENROLL = require_scope("admin", "enroll")
 _BAD_RANGE: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 
 
@@ -743,14 +752,19 @@ def create_app(
     workers: Sequence[IngestWorker] = (),
     counts_max_age_s: float = 10.0,
     health_timeout_s: float = 5.0,
+    access: Access | None = None,
 ) -> FastAPI:
     """The API over ``store`` (open and migrated; the caller owns its lifetime).
 
     ``workers``: the service's MQTT workers, for ``/health`` (each must be connected)
     and ``/metrics`` (their counters). ``counts_max_age_s``: how long ``/metrics`` may
     reuse the store's row counts. ``health_timeout_s``: how long ``/health`` waits for
-    the store before calling it unavailable.
+    the store before calling it unavailable. ``access``: who may call what
+    (:mod:`cloud_ingest.access`); by default API tokens from ``store``, ``/metrics``
+    closed. Every route declares its scope (``dependencies=[READ]``, ...) or
+    ``openapi_extra=PUBLIC``; one that declares neither stops the app from building.
     """
+    access = Access(store) if access is None else access
     app = FastAPI(
         title="fleet-ingest",
         version=__version__,
@@ -792,6 +806,7 @@ def create_app(
         "/v1/devices",
         status_code=status.HTTP_201_CREATED,
         tags=["devices"],
+        dependencies=[ADMIN],
         responses={
             200: {"model": DeviceOut, "description": "Already enrolled (same or replaced key)"},
             409: {"model": ErrorOut, "description": "Enrolled with another key"},
@@ -818,29 +833,39 @@ def create_app(
         response.headers["Location"] = f"/v1/devices/{device.device_id}"
         return device_out(device)
 
-    @app.get("/v1/devices", tags=["devices"])
+    @app.get("/v1/devices", tags=["devices"], dependencies=[READ])
     async def list_devices() -> list[DeviceOut]:
         """Every enrolled device, by id."""
         return [device_out(d) for d in await store.list_devices()]
 
-    @app.get("/v1/devices/{device_id}", tags=["devices"], responses=_NOT_FOUND)
+    @app.get("/v1/devices/{device_id}", tags=["devices"], responses=_NOT_FOUND, dependencies=[READ])
     async def get_device(device_id: DeviceIdPath) -> DeviceOut:
         """One enrolled device."""
         return device_out(await known_device(device_id))
 
-    @app.post("/v1/devices/{device_id}/enable", tags=["devices"], responses=_NOT_FOUND)
+    @app.post(
+        "/v1/devices/{device_id}/enable",
+        tags=["devices"],
+        responses=_NOT_FOUND,
+        dependencies=[ADMIN],
+    )
     async def enable_device(device_id: DeviceIdPath) -> DeviceOut:
         """Accept the device's messages again (workers notice within seconds)."""
         return device_out(await store.set_enabled(device_id, True))
 
-    @app.post("/v1/devices/{device_id}/disable", tags=["devices"], responses=_NOT_FOUND)
+    @app.post(
+        "/v1/devices/{device_id}/disable",
+        tags=["devices"],
+        responses=_NOT_FOUND,
+        dependencies=[ADMIN],
+    )
     async def disable_device(device_id: DeviceIdPath) -> DeviceOut:
         """Refuse the device's messages: they wait in its outbox, unacknowledged."""
         return device_out(await store.set_enabled(device_id, False))
 
     # --- positions ------------------------------------------------------------------
 
-    @app.get("/v1/positions/latest", tags=["positions"])
+    @app.get("/v1/positions/latest", tags=["positions"], dependencies=[READ])
     async def latest_positions() -> list[PositionOut]:
         """Each device's latest position (its highest telemetry seq), by device id."""
         return [_position_out(p) for p in await store.last_positions()]
@@ -848,6 +873,7 @@ def create_app(
     @app.get(
         "/v1/devices/{device_id}/track",
         tags=["positions"],
+        dependencies=[READ],
         response_model=TrackOut,
         responses=_BAD_RANGE,
     )
@@ -916,7 +942,10 @@ def create_app(
         return [_arrival_out(e) for e in events]
 
     @app.get(
-        "/v1/routes/{route_id}/arrivals", tags=["arrivals"], responses={400: {"model": ErrorOut}}
+        "/v1/routes/{route_id}/arrivals",
+        tags=["arrivals"],
+        responses={400: {"model": ErrorOut}},
+        dependencies=[READ],
     )
     async def route_arrivals(
         request: Request,
@@ -929,7 +958,12 @@ def create_app(
         than ``limit``: a ``Link`` header (rel="next") names the next page."""
         return await arrivals_page(request, response, limit, cursor, route_id=route_id)
 
-    @app.get("/v1/devices/{device_id}/arrivals", tags=["arrivals"], responses=_BAD_RANGE)
+    @app.get(
+        "/v1/devices/{device_id}/arrivals",
+        tags=["arrivals"],
+        responses=_BAD_RANGE,
+        dependencies=[READ],
+    )
     async def device_arrivals(
         request: Request,
         response: Response,
@@ -944,7 +978,7 @@ def create_app(
 
     # --- PODs -----------------------------------------------------------------------
 
-    @app.get("/v1/pods/{parcel}", tags=["pods"], responses=_NOT_FOUND)
+    @app.get("/v1/pods/{parcel}", tags=["pods"], responses=_NOT_FOUND, dependencies=[READ])
     async def pods_by_parcel(
         parcel: Annotated[str, Path(max_length=200, pattern=_TEXT_PATTERN)],
     ) -> ParcelPodsOut:
@@ -971,6 +1005,7 @@ def create_app(
     @app.get(
         "/v1/quarantine",
         tags=["operations"],
+        dependencies=[READ],
         response_model=QuarantinePageOut,
         responses={400: {"model": ErrorOut}},
     )
@@ -997,6 +1032,7 @@ def create_app(
     @app.get(
         "/v1/quarantine/{row_id}/payload",
         tags=["operations"],
+        dependencies=[READ],
         response_class=Response,
         responses={
             200: {
@@ -1026,7 +1062,12 @@ def create_app(
             },
         )
 
-    @app.get("/v1/devices/{device_id}/gaps", tags=["operations"], responses=_NOT_FOUND)
+    @app.get(
+        "/v1/devices/{device_id}/gaps",
+        tags=["operations"],
+        responses=_NOT_FOUND,
+        dependencies=[READ],
+    )
     async def gaps(device_id: DeviceIdPath) -> GapsOut:
         """Each stream's cumulative ack, the seq ranges missing below its highest seq, and
         those the device released that the store does not hold (``released``: lost with a
@@ -1042,6 +1083,7 @@ def create_app(
     @app.get(
         "/health",
         tags=["operations"],
+        openapi_extra=PUBLIC,
         responses={503: {"model": HealthOut, "description": "Store or a worker unavailable"}},
     )
     async def health(response: Response) -> HealthOut:
@@ -1069,6 +1111,7 @@ def create_app(
     @app.get(
         "/metrics",
         tags=["operations"],
+        **({"openapi_extra": PUBLIC} if access.metrics_public else {"dependencies": [READ]}),
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Metrics"}},
     )
@@ -1089,4 +1132,5 @@ def create_app(
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(registry), headers={"Content-Type": content_type})
 
+    install(app, access)
     return app
