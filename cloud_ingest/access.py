@@ -188,6 +188,13 @@ class ScopeRequirement:
         return principal
 
 
+async def authorize(request: Request, *scopes: Scope) -> Principal:
+    """Inside a :data:`PUBLIC` handler that accepts a bearer credential as one way in
+    (``POST /v1/enroll`` without a one-time token in its body): the caller, with any
+    one of ``scopes``; 401 or 403 as :func:`require_scope` answers."""
+    return await ScopeRequirement(scopes)(request)
+
+
 def require_scope(*scopes: Scope) -> Any:
     """A route dependency: a bearer credential with any one of ``scopes``."""
     return Depends(ScopeRequirement(scopes))
@@ -253,7 +260,7 @@ def install(app: FastAPI, access: Access) -> None:
     """Wire ``access`` into ``app``: error handlers and the OpenAPI security schemes.
     Call it after the routes are added (it checks each declares its access)."""
     app.state.access = access
-    scopes = check_routes(app)
+    check_routes(app)
     app.add_exception_handler(AuthenticationError, _unauthorized)
     app.add_exception_handler(ScopeError, _forbidden)
     app.add_exception_handler(IdentityProviderError, _provider_down)
@@ -276,7 +283,8 @@ def install(app: FastAPI, access: Access) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _secure(original(), scopes, schemes)
+            # Again: a route added after install must declare its access too.
+            _secure(original(), check_routes(app), schemes)
         assert app.openapi_schema is not None
         return app.openapi_schema
 

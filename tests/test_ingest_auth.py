@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, OctKey
 
-from cloud_ingest.access import Access
+from cloud_ingest.access import PUBLIC, Access, authorize, install
 from cloud_ingest.api import create_app
 from cloud_ingest.apitokens import SCOPES, Scope, new_token
 from cloud_ingest.oidc import JwksCache, OidcVerifier
@@ -256,6 +257,47 @@ def test_the_attacker_cannot_rekey_a_van(tmp_path: Path) -> None:
         assert after.public_key != before.public_key
 
     with_app(tmp_path, scenario)
+
+
+def test_a_public_route_can_take_a_bearer_credential_as_one_way_in(tmp_path: Path) -> None:
+    """The hook for ``POST /v1/enroll``: a one-time token in the body, or else a bearer
+    credential with the admin or enroll scope."""
+    app = FastAPI()
+
+    @app.post("/v1/enroll", openapi_extra=PUBLIC)
+    async def enroll(request: Request, body: dict[str, str]) -> dict[str, str]:
+        if body.get("token") == "one-time":
+            return {"via": "one-time token"}
+        return {"via": (await authorize(request, "admin", "enroll")).subject}
+
+    async def main() -> list[tuple[int, str]]:
+        async with SqliteStore(tmp_path / "ingest.sqlite3") as store:
+            await store.migrate()
+            install(app, Access(store))
+            answers = []
+            async with client(app) as c:
+                for headers, body in (
+                    ({}, {}),
+                    ({}, {"token": "one-time"}),
+                    (await bearer(store, "read"), {}),
+                    (await bearer(store, "enroll", name="installer"), {}),
+                ):
+                    r = await c.post("/v1/enroll", json=body, headers=headers)
+                    answers.append((r.status_code, r.json().get("via", "")))
+                doc = (await c.get("/openapi.json")).json()
+            assert doc["paths"]["/v1/enroll"]["post"]["security"] == []
+            return answers
+
+    answers = asyncio.run(main())
+    assert [code for code, _ in answers] == [401, 200, 403, 200]
+    assert answers[1][1] == "one-time token"
+    assert answers[3][1].endswith("(installer)")
+
+    @app.get("/v1/forgotten")
+    async def forgotten() -> None: ...
+
+    with pytest.raises(RuntimeError, match="/v1/forgotten must declare its access"):
+        install(app, Access(SqliteStore(tmp_path / "unused.sqlite3")))
 
 
 # --- the command line ---------------------------------------------------------------------
