@@ -29,8 +29,8 @@ TokenState = Literal["active", "expired", "revoked"]
 
 _ID_HEX = 12
 _SECRET_BYTES = 32
-_TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}([0-9a-f]{{{_ID_HEX}}})_[A-Za-z0-9_-]{{43}}$")
-_DURATION_RE = re.compile(r"^([0-9]{1,6})([smhd])$")
+_TOKEN_RE = re.compile(rf"{TOKEN_PREFIX}([0-9a-f]{{{_ID_HEX}}})_[A-Za-z0-9_-]{{43}}")
+_DURATION_RE = re.compile(r"([0-9]{1,6})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 MAX_NAME_CHARS = 100
 
@@ -49,7 +49,7 @@ def parse_scopes(names: Iterable[str]) -> frozenset[Scope]:
 
 def parse_duration(text: str) -> timedelta:
     """``90d``, ``24h``, ``30m`` or ``3600s``; :class:`ValueError` otherwise (or zero)."""
-    match = _DURATION_RE.match(text.strip())
+    match = _DURATION_RE.fullmatch(text.strip())
     if match is None or int(match[1]) == 0:
         raise ValueError(f"not a duration such as 90d, 24h, 30m or 3600s: {text!r}")
     return timedelta(seconds=int(match[1]) * _UNIT_S[match[2]])
@@ -57,7 +57,7 @@ def parse_duration(text: str) -> timedelta:
 
 def token_id(token: str) -> str | None:
     """The id in ``token`` when it has the shape of one of ours, else ``None``."""
-    match = _TOKEN_RE.match(token)
+    match = _TOKEN_RE.fullmatch(token)
     return None if match is None else match[1]
 
 

@@ -8,6 +8,7 @@ identity provider is a real HTTP server on this host serving a JWKS of keys made
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import json
 import os
@@ -27,7 +28,14 @@ from joserfc.jwk import ECKey, KeySet, OctKey
 
 from cloud_ingest.access import PUBLIC, Access, authorize, install
 from cloud_ingest.api import create_app
-from cloud_ingest.apitokens import SCOPES, Scope, new_token
+from cloud_ingest.apitokens import (
+    SCOPES,
+    Scope,
+    new_token,
+    parse_duration,
+    parse_scopes,
+    token_id,
+)
 from cloud_ingest.oidc import JwksCache, OidcVerifier
 from cloud_ingest.store.base import Store
 from cloud_ingest.store.sqlite import SqliteStore
@@ -545,3 +553,32 @@ def test_oidc_scope_map_and_claim(tmp_path: Path, idp: IdentityProvider) -> None
 
     # Mapped: only the mapped value grants; a list or a space-separated string.
     assert with_app(tmp_path, scenario, make_access=make) == [200, 403, 200, 403]
+
+
+# --- the token itself ---------------------------------------------------------------------
+
+
+def test_a_token_is_random_its_row_holds_only_a_digest_and_durations_parse() -> None:
+    now = datetime.now(UTC)
+    token, row = new_token("ops", frozenset({"read"}), now=now, expires_in=parse_duration("24h"))
+    other, _ = new_token("ops", frozenset({"read"}), now=now)
+    assert token != other
+    assert token_id(token) == row.id
+    assert token_id(token + "\n") is None
+    assert token_id(token.replace("fit_", "fit-")) is None
+    assert token.encode() not in repr(row).encode()
+    assert row.sha256 == hashlib.sha256(token.encode()).digest()
+    assert row.matches(token)
+    assert not row.matches(other)
+    assert (row.state(now), row.state(now + timedelta(hours=24))) == ("active", "expired")
+    assert [parse_duration(t) for t in ("90d", "24h", "30m", "3600s")] == [
+        timedelta(days=90),
+        timedelta(hours=24),
+        timedelta(minutes=30),
+        timedelta(hours=1),
+    ]
+    for bad in ("0d", "1y", "d", "-1h", "1.5h"):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(bad)
+    with pytest.raises(ValueError, match="unknown scope 'root'"):
+        parse_scopes(["read", "root"])
