@@ -13,6 +13,10 @@ an unknown device or parcel, 409 for an enrollment conflict, 400 for a bad time 
 or cursor, 422 for input that breaks the declared schema, 503 when the database cannot
 be used.
 
+Who may call what (:mod:`cloud_ingest.access`, docs/ingest.md): every endpoint but
+``/health`` needs ``Authorization: Bearer <token>`` with its scope (``READ``,
+``ADMIN``, ... below): 401 without a valid one, 403 without the scope.
+
 Lists that can grow with what the vans send are pages read with a keyset: the database
 reads one page (``LIMIT`` in SQL, never a range loaded and sliced), and a response says
 how to ask for the next one (``next_cursor``, or a ``Link: <...>; rel="next"`` header
@@ -735,6 +739,7 @@ def _error(status_code: int, message: str) -> JSONResponse:
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
+_BAD_RANGE: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 # Each endpoint's scope (docs/ingest.md, "Who may call the API"): reads need read;
 # enrolling, re-keying, enabling and disabling devices need admin; dispatch (publishing
 # manifests, configs, models over HTTP) and enroll (POST /v1/enroll with a bearer token
@@ -743,7 +748,6 @@ READ = require_scope("read")
 ADMIN = require_scope("admin")
 DISPATCH = require_scope("dispatch")
 ENROLL = require_scope("admin", "enroll")
-_BAD_RANGE: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 
 
 def create_app(
