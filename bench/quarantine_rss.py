@@ -89,6 +89,13 @@ def measure(url: str, rows: int, limit: int) -> dict[str, float]:
                 [sys.executable, "-c", code, "serve"], env=env, stdout=out, stderr=out
             )
         base = f"http://127.0.0.1:{http_port}"
+        # The API answers no one without a token: a read token, as an operator makes it.
+        made = subprocess.run(
+            [sys.executable, "-c", code, "token", "create", "--scope", "read", "--name", "bench"],
+            env=env, capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        request = urllib.request.Request(f"{base}/v1/quarantine?limit={limit}")
+        request.add_header("Authorization", f"Bearer {made.stdout.strip()}")
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -107,9 +114,7 @@ def measure(url: str, rows: int, limit: int) -> dict[str, float]:
             started = time.monotonic()
             size, status = 0, 0
             try:
-                with urllib.request.urlopen(
-                    f"{base}/v1/quarantine?limit={limit}", timeout=600
-                ) as r:
+                with urllib.request.urlopen(request, timeout=600) as r:
                     status = r.status
                     while chunk := r.read(1 << 20):
                         size += len(chunk)

@@ -13,6 +13,10 @@ an unknown device or parcel, 409 for an enrollment conflict, 400 for a bad time 
 or cursor, 422 for input that breaks the declared schema, 503 when the database cannot
 be used.
 
+Who may call what (:mod:`cloud_ingest.access`, docs/ingest.md): every endpoint but
+``/health`` needs ``Authorization: Bearer <token>`` with its scope (``READ``,
+``ADMIN``, ... below): 401 without a valid one, 403 without the scope.
+
 Lists that can grow with what the vans send are pages read with a keyset: the database
 reads one page (``LIMIT`` in SQL, never a range loaded and sliced), and a response says
 how to ask for the next one (``next_cursor``, or a ``Link: <...>; rel="next"`` header
@@ -56,6 +60,7 @@ from pydantic import (
 )
 
 from cloud_ingest import __version__
+from cloud_ingest.access import PUBLIC, Access, install, require_scope
 from cloud_ingest.errors import StorageError
 from cloud_ingest.fleetstream import position_record
 from cloud_ingest.store.base import (
@@ -736,6 +741,14 @@ def _error(status_code: int, message: str) -> JSONResponse:
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
 _BAD_RANGE: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
+# Each endpoint's scope (docs/ingest.md, "Who may call the API"): reads need read;
+# enrolling, re-keying, enabling and disabling devices need admin; dispatch (publishing
+# manifests, configs, models over HTTP) and enroll (POST /v1/enroll with a bearer token
+# instead of a one-time enrollment token) have no endpoint of this module.
+READ = require_scope("read")
+ADMIN = require_scope("admin")
+DISPATCH = require_scope("dispatch")
+ENROLL = require_scope("admin", "enroll")
 
 
 def create_app(
@@ -745,6 +758,7 @@ def create_app(
     counts_max_age_s: float = 10.0,
     health_timeout_s: float = 5.0,
     enrollment: Enrollment | None = None,
+    access: Access | None = None,
 ) -> FastAPI:
     """The API over ``store`` (open and migrated; the caller owns its lifetime).
 
@@ -753,7 +767,12 @@ def create_app(
     reuse the store's row counts. ``health_timeout_s``: how long ``/health`` waits for
     the store before calling it unavailable. ``enrollment``: the fleet CA for
     ``POST /v1/enroll`` (:mod:`cloud_ingest.enroll`); ``None``: no such endpoint.
+    ``access``: who may call what
+    (:mod:`cloud_ingest.access`); by default API tokens from ``store``, ``/metrics``
+    closed. Every route declares its scope (``dependencies=[READ]``, ...) or
+    ``openapi_extra=PUBLIC``; one that declares neither stops the app from building.
     """
+    access = Access(store) if access is None else access
     app = FastAPI(
         title="fleet-ingest",
         version=__version__,
@@ -800,6 +819,7 @@ def create_app(
         "/v1/devices",
         status_code=status.HTTP_201_CREATED,
         tags=["devices"],
+        dependencies=[ADMIN],
         responses={
             200: {"model": DeviceOut, "description": "Already enrolled (same or replaced key)"},
             409: {"model": ErrorOut, "description": "Enrolled with another key"},
@@ -826,29 +846,39 @@ def create_app(
         response.headers["Location"] = f"/v1/devices/{device.device_id}"
         return device_out(device)
 
-    @app.get("/v1/devices", tags=["devices"])
+    @app.get("/v1/devices", tags=["devices"], dependencies=[READ])
     async def list_devices() -> list[DeviceOut]:
         """Every enrolled device, by id."""
         return [device_out(d) for d in await store.list_devices()]
 
-    @app.get("/v1/devices/{device_id}", tags=["devices"], responses=_NOT_FOUND)
+    @app.get("/v1/devices/{device_id}", tags=["devices"], responses=_NOT_FOUND, dependencies=[READ])
     async def get_device(device_id: DeviceIdPath) -> DeviceOut:
         """One enrolled device."""
         return device_out(await known_device(device_id))
 
-    @app.post("/v1/devices/{device_id}/enable", tags=["devices"], responses=_NOT_FOUND)
+    @app.post(
+        "/v1/devices/{device_id}/enable",
+        tags=["devices"],
+        responses=_NOT_FOUND,
+        dependencies=[ADMIN],
+    )
     async def enable_device(device_id: DeviceIdPath) -> DeviceOut:
         """Accept the device's messages again (workers notice within seconds)."""
         return device_out(await store.set_enabled(device_id, True))
 
-    @app.post("/v1/devices/{device_id}/disable", tags=["devices"], responses=_NOT_FOUND)
+    @app.post(
+        "/v1/devices/{device_id}/disable",
+        tags=["devices"],
+        responses=_NOT_FOUND,
+        dependencies=[ADMIN],
+    )
     async def disable_device(device_id: DeviceIdPath) -> DeviceOut:
         """Refuse the device's messages: they wait in its outbox, unacknowledged."""
         return device_out(await store.set_enabled(device_id, False))
 
     # --- positions ------------------------------------------------------------------
 
-    @app.get("/v1/positions/latest", tags=["positions"])
+    @app.get("/v1/positions/latest", tags=["positions"], dependencies=[READ])
     async def latest_positions() -> list[PositionOut]:
         """Each device's latest position (its highest telemetry seq), by device id."""
         return [_position_out(p) for p in await store.last_positions()]
@@ -856,6 +886,7 @@ def create_app(
     @app.get(
         "/v1/devices/{device_id}/track",
         tags=["positions"],
+        dependencies=[READ],
         response_model=TrackOut,
         responses=_BAD_RANGE,
     )
@@ -924,7 +955,10 @@ def create_app(
         return [_arrival_out(e) for e in events]
 
     @app.get(
-        "/v1/routes/{route_id}/arrivals", tags=["arrivals"], responses={400: {"model": ErrorOut}}
+        "/v1/routes/{route_id}/arrivals",
+        tags=["arrivals"],
+        responses={400: {"model": ErrorOut}},
+        dependencies=[READ],
     )
     async def route_arrivals(
         request: Request,
@@ -937,7 +971,12 @@ def create_app(
         than ``limit``: a ``Link`` header (rel="next") names the next page."""
         return await arrivals_page(request, response, limit, cursor, route_id=route_id)
 
-    @app.get("/v1/devices/{device_id}/arrivals", tags=["arrivals"], responses=_BAD_RANGE)
+    @app.get(
+        "/v1/devices/{device_id}/arrivals",
+        tags=["arrivals"],
+        responses=_BAD_RANGE,
+        dependencies=[READ],
+    )
     async def device_arrivals(
         request: Request,
         response: Response,
@@ -952,7 +991,7 @@ def create_app(
 
     # --- PODs -----------------------------------------------------------------------
 
-    @app.get("/v1/pods/{parcel}", tags=["pods"], responses=_NOT_FOUND)
+    @app.get("/v1/pods/{parcel}", tags=["pods"], responses=_NOT_FOUND, dependencies=[READ])
     async def pods_by_parcel(
         parcel: Annotated[str, Path(max_length=200, pattern=_TEXT_PATTERN)],
     ) -> ParcelPodsOut:
@@ -979,6 +1018,7 @@ def create_app(
     @app.get(
         "/v1/quarantine",
         tags=["operations"],
+        dependencies=[READ],
         response_model=QuarantinePageOut,
         responses={400: {"model": ErrorOut}},
     )
@@ -1005,6 +1045,7 @@ def create_app(
     @app.get(
         "/v1/quarantine/{row_id}/payload",
         tags=["operations"],
+        dependencies=[READ],
         response_class=Response,
         responses={
             200: {
@@ -1034,7 +1075,12 @@ def create_app(
             },
         )
 
-    @app.get("/v1/devices/{device_id}/gaps", tags=["operations"], responses=_NOT_FOUND)
+    @app.get(
+        "/v1/devices/{device_id}/gaps",
+        tags=["operations"],
+        responses=_NOT_FOUND,
+        dependencies=[READ],
+    )
     async def gaps(device_id: DeviceIdPath) -> GapsOut:
         """Each stream's cumulative ack, the seq ranges missing below its highest seq, and
         those the device released that the store does not hold (``released``: lost with a
@@ -1050,6 +1096,7 @@ def create_app(
     @app.get(
         "/health",
         tags=["operations"],
+        openapi_extra=PUBLIC,
         responses={503: {"model": HealthOut, "description": "Store or a worker unavailable"}},
     )
     async def health(response: Response) -> HealthOut:
@@ -1077,6 +1124,7 @@ def create_app(
     @app.get(
         "/metrics",
         tags=["operations"],
+        **({"openapi_extra": PUBLIC} if access.metrics_public else {"dependencies": [READ]}),
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Metrics"}},
     )
@@ -1097,4 +1145,5 @@ def create_app(
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(registry), headers={"Content-Type": content_type})
 
+    install(app, access)
     return app

@@ -8,6 +8,9 @@
 - ``fleet-ingest config``: the effective settings, as JSON.
 - ``fleet-ingest ca init|issue|list|revoke|crl`` and ``fleet-ingest enroll-token``: the
   fleet CA and the vans' one-time enrollment tokens (:mod:`cloud_ingest.ca_cli`).
+- ``fleet-ingest token create --scope S [--scope S ...] --name NAME [--expires 90d]``:
+  an API token for the HTTP API, printed once (stdout holds the token alone);
+  ``token list [--json]`` (never the secrets), ``token revoke ID``.
 - ``fleet-ingest train-eta --out FILE [--days DIR ...] [--from-store]``: build the ETA
   training set from day directories (``fleet-sim eta-days`` writes them) and/or the
   stored history, train the model and write the .tflite file the vans run (docs/eta.md).
@@ -130,6 +133,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("list", parents=[common], help="list enrolled devices")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_device_list)
+
+    token = sub.add_parser(
+        "token",
+        help="create, list and revoke the HTTP API's scoped tokens",
+        description="API tokens for the HTTP API (docs/ingest.md, 'Who may call the API'). "
+        "Scopes: read (every GET), admin (enroll, re-key, enable, disable devices), "
+        "dispatch, enroll. Each grants exactly its endpoints; none implies another.",
+    )
+    tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    p = tsub.add_parser(
+        "create",
+        parents=[common],
+        help="create a token and print it once (stdout: the token alone)",
+    )
+    p.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        metavar="SCOPE",
+        help="read, dispatch, admin or enroll (repeat for several)",
+    )
+    p.add_argument("--name", required=True, help="who or what holds it (shown by token list)")
+    p.add_argument("--expires", metavar="DURATION", help="e.g. 90d, 24h, 30m (default: never)")
+    p.set_defaults(func=_cmd_token_create)
+    p = tsub.add_parser("list", parents=[common], help="list tokens (never their secrets)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_token_list)
+    p = tsub.add_parser("revoke", parents=[common], help="revoke a token at once (by its id)")
+    p.add_argument("token_id", metavar="ID", help="the id token list shows")
+    p.set_defaults(func=_cmd_token_revoke)
 
     p = sub.add_parser(
         "train-eta",
@@ -386,6 +420,75 @@ def _cmd_device_list(args: argparse.Namespace) -> int:
         print(json.dumps(_device_json(device)) if args.json else _describe(device))
     if not devices and not args.json:
         print("no devices enrolled", file=sys.stderr)
+    return EXIT_OK
+
+
+def _token_json(token: Any, now: Any) -> dict[str, Any]:
+    from cloud_ingest.apitokens import scopes_text  # noqa: PLC0415
+    from firmware_agent.contract.times import format_utc  # noqa: PLC0415
+
+    def at(t: Any) -> str | None:
+        return None if t is None else format_utc(t)
+
+    return {
+        "id": token.id,
+        "name": token.name,
+        "scopes": scopes_text(token.scopes).split(),
+        "state": token.state(now),
+        "created_at": format_utc(token.created_at),
+        "expires_at": at(token.expires_at),
+        "revoked_at": at(token.revoked_at),
+        "last_used_at": at(token.last_used_at),
+    }
+
+
+def _describe_token(token: Any, now: Any) -> str:
+    t = _token_json(token, now)
+    parts = [t["id"], t["state"], " ".join(t["scopes"]), repr(t["name"])]
+    parts.append(f"created {t['created_at']}")
+    for key in ("expires_at", "revoked_at", "last_used_at"):
+        if t[key] is not None:
+            parts.append(f"{key.removesuffix('_at').replace('_', ' ')} {t[key]}")
+    return " ".join(parts)
+
+
+def _cmd_token_create(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from cloud_ingest.apitokens import new_token, parse_duration, parse_scopes  # noqa: PLC0415
+
+    try:
+        scopes = parse_scopes(args.scopes)
+        expires = None if args.expires is None else parse_duration(args.expires)
+        now = datetime.now(UTC)
+        secret, row = new_token(args.name, scopes, now=now, expires_in=expires)
+    except ValueError as err:
+        return _error(str(err), EXIT_USAGE)
+    _with_store(args, lambda store: store.add_api_token(row))
+    print(f"created: {_describe_token(row, now)}", file=sys.stderr)
+    print("the token (shown this once; send it as Authorization: Bearer <token>):", file=sys.stderr)
+    print(secret)
+    return EXIT_OK
+
+
+def _cmd_token_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    tokens = _with_store(args, lambda store: store.list_api_tokens())
+    now = datetime.now(UTC)
+    for token in tokens:
+        print(json.dumps(_token_json(token, now)) if args.json else _describe_token(token, now))
+    if not tokens and not args.json:
+        print("no API tokens", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    token = _with_store(args, lambda store: store.revoke_api_token(args.token_id, now))
+    print(f"revoked: {_describe_token(token, now)}")
     return EXIT_OK
 
 

@@ -48,6 +48,18 @@ TOML layout (every key optional)::
     crl_days = 365
     reload_command = "systemctl reload mosquitto"     # after each CRL rewrite
 
+    [api]                              # who may call the HTTP API (docs/ingest.md)
+    tokens = true                      # scoped API tokens (fleet-ingest token create)
+    metrics_public = false             # /metrics without credentials
+
+    [api.oidc]                         # bearer JWTs from an identity provider, also
+    enabled = false
+    issuer = "https://idp.example.com/realms/fleet"
+    audience = "fleet-ingest"
+    jwks_url = "https://idp.example.com/realms/fleet/protocol/openid-connect/certs"
+    scope_claim = "scope"              # or "roles", "groups", ...
+    scope_map = { "fleet-read" = ["read"] }   # empty: read/dispatch/admin/enroll as named
+
 Environment: ``FLEET_INGEST_`` + the key path in capitals joined by ``_``:
 ``FLEET_INGEST_WORKERS``, ``FLEET_INGEST_DATABASE_URL``, ``FLEET_INGEST_MQTT_PORT``,
 ``FLEET_INGEST_HTTP_PORT``, ... (:func:`environment_variables` lists them all).
@@ -59,6 +71,7 @@ TLS keys are named by path.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tomllib
@@ -78,6 +91,7 @@ from pydantic import (
     model_validator,
 )
 
+from cloud_ingest.apitokens import Scope
 from cloud_ingest.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/fleet-ingest/ingest.toml")
@@ -87,6 +101,7 @@ CONFIG_ENV = "FLEET_INGEST_CONFIG"
 SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _MQTT_FORBIDDEN = frozenset("/+#\x00")
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Backend = Literal["sqlite", "postgresql"]
@@ -238,6 +253,85 @@ class CaSettings(_Section):
     reload_command: str | None = None
 
 
+def _check_url(name: str, url: str) -> str:
+    """``url`` when it is https, or http to this host (tests, a local identity provider)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+        return url
+    raise ValueError(f"{name} must be an https:// URL (http:// only to localhost), got {url!r}")
+
+
+class OidcSettings(_Section):
+    """Bearer JWTs from the operator's identity provider (docs/ingest.md, "OIDC").
+
+    ``issuer`` and ``audience``: the ``iss`` and ``aud`` a token must carry;
+    ``jwks_url``: where the provider publishes its signing keys; ``scope_claim``: the
+    claim that holds the caller's scopes (a space-separated string or a list);
+    ``scope_map``: a claim value -> the ingest scopes it grants (empty: the values
+    ``read``, ``dispatch``, ``admin``, ``enroll`` grant themselves, nothing else does);
+    ``leeway_s``: clock skew allowed on ``exp``/``nbf``/``iat``; ``jwks_refresh_min_s``:
+    a token with an unknown ``kid`` refetches the keys at most this often;
+    ``jwks_max_age_s``: the keys are refetched when older; ``timeout_s``: per fetch.
+    """
+
+    enabled: bool = False
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    scope_claim: str = Field(default="scope", min_length=1, max_length=100)
+    scope_map: dict[str, list[Scope]] = Field(default_factory=dict)
+    leeway_s: float = Field(default=60.0, ge=0, le=600)
+    jwks_refresh_min_s: float = Field(default=60.0, ge=0, le=86_400)
+    jwks_max_age_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("scope_map", mode="before")
+    @classmethod
+    def _json_map(cls, value: object) -> object:
+        # From the environment the map comes as JSON text.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('not JSON such as {"fleet-read": ["read"]}') from None
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if not self.enabled:
+            return self
+        missing = [n for n in ("issuer", "audience", "jwks_url") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"enabled needs {', '.join(missing)}")
+        _check_url("issuer", self.issuer)
+        _check_url("jwks_url", self.jwks_url)
+        return self
+
+
+class ApiSettings(_Section):
+    """Who may call the HTTP API (docs/ingest.md, "Who may call the API").
+
+    ``tokens``: scoped API tokens (``fleet-ingest token create``) are accepted;
+    ``metrics_public``: ``/metrics`` answers without credentials (default: it needs a
+    ``read`` token, which Prometheus sends with its ``authorization`` setting);
+    ``oidc``: bearer JWTs from an identity provider as well (or instead).
+    """
+
+    tokens: bool = True
+    metrics_public: bool = False
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+
+    @model_validator(mode="after")
+    def _some_way_in(self) -> Self:
+        if not self.tokens and not self.oidc.enabled:
+            raise ValueError(
+                "tokens is false and oidc.enabled is false: no request could authenticate"
+            )
+        return self
+
+
 class IngestConfig(_Section):
     """Every setting of ``fleet-ingest`` (see the module doc)."""
 
@@ -249,6 +343,7 @@ class IngestConfig(_Section):
     quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
     record_time: RecordTimeSettings = Field(default_factory=RecordTimeSettings)
     ca: CaSettings = Field(default_factory=CaSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
 
 def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -283,6 +378,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config {path} is not valid TOML: {err}") from err
+
+
+def _related(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether one key path holds the other."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
@@ -337,7 +438,8 @@ def load_config(
         for e in err.errors():
             loc = tuple(str(p) for p in e["loc"])
             origin = sources.get(loc) or ", ".join(
-                sorted({s for k, s in sources.items() if k[: len(loc)] == loc}) or [where]
+                # the sources under loc, or the one above it (an item of a table)
+                sorted({s for k, s in sources.items() if _related(k, loc)}) or [where]
             )
             problems.append(f"{'.'.join(loc) or '(top level)'}: {e['msg']} (from {origin})")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

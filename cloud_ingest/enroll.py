@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_ingest.access import PUBLIC
 from cloud_ingest.ca import CaError, CsrError, FleetCa, check_csr, utcnow
 from cloud_ingest.errors import IngestError
 from cloud_ingest.store.base import Store, is_device_id
@@ -300,9 +301,12 @@ def enroll_router(enrollment: Enrollment, store: Store) -> APIRouter:
     """``POST /v1/enroll``: its own credential is the one-time token in the body."""
     router = APIRouter()
 
+    # No bearer scope: the one-time token in the body is the request's credential
+    # (cloud_ingest.access: an endpoint declares its scope or PUBLIC).
     @router.post(
         "/v1/enroll",
         tags=["enrollment"],
+        openapi_extra=PUBLIC,
         responses={
             401: {"description": "Unknown, used or expired token"},
             400: {"description": "A CSR or POD key that cannot be accepted"},

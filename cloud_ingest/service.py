@@ -244,6 +244,7 @@ async def serve(
     """
     import uvicorn  # noqa: PLC0415
 
+    from cloud_ingest.access import access_from_settings  # noqa: PLC0415
     from cloud_ingest.api import create_app  # noqa: PLC0415
     from cloud_ingest.worker import IngestWorker  # noqa: PLC0415
     from firmware_agent.contract import schema  # noqa: PLC0415
@@ -272,7 +273,8 @@ async def serve(
                         open_store(url, migrate=False, quarantine_payload_max_bytes=keep)
                     )
                 workers.append(IngestWorker(worker_store, wc))
-            app = create_app(store, workers=workers, enrollment=enroll)
+            access = access_from_settings(store, config.api)
+            app = create_app(store, workers=workers, enrollment=enroll, access=access)
             server = _http_server(
                 uvicorn.Config(
                     app,
@@ -292,6 +294,18 @@ async def serve(
                 config.database.describe(),
                 config.http.host,
                 config.http.port,
+            )
+            log.info(
+                "fleet-ingest: API credentials: %s; /metrics %s",
+                " and ".join(
+                    w
+                    for w, on in (
+                        ("API tokens", config.api.tokens),
+                        (f"OIDC JWTs from {config.api.oidc.issuer}", config.api.oidc.enabled),
+                    )
+                    if on
+                ),
+                "public" if config.api.metrics_public else "needs the read scope",
             )
             async with asyncio.TaskGroup() as tg:
                 http = tg.create_task(server.serve(sockets=[sock]), name="http-api")

@@ -6,8 +6,10 @@
    fleet.conf, the two ACLs and the share guard plugin), its two listeners on free
    ports of 127.0.0.1, and a throwaway fleet CA: mutual TLS, every client named by
    its certificate, a van only on its own topics, acks only from ingest.
-3. Ingest, the real service: ``fleet-ingest device add`` enrolls the van's key, then
-   ``fleet-ingest serve`` runs its worker and HTTP API on a SQLite database.
+3. Ingest, the real service: ``fleet-ingest device add`` enrolls the van's key,
+   ``fleet-ingest token create --scope read`` makes the API token the summary reads
+   with (the API answers no one without one), then ``fleet-ingest serve`` runs its
+   worker and HTTP API on a SQLite database.
 4. The agent, the real service: ``fleet-agent run`` plays the day at ``speed`` times
    real time, with the scans (geofences, PODs, durable outbox, MQTT uplink), until
    ingest has acknowledged everything.
@@ -195,17 +197,18 @@ def _route_id(manifest: Path) -> str:
     return route_id
 
 
-async def _run(argv: list[str], log: Path, what: str) -> str:
-    """Run a command to its end; its stderr and stdout go to ``log``, stdout is returned.
-    :class:`DemoError` if it fails."""
+async def _run(argv: list[str], log: Path, what: str, *, log_stdout: bool = True) -> str:
+    """Run a command to its end; its stderr (and stdout, unless it is a secret) go to
+    ``log``, stdout is returned. :class:`DemoError` if it fails."""
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=err
         )
         out, _ = await proc.communicate()
     text = out.decode(errors="replace")
-    with log.open("a") as f:
-        f.write(text)
+    if log_stdout:
+        with log.open("a") as f:
+            f.write(text)
     if proc.returncode != 0:
         raise DemoError(f"{what} failed (exit {proc.returncode}):\n{_tail(log)}")
     return text
@@ -217,8 +220,11 @@ def _tail(log: Path, lines: int = 20) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own localhost)
+def _get(url: str, token: str | None = None) -> str:
+    request = urllib.request.Request(url)  # noqa: S310 (our own localhost)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
         body: bytes = response.read()
     return body.decode()
 
@@ -272,7 +278,15 @@ async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
             work / "ingest.log",
             "fleet-ingest device add",
         )  # fmt: skip
-        return await _serve_and_drive(config, work, ports, http_port, summary, out)
+        # What an operator does for a dashboard: a token that may only read.
+        made = await _run(
+            [*ingest, "token", "create", "--scope", "read", "--name", "demo summary",
+             "--expires", "1d", "--config", str(ingest_toml)],
+            work / "ingest.log",
+            "fleet-ingest token create",
+            log_stdout=False,
+        )  # fmt: skip
+        return await _serve_and_drive(config, work, ports, http_port, summary, out, made.strip())
 
 
 async def _start_broker(stack: contextlib.ExitStack, work: Path) -> FleetPorts:
@@ -300,6 +314,7 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
     http_port: int,
     summary: Any,
     out: TextIO,
+    token: str,
 ) -> dict[str, Any]:
     api = f"http://127.0.0.1:{http_port}"
     ingest_log = work / "ingest.log"
@@ -342,7 +357,7 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
                 "fleet-agent run",
             )  # fmt: skip
         await asyncio.sleep(0.5)  # the last republished lines
-        return await _summary(api, backend, day, agent_log, out)
+        return await _summary(api, token, backend, day, agent_log, out)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
@@ -356,22 +371,24 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
                 await service.wait()
 
 
-async def _summary(
-    api: str, backend: Backend, day: Path, agent_log: Path, out: TextIO
+async def _summary(  # noqa: PLR0917 (private: the demo's figures)
+    api: str, token: str, backend: Backend, day: Path, agent_log: Path, out: TextIO
 ) -> dict[str, Any]:
     found = _COMMITTED.search(await asyncio.to_thread(agent_log.read_text, errors="replace"))
     if found is None:
         raise DemoError(f"the agent's summary line is missing:\n{_tail(agent_log)}")
     committed = dict(zip(("telemetry", "events", "pod"), map(int, found.groups()), strict=True))
-    metrics = await asyncio.to_thread(_get, api + "/metrics")
+    metrics = await asyncio.to_thread(_get, api + "/metrics", token)
     rows = {table: int(float(n)) for table, n in _ROWS.findall(metrics)}
     pods = {status: int(float(n)) for status, n in _PODS.findall(metrics)}
     stored = {"telemetry": rows["positions"], "events": rows["stop_events"], "pod": rows["pods"]}
-    gaps = json.loads(await asyncio.to_thread(_get, f"{api}/v1/devices/{DEVICE_ID}/gaps"))
+    gaps = json.loads(await asyncio.to_thread(_get, f"{api}/v1/devices/{DEVICE_ID}/gaps", token))
     acks: dict[str, int] = gaps["acks"]
     truth = await asyncio.to_thread(_truth, day / "stops.json")
     route_id = await asyncio.to_thread(_route_id, day / "manifest.json")
-    arrived = json.loads(await asyncio.to_thread(_get, f"{api}/v1/routes/{route_id}/arrivals"))
+    arrived = json.loads(
+        await asyncio.to_thread(_get, f"{api}/v1/routes/{route_id}/arrivals", token)
+    )
     arrivals = {a["stop_id"]: datetime.fromisoformat(a["time"]) for a in arrived}
     errors_s = [(arrivals[s] - t).total_seconds() for s, t in truth.items() if s in arrivals]
     attempts = await asyncio.to_thread(_attempt_truth, day / "scans.jsonl")

@@ -30,6 +30,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -47,6 +48,7 @@ from cloud_ingest.store.postgres import PostgresStore
 from cloud_ingest.store.sqlite import SqliteStore
 from firmware_agent.contract.telemetry import encode_batch
 from firmware_agent.contract.topics import MAX_SEQ, STREAMS, Stream, uplink_topic
+from tests.apiauth import cli_token
 from tests.broker import Mosquitto, free_port
 from tests.pg import ADMIN_DSN, fresh_database
 from tests.uplinkday import (
@@ -165,6 +167,7 @@ class Ingest:
         }
         self.log = directory / "ingest.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -190,7 +193,21 @@ class Ingest:
 
     def get(self, path: str) -> Any:
         url = f"http://127.0.0.1:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as response:
+        request = urllib.request.Request(url)
+        if path != "/health":
+            # The operator's way: a read token made with the CLI (again when the
+            # database was replaced, and the token with it).
+            self.token = self.token or cli_token(["read"], env=self.env)
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code != 401 or path == "/health":
+                raise
+        self.token = cli_token(["read"], env=self.env)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
 

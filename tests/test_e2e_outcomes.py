@@ -24,6 +24,7 @@ from cloud_ingest.api import create_app
 from cloud_ingest.store.sqlite import SqliteStore
 from firmware_agent.contract.outcomes import card_code
 from firmware_agent.pod.verify import verify_chain
+from tests.apiauth import bearer
 from tests.broker import Mosquitto
 from tests.uplinkday import (
     DEVICE,
@@ -93,7 +94,10 @@ def test_a_failed_attempt_and_a_later_delivery_reach_ingest_as_two_pods_of_one_c
                 pods = await stored_pods(store, DEVICE)
                 quarantined = (await store.counts()).quarantined
                 transport = httpx.ASGITransport(app=create_app(store))
-                async with httpx.AsyncClient(transport=transport, base_url="http://i") as c:
+                headers = await bearer(store, "read")
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://i", headers=headers
+                ) as c:
                     served = (await c.get(f"/v1/pods/{parcel}")).json()
                 stream = watcher.fleetstream("pod", DEVICE)
         return agent, pods, quarantined, served, stream

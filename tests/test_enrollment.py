@@ -249,11 +249,20 @@ def _token(config: Path, device: str = DEVICE) -> str:
     return token
 
 
+def _api_token(config: Path) -> dict[str, str]:
+    """The header of a read-only API token, made as an operator does (every endpoint
+    but /health and /v1/enroll needs one)."""
+    r = run(INGEST, "token", "create", "--config", config, "--scope", "read", "--name", "test")
+    assert r.returncode == 0, r.stderr
+    return {"Authorization": f"Bearer {r.stdout.strip()}"}
+
+
 @pytest.mark.slow
 def test_enroll_provision_connect_reenroll_revoke_refused(
     cloud: tuple[Path, Mosquitto, str], tmp_path: Path
 ) -> None:
     config, _, base = cloud
+    reader = _api_token(config)
     tls_port = tomllib.loads(config.read_text())["ca"]["broker_port"]
     van = tmp_path / "van"
     agent_toml = van / "etc" / "agent.toml"
@@ -275,7 +284,7 @@ def test_enroll_provision_connect_reenroll_revoke_refused(
     assert (tls_dir / "client.key").stat().st_mode & 0o777 == 0o600
     assert (van / "state" / "device.key").stat().st_mode & 0o777 == 0o600
     pod_key = (van / "state" / "device.key").read_bytes()
-    device = httpx.get(f"{base}/v1/devices/{DEVICE}").json()
+    device = httpx.get(f"{base}/v1/devices/{DEVICE}", headers=reader).json()
     assert device["enabled"] is True
     assert _connects_as_provisioned(agent_toml, tls_port)
 
@@ -314,7 +323,7 @@ def test_enroll_provision_connect_reenroll_revoke_refused(
     assert "broker reloaded" in r.stdout
     assert f"device {DEVICE} disabled" in r.stdout
     assert not _connects_as_provisioned(agent_toml, tls_port)
-    assert httpx.get(f"{base}/v1/devices/{DEVICE}").json()["enabled"] is False
+    assert httpx.get(f"{base}/v1/devices/{DEVICE}", headers=reader).json()["enabled"] is False
     assert [(c.kind, c.revoked_at is not None) for c in ca.records()] == [
         ("broker", False),
         ("device", True),

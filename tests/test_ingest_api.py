@@ -44,6 +44,7 @@ from firmware_agent.contract.records import Arrival, TelemetryPoint
 from firmware_agent.contract.telemetry import encode_batch
 from firmware_agent.pod import chain as podchain
 from firmware_agent.pod.chain import PodChain
+from tests.apiauth import bearer
 from tests.broker import Mosquitto
 from tests.pg import ADMIN_DSN, fresh_database
 from tests.pods import fields, pod_record
@@ -179,8 +180,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         yield lambda: PostgresStore(dsn)
 
 
-def client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest")
+def client(app: Any, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://ingest", headers=headers
+    )
 
 
 def run(
@@ -196,7 +199,9 @@ def run(
             async with make_store() as store:
                 await store.migrate()
                 app = create_app(store, workers=workers(store), counts_max_age_s=0)
-                async with client(app) as http:
+                # A token of every scope: these tests are about what the API serves
+                # (test_ingest_auth.py is about who may ask).
+                async with client(app, await bearer(store)) as http:
                     return await scenario(Api(store, http))
 
     return asyncio.run(main())
@@ -726,7 +731,7 @@ def test_health_503_when_the_store_is_closed(tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "ingest.sqlite3")
         await store.open()
         await store.migrate()
-        async with client(create_app(store)) as c:
+        async with client(create_app(store, counts_max_age_s=0), await bearer(store)) as c:
             r = await c.get("/health")
             assert r.status_code == 200
             assert r.json() == {
@@ -734,6 +739,7 @@ def test_health_503_when_the_store_is_closed(tmp_path: Path) -> None:
                 "store": {"ok": True, "detail": None},
                 "workers": [],
             }
+            assert (await c.get("/metrics")).status_code == 200
             await store.close()
             r = await c.get("/health")
             assert r.status_code == 503
@@ -743,6 +749,8 @@ def test_health_503_when_the_store_is_closed(tmp_path: Path) -> None:
             r = await c.get("/v1/devices")
             assert r.status_code == 503
             assert detail(r).startswith("storage unavailable: ")
+            # The token, confirmed by the store a moment ago, still opens the metrics:
+            # they matter most while the store is down.
             metrics = (await c.get("/metrics")).text
             assert "fleet_ingest_store_up 0.0" in metrics
             assert "fleet_ingest_rows" not in metrics
@@ -760,7 +768,7 @@ def test_health_503_while_postgresql_is_unreachable_then_200_again() -> None:
         name = conninfo_to_dict(dsn)["dbname"]
         async with PostgresStore(dsn, connect_timeout_s=2) as store:
             await store.migrate()
-            async with client(create_app(store, health_timeout_s=5)) as c:
+            async with client(create_app(store, health_timeout_s=5), await bearer(store)) as c:
                 assert (await c.get("/health")).status_code == 200
                 # Cut the service's connection and hide the database: reconnects fail.
                 await asyncio.to_thread(

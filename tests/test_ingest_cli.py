@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from firmware_agent.contract.keys import key_thumbprint, load_or_create_device_key
 from firmware_agent.contract.records import TelemetryPoint
 from firmware_agent.contract.telemetry import encode_batch
+from tests.apiauth import cli_token
 from tests.broker import Mosquitto, free_port
 
 BIN = Path(sys.executable).parent
@@ -68,7 +69,7 @@ def test_migrate_then_enroll_list_disable(tmp_path: Path) -> None:
     db = tmp_path / "ingest.sqlite3"
     url = ("--database-url", f"sqlite:///{db}")
     r = ingest("migrate", *url)
-    assert (r.returncode, r.stdout) == (0, f"{db}: applied migration(s) 1, 2, 3, 4, 5, 6\n"), (
+    assert (r.returncode, r.stdout) == (0, f"{db}: applied migration(s) 1, 2, 3, 4, 5, 6, 7\n"), (
         r.stderr
     )
     r = ingest("migrate", *url)
@@ -244,16 +245,24 @@ def test_serve_runs_workers_and_api_then_stops_cleanly(
             pem = key.public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             ).decode()
-            r = httpx.post(f"{base}/v1/devices", json={"device_id": "van-7", "public_key_pem": pem})
+            body = {"device_id": "van-7", "public_key_pem": pem}
+            assert httpx.post(f"{base}/v1/devices", json=body).status_code == 401
+            # An operator's tokens, made with the CLI on the service's database.
+            where = ["--config", str(config)]
+            admin = {"Authorization": "Bearer " + cli_token(["admin"], args=where)}
+            read = {"Authorization": "Bearer " + cli_token(["read"], args=where)}
+            r = httpx.post(f"{base}/v1/devices", json=body, headers=admin)
             assert r.status_code == 201
             asyncio.run(_publish_a_fix(broker.port))
             deadline = time.monotonic() + 10
-            while not (latest := httpx.get(f"{base}/v1/positions/latest").json()):
+            while not (latest := httpx.get(f"{base}/v1/positions/latest", headers=read).json()):
                 assert time.monotonic() < deadline, "the fix was never stored"
                 time.sleep(0.05)
             assert latest[0]["device_id"] == "van-7"
             assert latest[0]["time"] == "2026-11-21T09:00:00.000Z"
-            assert "fleet_ingest_worker_connected" in httpx.get(f"{base}/metrics").text
+            assert httpx.get(f"{base}/metrics").status_code == 401
+            metrics = httpx.get(f"{base}/metrics", headers=read).text
+            assert "fleet_ingest_worker_connected" in metrics
 
             started = time.monotonic()
             process.send_signal(stop_signal)

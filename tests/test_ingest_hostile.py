@@ -44,6 +44,7 @@ from cloud_ingest.store.sqlite import SqliteStore
 from cloud_ingest.verify import Accepted, RecordTimes, Rejected, check_message
 from firmware_agent.contract.records import TelemetryPoint
 from firmware_agent.contract.telemetry import encode_batch
+from tests.apiauth import cli_token
 from tests.broker import Mosquitto, free_port
 from tests.pg import fresh_database
 from tests.test_ingest_api import (
@@ -237,7 +238,7 @@ def test_a_version_4_quarantine_gains_lengths_and_digests(
 
     async def upgraded() -> None:
         async with SqliteStore(path) as store:
-            assert await store.migrate() == [5, 6]
+            assert await store.migrate() == [5, 6, 7]
             (q,) = await store.quarantine(payload_max_bytes=100)
             assert (len(q.payload), q.payload_bytes, q.kept_bytes) == (100, 300_000, 300_000)
             assert q.payload_sha256 == hashlib.sha256(big.payload).digest()
@@ -309,10 +310,13 @@ def test_serve_answers_a_page_of_big_quarantined_messages_in_bounded_memory(
                 [str(BIN / "fleet-ingest"), "serve"], env=env, stdout=out, stderr=out
             )
         base = f"http://127.0.0.1:{http_port}"
+        token = cli_token(["read"], env=env)
 
         def get(path: str) -> tuple[int, bytes]:
+            request = urllib.request.Request(base + path)
+            request.add_header("Authorization", f"Bearer {token}")
             try:
-                with urllib.request.urlopen(base + path, timeout=60) as r:
+                with urllib.request.urlopen(request, timeout=60) as r:
                     return r.status, r.read()
             except urllib.error.HTTPError as err:
                 return err.code, err.read()

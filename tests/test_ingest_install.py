@@ -83,6 +83,13 @@ def test_fleet_ingest_serve_runs_and_stores_from_the_ingest_only_install(
             env=env, timeout=60,
         )  # fmt: skip
         assert enrolled.returncode == 0, enrolled.stderr
+        made = _run(
+            [str(bin_dir / "fleet-ingest"), "token", "create", "--scope", "read",
+             "--name", "install-test"],
+            env=env, timeout=60,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip()
         with (tmp_path / "serve.log").open("w") as log:
             service = subprocess.Popen(
                 [str(bin_dir / "fleet-ingest"), "serve"], env=env, stdout=log, stderr=log
@@ -97,7 +104,7 @@ def test_fleet_ingest_serve_runs_and_stores_from_the_ingest_only_install(
             asyncio.run(
                 _publish(broker.port, encode_batch("van-7", 1, [(1, point)], historical=False))
             )
-            track = _wait_track(api, "van-7")
+            track = _wait_track(api, "van-7", token)
         finally:
             service.terminate()
             service.wait(20)
@@ -110,8 +117,11 @@ async def _publish(port: int, payload: bytes) -> None:
         await client.publish(uplink_topic("van-7", "telemetry"), payload, qos=1)
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def _get(url: str, token: str | None = None) -> str:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:
         return str(response.read().decode())
 
 
@@ -128,11 +138,11 @@ def _wait_healthy(api: str, service: subprocess.Popen[bytes], log: Path) -> None
     raise AssertionError(f"not healthy: {log.read_text()}")
 
 
-def _wait_track(api: str, device_id: str) -> list[dict[str, object]]:
+def _wait_track(api: str, device_id: str, token: str) -> list[dict[str, object]]:
     url = f"{api}/v1/devices/{device_id}/track?start=2026-11-21T08:00:00Z&end=2026-11-21T10:00:00Z"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        positions: list[dict[str, object]] = json.loads(_get(url))["positions"]
+        positions: list[dict[str, object]] = json.loads(_get(url, token))["positions"]
         if positions:
             return positions
         time.sleep(0.1)

@@ -243,8 +243,10 @@ def test_migrations_are_idempotent_and_recorded(backend: Backend) -> None:
         (4, "seqs lost with a restored database, released by their device"),
         (5, "quarantine: the length and SHA-256 of each payload, indexes for its retention"),
         (6, "the outcome of each POD's delivery attempt"),
+        (7, "scoped API tokens, stored hashed (cloud_ingest.apitokens)"),
     ]
     tables = {
+        "api_tokens",
         "stream_outbox",
         "devices",
         "positions",
@@ -269,7 +271,7 @@ def test_fresh_store_applies_every_migration(backend: Backend) -> None:
         async with backend.make() as store:
             return await store.migrate()
 
-    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5, 6]
+    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_a_version_1_database_is_upgraded_in_place(
@@ -292,7 +294,7 @@ def test_a_version_1_database_is_upgraded_in_place(
             result = await write(store, WriteBatch(positions=[position("van-7", 1)]))
             return applied, (await store.counts()).devices, len(result.stream)
 
-    assert asyncio.run(upgraded()) == ([2, 3, 4, 5, 6], 1, 1)
+    assert asyncio.run(upgraded()) == ([2, 3, 4, 5, 6, 7], 1, 1)
 
 
 def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
@@ -336,7 +338,7 @@ def test_a_version_2_database_keeps_its_rows_and_gains_every_field(
             return applied, track, await store.pod_by_pod_seq("van-7", 1)
 
     applied, track, stored = asyncio.run(upgraded())
-    assert applied == [3, 4, 5, 6]
+    assert applied == [3, 4, 5, 6, 7]
     assert track == [
         Position(
             "van-7",

@@ -55,6 +55,7 @@ from firmware_agent.feedback import LogFeedback, Signal
 from firmware_agent.scan.types import Scan
 from firmware_agent.sources import Clock, FixSource
 from firmware_agent.uplink.mqtt import UplinkConfig
+from tests.apiauth import bearer
 from tests.broker import Mosquitto
 from tests.nmea import line
 from tests.pg import fresh_database
@@ -283,6 +284,7 @@ def path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                     http = httpx.AsyncClient(
                         transport=httpx.ASGITransport(app=create_app(store)),
                         base_url="http://ingest",
+                        headers=await bearer(store, "read"),
                     )
                     async with http:
                         span = {

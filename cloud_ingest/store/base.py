@@ -46,6 +46,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, cast, get_args
 
+from cloud_ingest.apitokens import ApiToken
 from cloud_ingest.errors import IngestError, StorageError
 from firmware_agent.contract.pod import pod_digest
 from firmware_agent.contract.records import EventRecord, PodRecord, TelemetryPoint, decode_event
@@ -66,6 +67,10 @@ class DeviceConflictError(IngestError, ValueError):
 
 class UnknownDeviceError(IngestError, LookupError):
     """The device is not registered."""
+
+
+class UnknownTokenError(IngestError, LookupError):
+    """No API token has this id."""
 
 
 class MigrationError(StorageError):
@@ -776,3 +781,21 @@ class Store(Protocol):
 
     async def counts(self) -> Counts:
         """Row counts of every table."""
+
+    # --- API tokens (cloud_ingest.apitokens) ------------------------------------------
+
+    async def add_api_token(self, token: ApiToken) -> None:
+        """Store a new token's row (its id is fresh: a clash is an IntegrityError)."""
+
+    async def get_api_token(self, token_id: str) -> ApiToken | None:
+        """The token's row (revoked and expired ones too), or ``None``."""
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        """Every token's row, oldest first."""
+
+    async def revoke_api_token(self, token_id: str, at: datetime) -> ApiToken:
+        """Revoke a token (once: revoking again keeps the first time).
+        :class:`UnknownTokenError` if there is none with this id."""
+
+    async def touch_api_token(self, token_id: str, at: datetime) -> None:
+        """Record that the token was used at ``at``."""

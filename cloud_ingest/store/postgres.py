@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import psycopg
 
+from cloud_ingest.apitokens import ApiToken, parse_scopes, scopes_text
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
     QUARANTINE_PAYLOAD_MAX_BYTES,
@@ -52,6 +53,7 @@ from cloud_ingest.store.base import (
     StreamMessage,
     TrackKey,
     UnknownDeviceError,
+    UnknownTokenError,
     WriteBatch,
     WriteResult,
     check_enrollment,
@@ -231,7 +233,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE pods ADD COLUMN outcome text NOT NULL DEFAULT 'delivered'",
         ),
     ),
+    Migration(
+        7,
+        "scoped API tokens, stored hashed (cloud_ingest.apitokens)",
+        (
+            """CREATE TABLE api_tokens (
+                id text PRIMARY KEY,
+                name text NOT NULL,
+                scopes text NOT NULL,
+                sha256 bytea NOT NULL CHECK (length(sha256) = 32),
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz,
+                revoked_at timestamptz,
+                last_used_at timestamptz
+            )""",
+        ),
+    ),
 )
+_ACCESS_COLUMNS = "id, name, scopes, sha256, created_at, expires_at, revoked_at, last_used_at"
+_REVOKE_TOKEN = (
+    "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, %s) WHERE id = %s "  # noqa: S608
+    f"RETURNING {_ACCESS_COLUMNS}"
+)
+_SELECT_TOKENS = f"SELECT {_ACCESS_COLUMNS} FROM api_tokens"  # noqa: S608 (constant columns)
 
 _POSITION_COLUMNS = (
     "device_id, seq, historical, time, lat, lon, alt_m, speed_mps, course_deg, mode, quality, "
@@ -346,6 +370,22 @@ _RELINK_PODS = """
 
 def _utc(t: datetime) -> datetime:
     return t.astimezone(UTC)
+
+
+def _api_token(row: Sequence[Any]) -> ApiToken:
+    def at(t: datetime | None) -> datetime | None:
+        return None if t is None else _utc(t)
+
+    return ApiToken(
+        id=row[0],
+        name=row[1],
+        scopes=parse_scopes(row[2].split()),
+        sha256=bytes(row[3]),
+        created_at=_utc(row[4]),
+        expires_at=at(row[5]),
+        revoked_at=at(row[6]),
+        last_used_at=at(row[7]),
+    )
 
 
 def _device(row: Sequence[Any]) -> Device:
@@ -524,6 +564,56 @@ class PostgresStore(StoreLifetime):
         async with self._session() as conn:
             cur = await conn.execute("SELECT * FROM devices ORDER BY device_id")
             return [_device(r) for r in await cur.fetchall()]
+
+    # --- API tokens -------------------------------------------------------------------
+
+    async def add_api_token(self, token: ApiToken) -> None:
+        row = (
+            token.id,
+            token.name,
+            scopes_text(token.scopes),
+            token.sha256,
+            token.created_at,
+            token.expires_at,
+            token.revoked_at,
+            token.last_used_at,
+        )
+        async with self._session() as conn:
+            await conn.execute(
+                f"INSERT INTO api_tokens ({_ACCESS_COLUMNS}) "  # noqa: S608 (constant columns)
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                row,
+            )
+
+    async def get_api_token(self, token_id: str) -> ApiToken | None:
+        async with self._session() as conn:
+            cur = await conn.execute(_SELECT_TOKENS + " WHERE id = %s", (token_id,))
+            row = await cur.fetchone()
+        return None if row is None else _api_token(row)
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        async with self._session() as conn:
+            cur = await conn.execute(_SELECT_TOKENS + " ORDER BY created_at, id")
+            return [_api_token(r) for r in await cur.fetchall()]
+
+    async def revoke_api_token(self, token_id: str, at: datetime) -> ApiToken:
+        require_utc("at", at)
+        async with self._session() as conn:
+            cur = await conn.execute(
+                _REVOKE_TOKEN,
+                (at, token_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise UnknownTokenError(f"no API token {token_id!r}")
+        return _api_token(row)
+
+    async def touch_api_token(self, token_id: str, at: datetime) -> None:
+        require_utc("at", at)
+        async with self._session() as conn:
+            await conn.execute(
+                "UPDATE api_tokens SET last_used_at = %s WHERE id = %s", (at, token_id)
+            )
 
     # --- writing ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar, cast
 
+from cloud_ingest.apitokens import ApiToken, parse_scopes, scopes_text
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
     QUARANTINE_PAYLOAD_MAX_BYTES,
@@ -49,6 +50,7 @@ from cloud_ingest.store.base import (
     StreamMessage,
     TrackKey,
     UnknownDeviceError,
+    UnknownTokenError,
     WriteBatch,
     WriteResult,
     check_enrollment,
@@ -228,6 +230,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE pods ADD COLUMN outcome TEXT NOT NULL DEFAULT 'delivered'",
         ),
     ),
+    Migration(
+        7,
+        "scoped API tokens, stored hashed (cloud_ingest.apitokens)",
+        (
+            """CREATE TABLE api_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                sha256 BLOB NOT NULL CHECK (length(sha256) = 32),
+                created_at_us INTEGER NOT NULL,
+                expires_at_us INTEGER,
+                revoked_at_us INTEGER,
+                last_used_at_us INTEGER
+            ) STRICT""",
+        ),
+    ),
+)
+_ACCESS_COLUMNS = (
+    "id, name, scopes, sha256, created_at_us, expires_at_us, revoked_at_us, last_used_at_us"
 )
 
 _POSITION_COLUMNS = (
@@ -505,6 +526,66 @@ class SqliteStore(StoreLifetime):
 
         return await self._call(run)
 
+    # --- API tokens -------------------------------------------------------------------
+
+    async def add_api_token(self, token: ApiToken) -> None:
+        row = (
+            token.id,
+            token.name,
+            scopes_text(token.scopes),
+            token.sha256,
+            _us(token.created_at),
+            None if token.expires_at is None else _us(token.expires_at),
+            None if token.revoked_at is None else _us(token.revoked_at),
+            None if token.last_used_at is None else _us(token.last_used_at),
+        )
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    f"INSERT INTO api_tokens ({_ACCESS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    row,
+                )
+
+        await self._call(run)
+
+    async def get_api_token(self, token_id: str) -> ApiToken | None:
+        return await self._call(lambda conn: _get_api_token(conn, token_id))
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        def run(conn: sqlite3.Connection) -> list[ApiToken]:
+            query = f"SELECT {_ACCESS_COLUMNS} FROM api_tokens ORDER BY created_at_us, id"  # noqa: S608
+            return [_api_token(r) for r in conn.execute(query)]
+
+        return await self._call(run)
+
+    async def revoke_api_token(self, token_id: str, at: datetime) -> ApiToken:
+        require_utc("at", at)
+
+        def run(conn: sqlite3.Connection) -> ApiToken:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE api_tokens SET revoked_at_us = coalesce(revoked_at_us, ?) WHERE id = ?",
+                    (_us(at), token_id),
+                )
+                token = _get_api_token(conn, token_id)
+            if token is None:
+                raise UnknownTokenError(f"no API token {token_id!r}")
+            return token
+
+        return await self._call(run)
+
+    async def touch_api_token(self, token_id: str, at: datetime) -> None:
+        require_utc("at", at)
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE api_tokens SET last_used_at_us = ? WHERE id = ?", (_us(at), token_id)
+                )
+
+        await self._call(run)
+
     # --- writing ----------------------------------------------------------------------
 
     async def write(
@@ -775,6 +856,30 @@ class SqliteStore(StoreLifetime):
             return Counts(*row)
 
         return await self._call(run)
+
+
+def _api_token(row: Sequence[Any]) -> ApiToken:
+    def at(us: int | None) -> datetime | None:
+        return None if us is None else _time(us)
+
+    return ApiToken(
+        id=row[0],
+        name=row[1],
+        scopes=parse_scopes(row[2].split()),
+        sha256=bytes(row[3]),
+        created_at=_time(row[4]),
+        expires_at=at(row[5]),
+        revoked_at=at(row[6]),
+        last_used_at=at(row[7]),
+    )
+
+
+def _get_api_token(conn: sqlite3.Connection, token_id: str) -> ApiToken | None:
+    row = conn.execute(
+        f"SELECT {_ACCESS_COLUMNS} FROM api_tokens WHERE id = ?",  # noqa: S608 (constant columns)
+        (token_id,),
+    ).fetchone()
+    return None if row is None else _api_token(row)
 
 
 def _get_device(conn: sqlite3.Connection, device_id: str) -> Device:
