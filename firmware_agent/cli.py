@@ -12,6 +12,7 @@
 - ``fleet-agent run``: the van service; ``fleet-agent config``: the settings it would
   start with, and where each came from (:mod:`firmware_agent.run_cli`,
   docs/configuration.md).
+- ``fleet-agent doctor [--json]``: is this van ready (:mod:`firmware_agent.doctor`).
 - ``fleet-agent cards --out reasons.svg``: the printable reason cards (docs/outcomes.md).
 """
 
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     filter_options(rep)
     rep.set_defaults(func=_cmd_replay)
 
+    from firmware_agent.doctor.cli import register as register_doctor  # noqa: PLC0415
     from firmware_agent.pod.cards import register as register_cards  # noqa: PLC0415
     from firmware_agent.pod.cli import register as register_pod  # noqa: PLC0415
     from firmware_agent.run_cli import register as register_run  # noqa: PLC0415
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_pod(sub)
     register_scan(sub)
     register_cards(sub)
+    register_doctor(sub)
     return parser
 
 
