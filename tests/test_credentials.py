@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from firmware_agent.credentials import TLS_CREDENTIALS
 from firmware_agent.run_cli import build_config, settings
 from tests.idle_agent import run_args
 
@@ -44,3 +45,13 @@ def test_a_ca_credential_alone_turns_tls_on(tmp_path: Path) -> None:
     built = build_config(args, settings(args, {}), {"CREDENTIALS_DIRECTORY": str(creds)})
     assert built.uplink.tls is not None
     assert built.uplink.tls.ca_file == creds / "mqtt-tls-ca"
+
+
+def test_the_unit_loads_the_credentials_the_agent_reads() -> None:
+    unit = Path(__file__).resolve().parents[1] / "systemd" / "fleet-agent.service"
+    loaded = {
+        line.removeprefix("LoadCredential=").split(":", 1)[0]
+        for line in unit.read_text("utf-8").splitlines()
+        if line.startswith("LoadCredential=")
+    }
+    assert loaded == set(TLS_CREDENTIALS.values())
