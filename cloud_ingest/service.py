@@ -36,6 +36,7 @@ from cloud_ingest.config import (
 )
 from cloud_ingest.errors import ConfigError, IngestError, StorageError
 from cloud_ingest.store.base import QUARANTINE_PAYLOAD_MAX_BYTES, Store
+from firmware_agent.contract.sdnotify import Notifier
 
 # The HTTP stack and the MQTT client load only for `serve`: the other commands of
 # fleet-ingest (migrate, device ...) open a store and should start fast.
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
     from cloud_ingest.enroll import Enrollment
     from cloud_ingest.verify import RecordTimes
-    from cloud_ingest.worker import WorkerConfig
+    from cloud_ingest.worker import IngestWorker, WorkerConfig
     from firmware_agent.contract.mqtt import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,13 @@ async def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _status(workers: list[IngestWorker]) -> str:
+    """systemd's STATUS= line: workers connected to the broker, records stored."""
+    connected = sum(w.connected.is_set() for w in workers)
+    stored = sum(w.counts.stored for w in workers)
+    return f"{connected}/{len(workers)} workers connected to the broker; {stored} records stored"
+
+
 async def serve(
     config: IngestConfig,
     *,
@@ -319,7 +327,18 @@ async def serve(
                         quarantine_retention(store, config.quarantine), name="quarantine-retention"
                     )
                 )
+                notifier = stack.enter_context(Notifier.from_environ())
+                if notifier.enabled:
+                    # READY=1 once the HTTP socket is bound and the workers are started;
+                    # then WATCHDOG=1 and STATUS= from this loop (a hung loop is restarted).
+                    notifier.ready(_status(workers))
+                    tasks.append(
+                        tg.create_task(
+                            notifier.keep_alive(lambda: _status(workers)), name="sd-notify"
+                        )
+                    )
                 await stop.wait()
+                notifier.stopping()
                 log.info("fleet-ingest: stopping")
                 server.should_exit = True
                 await asyncio.wait([http])

@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from firmware_agent.agent_config import AgentConfig, AgentCounts
@@ -149,6 +150,12 @@ class Agent:
             announce=self._announce,
         )
         self.input_done = asyncio.Event()
+        # Set once the outbox is open and the uplink runs: the service is ready
+        # (systemd's READY=1, :mod:`firmware_agent.service_state`).
+        self.started = asyncio.Event()
+        # The last fix read and when (the clock's time), for the service status.
+        self.last_fix: Fix | None = None
+        self.last_fix_at: datetime | None = None
         # The outbox, the POD chain state and the van's day (the state directory).
         self.store = VanStore(
             config.state_dir,
@@ -277,6 +284,7 @@ class Agent:
                 assert committer is not None
                 retry_task = tg.create_task(committer.run(), name="outbox-retry")
                 tg.create_task(self._inputs(), name="inputs")
+                self.started.set()
                 if c.exit_when_drained:
                     await self.input_done.wait()
                     await committer.flushed()
@@ -357,6 +365,7 @@ class Agent:
     async def on_fix(self, fix: Fix) -> None:
         assert self.pipeline is not None
         self.counts.fixes += 1
+        self.last_fix, self.last_fix_at = fix, self.clock.now()
         # A fix may end a POD's wait for a reason card: it is signed with the fix's records.
         await self._commit_signed(self._seen(self.pipeline.on_fix(fix)))
 

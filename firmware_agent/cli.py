@@ -14,6 +14,7 @@
   docs/configuration.md).
 - ``fleet-agent provision --enroll URL --token T``: the van's keys, certificate and
   settings from a one-time enrollment token (:mod:`firmware_agent.provision`).
+- ``fleet-agent doctor [--json]``: is this van ready (:mod:`firmware_agent.doctor`).
 - ``fleet-agent cards --out reasons.svg``: the printable reason cards (docs/outcomes.md).
 """
 
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     filter_options(rep)
     rep.set_defaults(func=_cmd_replay)
 
+    from firmware_agent.doctor.cli import register as register_doctor  # noqa: PLC0415
     from firmware_agent.pod.cards import register as register_cards  # noqa: PLC0415
     from firmware_agent.pod.cli import register as register_pod  # noqa: PLC0415
     from firmware_agent.provision_cli import register as register_provision  # noqa: PLC0415
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_scan(sub)
     register_cards(sub)
     register_provision(sub)
+    register_doctor(sub)
     return parser
 
 

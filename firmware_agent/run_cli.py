@@ -19,8 +19,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -178,11 +180,15 @@ def settings(args: argparse.Namespace, environ: dict[str, str] | None = None) ->
     return load_settings(args.config, environ, flags=_flags(args), scanners=scanners)
 
 
-def build_config(args: argparse.Namespace, loaded: LoadedSettings) -> AgentConfig:
+def build_config(
+    args: argparse.Namespace, loaded: LoadedSettings, environ: Mapping[str, str] | None = None
+) -> AgentConfig:
     """The agent's configuration from the effective settings (and ``run``'s own
-    ``--exit-when-drained``). :class:`ConfigError` for what this build cannot run."""
+    ``--exit-when-drained``). :class:`ConfigError` for what this build cannot run.
+    ``environ`` (default: the process's) may hold systemd's ``$CREDENTIALS_DIRECTORY``."""
     from firmware_agent.agent import AgentConfig  # noqa: PLC0415 (lazy: fast --help)
     from firmware_agent.contract.mqtt import TlsConfig  # noqa: PLC0415
+    from firmware_agent.credentials import TLS_CREDENTIALS, credential  # noqa: PLC0415
     from firmware_agent.eta.tracker import EtaConfig  # noqa: PLC0415
     from firmware_agent.feedback import FeedbackPins, FeedbackSettings  # noqa: PLC0415
     from firmware_agent.geofence.config import GeofenceConfig  # noqa: PLC0415
@@ -205,11 +211,13 @@ def build_config(args: argparse.Namespace, loaded: LoadedSettings) -> AgentConfi
             "device_id: required (device_id in the file, FLEET_DEVICE_ID or --device-id)"
         )
     mqtt = s.mqtt
-    tls = (
-        TlsConfig(ca_file=mqtt.tls_ca, cert_file=mqtt.tls_cert, key_file=mqtt.tls_key)
-        if mqtt.tls_ca is not None
-        else None
+    # The unit's LoadCredential= copies, when systemd gave them (firmware_agent.credentials).
+    env = os.environ if environ is None else environ
+    ca, cert, key = (
+        credential(TLS_CREDENTIALS[name], getattr(mqtt, name), env)
+        for name in ("tls_ca", "tls_cert", "tls_key")
     )
+    tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key) if ca is not None else None
     uplink = UplinkConfig(
         device_id=s.device_id,
         host=mqtt.host,
@@ -365,7 +373,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 async def _serve(agent: Any) -> None:
     """Run ``agent`` until it ends, Ctrl-C, or SIGTERM (systemd's stop): SIGTERM
-    cancels it as Ctrl-C does, and is a clean stop (the summary, exit status 0)."""
+    cancels it as Ctrl-C does, and is a clean stop (the summary, exit status 0).
+    Under systemd (``$NOTIFY_SOCKET``) it says READY=1, pings the watchdog and sends
+    STATUS= lines (:mod:`firmware_agent.service_state`)."""
+    from firmware_agent.contract.sdnotify import Notifier  # noqa: PLC0415
+    from firmware_agent.service_state import run_service  # noqa: PLC0415
+
     task = asyncio.current_task()
     assert task is not None
     stopping = asyncio.Event()
@@ -377,7 +390,8 @@ async def _serve(agent: Any) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop)
     try:
-        await agent.run()
+        with Notifier.from_environ() as notifier:
+            await run_service(agent, notifier)
     except asyncio.CancelledError:
         if not stopping.is_set():
             raise

@@ -177,6 +177,9 @@ class Uplink:
         self.counts = UplinkCounts()
         self.faults = FaultCounter()
         self.connected = asyncio.Event()
+        # When ingest last acknowledged (any ack for this van, one that moves nothing
+        # included): the service status and `fleet-agent doctor` report its age.
+        self.last_ack_at: datetime | None = None
         self._acked: dict[str, int] = dict.fromkeys(SEND_ORDER, 0)
         self._sent: dict[str, int] = dict.fromkeys(SEND_ORDER, 0)
         # The highest seq each stream has had in a message published by this process
@@ -372,6 +375,7 @@ class Uplink:
             self.counts.bad_acks += 1
             self._fault("ack", f"ack for another device {ack.device_id!r}")
             return
+        self.last_ack_at = self._clock()
         for stream, seq in ack.acks.items():
             if stream not in self._acked or seq == self._acked[stream]:
                 continue
