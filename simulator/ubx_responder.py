@@ -27,16 +27,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pyubx2 import GET, SETPOLL, U4, UBXMessage, cfgkey2name, cfgname2key, val2bytes
-from pyubx2.exceptions import UBXMessageError
+from pyubx2 import (
+    GET,
+    SETPOLL,
+    U4,
+    UBXMessage,
+    UBXReader,
+    calc_checksum,
+    cfgkey2name,
+    cfgname2key,
+    val2bytes,
+)
+from pyubx2.exceptions import UBXMessageError, UBXParseError, UBXTypeError
 
-from firmware_agent.gnss.ubx import NMEA_IDS, UbxFramer, parse_frame
 from simulator.errors import ConfigError
 
 UbxGeneration = Literal["m8", "m9"]
 GENERATIONS: tuple[UbxGeneration, ...] = ("m8", "m9")
 
+# The NMEA sentences whose output rates it keeps, by their UBX message id (class 0xF0).
+NMEA_IDS: dict[str, int] = {"GGA": 0x00, "GSA": 0x02, "RMC": 0x04, "VTG": 0x05}
 _NMEA_NAMES = {value: name for name, value in NMEA_IDS.items()}
+_SYNC = b"\xb5\x62"
+_MAX_PAYLOAD_BYTES = 4096
 _VERSIONS: dict[UbxGeneration, tuple[str, str, tuple[str, ...]]] = {
     "m8": (
         "ROM CORE 3.01 (107888)",
@@ -81,7 +94,7 @@ class UbxResponder:
         self.state = UbxState()
         self.saved = UbxState()  # what BBR/flash hold: restored by power_cycle
         self.received: list[str] = []  # identities of every message the host sent
-        self._framer = UbxFramer()
+        self._buf = b""
 
     def power_cycle(self) -> None:
         """Lose power and start again: RAM is what was saved."""
@@ -89,13 +102,38 @@ class UbxResponder:
 
     def feed(self, data: bytes) -> list[bytes]:
         replies: list[bytes] = []
-        for frame in self._framer.feed(data):
-            message = parse_frame(frame, msgmode=SETPOLL)
-            if message is None:
-                continue
+        for frame in self._frames(data):
+            try:
+                message = UBXReader.parse(frame, msgmode=SETPOLL)
+            except (UBXParseError, UBXMessageError, UBXTypeError, ValueError, KeyError):
+                continue  # a message type pyubx2 does not know: a receiver ignores it
             self.received.append(message.identity)
             replies += self._answer(message, frame)
         return replies
+
+    def _frames(self, data: bytes) -> list[bytes]:
+        """Whole, valid UBX frames; whatever else the host writes is skipped."""
+        buf = self._buf + data
+        frames: list[bytes] = []
+        while (start := buf.find(_SYNC)) >= 0 and len(buf) - start >= 6:
+            buf = buf[start:]
+            length = int.from_bytes(buf[4:6], "little")
+            if length > _MAX_PAYLOAD_BYTES:
+                buf = buf[2:]
+                continue
+            if len(buf) < length + 8:
+                break
+            frame = buf[: length + 8]
+            if calc_checksum(frame[2:-2]) == frame[-2:]:
+                frames.append(frame)
+                buf = buf[length + 8 :]
+            else:
+                buf = buf[2:]
+        else:
+            if start < 0:  # keep a trailing 0xB5: half a sync
+                buf = buf[-1:] if buf.endswith(_SYNC[:1]) else b""
+        self._buf = buf
+        return frames
 
     def _answer(self, message: UBXMessage, frame: bytes) -> list[bytes]:
         identity = str(message.identity)

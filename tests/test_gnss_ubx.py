@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from pyubx2 import UBXReader
 
 from firmware_agent.errors import ConfigError
 from firmware_agent.gnss.receiver_setup import configure_receiver, probe_receiver
@@ -311,3 +312,41 @@ def test_fleet_agent_gnss_configure_against_fleet_sim_receiver(tmp_path: Path) -
             sim.communicate()
     assert sim.returncode == 0
     assert not link.exists()
+
+
+# --- the simulated receiver's UBX side ------------------------------------------
+
+
+def _identities(replies: list[bytes]) -> list[str]:
+    return [str(UBXReader.parse(reply).identity) for reply in replies]
+
+
+@pytest.mark.parametrize("generation", ["m8", "m9"])
+def test_responder_answers_whole_or_byte_by_byte(generation: UbxGeneration) -> None:
+    kind = Generation.LEGACY if generation == "m8" else Generation.VALSET
+    host = GGA + poll_version() + b"".join(s.frame for s in setup_steps(kind, ReceiverSettings()))
+    whole = UbxResponder(generation).feed(host)
+    bytewise = UbxResponder(generation)
+    assert [r for i in range(len(host)) for r in bytewise.feed(host[i : i + 1])] == whole
+    assert _identities(whole)[0] == "MON-VER"
+    assert set(_identities(whole)[1:]) == {"ACK-ACK"}
+
+
+@pytest.mark.parametrize(
+    ("generation", "foreign"),
+    [("m8", Generation.VALSET), ("m9", Generation.LEGACY)],
+)
+def test_each_generation_naks_the_other_ones_messages(
+    generation: UbxGeneration, foreign: Generation
+) -> None:
+    responder = UbxResponder(generation)
+    replies = responder.feed(b"".join(s.frame for s in setup_steps(foreign, ReceiverSettings())))
+    assert set(_identities(replies)) == {"ACK-NAK"}
+    assert responder.state.dynamic_model == 0
+
+
+def test_fleet_sim_play_ubx_needs_a_pty(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulator.cli import main  # noqa: PLC0415
+
+    assert main(["play", "--stops", "1", "--ubx", "m8", "--file", os.devnull]) == 1
+    assert "--ubx needs --pty" in capsys.readouterr().err

@@ -47,6 +47,7 @@ from firmware_agent.gnss.ubx import (
 from firmware_agent.gnss.ubx_link import UbxLink
 
 VERSION_TRIES = 2
+NMEA_LISTEN_S = 1.5  # longer than a 1 Hz receiver's quiet gap
 
 
 async def configure_receiver(
@@ -74,6 +75,9 @@ async def _session(
         async with UbxLink(port, baudrate=baudrate) as link:
             identity = await _identify(link, timeout_s)
             if identity is None:
+                # A 1 Hz receiver may not have spoken yet: give it one more epoch to
+                # tell a receiver that is not u-blox from a silent port.
+                await link.wait_for_nmea(NMEA_LISTEN_S)
                 return _unidentified(port, link)
             steps: list[StepResult] = []
             if settings is not None:

@@ -94,6 +94,16 @@ class UbxLink:
         except TimeoutError:
             return None
 
+    async def wait_for_nmea(self, timeout_s: float) -> bool:
+        """Whether NMEA has come (or comes within ``timeout_s``)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.framer.nmea_seen:
+                    self._pending.extend(await self._read_messages())
+        except TimeoutError:
+            pass
+        return self.framer.nmea_seen
+
     async def request(
         self, frame: bytes, accept: Callable[[UBXMessage], bool], timeout_s: float
     ) -> UBXMessage | None:
