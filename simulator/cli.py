@@ -70,7 +70,7 @@ from simulator.truth import (
     read_stops_json,
     read_truth_csv,
 )
-from simulator.ubx_responder import GENERATIONS, UbxResponder
+from simulator.ubx_responder import GENERATIONS, UbxResponder, at_receiver_rate
 
 PROG = "fleet-sim"
 _GENERATION_FLAGS = (
@@ -658,8 +658,11 @@ async def _stream(args: argparse.Namespace, source: _Source) -> int:
                 for hook in hooks:
                     hook(progress)
 
+            chunks = source.chunks()
+            if isinstance(sink, PtyReceiver) and isinstance(sink.responder, UbxResponder):
+                chunks = at_receiver_rate(chunks, sink.responder)
             stats = await play(
-                source.chunks(),
+                chunks,
                 sink,
                 speedup=speedup,
                 total=source.total,

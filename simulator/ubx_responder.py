@@ -23,7 +23,7 @@ what was saved (to BBR or flash), as a receiver does after losing power.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,6 +41,7 @@ from pyubx2 import (
 from pyubx2.exceptions import UBXMessageError, UBXParseError, UBXTypeError
 
 from simulator.errors import ConfigError
+from simulator.playback import TimedChunk
 
 UbxGeneration = Literal["m8", "m9"]
 GENERATIONS: tuple[UbxGeneration, ...] = ("m8", "m9")
@@ -214,6 +215,20 @@ class UbxResponder:
             _, kind = cfgname2key(name)
             body += val2bytes(key, U4) + val2bytes(value, kind)
         return [bytes(UBXMessage("CFG", "CFG-VALGET", GET, payload=body).serialize())]
+
+
+def at_receiver_rate(chunks: Iterable[TimedChunk], responder: UbxResponder) -> Iterator[TimedChunk]:
+    """A played day's epochs thinned to the rate the receiver is set to, read live.
+
+    A day generated at 10 Hz plays every other epoch once the host sets 5 Hz; a rate
+    above the day's plays every epoch (the day has no more).
+    """
+    last_s: float | None = None
+    for chunk in chunks:
+        # A millisecond of slack: offsets are sums of floats.
+        if last_s is None or chunk.offset_s - last_s >= responder.state.period_s - 1e-3:
+            last_s = chunk.offset_s
+            yield chunk
 
 
 def _key_values(data: bytes) -> dict[str, int]:

@@ -350,3 +350,22 @@ def test_fleet_sim_play_ubx_needs_a_pty(capsys: pytest.CaptureFixture[str]) -> N
 
     assert main(["play", "--stops", "1", "--ubx", "m8", "--file", os.devnull]) == 1
     assert "--ubx needs --pty" in capsys.readouterr().err
+
+
+def test_a_played_day_is_thinned_to_the_rate_set_over_ubx() -> None:
+    from simulator.playback import TimedChunk  # noqa: PLC0415
+    from simulator.ubx_responder import at_receiver_rate  # noqa: PLC0415
+
+    responder = UbxResponder("m9")
+    responder.state.meas_period_ms = 100  # the day's own 10 Hz
+    day = (TimedChunk(offset_s=i * 0.1, data=b"%d" % i) for i in range(40))
+    played = []
+    for chunk in at_receiver_rate(day, responder):
+        played.append(chunk.data)
+        if chunk.data == b"9":
+            responder.state.meas_period_ms = 200  # the host sets 5 Hz
+        if chunk.data == b"19":
+            responder.state.meas_period_ms = 1000  # and then 1 Hz
+    assert played[:10] == [b"%d" % i for i in range(10)]
+    assert played[10:15] == [b"11", b"13", b"15", b"17", b"19"]
+    assert played[15:] == [b"29", b"39"]
