@@ -20,7 +20,7 @@ M8, ``00190000`` an M9/F9, ``000A0000`` an M10), else the protocol version
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -214,7 +214,7 @@ class ReceiverReport:
     dynamic_model: str | None = None
     saved: bool = False
     steps: tuple[StepResult, ...] = ()
-    problems: tuple[str, ...] = field(default=())
+    problems: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
