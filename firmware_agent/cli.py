@@ -4,6 +4,8 @@
   fixes on stdout, one summary line of counters on stderr.
 - ``fleet-agent gnss watch --port DEV``: read a live receiver (serial device or pty),
   print each fix as it is decoded; survives the receiver being unplugged.
+- ``fleet-agent gnss configure --port DEV [--rate-hz 5] [--dynamic-model automotive]``
+  / ``gnss probe``: a u-blox receiver's set-up over UBX (docs/gnss-setup.md).
 - ``fleet-agent replay --nmea LOG --manifest M [--scans S] [--out OUT]``: the whole van
   pipeline over recorded input, every message it would publish as JSON lines (ETAs
   included: ``--eta-model FILE`` or the shipped model, ``--no-eta`` for none).
@@ -184,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--duration-s", type=float, default=0.0, help="stop after this long")
     filter_options(watch)
     watch.set_defaults(func=_cmd_watch)
+
+    from firmware_agent.gnss.setup_cli import register as register_setup  # noqa: PLC0415
+
+    register_setup(gnss)
 
     rep = sub.add_parser(
         "replay",

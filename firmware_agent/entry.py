@@ -13,7 +13,14 @@ import sys
 from collections.abc import Sequence
 
 # What every fleet-agent command may need and only the `van` extra installs.
-VAN_LIBRARIES = ("pynmea2", "serial", "serial_asyncio_fast", "gpiozero", "pydantic")
+VAN_LIBRARIES = (
+    "pynmea2",
+    "serial",
+    "serial_asyncio_fast",
+    "gpiozero",
+    "pydantic",
+    "pyubx2",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@
     fleet-sim trip trip.csv --out out/trip
     fleet-sim eta-days --seeds 1000-1059 --trip bus1.csv bus2.csv --out out/eta-days
     fleet-sim demo --speed 60
+    fleet-sim receiver --pty /tmp/fleet/gnss --ubx m8
 
 ``play`` prints where to connect (``pty: /dev/pts/N linked at LINK``, ``tcp: HOST:PORT``
 or ``file: PATH``) on stdout as its first line, at once, so a script can wait for it;
@@ -45,6 +46,7 @@ from simulator.playback import (
     play,
 )
 from simulator.receiver import FileSink, PtyReceiver, TcpReceiver
+from simulator.receiver_cli import register as register_receiver
 from simulator.scanner import PtyScanner, scan_chunks
 from simulator.scans import (
     DEFAULT_DUPLICATE_RATE,
@@ -68,6 +70,7 @@ from simulator.truth import (
     read_stops_json,
     read_truth_csv,
 )
+from simulator.ubx_responder import GENERATIONS, UbxResponder, at_receiver_rate
 
 PROG = "fleet-sim"
 _GENERATION_FLAGS = (
@@ -252,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D",
         help="plug it back in D s (scenario time) later",
     )
+    play_cmd.add_argument(
+        "--ubx", choices=GENERATIONS,
+        help="with --pty: answer UBX as a u-blox M8 or M9 (the day's NMEA rate stays)",
+    )  # fmt: skip
     play_cmd.set_defaults(handler=_cmd_play)
 
     demo = commands.add_parser(
@@ -265,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", type=Path, help="keep the day, databases and logs here")
     demo.set_defaults(handler=_cmd_demo)
+    register_receiver(commands)
 
     trace = commands.add_parser("trace", help="turn a timestamp_utc,lat,lon CSV into an NMEA log")
     trace.add_argument("csv", type=Path, help="position CSV")
@@ -565,6 +573,8 @@ def _cmd_play(args: argparse.Namespace) -> int:
         raise ConfigError("--unplug-after-s and --unplug-for-s go together")
     if args.unplug_after_s is not None and args.pty is None:
         raise ConfigError("--unplug-after-s needs --pty")
+    if args.ubx is not None and args.pty is None:
+        raise ConfigError("--ubx needs --pty")
     if (
         args.scanner_pty is not None
         and args.pty is not None
@@ -604,7 +614,8 @@ async def _stream(args: argparse.Namespace, source: _Source) -> int:
     speedup = None if args.afap else args.speedup
     sink: PtyReceiver | TcpReceiver | FileSink
     if args.pty is not None:
-        sink = PtyReceiver(args.pty)
+        responder = UbxResponder(args.ubx) if args.ubx else None
+        sink = PtyReceiver(args.pty, responder=responder)
     elif args.tcp is not None:
         sink = TcpReceiver(args.tcp[0], args.tcp[1])
     else:
@@ -647,8 +658,11 @@ async def _stream(args: argparse.Namespace, source: _Source) -> int:
                 for hook in hooks:
                     hook(progress)
 
+            chunks = source.chunks()
+            if isinstance(sink, PtyReceiver) and isinstance(sink.responder, UbxResponder):
+                chunks = at_receiver_rate(chunks, sink.responder)
             stats = await play(
-                source.chunks(),
+                chunks,
                 sink,
                 speedup=speedup,
                 total=source.total,

@@ -7,7 +7,9 @@ bytes that cannot be delivered right now are dropped and counted.
 
 - :class:`PtyReceiver`: a pseudo-terminal the agent opens like a serial device,
   reached through a stable symlink (as udev's ``/dev/fleet/gnss``). ``unplug()`` and
-  ``replug()`` act out a USB receiver being pulled out and put back.
+  ``replug()`` act out a USB receiver being pulled out and put back. Given a
+  ``responder`` (:class:`simulator.ubx_responder.UbxResponder`), it also reads what
+  the host writes and sends back the responder's replies: a u-blox receiver's UBX.
 - :class:`TcpReceiver`: every connected client gets the stream, like gpsd's gpsfake.
 - :class:`FileSink`: an NMEA log on disk.
 """
@@ -35,6 +37,17 @@ class Sink(Protocol):
     def write(self, data: bytes) -> int: ...
 
 
+class Responder(Protocol):
+    """Answers what the host writes to a receiver (UBX, for a u-blox)."""
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+
+# While no one holds the port, the pty master reads EIO at once, again and again:
+# input watching pauses this long instead of spinning.
+_NO_READER_RETRY_S = 0.05
+
+
 class PtyReceiver:
     """A GNSS receiver on a pseudo-terminal, reached through ``link_path``.
 
@@ -49,10 +62,12 @@ class PtyReceiver:
     and points the same link at it. On exit the link is removed.
     """
 
-    def __init__(self, link_path: Path) -> None:
+    def __init__(self, link_path: Path, *, responder: Responder | None = None) -> None:
         if sys.platform == "win32":
             raise ReceiverError("a pty receiver needs a POSIX system")
         self.path = link_path
+        self.responder = responder
+        self._watching: int | None = None
         self.bytes_written = 0
         self.dropped_bytes = 0
         self.plug_count = 0
@@ -122,6 +137,7 @@ class PtyReceiver:
     def unplug(self) -> None:
         """Pull the receiver out: close the pty and remove the link."""
         self._remove_link()
+        self._unwatch()
         if self._master is not None:
             self._poll.unregister(self._master)
             os.close(self._master)
@@ -162,6 +178,39 @@ class PtyReceiver:
             self.unplug()
             raise ReceiverError(f"cannot link {self.path} to {device}: {err}") from err
         self.plug_count += 1
+        self._watch()
+
+    def _watch(self) -> None:
+        if self.responder is None or self._master is None or self._watching is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.add_reader(self._master, self._on_input, self._master)
+        self._watching = self._master
+
+    def _unwatch(self) -> None:
+        if self._watching is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_reader(self._watching)
+        self._watching = None
+
+    def _on_input(self, master: int) -> None:
+        if master != self._master or self.responder is None:
+            return
+        try:
+            data = os.read(master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            # EIO: nobody holds the port; look again a little later.
+            self._unwatch()
+            asyncio.get_running_loop().call_later(_NO_READER_RETRY_S, self._watch)
+            return
+        for reply in self.responder.feed(data):
+            self.write(reply)
 
     def _link(self, device: Path) -> None:
         """Point the link at ``device`` atomically (a reader never sees it missing)."""
