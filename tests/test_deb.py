@@ -131,6 +131,24 @@ def test_agent_package(debs: dict[str, Path]) -> None:
         assert (root / "lib/udev/rules.d/99-fleet-gateway.rules").is_file()
         conffiles = _ok(run_in(root, "dpkg-query", "-W", "-f=${Conffiles}", "fleet-agent"))
         assert "/etc/fleet-agent/agent.toml" in conffiles
+        # The packaged byte code is what ran (it names the installed paths, and is not
+        # stale): the commands above wrote no .pyc of their own.
+        packaged = set(_ok(run_in(root, "dpkg", "-L", "fleet-agent")).split("\n"))
+        written = {
+            "/" + str(p.relative_to(root)) for p in (root / "opt/fleet-agent").rglob("*.pyc")
+        }
+        assert written - packaged == set()
+        assert sorted(p.name for p in (root / "opt/fleet-agent/bin").glob("fleet-*")) == [
+            "fleet-agent"
+        ]
+        # Installing again (what an upgrade runs: prerm upgrade, postinst configure)
+        # keeps the installer's agent.toml and the directory's owner.
+        toml = root / "etc/fleet-agent/agent.toml"
+        toml.write_text('device_id = "van-0042"\n' + toml.read_text())
+        _install(root, debs["fleet-agent"])
+        assert toml.read_text().startswith('device_id = "van-0042"\n')
+        assert _ok(run_in(root, "stat", "-c", "%U:%G %a", "/etc/fleet-agent")) == "root:fleet 750\n"
+        assert _ok(run_in(root, "fleet-agent", "config")).count('"van-0042"') == 1
         # A provisioned van's files, which purge must remove with the rest.
         (root / "etc/fleet-agent/van.key").write_text("key")
         (root / "var/lib/fleet-agent/outbox.db").write_text("db")
@@ -165,10 +183,8 @@ def test_ingest_package(debs: dict[str, Path]) -> None:
             run_in(root, "stat", "-c", "%U:%G %a", "/etc/fleet-ingest", "/var/lib/fleet-ingest")
         )
         assert stat.split("\n")[:2] == ["root:fleet-ingest 750", "fleet-ingest:fleet-ingest 700"]
-        # Ingest carries no van libraries: the agent's command says so instead of running.
-        assert not (root / "opt/fleet-ingest/bin/fleet-agent").exists() or (
-            run_in(root, "/opt/fleet-ingest/bin/fleet-agent", "--version").returncode == 2
-        )
+        # Ingest's venv has no van libraries, so no agent command either.
+        assert not (root / "opt/fleet-ingest/bin/fleet-agent").exists()
         (root / "var/lib/fleet-ingest/ingest.sqlite3").write_text("db")
         _purge_leaves_nothing(
             root,
