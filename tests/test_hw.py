@@ -248,7 +248,6 @@ def test_config_txt_fragments() -> None:
         assert "[all]" in lines  # what follows in config.txt applies to every model again
 
 
-@pytest.mark.slow  # two CLI start-ups: a few seconds on a loaded machine
 def test_packaged_configs_are_accepted() -> None:
     agent = subprocess.run(
         [BIN / "fleet-agent", "config", "--config", ROOT / "packaging/fleet-agent/agent.toml"],
