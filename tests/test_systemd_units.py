@@ -2,7 +2,7 @@
 of 2.5 or better by ``systemd-analyze security --offline=true`` (issue 16).
 
 ``systemd-analyze verify`` checks that ExecStart's binary exists, and the units name
-where the package installs it (/opt/fleet-gateway/...): the test verifies a copy whose
+where the package installs it (/opt/fleet-agent/bin/..., /opt/fleet-ingest/bin/...): the test verifies a copy whose
 ExecStart points at /bin/true, every other line as shipped. The exposure is the
 figure ``systemd-analyze security`` prints ("Overall exposure level ... 1.5"), and its
 ``--threshold=25`` (2.5) must hold too: its exit status is what a CI script would use.
@@ -35,7 +35,7 @@ def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_verifies(unit: str, tmp_path: Path) -> None:
     text = (ROOT / "systemd" / unit).read_text("utf-8")
-    exec_start = re.compile(r"^ExecStart=/opt/fleet-gateway/\.venv/bin/\S+", re.MULTILINE)
+    exec_start = re.compile(r"^ExecStart=/opt/fleet-(agent|ingest)/bin/\S+", re.MULTILINE)
     assert exec_start.search(text), f"{unit}: ExecStart is not the packaged path"
     copy = tmp_path / unit
     copy.write_text(exec_start.sub("ExecStart=/bin/true", text), "utf-8")
