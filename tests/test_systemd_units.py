@@ -4,8 +4,9 @@ of 2.5 or better by ``systemd-analyze security --offline=true`` (issue 16).
 ``systemd-analyze verify`` checks that ExecStart's binary exists, and the units name
 where the packages install it (/opt/fleet-agent/bin/..., /opt/fleet-ingest/bin/...):
 the test verifies a copy whose ExecStart points at /bin/true, every other line as
-shipped. The exposure is the figure ``systemd-analyze security`` prints ("Overall exposure level ... 1.5"), and its
-``--threshold=25`` (2.5) must hold too: its exit status is what a CI script would use.
+shipped. The exposure is the figure ``systemd-analyze security`` prints ("Overall
+exposure level ... 1.5"), and its ``--threshold=25`` (2.5) must hold too: its exit
+status is what a CI script would use.
 """
 
 from __future__ import annotations
