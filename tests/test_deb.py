@@ -15,6 +15,7 @@ Skipped, with the reason, without root, debootstrap or the Debian mirror.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -108,10 +109,19 @@ def test_agent_package(debs: dict[str, Path]) -> None:
         commands = re.search(r"\{([a-z,-]+)\}", _ok(run_in(root, "fleet-agent", "--help")))
         assert commands is not None
         if "doctor" in commands.group(1).split(","):
-            # No receiver, no broker in a chroot: failures, but a JSON report (exit 1).
+            # Not provisioned yet: a report that names the missing device id (exit 2,
+            # a bad setting), then with one: no receiver, no broker in a chroot, so
+            # failures, but the whole JSON report (exit 1).
             report = run_in(root, "fleet-agent", "doctor", "--json", timeout_s=120)
-            assert report.returncode in (0, 1), report.stderr
+            assert report.returncode == 2, report.stderr
+            assert "device_id" in report.stderr
             assert report.stdout.lstrip().startswith(("{", "["))
+            report = run_in(
+                root, "fleet-agent", "doctor", "--json", "--device-id", "van-0001", timeout_s=120
+            )
+            assert report.returncode in (0, 1), report.stderr
+            checks = json.loads(report.stdout)
+            assert checks, report.stdout
         else:
             # TODO(merge #16): `fleet-agent doctor --json` once doctor is merged (above).
             config = _ok(run_in(root, "fleet-agent", "config"))

@@ -32,10 +32,10 @@ arrival, every lasting move of a near stop within half a minute, far stops corre
 when the day really shifts, and one ``late_risk`` a customer can be told about. As
 envelopes, with the ``eta-features/1`` model, they cost about 19 kB per van-hour on
 25-stop days and 31-33 kB on 150-stop days (the baseline: 44-68 kB), at some 15 stops
-an hour (batched, the whole uplink of a 150-stop day is 14.8 kB): the first ETAs and
-the arrival rule alone are about 11 kB of that, and most of the rest is the model's
-ETAs of the next stops sliding while the van dwells (it does not know how long the
-dwell will last) and catching up at the next arrival.
+an hour (batched, the whole uplink of a 150-stop day is 16.1 kB with the near rule):
+the first ETAs and the arrival rule alone are about 11 kB of that, and most of the
+rest is the model's ETAs of the next stops sliding while the van dwells (it does not
+know how long the dwell will last) and catching up at the next arrival.
 
 The settings can change while the tracker runs (the remote config's ``eta`` section,
 :meth:`~firmware_agent.van.VanPipeline.reconfigure`): the next prediction applies them
