@@ -50,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eta_eval import CORPUS, real_day  # a sibling script
 
 from firmware_agent.contract.eta_days import EtaDay
-from firmware_agent.contract.manifest import parse_manifest
 from firmware_agent.contract.records import Arrival, Departure, EtaUpdate
 from firmware_agent.eta.models import DEFAULT_MODEL
 from firmware_agent.eta.predictor import EtaPredictor
@@ -58,7 +57,7 @@ from firmware_agent.eta.tracker import EtaConfig
 from firmware_agent.pod.chain import PodChain
 from firmware_agent.scan.types import Scan
 from firmware_agent.van import VanConfig, VanPipeline
-from simulator.eta_days import parse_seeds, sim_day_plan
+from simulator.eta_days import parse_seeds, sim_day_plan, simulator_day_with_scenario
 from simulator.manifest import build_manifest
 from simulator.scans import build_scan_log
 from simulator.scenario import generate
@@ -70,23 +69,11 @@ MIN_DWELL_S = 60.0
 def sim_day_with_scans(seed: int, n_stops: int) -> tuple[EtaDay, list[Scan]]:
     """Simulator day ``seed`` as simulator.eta_days.simulator_day builds it, and its
     driver's scans."""
-    plan = sim_day_plan(seed, n_stops)
-    scenario = generate(plan.config)
-    doc = build_manifest(scenario, seed=seed)
+    day, scenario, doc = simulator_day_with_scenario(seed, n_stops)
     scans = [
         Scan(datetime.fromisoformat(line["time"]), line["raw"], line["source"])
         for line in build_scan_log(scenario, doc, seed=seed)
     ]
-    for stop in doc["stops"]:
-        if not plan.windows:
-            stop.pop("window_start", None)
-            stop.pop("window_end", None)
-        if not plan.stop_types:
-            stop["type"] = "other"
-    fixes = [epoch.fix(plan.config.talker) for epoch in scenario.epochs()]
-    arrivals = {s.id: s.arrival for s in scenario.stops}
-    departures = {s.id: s.departure for s in scenario.stops}
-    day = EtaDay(f"sim-{seed}", parse_manifest(doc), fixes, arrivals, {}, departures)
     return day, scans
 
 

@@ -30,7 +30,7 @@ from firmware_agent.contract.manifest import parse_manifest
 from simulator.errors import ConfigError
 from simulator.manifest import build_manifest
 from simulator.rng import stream as random_stream
-from simulator.scenario import DEFAULT_START, ScenarioConfig, generate
+from simulator.scenario import DEFAULT_START, Scenario, ScenarioConfig, generate
 from simulator.trace import TracePoint, read_trace_csv, trace_epochs
 from simulator.trips import (
     DWELL_SPREAD_M,
@@ -110,6 +110,14 @@ def sim_day_plan(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> SimDay:
 
 def simulator_day(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> EtaDay:
     """Simulator day ``seed`` (:func:`sim_day_plan`) as the van sees it (module doc)."""
+    return simulator_day_with_scenario(seed, n_stops)[0]
+
+
+def simulator_day_with_scenario(
+    seed: int, n_stops: int = DEFAULT_SIM_STOPS
+) -> tuple[EtaDay, Scenario, dict[str, Any]]:
+    """:func:`simulator_day`, with the scenario and the manifest document it was made
+    from (what a bench needs to derive more of the same day, e.g. its scans)."""
     plan = sim_day_plan(seed, n_stops)
     scenario = generate(plan.config)
     doc = build_manifest(scenario, seed=seed)
@@ -123,7 +131,8 @@ def simulator_day(seed: int, n_stops: int = DEFAULT_SIM_STOPS) -> EtaDay:
     arrivals = {s.id: s.arrival for s in scenario.stops}
     departures = {s.id: s.departure for s in scenario.stops}
     about = {"source": "simulator", "seed": seed, "n_stops": n_stops}
-    return EtaDay(f"sim-{seed}", parse_manifest(doc), fixes, arrivals, about, departures)
+    day = EtaDay(f"sim-{seed}", parse_manifest(doc), fixes, arrivals, about, departures)
+    return day, scenario, doc
 
 
 def trip_day(
