@@ -23,6 +23,9 @@ KILL_TESTS: frozenset[str] = frozenset(
     {"test_e2e_day.py", "test_e2e_faults.py", "test_outbox_crash.py", "test_e2e_acks.py"}
 )
 
+# The tests that pip-install or package the project from this tree, every one of them.
+WHEEL_BUILDERS: frozenset[str] = frozenset({"test_deb.py", "test_ingest_install.py"})
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``./run test`` runs two workers) the end-to-end runs marked
@@ -30,7 +33,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     agents, brokers and SIGKILLs in wall time, so at most two run at once on a 2-CPU
     machine. The fast tests fill in around them."""
     for item in items:
-        if item.get_closest_marker("slow") is not None:
+        if item.path.name in WHEEL_BUILDERS:
+            # They build the project's wheel in the one source tree (setuptools' build/):
+            # two at once collide there (File exists: build/bdist...).
+            item.add_marker(pytest.mark.xdist_group("slow"))
+        elif item.get_closest_marker("slow") is not None:
             group = "slow-kills" if item.path.name in KILL_TESTS else "slow"
             item.add_marker(pytest.mark.xdist_group(group))
 
