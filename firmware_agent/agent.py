@@ -84,6 +84,7 @@ from firmware_agent.sources import (
 )
 from firmware_agent.uplink.holdback import Committer
 from firmware_agent.uplink.mqtt import Uplink, UplinkConfig
+from firmware_agent.uplink.queue import AsyncOutbox
 from firmware_agent.van import VanConfig, VanPipeline
 from firmware_agent.van_store import VanStore
 
@@ -150,6 +151,8 @@ class Agent:
             announce=self._announce,
         )
         self.input_done = asyncio.Event()
+        # Records still waiting for ingest's ack when the outbox closed (None: running).
+        self.pending_at_stop: int | None = None
         # Set once the outbox is open and the uplink runs: the service is ready
         # (systemd's READY=1, :mod:`firmware_agent.service_state`).
         self.started = asyncio.Event()
@@ -266,6 +269,7 @@ class Agent:
         await asyncio.to_thread(c.state_dir.mkdir, parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             outbox = await self.store.open(stack)
+            stack.push_async_callback(self._count_left, outbox)
             chain = await self.store.chain(outbox, c.uplink.device_id)
             van, uplink = await self._stored_config()
             self.pipeline = await self._start_pipeline(chain, van)
@@ -283,14 +287,24 @@ class Agent:
                 committer = self.committer
                 assert committer is not None
                 retry_task = tg.create_task(committer.run(), name="outbox-retry")
-                tg.create_task(self._inputs(), name="inputs")
+                inputs_task = tg.create_task(self._inputs(), name="inputs")
                 self.started.set()
                 if c.exit_when_drained:
                     await self.input_done.wait()
+                    # The file is the input: live sources beside it (a wired scanner)
+                    # never end on their own. Stopped, their last attempt committed.
+                    inputs_task.cancel()
+                    await asyncio.wait([inputs_task])
                     await committer.flushed()
                     await self.uplink.drained()
                     uplink_task.cancel()
                     retry_task.cancel()
+
+    async def _count_left(self, outbox: AsyncOutbox) -> None:
+        """What the agent leaves unacknowledged, counted as the outbox closes (the
+        service's last state says it: doctor after a stop)."""
+        with contextlib.suppress(Exception):  # a failing outbox: unknown, not a crash
+            self.pending_at_stop = sum((await outbox.counts()).values())
 
     def _announce(self) -> None:
         if self.uplink is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -45,6 +46,10 @@ class ServiceState:
     pending: int = 0
     last_ack_age_s: float | None = None
     last_ack_at: datetime | None = None
+    # The agent's process, and whether this is the state it left when it stopped: a
+    # doctor run after `systemctl stop` must not take it for a running agent's.
+    pid: int | None = None
+    stopped: bool = False
 
     def to_json_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -66,7 +71,26 @@ class ServiceState:
             pending=int(data.get("pending", 0)),
             last_ack_age_s=data.get("last_ack_age_s"),
             last_ack_at=_utc(datetime.fromisoformat(last)) if last else None,
+            pid=data.get("pid"),
+            stopped=bool(data.get("stopped", False)),
         )
+
+    @property
+    def process_alive(self) -> bool:
+        """Whether the agent that wrote this may still run: not stopped, and its process
+        (when the state names it) still there. A SIGKILLed agent leaves no word of it:
+        its pid is gone (or, rarely, reused: then only the state's age tells)."""
+        if self.stopped:
+            return False
+        if self.pid is None:
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process: it exists
+            return True
+        return True
 
 
 def _utc(when: datetime) -> datetime:
@@ -98,16 +122,17 @@ def status_text(state: ServiceState) -> str:
     return f"{fix}; uplink {uplink}, {state.pending} pending, {ack}"
 
 
-async def snapshot(agent: Agent, now: datetime) -> ServiceState:
+async def snapshot(agent: Agent, now: datetime, pending_before: int = 0) -> ServiceState:
     """The agent's state, taken at ``now`` (the wall clock: when doctor reads it, how
     stale it is); the ages by the agent's own clock, which times its fixes and acks (a
-    file's fixes carry their own time). The outbox is counted off the event loop."""
+    file's fixes carry their own time). The outbox is counted off the event loop; when
+    it cannot be (closed: the agent has stopped), ``pending_before`` stands."""
     fix = agent.last_fix
     agent_now = agent.clock.now()
     uplink = agent.uplink
-    pending = 0
+    pending = pending_before if agent.pending_at_stop is None else agent.pending_at_stop
     if uplink is not None:
-        with contextlib.suppress(Exception):  # a closed or failing outbox: 0, not a crash
+        with contextlib.suppress(Exception):  # a closed or failing outbox: not a crash
             pending = sum((await uplink.outbox.counts()).values())
     last_ack = uplink.last_ack_at if uplink is not None else None
     return ServiceState(
@@ -119,6 +144,7 @@ async def snapshot(agent: Agent, now: datetime) -> ServiceState:
         pending=pending,
         last_ack_age_s=_age_s(agent_now, last_ack),
         last_ack_at=last_ack,
+        pid=os.getpid(),
     )
 
 
@@ -183,8 +209,13 @@ async def _report(
                 await asyncio.sleep(1.0)
                 state = await snapshot(agent, clock())
     finally:
-        # The last state taken while the agent ran (its outbox is closing now).
-        await save(latest[0])
+        # The state it leaves, marked as such: taken now (a short run may have ended
+        # since the last one, acks and all), its outbox's count the last one taken
+        # (the outbox is closed by now).
+        last = latest[0]
+        with contextlib.suppress(Exception):
+            last = await snapshot(agent, clock(), last.pending)
+        await save(dataclasses.replace(last, stopped=True))
 
 
 async def run_service(

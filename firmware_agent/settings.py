@@ -241,6 +241,11 @@ class GnssSettings(_Section):
     address: str | None = Field(default=None, min_length=3)
     file: FilePath | None = None
     speed: float = Field(default=0.0, ge=0)
+    # The receiver's own set-up over UBX (`fleet-agent provision` sets it, `doctor`
+    # checks it): "auto" asks whether it is a u-blox and sets it up if so, "ublox"
+    # requires one, "nmea" never sends it a byte. rate_hz is the navigation rate set.
+    receiver: Literal["auto", "ublox", "nmea"] = "auto"
+    rate_hz: float = Field(default=1.0, ge=0.1, le=25.0)
 
     @model_validator(mode="after")
     def _source_complete(self) -> GnssSettings:

@@ -81,7 +81,19 @@ build_wheel() {
     "$PYTHON" -m venv "$WORK/buildenv"
     "$WORK/buildenv/bin/pip" install -q --upgrade pip >"$WORK/pip.log" 2>&1 \
         || { cat "$WORK/pip.log" >&2; die "pip upgrade failed"; }
-    "$WORK/buildenv/bin/pip" wheel -q --no-deps -w "$WORK/wheel" "$ROOT" >"$WORK/pip.log" 2>&1 \
+    # From a snapshot of the sources, not the checkout: setuptools builds in the source
+    # tree (build/, *.egg-info), so a build in the checkout races any other build there
+    # and any file that comes and goes while it copies (CI saw ENOENT mid-copy).
+    mkdir -p "$WORK/src"
+    if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git -C "$ROOT" ls-files -z --cached --others --exclude-standard \
+            | tar -C "$ROOT" --null -T - --ignore-failed-read -cf - 2>/dev/null \
+            | tar -C "$WORK/src" -xf -
+    else
+        tar -C "$ROOT" --exclude=.git --exclude=.venv --exclude=build --exclude=dist \
+            --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$WORK/src" -xf -
+    fi
+    "$WORK/buildenv/bin/pip" wheel -q --no-deps -w "$WORK/wheel" "$WORK/src" >"$WORK/pip.log" 2>&1 \
         || { cat "$WORK/pip.log" >&2; die "building the wheel failed"; }
     WHEEL=$(ls "$WORK"/wheel/fleet_gateway-*.whl)
 }

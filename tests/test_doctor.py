@@ -34,9 +34,12 @@ from firmware_agent.doctor.checks import (
     gnss_from_agent,
     key_checks,
     outbox_check,
+    receiver_check,
     render_json,
     render_table,
 )
+from firmware_agent.gnss.ubx import ReceiverIdentity, ReceiverReport
+from firmware_agent.gnss.ubx import Status as UbxStatus
 from firmware_agent.service_state import ServiceState, write_state
 from simulator.receiver import PtyReceiver
 from tests.broker import Mosquitto
@@ -161,6 +164,36 @@ def test_outbox_disk_and_broker() -> None:
     assert plain[0].status is Status.WARN
     assert broker_checks(BrokerProbe("b:8883", True, "refused"))[0].status is Status.FAIL
     assert broker_from_agent(False, "b:8883", True)[0].status is Status.FAIL
+
+
+def test_receiver_set_up_judged_from_its_ubx_probe() -> None:
+    m8 = ReceiverIdentity("ROM CORE 3.01 (107888)", "00080000", ("FWVER=SPG 3.01", "MOD=NEO-M8N"))
+
+    def report(status: UbxStatus, **kw: Any) -> ReceiverReport:
+        return ReceiverReport(port="/dev/fleet/gnss", status=status, **kw)
+
+    good = report(UbxStatus.PROBED, identity=m8, rate_hz=5.0, dynamic_model="automotive")
+    check = receiver_check(good, "auto", 5.0)
+    assert (check.status, check.summary) == (
+        Status.PASS,
+        "u-blox NEO-M8N (SPG 3.01): 5 Hz, automotive dynamic model",
+    )
+    # Left at the factory's settings (portable, 1 Hz): works, worse; the hint sets it.
+    factory = report(UbxStatus.PROBED, identity=m8, rate_hz=1.0, dynamic_model="portable")
+    check = receiver_check(factory, "auto", 5.0)
+    assert check.status is Status.WARN
+    assert "portable" in check.summary
+    assert "fleet-agent gnss configure --port /dev/fleet/gnss --rate-hz 5" in check.hint
+    assert receiver_check(good, "auto", 10.0).status is Status.WARN  # rate differs
+    # Not a u-blox: fine under "auto", a failure when the fleet said "ublox".
+    other = report(UbxStatus.NOT_UBLOX, problems=("NMEA but no answer to UBX-MON-VER",))
+    assert receiver_check(other, "auto", 1.0).status is Status.PASS
+    assert receiver_check(other, "ublox", 1.0).status is Status.FAIL
+    assert receiver_check(report(UbxStatus.SILENT), "ublox", 1.0).status is Status.FAIL
+    gone = report(UbxStatus.UNAVAILABLE, problems=("/dev/fleet/gnss: no such device",))
+    assert receiver_check(gone, "auto", 1.0).status is Status.WARN
+    refused = report(UbxStatus.FAILED, problems=("CFG-NAV5: nak",))
+    assert receiver_check(refused, "auto", 1.0).status is Status.WARN
 
 
 def test_report_table_json_and_exit_code() -> None:
@@ -295,6 +328,10 @@ def test_doctor_green_on_a_ready_van_then_red_when_the_broker_is_gone(
         ):
             assert checks[name]["status"] == "pass", checks[name]
         assert "TLS with this van's certificate" in checks["broker.connect"]["summary"]
+        # The pty receiver speaks NMEA only: probed over UBX, found not to be a u-blox,
+        # which gnss.receiver = "auto" accepts.
+        assert checks["gnss.receiver"]["status"] == "pass", checks["gnss.receiver"]
+        assert "not a u-blox" in checks["gnss.receiver"]["summary"]
         # No agent has run: acks and the outbox are unknown (warnings), the device key
         # is made by the first run.
         assert checks["ingest.ack"]["status"] == "warn"

@@ -28,8 +28,8 @@ from firmware_agent.contract.records import TelemetryPoint
 from firmware_agent.contract.telemetry import encode_batch
 from firmware_agent.contract.topics import uplink_topic
 from tests.broker import Mosquitto, free_port
+from tests.source_snapshot import snapshot_sources
 
-ROOT = Path(__file__).resolve().parents[1]
 VAN_ONLY = ("gpiozero", "evdev", "ai_edge_litert", "tflite_runtime", "pynmea2", "serial")
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
@@ -40,12 +40,14 @@ def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def ingest_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("ingest-only") / "venv"
+    work = tmp_path_factory.mktemp("ingest-only")
+    venv = work / "venv"
+    sources = snapshot_sources(work / "src")
     made = _run([sys.executable, "-m", "venv", str(venv)], timeout=120)
     assert made.returncode == 0, made.stderr
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
            "--disable-pip-version-check"]  # fmt: skip
-    installed = _run([*pip, f"{ROOT}[ingest]"], timeout=900)
+    installed = _run([*pip, f"{sources}[ingest]"], timeout=900)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     return venv
 

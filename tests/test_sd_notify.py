@@ -86,6 +86,19 @@ def test_service_state_round_trips_through_its_file(tmp_path: Path) -> None:
         read_state(path)
 
 
+def test_a_state_is_alive_while_its_process_runs_and_has_not_stopped(tmp_path: Path) -> None:
+    now = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    assert ServiceState(at=now, pid=os.getpid()).process_alive
+    assert ServiceState(at=now).process_alive  # written before states named their pid
+    assert not ServiceState(at=now, pid=os.getpid(), stopped=True).process_alive
+    child = subprocess.Popen(["true"])  # a pid that has exited (and been reaped)
+    child.wait()
+    assert not ServiceState(at=now, pid=child.pid).process_alive
+    path = tmp_path / "service-state.json"
+    write_state(path, ServiceState(at=now, pid=child.pid, stopped=True))
+    assert read_state(path) == ServiceState(at=now, pid=child.pid, stopped=True)
+
+
 @pytest.fixture
 def systemd_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -217,6 +230,11 @@ def test_agent_is_a_notify_service_with_a_watchdog(
     state_file = read_state(state / "service-state.json")
     assert not state_file.connected
     assert state_file.pending > 0
+    # The state it left says so: doctor right after a stop does not take it for a
+    # running agent's.
+    assert state_file.stopped
+    assert state_file.pid == proc.pid
+    assert not state_file.process_alive
     assert "Traceback" not in log_path.read_text()
 
 

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_agent.contract.fix import Fix, FixMode
+
+if TYPE_CHECKING:
+    from firmware_agent.gnss.ubx import ReceiverReport
 
 # A fix older than this (the receiver sends one a second) is stale.
 FIX_MAX_AGE_S = 5.0
@@ -218,6 +221,42 @@ def gnss_from_agent(
         )
     )
     return out
+
+
+def receiver_check(report: ReceiverReport, policy: str, rate_hz: float) -> Check:
+    """The receiver's own set-up, from a UBX probe (``policy``: gnss.receiver, "auto"
+    or "ublox"): a u-blox at ``rate_hz`` with the automotive model passes; one set up
+    otherwise warns (it works, with worse fixes or a rate the agent does not expect); a
+    receiver that is not u-blox passes under "auto" and fails under "ublox"."""
+    name = "gnss.receiver"
+    status = report.status.value
+    configure = f"fleet-agent gnss configure --port {report.port} --rate-hz {rate_hz:g}"
+    if status in ("not_ublox", "silent"):
+        why = report.problems[0] if report.problems else status
+        if policy == "ublox":
+            return failed(name, f"gnss.receiver is 'ublox' but: {why}", "check the receiver "
+                          "model and its UBX input, or set gnss.receiver = 'auto'")  # fmt: skip
+        return passed(name, "not a u-blox (no UBX answer): its own set-up is not checked")
+    if status == "unavailable":
+        why = report.problems[0] if report.problems else "unavailable"
+        return warned(name, f"not probed: {why}", "see gnss.port")
+    if report.identity is None:
+        why = "; ".join(report.problems) or status
+        return warned(name, f"the UBX probe failed: {why}", configure)
+    who = f"u-blox {report.identity.model or report.identity.hardware} ({report.identity.firmware})"
+    rate = "unknown" if report.rate_hz is None else f"{report.rate_hz:g} Hz"
+    model = report.dynamic_model or "unknown"
+    if (
+        report.rate_hz is not None
+        and abs(report.rate_hz - rate_hz) < 0.01
+        and report.dynamic_model == "automotive"
+    ):
+        return passed(name, f"{who}: {rate}, automotive dynamic model")
+    return warned(
+        name,
+        f"{who}: {rate}, {model} dynamic model; gnss.rate_hz is {rate_hz:g} Hz, automotive",
+        f"{configure} (or `fleet-agent provision` does it)",
+    )
 
 
 def _clock_check(fixes: Sequence[tuple[Fix, datetime]]) -> Check:

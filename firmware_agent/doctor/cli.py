@@ -15,6 +15,7 @@ import os
 import pwd
 import sys
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
     from firmware_agent.service_state import ServiceState
 
 SERVICE_USER = "fleet"
+# The device id the probes run under on a van not provisioned yet.
+UNPROVISIONED = "unprovisioned"
+# A u-blox answers a poll within a few hundred ms even while it talks at 10 Hz.
+UBX_ANSWER_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverPolicy:
+    """gnss.receiver and gnss.rate_hz: whether and against what the receiver's own
+    set-up is probed."""
+
+    kind: str = "auto"
+    rate_hz: float = 1.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +83,11 @@ def _service_uid() -> int:
 
 
 async def _gnss(
-    config: AgentConfig, listen_s: float, timeout_s: float, running: ServiceState | None
+    config: AgentConfig,
+    listen_s: float,
+    timeout_s: float,
+    running: ServiceState | None,
+    receiver: ReceiverPolicy,
 ) -> list[Check]:
     from firmware_agent.doctor import checks, probes  # noqa: PLC0415
     from firmware_agent.gnss.reader import ReaderConfig  # noqa: PLC0415
@@ -86,7 +104,17 @@ async def _gnss(
             obs = await probes.read_gnss(gnss.port, gnss.baudrate, listen_s)
     except TimeoutError:
         obs = checks.GnssObservation(gnss.port, exists=True, open_error="timed out")
-    return checks.gnss_checks(obs, datetime.now(UTC))
+    found = checks.gnss_checks(obs, datetime.now(UTC))
+    if receiver.kind != "nmea" and obs.exists and obs.open_error is None:
+        # After the NMEA read: the port is opened by one at a time. Harmless: MON-VER
+        # and the read-back polls change nothing on the receiver.
+        from firmware_agent.gnss.receiver_setup import probe_receiver  # noqa: PLC0415
+
+        report = await probe_receiver(
+            gnss.port, baudrate=gnss.baudrate, timeout_s=min(timeout_s, UBX_ANSWER_S)
+        )
+        found.append(checks.receiver_check(report, receiver.kind, receiver.rate_hz))
+    return found
 
 
 async def _devices(config: AgentConfig, running: bool) -> list[Check]:
@@ -223,7 +251,11 @@ async def _bounded(
 
 
 async def run_checks(
-    config: AgentConfig, source: str, timeout_s: float, listen_s: float
+    config: AgentConfig,
+    source: str,
+    timeout_s: float,
+    listen_s: float,
+    receiver: ReceiverPolicy | None = None,
 ) -> list[Check]:
     """Every check for ``config``: the state directory first (is the agent running?),
     then the probes side by side."""
@@ -232,9 +264,18 @@ async def run_checks(
     async with asyncio.timeout(timeout_s):
         report = await asyncio.to_thread(probes.read_state_dir, config.state_dir)
     state = report.service_state
-    running = state if state and checks.agent_running(state.at, datetime.now(UTC)) else None
+    running = (
+        state
+        if state and state.process_alive and checks.agent_running(state.at, datetime.now(UTC))
+        else None
+    )
     results = await asyncio.gather(
-        _bounded("gnss", _gnss(config, listen_s, timeout_s, running), listen_s + 2 * timeout_s),
+        _bounded(
+            "gnss",
+            _gnss(config, listen_s, timeout_s, running, receiver or ReceiverPolicy()),
+            # The NMEA read, then the UBX probe: two MON-VER polls, two read-backs.
+            listen_s + 2 * timeout_s + 5 * min(timeout_s, UBX_ANSWER_S),
+        ),
         _bounded("devices", _devices(config, running is not None), timeout_s),
         _bounded("broker.connect", _broker(config, timeout_s, running), timeout_s + 1),
         _state(config, report),
@@ -250,8 +291,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The probes' libraries log what the table says already.
         logging.getLogger().setLevel(logging.ERROR)
+    unprovisioned = False
     try:
         loaded = settings(args)
+        if loaded.settings.device_id is None:
+            # Not provisioned yet: the installer checks the wiring before enrolling, so
+            # every probe runs anyway (under a placeholder name), and the report fails
+            # on the missing identity.
+            unprovisioned = True
+            args.device_id = UNPROVISIONED
+            loaded = settings(args)
         config = build_config(args, loaded)
     except ConfigError as err:
         report = [checks.config_check("", str(err))]
@@ -260,8 +309,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"fleet-agent doctor: {err}", file=sys.stderr)
         return 2
     source = str(loaded.file) if loaded.file else "defaults, FLEET_* and flags"
-    results = asyncio.run(run_checks(config, source, args.timeout_s, args.gnss_listen_s))
-    extra = {"device_id": config.uplink.device_id}
+    receiver = ReceiverPolicy(loaded.settings.gnss.receiver, loaded.settings.gnss.rate_hz)
+    results = asyncio.run(run_checks(config, source, args.timeout_s, args.gnss_listen_s, receiver))
+    if unprovisioned:
+        results.insert(
+            1,
+            checks.failed(
+                "identity",
+                "no device_id: this van is not provisioned",
+                "fleet-agent provision --enroll URL --token TOKEN (from fleet-ingest enroll-token)",
+            ),
+        )
+    extra = {"device_id": None if unprovisioned else config.uplink.device_id}
     out = checks.render_json(results, extra) if args.json else checks.render_table(results)
     sys.stdout.write(out)
     return checks.exit_code(results)

@@ -75,7 +75,10 @@ async def read_gnss(port: str, baudrate: int, listen_s: float) -> GnssObservatio
     except OSError as err:
         return GnssObservation(port, exists=True, open_error=f"read failed: {_why(err)}")
     finally:
+        # Closed for good (its lock released) before the UBX probe opens it again.
         writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
     fixes.extend((fix, _utcnow()) for fix in decoder.flush())
     return GnssObservation(
         port, exists=True, open_error=None, fixes=tuple(fixes), bytes_read=n, listened_s=listen_s
