@@ -228,6 +228,26 @@ def check_routes(app: FastAPI) -> dict[tuple[str, str], tuple[Scope, ...] | None
     }
 
 
+async def denied(request: Request) -> JSONResponse | None:
+    """The 401 or 403 that ``request`` earns on its route, else None (a public route, or
+    credentials with the scope). For the validation error handler: FastAPI reads and
+    validates a body before it runs the route's dependencies, so without this an
+    anonymous caller would get 422s that describe the API."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return None
+    scopes = route_scopes(route)
+    if scopes is None:
+        return None
+    try:
+        await ScopeRequirement(scopes)(request)
+    except AuthenticationError as err:
+        return _unauthorized(request, err)
+    except ScopeError as err:
+        return _forbidden(request, err)
+    return None
+
+
 def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
     # RFC 6750: no credential, no error code; a bad one, invalid_token.
     challenge = f'Bearer realm="{REALM}"'

@@ -60,7 +60,7 @@ from pydantic import (
 )
 
 from cloud_ingest import __version__
-from cloud_ingest.access import PUBLIC, Access, install, require_scope
+from cloud_ingest.access import PUBLIC, Access, denied, install, require_scope
 from cloud_ingest.errors import StorageError
 from cloud_ingest.fleetstream import position_record
 from cloud_ingest.store.base import (
@@ -785,6 +785,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (refusal := await denied(request)) is not None:
+            return refusal
         # FastAPI's own answer, less the ``input`` it echoes: a private key pasted by
         # mistake must not travel back through proxies and their logs.
         errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]

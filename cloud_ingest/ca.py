@@ -414,6 +414,21 @@ class FleetCa:
             self._write_crl(records, now=now)
         return revoked
 
+    def crl_next_update(self) -> datetime | None:
+        """The CRL's nextUpdate (None: no CRL, or one that does not parse)."""
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_file.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return crl.next_update_utc
+
+    def crl_due(self, *, now: datetime) -> bool:
+        """Whether the CRL should be rewritten: missing, unreadable, or past half its
+        validity. OpenSSL refuses every client once a broker's CRL is past its
+        nextUpdate, so it is renewed long before (ingest does it: ``crl_renewal``)."""
+        next_update = self.crl_next_update()
+        return next_update is None or next_update - now < timedelta(days=self.crl_days) / 2
+
     def write_crl(self, *, now: datetime) -> Path:
         """Rewrite the CRL from the records (valid for ``crl_days`` from ``now``)."""
         with self.locked():

@@ -81,6 +81,11 @@ def register(
     p.set_defaults(func=_cmd_revoke)
 
     p = csub.add_parser("crl", parents=[cadir, reload], help="rewrite the CRL")
+    p.add_argument(
+        "--if-due",
+        action="store_true",
+        help="only when it is missing or past half its validity (what `serve` does itself)",
+    )
     p.set_defaults(func=_cmd_crl)
 
     p = sub.add_parser(
@@ -240,8 +245,12 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
 def _cmd_crl(args: argparse.Namespace) -> int:
     from cloud_ingest.ca import utcnow  # noqa: PLC0415
 
-    path = _ca(args).write_crl(now=utcnow())
-    print(f"CRL written: {path}")
+    ca, now = _ca(args), utcnow()
+    if args.if_due and not ca.crl_due(now=now):
+        print(f"CRL {ca.crl_file} valid to {ca.crl_next_update():%Y-%m-%d}: not due")
+        return 0
+    path = ca.write_crl(now=now)
+    print(f"CRL written: {path}, valid to {ca.crl_next_update():%Y-%m-%d}")
     return _reload(args)
 
 

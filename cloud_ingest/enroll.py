@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -242,6 +242,42 @@ async def reload_broker(command: str | None) -> str | None:
     if proc.returncode != 0:
         return f"{command!r} exited {proc.returncode}: {err.decode(errors='replace').strip()}"
     return None
+
+
+# How often ingest looks at the CRL's nextUpdate (renewed past half its validity).
+CRL_CHECK_S = 6 * 3600.0
+
+
+async def renew_crl_if_due(enrollment: Enrollment, now: datetime) -> bool:
+    """Rewrite the CRL and reload the broker when :meth:`FleetCa.crl_due`; whether it
+    was. A failed reload is logged (the file is written: the next reload takes it)."""
+    ca = enrollment.ca
+    if not await asyncio.to_thread(ca.crl_due, now=now):
+        return False
+    path = await asyncio.to_thread(ca.write_crl, now=now)
+    problem = await reload_broker(enrollment.reload_command)
+    until = now + timedelta(days=ca.crl_days)
+    if problem is None:
+        log.info("CRL renewed: %s, valid to %s", path, until.date().isoformat())
+    else:
+        log.warning("CRL renewed: %s, but the broker was not reloaded: %s", path, problem)
+    return True
+
+
+async def crl_renewal(
+    enrollment: Enrollment,
+    *,
+    clock: Callable[[], datetime],
+    every_s: float = CRL_CHECK_S,
+) -> None:
+    """:func:`renew_crl_if_due` now and every ``every_s``, until cancelled; a failure
+    (an unwritable CA directory) is logged and tried again next time."""
+    while True:
+        try:
+            await renew_crl_if_due(enrollment, clock())
+        except (OSError, CaError) as err:
+            log.warning("CRL renewal failed: %s; trying again in %g s", err, every_s)
+        await asyncio.sleep(every_s)
 
 
 def _pod_key(pem: str) -> bytes:

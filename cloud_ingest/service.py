@@ -327,6 +327,12 @@ async def serve(
                         quarantine_retention(store, config.quarantine), name="quarantine-retention"
                     )
                 )
+                if enroll is not None:
+                    from cloud_ingest.enroll import crl_renewal  # noqa: PLC0415
+
+                    tasks.append(
+                        tg.create_task(crl_renewal(enroll, clock=_utcnow), name="crl-renewal")
+                    )
                 notifier = stack.enter_context(Notifier.from_environ())
                 if notifier.enabled:
                     # READY=1 once the HTTP socket is bound and the workers are started;

@@ -26,7 +26,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from cloud_ingest.ca import CaError, CaExistsError, CsrError, FleetCa, init_ca
-from cloud_ingest.enroll import TokenBook, TokenError, expand_devices, parse_duration_s
+from cloud_ingest.enroll import (
+    Enrollment,
+    TokenBook,
+    TokenError,
+    expand_devices,
+    parse_duration_s,
+    renew_crl_if_due,
+)
 from firmware_agent.provision import ProvisionUsageError, enroll_url, set_settings, token_device
 from firmware_agent.settings import load_settings
 from tests.broker import Mosquitto, free_port
@@ -88,6 +95,37 @@ def test_ca_issues_revokes_and_lists_revoked_serials_in_its_crl(tmp_path: Path) 
         ("device", DEVICE, True),
         ("device", DEVICE, True),
     ]
+
+
+def test_the_crl_is_renewed_past_half_its_validity_and_the_broker_reloaded(
+    tmp_path: Path,
+) -> None:
+    ca = init_ca(tmp_path / "ca", now=NOW, crl_days=10)
+    revoked_cert, _ = ca.issue_device(csr_for(DEVICE), DEVICE, now=NOW)
+    ca.revoke(now=NOW, device_id=DEVICE)
+    assert ca.crl_next_update() == NOW + timedelta(days=10)
+    assert not ca.crl_due(now=NOW + timedelta(days=4))
+    assert ca.crl_due(now=NOW + timedelta(days=6))
+    marker = tmp_path / "reloaded"
+    enrollment = Enrollment(ca=ca, broker_host="b", reload_command=f"touch {marker}")
+    assert not asyncio.run(renew_crl_if_due(enrollment, NOW + timedelta(days=4)))
+    assert not marker.exists()
+    later = NOW + timedelta(days=6)
+    assert asyncio.run(renew_crl_if_due(enrollment, later))
+    assert marker.exists()
+    assert ca.crl_next_update() == later + timedelta(days=10)
+    crl = x509.load_pem_x509_crl(ca.crl_file.read_bytes())  # still lists the revoked one
+    assert crl.get_revoked_certificate_by_serial_number(revoked_cert.serial_number) is not None
+    # A missing or damaged CRL is due at once.
+    ca.crl_file.write_text("not a CRL")
+    assert ca.crl_due(now=later)
+    # The command-line form for a timer: only when due.
+    r = run(INGEST, "ca", "crl", "--ca-dir", ca.directory, "--if-due")
+    assert r.returncode == 0, r.stderr
+    assert "CRL written" in r.stdout
+    r = run(INGEST, "ca", "crl", "--ca-dir", ca.directory, "--if-due")
+    assert r.returncode == 0, r.stderr
+    assert "not due" in r.stdout
 
 
 def test_a_csr_must_name_exactly_the_tokens_device_with_a_p256_key(tmp_path: Path) -> None:

@@ -129,6 +129,21 @@ def test_anonymous_calls_get_401_on_every_operation_but_health(tmp_path: Path) -
                 assert r.status_code == 401, (method, path, headers, r.text)
                 assert r.headers["WWW-Authenticate"].startswith('Bearer realm="fleet-ingest"')
                 assert ("invalid_token" in r.headers["WWW-Authenticate"]) == bool(headers)
+        # Malformed requests too: credentials are judged before the request is read,
+        # so an anonymous caller learns nothing of the API from its validation errors.
+        for method, url, kw in (
+            (
+                "POST",
+                "/v1/devices",
+                {"content": b"{", "headers": {"content-type": "application/json"}},
+            ),
+            ("POST", "/v1/devices", {"json": {"device_id": 7}}),
+            ("GET", "/v1/devices/not%20an%20id/track", {"params": {"start": "yesterday"}}),
+            ("GET", "/v1/quarantine", {"params": {"limit": "-5"}}),
+            ("GET", "/v1/pods/" + "x" * 300, {}),
+        ):
+            r = await c.request(method, url, **kw)  # type: ignore[arg-type]
+            assert r.status_code == 401, (method, url, r.status_code, r.text)
 
     with_app(tmp_path, scenario)
 
@@ -190,6 +205,12 @@ def test_each_scope_gets_exactly_its_endpoints(tmp_path: Path) -> None:
                     assert "insufficient_scope" in r.headers["WWW-Authenticate"]
                 else:
                     allowed[scope].add((method, path))
+        # A malformed body to an endpoint of another scope: 403, not a 422 about it.
+        reader = await bearer(store, "read", name="reader")
+        r = await c.post(
+            "/v1/devices", content=b"{", headers={**reader, "content-type": "application/json"}
+        )
+        assert r.status_code == 403, r.text
         return allowed
 
     allowed = with_app(tmp_path, scenario)
