@@ -2,17 +2,21 @@
 
 1. A scenario (a generated town, its stops, GNSS noise, multipath, a tunnel) is written
    as an NMEA log, the day's manifest and the driver's scan log.
-2. A private Mosquitto starts with the fleet's own configuration (docs/mosquitto/:
-   fleet.conf, the two ACLs and the share guard plugin), its two listeners on free
-   ports of 127.0.0.1, and a throwaway fleet CA: mutual TLS, every client named by
-   its certificate, a van only on its own topics, acks only from ingest.
-3. Ingest, the real service: ``fleet-ingest device add`` enrolls the van's key,
-   ``fleet-ingest token create --scope read`` makes the API token the summary reads
-   with (the API answers no one without one), then ``fleet-ingest serve`` runs its
-   worker and HTTP API on a SQLite database.
-4. The agent, the real service: ``fleet-agent run`` plays the day at ``speed`` times
-   real time, with the scans (geofences, PODs, durable outbox, MQTT uplink), until
-   ingest has acknowledged everything.
+2. The fleet's CA, as an operator makes it: ``fleet-ingest ca init``, then ``ca issue``
+   for the broker (127.0.0.1), ingest and the demo's monitor. A private Mosquitto starts
+   with the fleet's own configuration (docs/mosquitto/: fleet.conf, the two ACLs, the
+   share guard plugin, the CA's CRL), its two listeners on free ports of 127.0.0.1:
+   mutual TLS, every client named by its certificate, a van only on its own topics,
+   acks only from ingest.
+3. Ingest, the real service: ``fleet-ingest token create --scope read`` makes the API
+   token the summary reads with (the API answers no one without one) and
+   ``fleet-ingest enroll-token`` the van's one-time enrollment token; then
+   ``fleet-ingest serve`` runs its worker, its HTTP API and enrollment on SQLite.
+4. The agent, the real service, as an installer sets it up: ``fleet-agent provision``
+   enrolls the van with the token (POD key, TLS key and certificate, the broker's
+   address, written into its settings file); ``fleet-agent run`` with those settings
+   plays the day at ``speed`` times real time, with the scans (geofences, PODs, durable
+   outbox, MQTT uplink), until ingest has acknowledged everything.
 5. A backend-team subscriber prints the normalized stream (``fleetstream/v1/...``) as
    stops, PODs and exceptions are stored; a summary compares what the agent committed
    (its exit line) with what ingest stored and acknowledged (its HTTP API and metrics),
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
 import sys
@@ -46,16 +49,15 @@ from typing import Any, TextIO, cast
 import aiomqtt
 
 from firmware_agent.contract.errors import CodecError
-from firmware_agent.contract.keys import load_or_create_device_key, public_key_pem
 from firmware_agent.contract.mqtt import TlsConfig
 from firmware_agent.contract.outcomes import Outcome, is_delivery
 from firmware_agent.contract.telemetry import decode_batch
 from firmware_agent.contract.topics import STREAM_ROOT, status_topic, uplink_topic
 from simulator.broker import free_port
-from simulator.demo_pki import write_demo_pki
 from simulator.errors import SimulatorError
 from simulator.fleet_broker import (
     FLEET_SERVICES_ACL,
+    BrokerTls,
     FleetPorts,
     build_share_guard,
     fleet_mosquitto,
@@ -253,12 +255,14 @@ async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
         van = work / "van"
         van.mkdir(parents=True, exist_ok=True)
         (van / "manifest.json").write_bytes((day / "manifest.json").read_bytes())
-        key = await asyncio.to_thread(load_or_create_device_key, van / "device.key")
-        (work / "van.pub.pem").write_bytes(public_key_pem(key.public_key()))
-        ports = await _start_broker(stack, work)
+        # The package's settings file, before provisioning fills in who and where.
+        (van / "agent.toml").write_text(f"state_dir = '{van}'\n", encoding="utf-8")
+        tls = await _fleet_ca(work)
+        broker_pid, ports = await _start_broker(stack, work, tls)
         out.write(
-            f"broker: mosquitto with docs/mosquitto/'s configuration, mutual TLS: vans on "
-            f"127.0.0.1:{ports.vans}, services on 127.0.0.1:{ports.services}\n"
+            f"broker: mosquitto with docs/mosquitto/'s configuration, mutual TLS with the "
+            f"fleet CA's certificates: vans on 127.0.0.1:{ports.vans}, services on "
+            f"127.0.0.1:{ports.services}\n"
         )
         http_port = free_port()
         ingest_toml = work / "ingest.toml"
@@ -266,18 +270,22 @@ async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
         ingest_toml.write_text(
             f'[database]\nurl = "sqlite:///{work / "ingest.db"}"\n'
             f'[mqtt]\nport = {ports.services}\nclient_id = "demo-ingest"\n'
-            f'tls_ca = "{pki / "ca.pem"}"\ntls_cert = "{pki / f"{INGEST}.pem"}"\n'
+            f'tls_ca = "{work / "ca" / "ca.pem"}"\ntls_cert = "{pki / f"{INGEST}.pem"}"\n'
             f'tls_key = "{pki / f"{INGEST}.key"}"\n'
-            f"[http]\nport = {http_port}\n",
+            f"[http]\nport = {http_port}\n"
+            f'[ca]\ndir = "{work / "ca"}"\nbroker_host = "127.0.0.1"\n'
+            f'broker_port = {ports.vans}\nreload_command = "kill -HUP {broker_pid}"\n',
             encoding="utf-8",
         )
         ingest = [str(BIN / "fleet-ingest")]
-        await _run(
-            [*ingest, "device", "add", DEVICE_ID, "--pubkey", str(work / "van.pub.pem"),
+        enrollment = await _run(
+            [*ingest, "enroll-token", "--device", DEVICE_ID, "--expires", "1h",
              "--config", str(ingest_toml)],
             work / "ingest.log",
-            "fleet-ingest device add",
+            "fleet-ingest enroll-token",
+            log_stdout=False,
         )  # fmt: skip
+        enroll_token = enrollment.split()[1]
         # What an operator does for a dashboard: a token that may only read.
         made = await _run(
             [*ingest, "token", "create", "--scope", "read", "--name", "demo summary",
@@ -286,13 +294,39 @@ async def run_demo(config: DemoConfig, out: TextIO) -> dict[str, Any]:
             "fleet-ingest token create",
             log_stdout=False,
         )  # fmt: skip
-        return await _serve_and_drive(config, work, ports, http_port, summary, out, made.strip())
+        return await _serve_and_drive(
+            config, work, ports, http_port, summary, out, (made.strip(), enroll_token)
+        )
 
 
-async def _start_broker(stack: contextlib.ExitStack, work: Path) -> FleetPorts:
-    """The fleet's broker (:func:`fleet_mosquitto`) in ``work/broker``, its CA and
-    certificates in ``work/pki``; stopped when ``stack`` closes."""
-    tls = await asyncio.to_thread(write_demo_pki, work / "pki", (DEVICE_ID, INGEST, MONITOR))
+async def _fleet_ca(work: Path) -> BrokerTls:
+    """The fleet CA in ``work/ca`` and the services' certificates in ``work/pki``, made
+    with ``fleet-ingest ca`` as an operator makes them; the broker's files."""
+    pki, log = work / "pki", work / "ingest.log"
+    ca = [str(BIN / "fleet-ingest"), "ca"]
+    await _run([*ca, "init", "--ca-dir", str(work / "ca"), "--name", "fleet demo CA"], log,
+               "fleet-ingest ca init")  # fmt: skip
+    for service, extra in (
+        ("broker", ["--ip", "127.0.0.1"]),
+        ("ingest", []),
+        ("backend", ["--name", MONITOR]),
+    ):
+        argv = [*ca, "issue", "--ca-dir", str(work / "ca"), "--service", service, *extra,
+                "--out-dir", str(pki)]  # fmt: skip
+        await _run(argv, log, f"fleet-ingest ca issue --service {service}")
+    return BrokerTls(
+        ca=work / "ca" / "ca.pem",
+        cert=pki / "127.0.0.1.pem",
+        key=pki / "127.0.0.1.key",
+        crl=work / "ca" / "crl.pem",
+    )
+
+
+async def _start_broker(
+    stack: contextlib.ExitStack, work: Path, tls: BrokerTls
+) -> tuple[int, FleetPorts]:
+    """The fleet's broker (:func:`fleet_mosquitto`) in ``work/broker`` with ``tls``;
+    stopped when ``stack`` closes. Its pid (SIGHUP re-reads the CRL) and ports."""
     guard = await asyncio.to_thread(build_share_guard, work / "broker")
     services_acl = work / "fleet-services.acl"
     services_acl.write_text(
@@ -304,7 +338,8 @@ async def _start_broker(stack: contextlib.ExitStack, work: Path) -> FleetPorts:
     )
     await asyncio.to_thread(broker.start)
     stack.callback(broker.stop)
-    return ports
+    assert broker.process is not None
+    return broker.process.pid, ports
 
 
 async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order)
@@ -314,8 +349,9 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
     http_port: int,
     summary: Any,
     out: TextIO,
-    token: str,
+    tokens: tuple[str, str],
 ) -> dict[str, Any]:
+    token, enroll_token = tokens
     api = f"http://127.0.0.1:{http_port}"
     ingest_log = work / "ingest.log"
     with ingest_log.open("ab") as log:
@@ -327,7 +363,9 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
     ready = asyncio.Event()
     pki = work / "pki"
     monitor = TlsConfig(
-        ca_file=pki / "ca.pem", cert_file=pki / f"{MONITOR}.pem", key_file=pki / f"{MONITOR}.key"
+        ca_file=work / "ca" / "ca.pem",
+        cert_file=pki / f"{MONITOR}.pem",
+        key_file=pki / f"{MONITOR}.key",
     )
     watcher = asyncio.create_task(
         backend.watch(ports.services, monitor, ready), name="demo-backend"
@@ -344,15 +382,19 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
         )
         agent_log = work / "agent.log"
         day = work / "day"
+        settings = work / "van" / "agent.toml"
+        provisioned = await _run(
+            [str(BIN / "fleet-agent"), "provision", "--enroll", api, "--token", enroll_token,
+             "--config", str(settings), "--no-receiver"],
+            agent_log,
+            "fleet-agent provision",
+        )  # fmt: skip
+        out.write(f"van: fleet-agent provision: {provisioned.splitlines()[0]}\n")
         async with asyncio.timeout(config.timeout_s):
             await _run(
-                [str(BIN / "fleet-agent"), "run", "--config", os.devnull,
-                 "--device-id", DEVICE_ID, "--state-dir", str(work / "van"),
-                 "--mqtt-port", str(ports.vans), "--tls-ca", str(pki / "ca.pem"),
-                 "--tls-cert", str(pki / f"{DEVICE_ID}.pem"),
-                 "--tls-key", str(pki / f"{DEVICE_ID}.key"), "--nmea-file", str(day / "nmea.log"),
-                 "--scans-file", str(day / "scans.jsonl"), "--speed", str(config.speed),
-                 "--exit-when-drained"],
+                [str(BIN / "fleet-agent"), "run", "--config", str(settings),
+                 "--nmea-file", str(day / "nmea.log"), "--scans-file", str(day / "scans.jsonl"),
+                 "--speed", str(config.speed), "--exit-when-drained"],
                 agent_log,
                 "fleet-agent run",
             )  # fmt: skip
