@@ -429,6 +429,24 @@ class FleetCa:
         next_update = self.crl_next_update()
         return next_update is None or next_update - now < timedelta(days=self.crl_days) / 2
 
+    def checked_crl(self, *, now: datetime) -> bytes:
+        """The CRL file's bytes, once checked: a CRL, signed by this CA, not past its
+        nextUpdate. :class:`CaError` says what is wrong (a broker given a bad one would
+        refuse every van)."""
+        try:
+            data = self.crl_file.read_bytes()
+        except OSError as err:
+            raise CaError(f"cannot read the CRL {self.crl_file}: {err.strerror or err}") from err
+        try:
+            crl = x509.load_pem_x509_crl(data)
+        except ValueError as err:
+            raise CaError(f"{self.crl_file} is not a PEM CRL: {err}") from err
+        if not crl.is_signature_valid(self.certificate().public_key()):  # type: ignore[arg-type]
+            raise CaError(f"{self.crl_file} is not signed by the CA in {self.directory}")
+        if crl.next_update_utc is None or crl.next_update_utc <= now:
+            raise CaError(f"{self.crl_file} is past its nextUpdate: run `fleet-ingest ca crl`")
+        return data
+
     def write_crl(self, *, now: datetime) -> Path:
         """Rewrite the CRL from the records (valid for ``crl_days`` from ``now``)."""
         with self.locked():

@@ -88,6 +88,14 @@ def register(
     )
     p.set_defaults(func=_cmd_crl)
 
+    p = csub.add_parser(
+        "install-crl",
+        parents=[cadir],
+        help="copy the CRL, checked, to the broker's crlfile (fleet-crl-sync.service)",
+    )
+    p.add_argument("--to", type=Path, required=True, metavar="FILE", help="the broker's crlfile")
+    p.set_defaults(func=_cmd_install_crl)
+
     p = sub.add_parser(
         "enroll-token",
         parents=[cadir],
@@ -252,6 +260,20 @@ def _cmd_crl(args: argparse.Namespace) -> int:
     path = ca.write_crl(now=now)
     print(f"CRL written: {path}, valid to {ca.crl_next_update():%Y-%m-%d}")
     return _reload(args)
+
+
+def _cmd_install_crl(args: argparse.Namespace) -> int:
+    from cloud_ingest.ca import utcnow  # noqa: PLC0415
+    from firmware_agent.contract.keys import write_file_atomically  # noqa: PLC0415
+
+    data = _ca(args).checked_crl(now=utcnow())
+    target: Path = args.to
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Whole or not at all (a broker reading half a CRL refuses everyone); world-readable
+    # like any CRL: Mosquitto reads it after dropping root.
+    write_file_atomically(target, data, overwrite=True, mode=0o644)
+    print(f"CRL installed: {target}")
+    return 0
 
 
 def _cmd_enroll_token(args: argparse.Namespace) -> int:

@@ -166,6 +166,10 @@ build_package() {
         make_venv "$stage" "$prefix" ingest
         install -D -m 0644 "$src/ingest.toml" "$stage/etc/fleet-ingest/ingest.toml"
         echo /etc/fleet-ingest/ingest.toml >"$stage/DEBIAN/conffiles"
+        # The CRL to a broker on this host: shipped, not enabled (docs/ingest.md).
+        for unit in fleet-crl-sync.path fleet-crl-sync.service; do
+            install -D -m 0644 "$ROOT/systemd/$unit" "$stage/lib/systemd/system/$unit"
+        done
     fi
     install -D -m 0644 "$ROOT/systemd/$package.service" "$stage/lib/systemd/system/$package.service"
     mkdir -p "$stage/usr/bin"

@@ -188,6 +188,16 @@ def test_ingest_package(debs: dict[str, Path]) -> None:
         config = _ok(run_in(root, "fleet-ingest", "config"))  # /etc/fleet-ingest/ingest.toml
         assert "/var/lib/fleet-ingest/ingest.sqlite3" in config
         _verify_unit(root, "fleet-ingest")
+        # The CRL's way to a broker on this host: shipped, valid, left disabled.
+        sync = (
+            "/lib/systemd/system/fleet-crl-sync.path",
+            "/lib/systemd/system/fleet-crl-sync.service",
+        )
+        verified = run_in(root, "systemd-analyze", "verify", *sync)
+        assert verified.returncode == 0, verified.stderr
+        assert not (
+            root / "etc/systemd/system/multi-user.target.wants/fleet-crl-sync.path"
+        ).exists()
         assert _ok(run_in(root, "id", "-nG", "fleet-ingest")).split() == ["fleet-ingest"]
         stat = _ok(
             run_in(root, "stat", "-c", "%U:%G %a", "/etc/fleet-ingest", "/var/lib/fleet-ingest")
@@ -206,5 +216,7 @@ def test_ingest_package(debs: dict[str, Path]) -> None:
                 "/var/lib/fleet-ingest",
                 "/usr/bin/fleet-ingest",
                 "/lib/systemd/system/fleet-ingest.service",
+                "/lib/systemd/system/fleet-crl-sync.path",
+                "/lib/systemd/system/fleet-crl-sync.service",
             ],
         )

@@ -116,9 +116,24 @@ def test_the_crl_is_renewed_past_half_its_validity_and_the_broker_reloaded(
     assert ca.crl_next_update() == later + timedelta(days=10)
     crl = x509.load_pem_x509_crl(ca.crl_file.read_bytes())  # still lists the revoked one
     assert crl.get_revoked_certificate_by_serial_number(revoked_cert.serial_number) is not None
-    # A missing or damaged CRL is due at once.
+    # Installed for the broker (fleet-crl-sync.service) only when it checks out.
+    target = tmp_path / "mosquitto" / "fleet-crl.pem"
+    r = run(INGEST, "ca", "install-crl", "--ca-dir", ca.directory, "--to", target)
+    assert r.returncode == 0, r.stderr
+    assert target.read_bytes() == ca.crl_file.read_bytes()
+    assert target.stat().st_mode & 0o777 == 0o644
+    other = init_ca(tmp_path / "other", now=NOW)
+    ca.crl_file.write_bytes(other.crl_file.read_bytes())  # another CA's
+    r = run(INGEST, "ca", "install-crl", "--ca-dir", ca.directory, "--to", target)
+    assert r.returncode == 1
+    assert "not signed by the CA" in r.stderr
+    assert x509.load_pem_x509_crl(target.read_bytes()).next_update_utc == later + timedelta(days=10)
+    # A missing or damaged CRL is due at once, and never installed.
     ca.crl_file.write_text("not a CRL")
     assert ca.crl_due(now=later)
+    r = run(INGEST, "ca", "install-crl", "--ca-dir", ca.directory, "--to", target)
+    assert r.returncode == 1
+    assert "not a PEM CRL" in r.stderr
     # The command-line form for a timer: only when due.
     r = run(INGEST, "ca", "crl", "--ca-dir", ca.directory, "--if-due")
     assert r.returncode == 0, r.stderr

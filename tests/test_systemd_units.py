@@ -66,6 +66,30 @@ def test_unit_exposure_is_at_most_2_5(unit: str) -> None:
     assert threshold.returncode == 0, threshold.stdout
 
 
+def test_the_crl_sync_units_verify_and_are_hardened(tmp_path: Path) -> None:
+    """fleet-crl-sync.path/.service (the CRL from ingest's state directory to the
+    broker's crlfile): valid, the service at an exposure of 2.5 or better too."""
+    service = (ROOT / "systemd" / "fleet-crl-sync.service").read_text("utf-8")
+    exec_start = re.compile(r"^ExecStart=/opt/fleet-ingest/bin/fleet-ingest ", re.MULTILINE)
+    assert exec_start.search(service)
+    (tmp_path / "fleet-crl-sync.service").write_text(
+        exec_start.sub("ExecStart=/bin/true ", service), "utf-8"
+    )
+    path_unit = (ROOT / "systemd" / "fleet-crl-sync.path").read_text("utf-8")
+    assert "PathChanged=/var/lib/fleet-ingest/ca/crl.pem" in path_unit
+    (tmp_path / "fleet-crl-sync.path").write_text(path_unit, "utf-8")
+    result = _analyze(
+        "verify", str(tmp_path / "fleet-crl-sync.path"), str(tmp_path / "fleet-crl-sync.service")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fleet-crl-sync" not in result.stderr, result.stderr
+    security = _analyze(
+        "security", "--offline=true", f"--threshold={MAX_EXPOSURE * 10:.0f}",
+        str(ROOT / "systemd" / "fleet-crl-sync.service"),
+    )  # fmt: skip
+    assert security.returncode == 0, security.stdout
+
+
 def test_threshold_check_can_fail(tmp_path: Path) -> None:
     """The same check on an unhardened unit fails: the test above could fail."""
     bare = tmp_path / "bare.service"
