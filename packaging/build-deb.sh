@@ -2,13 +2,18 @@
 # Build the Debian packages: fleet-agent_X.Y.Z_<arch>.deb (the van) and
 # fleet-ingest_X.Y.Z_<arch>.deb (the cloud). Usually run as `./run deb [agent|ingest]`.
 #
-#   packaging/build-deb.sh [agent|ingest|all] [--out DIR]     (default: all, dist/)
+#   packaging/build-deb.sh [agent|ingest|all] [--arch amd64|arm64] [--out DIR]
+#                                                  (default: all, this machine's, dist/)
 #
 # X.Y.Z is pyproject.toml's version; <arch> is the build machine's (`dpkg
-# --print-architecture`): amd64 here, arm64 on a Raspberry Pi 4/5 running 64-bit
-# Raspberry Pi OS. There is no cross build: the venv holds compiled wheels (numpy,
-# cryptography, evdev built from source against the kernel headers, the LiteRT
-# runtime), so build the arm64 package on an arm64 machine (a Pi, or an arm64 CI runner).
+# --print-architecture`) unless --arch names another: `--arch arm64` on this amd64
+# machine makes the package for a Raspberry Pi 4/5 running 64-bit Raspberry Pi OS
+# (Bookworm). A foreign build installs the other architecture's wheels (pip's --platform,
+# manylinux up to Bookworm's glibc 2.36) with pip --target, and cross-compiles the one
+# dependency without a wheel, evdev, with the distribution's cross compiler
+# (gcc-aarch64-linux-gnu) against that architecture's Python headers
+# (libpython3.11-dev:arm64, multiarch): both installed with apt when missing. No code of
+# the other architecture runs here; tests/test_deb.py checks every ELF file's machine.
 #
 # How the venv gets to /opt/<package> (docs/installer.md, "The package"): it is built
 # here, in a staging root, with the system's /usr/bin/python3.X, then relocated: the only
@@ -32,14 +37,19 @@ ROOT=$PWD
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'build-deb: %s\n' "$*" >&2; exit 1; }
-usage() { echo "usage: packaging/build-deb.sh [agent|ingest|all] [--out DIR]" >&2; exit 2; }
+usage() {
+    echo "usage: packaging/build-deb.sh [agent|ingest|all] [--arch amd64|arm64] [--out DIR]" >&2
+    exit 2
+}
 
 WHICH=all
 OUT=$ROOT/dist
+ARCH=""
 while [ $# -gt 0 ]; do
     case "$1" in
         agent|ingest|all) WHICH=$1 ;;
         --out) [ $# -ge 2 ] || usage; OUT=$2; shift ;;
+        --arch) [ $# -ge 2 ] || usage; ARCH=$2; shift ;;
         -h|--help) usage ;;
         *) echo "build-deb: unknown argument: $1" >&2; usage ;;
     esac
@@ -70,7 +80,13 @@ PYTHON=/usr/bin/python$PY_MINOR
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || apt_install "python$PY_MINOR-venv"
 
 VERSION=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-ARCH=$(dpkg --print-architecture)
+BUILD_ARCH=$(dpkg --print-architecture)
+ARCH=${ARCH:-$BUILD_ARCH}
+case "$ARCH" in
+    amd64) MACHINE=x86_64 ;;
+    arm64) MACHINE=aarch64 ;;
+    *) die "--arch $ARCH: amd64 or arm64" ;;
+esac
 WORK=$(mktemp -d /tmp/fleet-deb.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
@@ -98,18 +114,83 @@ build_wheel() {
     WHEEL=$(ls "$WORK"/wheel/fleet_gateway-*.whl)
 }
 
+# cross_wheels: the wheels pip cannot download for ARCH, built here into $WORK/cross.
+# evdev publishes none: its C extension is compiled with the cross compiler against
+# ARCH's Python headers and sysconfig (_PYTHON_SYSCONFIGDATA_NAME: the .so suffix and
+# flags of that Python). Its generated ecodes.c reads the build machine's
+# <linux/input-event-codes.h>; kinc/ makes the compiler see those same uapi headers
+# (the cross sysroot's may be older and lack codes the generator found).
+cross_wheels() {
+    local triplet=$MACHINE-linux-gnu
+    local sysconfig=/usr/lib/python$PY_MINOR/_sysconfigdata__$triplet.py
+    if ! command -v "$triplet-gcc" >/dev/null || [ ! -f "$sysconfig" ]; then
+        if ! dpkg --print-foreign-architectures | grep -qx "$ARCH"; then
+            say "dpkg --add-architecture $ARCH (for its Python headers)"
+            if [ "$(id -u)" -ne 0 ]; then sudo dpkg --add-architecture "$ARCH"; else dpkg --add-architecture "$ARCH"; fi
+        fi
+        apt_install "gcc-$triplet" "libpython$PY_MINOR-dev:$ARCH"
+    fi
+    say "cross-compiling evdev for $ARCH"
+    "$WORK/buildenv/bin/pip" install -q setuptools wheel >"$WORK/pip.log" 2>&1 \
+        || { cat "$WORK/pip.log" >&2; die "installing setuptools in the build venv failed"; }
+    mkdir -p "$WORK/kinc" "$WORK/cross"
+    ln -sfn /usr/include/linux "$WORK/kinc/linux"
+    _PYTHON_HOST_PLATFORM=linux-$MACHINE _PYTHON_SYSCONFIGDATA_NAME=_sysconfigdata__$triplet \
+        CC=$triplet-gcc LDSHARED="$triplet-gcc -shared" CFLAGS="-I$WORK/kinc" \
+        "$WORK/buildenv/bin/pip" wheel -q --no-deps --no-binary :all: --no-build-isolation \
+        -w "$WORK/cross" "evdev>=1.7" >"$WORK/pip.log" 2>&1 \
+        || { cat "$WORK/pip.log" >&2; die "cross-compiling evdev for $ARCH failed"; }
+}
+
+# foreign_install VENV EXTRA: fleet-gateway[EXTRA] and its dependencies for ARCH into
+# VENV, made by `python3.X -m venv --without-pip` (its bin/python is a symlink to
+# /usr/bin/python3.X, the same path on every architecture).
+foreign_install() {
+    local venv=$1 extra=$2 site=$1/lib/python$PY_MINOR/site-packages
+    local platforms=() glibc
+    for glibc in $(seq 17 36); do platforms+=(--platform "manylinux_2_${glibc}_$MACHINE"); done
+    platforms+=(--platform "manylinux2014_$MACHINE" --platform "linux_$MACHINE")
+    [ "$extra" = van ] && [ ! -d "$WORK/cross" ] && cross_wheels
+    mkdir -p "$WORK/cross"
+    "$WORK/buildenv/bin/pip" install -q --no-compile --disable-pip-version-check \
+        --target "$site" --only-binary=:all: "${platforms[@]}" \
+        --python-version "$PY_MINOR" --implementation cp --abi "cp${PY_MINOR/./}" \
+        --abi abi3 --abi none --find-links "$WORK/cross" "$WHEEL[$extra]" \
+        >"$WORK/pip.log" 2>&1 \
+        || { cat "$WORK/pip.log" >&2; die "installing fleet-gateway[$extra] for $ARCH failed"; }
+    # --target puts the console scripts in site-packages/bin, with the build venv's
+    # interpreter in their shebang: into the venv's bin/, naming its own.
+    local script
+    for script in "$site"/bin/*; do
+        [ -f "$script" ] || continue
+        if head -c 2 "$script" | grep -q '#!'; then
+            sed -i "1s|^#!.*|#!$venv/bin/python$PY_MINOR|" "$script"
+        fi
+        mv "$script" "$venv/bin/"
+    done
+    rmdir "$site/bin"
+    # What a dependency pulled in for building, not running.
+    rm -rf "$site"/setuptools "$site"/setuptools-*.dist-info "$site"/pkg_resources \
+        "$site"/_distutils_hack "$site"/distutils-precedence.pth
+}
+
 # make_venv STAGE PREFIX EXTRA: the project with EXTRA in a venv at STAGE/PREFIX that
 # works once STAGE/PREFIX is installed as PREFIX.
 make_venv() {
     local stage=$1 prefix=$2 extra=$3 venv=$1$2
-    say "venv $prefix with fleet-gateway[$extra]"
-    "$PYTHON" -m venv "$venv"
-    "$venv/bin/pip" install -q --no-compile --disable-pip-version-check \
-        "$WHEEL[$extra]" >"$WORK/pip.log" 2>&1 \
-        || { cat "$WORK/pip.log" >&2; die "installing fleet-gateway[$extra] failed"; }
-    # dpkg owns this tree: nobody should pip-install into it on a van. (setuptools is
-    # only in the venv because `python3.11 -m venv` puts it there; nothing imports it.)
-    "$venv/bin/pip" uninstall -q -y pip setuptools >/dev/null
+    say "venv $prefix with fleet-gateway[$extra] for $ARCH"
+    if [ "$ARCH" = "$BUILD_ARCH" ]; then
+        "$PYTHON" -m venv "$venv"
+        "$venv/bin/pip" install -q --no-compile --disable-pip-version-check \
+            "$WHEEL[$extra]" >"$WORK/pip.log" 2>&1 \
+            || { cat "$WORK/pip.log" >&2; die "installing fleet-gateway[$extra] failed"; }
+        # dpkg owns this tree: nobody should pip-install into it on a van. (setuptools
+        # is only in the venv because `python3.11 -m venv` puts it there.)
+        "$venv/bin/pip" uninstall -q -y pip setuptools >/dev/null
+    else
+        "$PYTHON" -m venv --without-pip "$venv"
+        foreign_install "$venv" "$extra"
+    fi
     rm -f "$venv"/bin/activate.fish "$venv"/bin/activate.csh "$venv"/bin/Activate.ps1
     # The distribution's other commands: the simulator, and the other side's service,
     # whose libraries this venv does not hold.
@@ -125,7 +206,8 @@ make_venv() {
     fi
     # Byte code compiled now, with the installed paths in it: the service cannot write
     # __pycache__ under ProtectSystem=strict, and would recompile at every start.
-    "$venv/bin/python" -m compileall -q -j 0 -s "$stage" -p / "$venv/lib" >/dev/null \
+    # (The build machine's interpreter: byte code is the same on every architecture.)
+    "$PYTHON" -m compileall -q -j 0 -s "$stage" -p / "$venv/lib" >/dev/null \
         || die "byte-compiling $prefix failed"
 }
 

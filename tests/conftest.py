@@ -24,7 +24,9 @@ KILL_TESTS: frozenset[str] = frozenset(
 )
 
 # The tests that pip-install or package the project from this tree, every one of them.
-WHEEL_BUILDERS: frozenset[str] = frozenset({"test_deb.py", "test_ingest_install.py"})
+WHEEL_BUILDERS: frozenset[str] = frozenset(
+    {"test_deb.py", "test_deb_arm64.py", "test_ingest_install.py"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

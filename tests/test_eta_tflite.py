@@ -37,7 +37,8 @@ from firmware_agent.contract import model_file as runner_module
 from firmware_agent.contract.errors import ModelError
 from firmware_agent.contract.model_file import read_metadata
 from firmware_agent.errors import AgentError, ModelUnavailableError
-from firmware_agent.eta.interpreter import TfliteRunner, available_backend
+from firmware_agent.eta import interpreter as interpreter_module
+from firmware_agent.eta.interpreter import TfliteRunner, available_backend, trial_crash
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_ABS_ERROR = 1e-4
@@ -384,6 +385,48 @@ def test_tflite_runtime_under_numpy_2_counts_as_unavailable(
     assert available_backend() is None
     with pytest.raises(ModelUnavailableError, match="needs NumPy < 2"):
         TfliteRunner.open(export_mlp(random_mlp([4, 2], seed=21), batch=4, metadata={}))
+
+
+def test_a_backend_that_crashes_its_trial_process_is_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime dying of SIGSEGV in native code (LiteRT's aarch64 build did, under
+    qemu-user) is tried in a child process first and skipped: the agent lives on."""
+    (tmp_path / "crashing_interpreter.py").write_text(
+        "import ctypes\n\nclass Interpreter:\n    def __init__(self, **kw):\n"
+        "        ctypes.string_at(0)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("FLEET_ETA_PROBE", "1")
+    monkeypatch.setattr(
+        interpreter_module, "BACKENDS", (("ai-edge-litert", "crashing_interpreter"),)
+    )
+    trial_crash.cache_clear()
+    try:
+        assert available_backend() is None
+        with pytest.raises(ModelUnavailableError, match=r"crashed \(SIGSEGV\)"):
+            TfliteRunner.open(export_mlp(random_mlp([4, 2], seed=22), batch=4, metadata={}))
+        # Skipped on x86-64 unless asked (the suite would pay a process per agent).
+        monkeypatch.delenv("FLEET_ETA_PROBE")
+        trial_crash.cache_clear()
+        if os.uname().machine == "x86_64":
+            assert trial_crash("crashing_interpreter") is None  # not tried
+        else:
+            assert "crashed" in (trial_crash("crashing_interpreter") or "")
+    finally:
+        trial_crash.cache_clear()
+
+
+@pytest.mark.usefixtures("litert")
+def test_a_sound_backend_passes_its_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ETA_PROBE", "1")
+    trial_crash.cache_clear()
+    try:
+        assert trial_crash("ai_edge_litert.interpreter") is None
+        assert available_backend() == "ai-edge-litert"
+    finally:
+        trial_crash.cache_clear()
 
 
 # --- tflite-runtime, for real, in its own venv ----------------------------------------

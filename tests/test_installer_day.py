@@ -40,7 +40,7 @@ RATE_HZ = 2
 
 
 def run(*args: str | Path, timeout_s: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # type: ignore[call-overload,no-any-return]
+    return subprocess.run(
         [str(a) for a in args], capture_output=True, text=True, timeout=timeout_s, check=False, **kw
     )
 

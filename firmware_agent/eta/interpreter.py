@@ -25,7 +25,13 @@ runs it with nothing else installed).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
+import platform
+import signal
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +51,27 @@ BACKENDS: tuple[tuple[Backend, str], ...] = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
     ("tflite-runtime", "tflite_runtime.interpreter"),
 )
+
+# A runtime that crashes the process (SIGSEGV in native code) would take the agent down
+# with it, into a restart loop with no uplink at all. LiteRT 2.3's aarch64 build did
+# exactly that inside Interpreter() under qemu-user (tests/test_deb.py runs the arm64
+# package there), and tflite-runtime's history has such crashes on Raspberry Pis. So
+# on every machine but x86-64 (where the suite runs it thousands of times), each
+# backend first loads and runs the shipped model in a child process, once per agent
+# process; one that dies by a signal is skipped like a missing one, and the agent
+# publishes the next backend's ETAs or the baseline, saying why. FLEET_ETA_PROBE=1
+# forces the trial anywhere, =0 skips it.
+_TRUSTED_MACHINES = frozenset({"x86_64", "AMD64"})
+PROBE_TIMEOUT_S = 120.0
+_PROBE = """
+import importlib, sys
+module = importlib.import_module(sys.argv[1])
+with open(sys.argv[2], "rb") as f:
+    interpreter = module.Interpreter(model_content=f.read(), num_threads=1)
+interpreter.allocate_tensors()
+interpreter.invoke()
+"""
+_SHIPPED_MODEL = Path(__file__).with_name("models") / "default.tflite"
 
 # One thread: the Pi also decodes GNSS, runs the uplink and the geofences, and an MLP
 # of a few KB gains nothing from more.
@@ -87,8 +114,42 @@ def _find_interpreter() -> _Found:
         if backend == "tflite-runtime" and (problem := _tflite_runtime_problem()):
             reasons.append(f"{backend}: {problem}")
             continue
+        if crash := trial_crash(module_name):
+            reasons.append(f"{backend}: {crash}")
+            continue
         return _Found(backend, module.Interpreter)
     raise ModelUnavailableError("no TFLite interpreter is installed (" + "; ".join(reasons) + ")")
+
+
+@functools.cache
+def trial_crash(module_name: str) -> str | None:
+    """Why the interpreter in ``module_name`` must not be loaded in this process (it
+    crashed a child process loading and running the shipped model), else None. Cached:
+    one trial per backend and process. A trial that fails without a crash (a Python
+    error) is not held against the backend: loading in-process reports that properly."""
+    wanted = os.environ.get("FLEET_ETA_PROBE", "")
+    if wanted == "0" or (wanted != "1" and platform.machine() in _TRUSTED_MACHINES):
+        return None
+    if not _SHIPPED_MODEL.is_file():
+        return None
+    try:
+        trial = subprocess.run(  # noqa: S603 (this interpreter, our own code)
+            [sys.executable, "-c", _PROBE, module_name, str(_SHIPPED_MODEL)],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"a trial load hung for {PROBE_TIMEOUT_S:g} s in a child process"
+    except OSError as err:
+        return f"a trial load could not run ({err.strerror or err})"
+    if trial.returncode < 0:
+        try:
+            name = signal.Signals(-trial.returncode).name
+        except ValueError:
+            name = f"signal {-trial.returncode}"
+        return f"crashed ({name}) loading a model in a trial process, so it is not used"
+    return None
 
 
 def _tflite_runtime_problem() -> str | None:
