@@ -742,9 +742,9 @@ def _error(status_code: int, message: str) -> JSONResponse:
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
 _BAD_RANGE: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 # Each endpoint's scope (docs/ingest.md, "Who may call the API"): reads need read;
-# enrolling, re-keying, enabling and disabling devices need admin; dispatch (publishing
-# manifests, configs, models over HTTP) and enroll (POST /v1/enroll with a bearer token
-# instead of a one-time enrollment token) have no endpoint of this module.
+# enrolling and re-keying a device need enroll or admin (POST /v1/enroll takes either
+# scope too, when no one-time token comes in its body); enabling and disabling need
+# admin; dispatch (publishing manifests, configs, models over HTTP) has no endpoint yet.
 READ = require_scope("read")
 ADMIN = require_scope("admin")
 DISPATCH = require_scope("dispatch")
@@ -821,7 +821,7 @@ def create_app(
         "/v1/devices",
         status_code=status.HTTP_201_CREATED,
         tags=["devices"],
-        dependencies=[ADMIN],
+        dependencies=[ENROLL],
         responses={
             200: {"model": DeviceOut, "description": "Already enrolled (same or replaced key)"},
             409: {"model": ErrorOut, "description": "Enrolled with another key"},

@@ -32,10 +32,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_ingest.access import PUBLIC
+from cloud_ingest.access import PUBLIC, authorize
 from cloud_ingest.ca import CaError, CsrError, FleetCa, check_csr, utcnow
 from cloud_ingest.errors import IngestError
 from cloud_ingest.store.base import Store, is_device_id
@@ -188,7 +188,20 @@ class TokenBook:
 class EnrollIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    token: str = Field(min_length=16, max_length=256, description="The one-time token")
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=256,
+        description="The one-time token (fleet-ingest enroll-token). Without it the request "
+        "needs a bearer credential with the enroll or admin scope, and device_id",
+    )
+    device_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The van, when enrolled by a bearer credential instead of a token "
+        "(with a token, the token names it); the CSR's CN must be it",
+    )
     csr_pem: str = Field(
         max_length=16_384, description="PEM CSR for the van's EC P-256 TLS key, CN = device id"
     )
@@ -293,15 +306,25 @@ def _pod_key(pem: str) -> bytes:
 async def enroll(
     enrollment: Enrollment, store: Store, body: EnrollIn, *, now: datetime
 ) -> EnrollOut:
-    """Spend the token and make the van's identity (see the module doc)."""
+    """Spend the token (or, without one, trust the caller: the route checked its scope)
+    and make the van's identity (see the module doc)."""
     ca = enrollment.ca
     tokens = TokenBook(ca)
     pod_key = _pod_key(body.pod_public_key_pem)
     csr = body.csr_pem.encode()
-    # Check everything the van sent before the token is spent: a typo costs no token.
-    device_id = await asyncio.to_thread(tokens.peek, body.token, now=now)
-    check_csr(csr, device_id)
-    device_id = await asyncio.to_thread(tokens.spend, body.token, now=now)
+    token = body.token
+    if token is None:
+        if body.device_id is None or not is_device_id(body.device_id):
+            raise EnrollError("without a token, device_id must name the van")
+        device_id = body.device_id
+        check_csr(csr, device_id)
+    else:
+        # Check everything the van sent before the token is spent: a typo costs no token.
+        device_id = await asyncio.to_thread(tokens.peek, token, now=now)
+        if body.device_id is not None and body.device_id != device_id:
+            raise EnrollError(f"the token is for {device_id}, not {body.device_id}")
+        check_csr(csr, device_id)
+        device_id = await asyncio.to_thread(tokens.spend, token, now=now)
     try:
         await store.register_device(device_id, pod_key, enabled=True, replace_key=True)
         cert, revoked = await asyncio.to_thread(
@@ -309,7 +332,8 @@ async def enroll(
         )
     except BaseException:
         # Nothing was given to the van: its token stays good for another try.
-        await asyncio.to_thread(tokens.restore, body.token, now=now)
+        if token is not None:
+            await asyncio.to_thread(tokens.restore, token, now=now)
         raise
     if revoked:
         problem = await reload_broker(enrollment.reload_command)
@@ -334,22 +358,27 @@ async def enroll(
 
 
 def enroll_router(enrollment: Enrollment, store: Store) -> APIRouter:
-    """``POST /v1/enroll``: its own credential is the one-time token in the body."""
+    """``POST /v1/enroll``: its credential is the one-time token in the body, or else a
+    bearer credential with the enroll or admin scope (a provisioning tool's)."""
     router = APIRouter()
 
-    # No bearer scope: the one-time token in the body is the request's credential
-    # (cloud_ingest.access: an endpoint declares its scope or PUBLIC).
+    # PUBLIC to the route check (cloud_ingest.access): the body's token is a credential
+    # of its own; without one, authorize() asks for the scope, 401/403 as any route.
     @router.post(
         "/v1/enroll",
         tags=["enrollment"],
         openapi_extra=PUBLIC,
         responses={
-            401: {"description": "Unknown, used or expired token"},
+            401: {"description": "Unknown, used or expired token; no token and no bearer"},
+            403: {"description": "No token, and a bearer credential without enroll/admin"},
             400: {"description": "A CSR or POD key that cannot be accepted"},
         },
     )
-    async def enroll_device(body: EnrollIn) -> EnrollOut:
-        """Enroll a van with a one-time token: its certificate, the CA and the broker."""
+    async def enroll_device(body: EnrollIn, request: Request) -> EnrollOut:
+        """Enroll a van with a one-time token (or an enroll-scoped bearer credential):
+        its certificate, the CA and the broker."""
+        if body.token is None:
+            await authorize(request, "enroll", "admin")
         try:
             return await enroll(enrollment, store, body, now=utcnow())
         except TokenError as err:

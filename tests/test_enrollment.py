@@ -36,6 +36,7 @@ from cloud_ingest.enroll import (
 )
 from firmware_agent.provision import ProvisionUsageError, enroll_url, set_settings, token_device
 from firmware_agent.settings import load_settings
+from tests.apiauth import bearer
 from tests.broker import Mosquitto, free_port
 
 BIN = Path(sys.executable).parent
@@ -425,6 +426,31 @@ def test_enroll_endpoint_refuses_a_bad_token_csr_or_key(
                 assert r.json()["broker"] == {"host": "b.example", "port": 8883}
                 assert (await post()).status_code == 401
                 assert (await store.get_device(DEVICE)) is not None
+
+                # No token: a bearer credential with the enroll (or admin) scope instead,
+                # for a provisioning tool; it names the van, the CSR must agree.
+                async def post_bearer(headers: dict[str, str], **body: str) -> httpx.Response:
+                    full = {"csr_pem": csr_for("van-0043").decode(),
+                            "pod_public_key_pem": pod} | body  # fmt: skip
+                    return await api.post("/v1/enroll", json=full, headers=headers)
+
+                assert (await post_bearer({}, device_id="van-0043")).status_code == 401
+                reader = await bearer(store, "read")
+                assert (await post_bearer(reader, device_id="van-0043")).status_code == 403
+                enroller = await bearer(store, "enroll")
+                r = await post_bearer(enroller)
+                assert r.status_code == 400, r.text
+                assert "device_id" in r.text
+                r = await post_bearer(enroller, device_id="van-0044")
+                assert r.status_code == 400, r.text
+                assert "CN=van-0044" in r.text
+                r = await post_bearer(enroller, device_id="van-0043")
+                assert r.status_code == 200, r.text
+                assert r.json()["device_id"] == "van-0043"
+                # A token and a device_id that is not its van: refused, token unspent.
+                (other,) = TokenBook(ca).create(["van-0045"], now=datetime.now(UTC), expires_s=60)
+                r = await post(token=other.token, device_id="van-0046")
+                assert r.status_code == 400, r.text
 
     asyncio.run(main())
 

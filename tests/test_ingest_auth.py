@@ -47,21 +47,21 @@ __all__ = ["make_store"]  # the fixture, used by name
 T = TypeVar("T")
 
 # The scope of every operation: the access model this file holds the API to.
-SCOPE_OF: dict[tuple[str, str], Scope | None] = {
-    ("POST", "/v1/devices"): "admin",
-    ("GET", "/v1/devices"): "read",
-    ("GET", "/v1/devices/{device_id}"): "read",
-    ("POST", "/v1/devices/{device_id}/enable"): "admin",
-    ("POST", "/v1/devices/{device_id}/disable"): "admin",
-    ("GET", "/v1/positions/latest"): "read",
-    ("GET", "/v1/devices/{device_id}/track"): "read",
-    ("GET", "/v1/routes/{route_id}/arrivals"): "read",
-    ("GET", "/v1/devices/{device_id}/arrivals"): "read",
-    ("GET", "/v1/pods/{parcel}"): "read",
-    ("GET", "/v1/quarantine"): "read",
-    ("GET", "/v1/quarantine/{row_id}/payload"): "read",
-    ("GET", "/v1/devices/{device_id}/gaps"): "read",
-    ("GET", "/metrics"): "read",
+SCOPE_OF: dict[tuple[str, str], tuple[Scope, ...] | None] = {
+    ("POST", "/v1/devices"): ("admin", "enroll"),
+    ("GET", "/v1/devices"): ("read",),
+    ("GET", "/v1/devices/{device_id}"): ("read",),
+    ("POST", "/v1/devices/{device_id}/enable"): ("admin",),
+    ("POST", "/v1/devices/{device_id}/disable"): ("admin",),
+    ("GET", "/v1/positions/latest"): ("read",),
+    ("GET", "/v1/devices/{device_id}/track"): ("read",),
+    ("GET", "/v1/routes/{route_id}/arrivals"): ("read",),
+    ("GET", "/v1/devices/{device_id}/arrivals"): ("read",),
+    ("GET", "/v1/pods/{parcel}"): ("read",),
+    ("GET", "/v1/quarantine"): ("read",),
+    ("GET", "/v1/quarantine/{row_id}/payload"): ("read",),
+    ("GET", "/v1/devices/{device_id}/gaps"): ("read",),
+    ("GET", "/metrics"): ("read",),
     ("GET", "/health"): None,
 }
 PATH_VALUES = {"device_id": "van-7", "route_id": "R-1", "parcel": "P-1", "row_id": "1"}
@@ -168,8 +168,8 @@ def test_openapi_declares_the_scheme_and_each_operations_scope(tmp_path: Path) -
             assert op["security"] == [], path
             assert "401" not in op["responses"]
         else:
-            assert op["security"] == [{"apiToken": [scope]}], (method, path)
-            assert op["description"].endswith(f"Scope: {scope}."), (method, path)
+            assert op["security"] == [{"apiToken": [s]} for s in scope], (method, path)
+            assert op["description"].endswith(f"Scope: {' or '.join(scope)}."), (method, path)
             assert {"401", "403"} <= set(op["responses"]), (method, path)
 
 
@@ -201,7 +201,8 @@ def test_each_scope_gets_exactly_its_endpoints(tmp_path: Path) -> None:
                 r = await call(c, method, path, op, headers)
                 assert r.status_code != 401, (scope, method, path, r.text)
                 if r.status_code == 403:
-                    assert f'scope="{SCOPE_OF[method, path]}"' in r.headers["WWW-Authenticate"]
+                    needed = " ".join(SCOPE_OF[method, path] or ())
+                    assert f'scope="{needed}"' in r.headers["WWW-Authenticate"]
                     assert "insufficient_scope" in r.headers["WWW-Authenticate"]
                 else:
                     allowed[scope].add((method, path))
@@ -215,9 +216,9 @@ def test_each_scope_gets_exactly_its_endpoints(tmp_path: Path) -> None:
 
     allowed = with_app(tmp_path, scenario)
     for scope in SCOPES:
-        # Explicit scopes: admin does not imply read; dispatch and enroll have no
-        # endpoint of their own yet (POST /v1/enroll comes with provisioning).
-        expected = {op for op, s in SCOPE_OF.items() if s in (scope, None)}
+        # Explicit scopes: admin does not imply read; enroll may only enroll (and
+        # POST /v1/enroll, absent from this app); dispatch has no endpoint yet.
+        expected = {op for op, s in SCOPE_OF.items() if s is None or scope in s}
         assert allowed[scope] == expected, scope
 
 
@@ -272,18 +273,24 @@ def test_the_attacker_cannot_rekey_a_van(tmp_path: Path) -> None:
         params = {"replace_key": "true"}
         r = await c.post("/v1/devices", params=params, json=body)
         assert r.status_code == 401
-        reader = await bearer(store, "read", "dispatch", "enroll")
+        reader = await bearer(store, "read", "dispatch")
         r = await c.post("/v1/devices", params=params, json=body, headers=reader)
         assert r.status_code == 403
         for action in ("disable", "enable"):
             assert (await c.post(f"/v1/devices/van-7/{action}")).status_code == 401
+        enroller = await bearer(store, "enroll", name="provisioning")
+        r = await c.post("/v1/devices/van-7/disable", headers=enroller)
+        assert r.status_code == 403  # enroll may enroll, not disable
         assert await store.get_device("van-7") == before
-        admin = await bearer(store, "admin")
-        r = await c.post("/v1/devices", params=params, json=body, headers=admin)
-        assert r.status_code == 200  # an administrator re-provisions a van
-        after = await store.get_device("van-7")
-        assert after is not None
-        assert after.public_key != before.public_key
+        for scope in ("admin", "enroll"):  # each re-provisions a van
+            van = Van("van-7")
+            body = {"device_id": "van-7", "public_key_pem": van.pem}
+            holder = await bearer(store, scope, name=f"re-key {scope}")
+            r = await c.post("/v1/devices", params=params, json=body, headers=holder)
+            assert r.status_code == 200, r.text
+            after = await store.get_device("van-7")
+            assert after is not None
+            assert after.public_key == van.key.public_key().public_bytes_raw()
 
     with_app(tmp_path, scenario)
 
