@@ -108,24 +108,25 @@ def test_agent_package(debs: dict[str, Path]) -> None:
         assert re.fullmatch(r"fleet-agent \d+\.\d+\.\d+\S*\n", version)
         commands = re.search(r"\{([a-z,-]+)\}", _ok(run_in(root, "fleet-agent", "--help")))
         assert commands is not None
-        if "doctor" in commands.group(1).split(","):
-            # Not provisioned yet: a report that names the missing device id (exit 2,
-            # a bad setting), then with one: no receiver, no broker in a chroot, so
-            # failures, but the whole JSON report (exit 1).
-            report = run_in(root, "fleet-agent", "doctor", "--json", timeout_s=120)
-            assert report.returncode == 2, report.stderr
-            assert "device_id" in report.stderr
-            assert report.stdout.lstrip().startswith(("{", "["))
-            report = run_in(
-                root, "fleet-agent", "doctor", "--json", "--device-id", "van-0001", timeout_s=120
-            )
-            assert report.returncode in (0, 1), report.stderr
-            checks = json.loads(report.stdout)
-            assert checks, report.stdout
-        else:
-            # TODO(merge #16): `fleet-agent doctor --json` once doctor is merged (above).
-            config = _ok(run_in(root, "fleet-agent", "config"))
-            assert 'port = "/dev/fleet/gnss"' in config
+        assert "doctor" in commands.group(1).split(",")
+        # Not provisioned yet: the whole report, every probe run (no receiver, no broker
+        # in a chroot: failures), the missing identity failed (exit 1).
+        report = run_in(root, "fleet-agent", "doctor", "--json", timeout_s=120)
+        assert report.returncode == 1, report.stderr
+        doc = json.loads(report.stdout)
+        status = {c["name"]: c["status"] for c in doc["checks"]}
+        assert status["config"] == "pass", doc
+        assert status["identity"] == "fail", doc
+        assert status["gnss.port"] == "fail", doc
+        assert doc["device_id"] is None
+        # With a device id: no identity failure, the rest as before.
+        report = run_in(
+            root, "fleet-agent", "doctor", "--json", "--device-id", "van-0001", timeout_s=120
+        )
+        assert report.returncode in (0, 1), report.stderr
+        doc = json.loads(report.stdout)
+        assert "identity" not in {c["name"] for c in doc["checks"]}
+        assert doc["device_id"] == "van-0001"
         _verify_unit(root, "fleet-agent")
 
         groups = _ok(run_in(root, "id", "-nG", "fleet")).split()
