@@ -374,12 +374,7 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
         await _until_healthy(api, service, ingest_log)
         async with asyncio.timeout(10):
             await ready.wait()
-        out.write(
-            f"ingest: fleet-ingest serve on SQLite, API on {api}\n"
-            f"agent: {DEVICE_ID} plays the day at {config.speed:g}x "
-            f"({summary.duration_s / 60 / max(config.speed, 1e-9):.1f} min); "
-            "the backend's stream as ingest stores it:\n"
-        )
+        out.write(f"ingest: fleet-ingest serve on SQLite, API on {api}\n")
         agent_log = work / "agent.log"
         day = work / "day"
         settings = work / "van" / "agent.toml"
@@ -390,6 +385,14 @@ async def _serve_and_drive(  # noqa: PLR0917 (private: the demo's steps in order
             "fleet-agent provision",
         )  # fmt: skip
         out.write(f"van: fleet-agent provision: {provisioned.splitlines()[0]}\n")
+        pace = (
+            f"at {config.speed:g}x ({summary.duration_s / 60 / config.speed:.1f} min)"
+            if config.speed > 0
+            else "as fast as it can"
+        )
+        out.write(
+            f"agent: {DEVICE_ID} plays the day {pace}; the backend's stream as ingest stores it:\n"
+        )
         async with asyncio.timeout(config.timeout_s):
             await _run(
                 [str(BIN / "fleet-agent"), "run", "--config", str(settings),
