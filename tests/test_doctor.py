@@ -41,6 +41,7 @@ from firmware_agent.doctor.checks import (
 from firmware_agent.gnss.ubx import ReceiverIdentity, ReceiverReport
 from firmware_agent.gnss.ubx import Status as UbxStatus
 from firmware_agent.service_state import ServiceState, write_state
+from simulator.fleet_broker import FLEET_ACL
 from simulator.receiver import PtyReceiver
 from tests.broker import Mosquitto
 from tests.nmea import lines
@@ -163,6 +164,16 @@ def test_outbox_disk_and_broker() -> None:
     plain = broker_checks(BrokerProbe("b:1883", False, None, (("t", 1),)))
     assert plain[0].status is Status.WARN
     assert broker_checks(BrokerProbe("b:8883", True, "refused"))[0].status is Status.FAIL
+    # The forged-ack probe: a PUBACK that took it fails, a refusal (0x87) passes.
+    granted = (("fleet/v1/v/manifest", 1),)
+    for own_ack, status, said in (
+        (0x00, Status.FAIL, "own ack topic"),
+        (0x10, Status.FAIL, "own ack topic"),  # taken, nobody subscribed
+        (0x87, Status.PASS, "own ack topic refused"),
+        (None, Status.PASS, "no answer to the forged-ack probe"),
+    ):
+        acl = broker_checks(BrokerProbe("b:8883", True, None, granted, own_ack=own_ack))[1]
+        assert (acl.status, said in acl.summary) == (status, True), (own_ack, acl)
     assert broker_from_agent(False, "b:8883", True)[0].status is Status.FAIL
 
 
@@ -237,19 +248,25 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+def _tls_broker_config(pki: Path, *, acl: bool) -> str:
+    """Mutual TLS on the listener (the van's certificate required), and the vans' ACL
+    as shipped (docs/mosquitto/fleet.acl) unless ``acl`` is false."""
+    lines = [
+        f"cafile {pki / 'ca.pem'}",
+        f"certfile {pki / 'broker.pem'}",
+        f"keyfile {pki / 'broker.key'}",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ]
+    if acl:
+        lines.append(f"acl_file {FLEET_ACL}")
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def tls_broker(pki: Path, tmp_path: Path) -> Iterator[Mosquitto]:
-    """Mosquitto with mutual TLS on its listener (the van's certificate required)."""
-    extra = "\n".join(
-        [
-            f"cafile {pki / 'ca.pem'}",
-            f"certfile {pki / 'broker.pem'}",
-            f"keyfile {pki / 'broker.key'}",
-            "require_certificate true",
-            "use_identity_as_username true",
-        ]
-    )
-    with Mosquitto(tmp_path / "broker", extra=extra) as broker:
+    """Mosquitto with mutual TLS and the vans' ACL."""
+    with Mosquitto(tmp_path / "broker", extra=_tls_broker_config(pki, acl=True)) as broker:
         yield broker
 
 
@@ -328,6 +345,7 @@ def test_doctor_green_on_a_ready_van_then_red_when_the_broker_is_gone(
         ):
             assert checks[name]["status"] == "pass", checks[name]
         assert "TLS with this van's certificate" in checks["broker.connect"]["summary"]
+        assert "publishing to its own ack topic refused" in checks["broker.acl"]["summary"]
         # The pty receiver speaks NMEA only: probed over UBX, found not to be a u-blox,
         # which gnss.receiver = "auto" accepts.
         assert checks["gnss.receiver"]["status"] == "pass", checks["gnss.receiver"]
@@ -373,6 +391,32 @@ def test_doctor_green_on_a_ready_van_then_red_when_the_broker_is_gone(
         (pki / f"{VAN}.key").chmod(0o600)
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.slow
+def test_doctor_fails_a_broker_that_lets_the_van_forge_its_own_acks(
+    tmp_path: Path, pki: Path
+) -> None:
+    """A broker without the vans' ACL takes a publish to the van's ack topic: whoever
+    holds a van's certificate could make it delete records. Doctor says so."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    with Mosquitto(tmp_path / "broker", extra=_tls_broker_config(pki, acl=False)) as broker:
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f"device_id = '{VAN}'\nstate_dir = '{state}'\n"
+            f"[mqtt]\nhost = '127.0.0.1'\nport = {broker.port}\n"
+            f"tls_ca = '{pki / 'ca.pem'}'\ntls_cert = '{pki / f'{VAN}.pem'}'\n"
+            f"tls_key = '{pki / f'{VAN}.key'}'\n[feedback]\nkind = 'none'\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+        rc, doc, err = _doctor(["--config", str(config), "--timeout-s", "3"], env)
+    checks = _by_name(doc)
+    assert rc == 1, err
+    assert checks["broker.connect"]["status"] == "pass", checks["broker.connect"]
+    assert checks["broker.acl"]["status"] == "fail", checks["broker.acl"]
+    assert "own ack topic" in checks["broker.acl"]["summary"]
+    assert "fleet.acl" in checks["broker.acl"]["hint"]
 
 
 def test_doctor_bad_settings_exit_2_naming_them(tmp_path: Path) -> None:

@@ -297,6 +297,9 @@ class BrokerProbe:
     error: str | None
     subscribed: tuple[tuple[str, int], ...] = ()
     retained: tuple[str, ...] = ()
+    # The PUBACK reason code of an empty publish to the van's own ack topic (None: no
+    # answer): the broker must refuse it (>= 128), only ingest may send acks.
+    own_ack: int | None = None
 
 
 def broker_checks(probe: BrokerProbe) -> list[Check]:
@@ -328,10 +331,24 @@ def broker_checks(probe: BrokerProbe) -> list[Check]:
                 "the broker's ACL does not know this van: is the certificate's CN the device id?",
             )
         )
+    elif probe.own_ack is not None and probe.own_ack < 128:
+        out.append(
+            failed(
+                "broker.acl",
+                "the broker took a publish to this van's own ack topic: anyone with a van's "
+                "certificate could make it delete records ingest never stored",
+                "load the fleet's ACL on the vans' listener (docs/mosquitto/fleet.acl)",
+            )
+        )
     else:
         heard = f"; retained {', '.join(probe.retained)} delivered" if probe.retained else ""
         topics = ", ".join(topic for topic, _ in probe.subscribed)
-        out.append(passed("broker.acl", f"subscribe granted on {topics}{heard}"))
+        forged = (
+            "; publishing to its own ack topic refused"
+            if probe.own_ack is not None
+            else "; no answer to the forged-ack probe"
+        )
+        out.append(passed("broker.acl", f"subscribe granted on {topics}{heard}{forged}"))
     return out
 
 

@@ -13,6 +13,8 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import ssl
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,7 +135,9 @@ async def probe_broker(
     """Connect as the van would (its TLS files), with client id ``<device>-doctor``
     (the agent's own session is left alone), a clean session and no will; subscribe to
     the van's own ``manifest`` and ``config`` downlinks (retained: what the broker
-    delivers shows the read ACL works) and disconnect. Publishes nothing."""
+    delivers shows the read ACL works) and disconnect; then, in a second connection,
+    one empty QoS 1 publish to the van's own ``ack`` topic, which the broker must refuse
+    (:func:`_puback`). Nothing else is published."""
     address = f"{host}:{port}"
     try:
         context = await asyncio.to_thread(tls.context) if tls is not None else None
@@ -165,9 +169,67 @@ async def probe_broker(
                                 break
     except (aiomqtt.MqttError, OSError, TimeoutError) as err:
         return BrokerProbe(address, tls is not None, _why(err) or "timed out")
-    return BrokerProbe(
-        address, tls is not None, None, subscribed=tuple(subscribed), retained=tuple(retained)
+    ack = downlink_topic(device_id, "ack")
+    own_ack = await asyncio.to_thread(
+        _puback,
+        host,
+        port,
+        context=context,
+        client_id=f"{device_id}-doctor",
+        topic=ack,
+        timeout_s=timeout_s,
     )
+    return BrokerProbe(
+        address,
+        tls is not None,
+        None,
+        subscribed=tuple(subscribed),
+        retained=tuple(retained),
+        own_ack=own_ack,
+    )
+
+
+def _puback(
+    host: str,
+    port: int,
+    *,
+    context: ssl.SSLContext | None,
+    client_id: str,
+    topic: str,
+    timeout_s: float,
+) -> int | None:
+    """Publish an empty QoS 1 message to ``topic`` as the van; the PUBACK's reason code
+    (None: no PUBACK in time, or no connection). The broker must refuse it (0x87): acks
+    are what make a van delete records, and only ingest may send them. Should it take
+    it, the van's own agent gets one empty ack, which it rejects as malformed: the probe
+    is harmless either way. paho directly, not aiomqtt: aiomqtt drops PUBACK codes."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415 (only this probe)
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    codes: dict[int, int] = {}
+    done = threading.Event()
+
+    def on_publish(_c: object, _u: object, mid: int, reason: object, _p: object) -> None:
+        codes[mid] = int(getattr(reason, "value", reason))  # type: ignore[call-overload]
+        done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_publish = on_publish
+    if context is not None:
+        client.tls_set_context(context)
+    try:
+        client.connect(host, port, keepalive=max(5, int(timeout_s)))
+    except (OSError, ValueError):
+        return None
+    client.loop_start()
+    try:
+        info = client.publish(topic, b"", qos=1)
+        if not done.wait(timeout_s):
+            return None
+        return codes.get(info.mid)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @dataclass(frozen=True, slots=True)
