@@ -17,10 +17,10 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 Scope = Literal["read", "dispatch", "admin", "enroll"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -89,6 +89,26 @@ class ApiToken:
     def matches(self, token: str) -> bool:
         """Whether ``token`` is this one (constant time in the digest)."""
         return hmac.compare_digest(self.sha256, token_sha256(token))
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], to_time: Callable[[Any], datetime]) -> ApiToken:
+        """The token of a stored row (id, name, scopes as one space-separated string,
+        sha256, created, expires, revoked, last used); ``to_time`` reads the store's
+        times (SQLite's microseconds, PostgreSQL's timestamps) as UTC datetimes."""
+
+        def at(value: Any) -> datetime | None:
+            return None if value is None else to_time(value)
+
+        return cls(
+            id=row[0],
+            name=row[1],
+            scopes=parse_scopes(row[2].split()),
+            sha256=bytes(row[3]),
+            created_at=to_time(row[4]),
+            expires_at=at(row[5]),
+            revoked_at=at(row[6]),
+            last_used_at=at(row[7]),
+        )
 
 
 def new_token(

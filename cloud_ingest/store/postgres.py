@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import psycopg
 
-from cloud_ingest.apitokens import ApiToken, parse_scopes, scopes_text
+from cloud_ingest.apitokens import ApiToken, scopes_text
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
     QUARANTINE_PAYLOAD_MAX_BYTES,
@@ -373,19 +373,7 @@ def _utc(t: datetime) -> datetime:
 
 
 def _api_token(row: Sequence[Any]) -> ApiToken:
-    def at(t: datetime | None) -> datetime | None:
-        return None if t is None else _utc(t)
-
-    return ApiToken(
-        id=row[0],
-        name=row[1],
-        scopes=parse_scopes(row[2].split()),
-        sha256=bytes(row[3]),
-        created_at=_utc(row[4]),
-        expires_at=at(row[5]),
-        revoked_at=at(row[6]),
-        last_used_at=at(row[7]),
-    )
+    return ApiToken.from_row(row, _utc)
 
 
 def _device(row: Sequence[Any]) -> Device:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar, cast
 
-from cloud_ingest.apitokens import ApiToken, parse_scopes, scopes_text
+from cloud_ingest.apitokens import ApiToken, scopes_text
 from cloud_ingest.errors import StorageError
 from cloud_ingest.store.base import (
     QUARANTINE_PAYLOAD_MAX_BYTES,
@@ -859,19 +859,7 @@ class SqliteStore(StoreLifetime):
 
 
 def _api_token(row: Sequence[Any]) -> ApiToken:
-    def at(us: int | None) -> datetime | None:
-        return None if us is None else _time(us)
-
-    return ApiToken(
-        id=row[0],
-        name=row[1],
-        scopes=parse_scopes(row[2].split()),
-        sha256=bytes(row[3]),
-        created_at=_time(row[4]),
-        expires_at=at(row[5]),
-        revoked_at=at(row[6]),
-        last_used_at=at(row[7]),
-    )
+    return ApiToken.from_row(row, _time)
 
 
 def _get_api_token(conn: sqlite3.Connection, token_id: str) -> ApiToken | None:
