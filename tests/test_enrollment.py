@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import ssl
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -38,6 +36,7 @@ from firmware_agent.provision import ProvisionUsageError, enroll_url, set_settin
 from firmware_agent.settings import load_settings
 from tests.apiauth import bearer
 from tests.broker import Mosquitto, free_port
+from tests.processes import running, wait_http
 
 BIN = Path(sys.executable).parent
 INGEST = BIN / "fleet-ingest"
@@ -203,19 +202,6 @@ def test_provision_edits_only_its_keys_of_the_settings_file() -> None:
 # -- the whole exchange on real processes ----------------------------------------------
 
 
-def _wait_http(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-
-
 async def _connects(port: int, ca: Path, cert: Path, key: Path) -> bool:
     """Whether the broker takes a connection with this certificate."""
     ctx = ssl.create_default_context(cafile=str(ca))
@@ -278,21 +264,10 @@ def cloud(tmp_path: Path) -> Iterator[tuple[Path, Mosquitto, str]]:
             f'reload_command = "kill -HUP {broker.process.pid if broker.process else 0}"\n'
         )
         log = tmp_path / "serve.log"
-        with log.open("wb") as out:
-            serve = subprocess.Popen(
-                [INGEST, "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
-            )
-        try:
+        with running([INGEST, "serve", "--config", config], log) as serve:
             base = f"http://127.0.0.1:{http_port}"
-            _wait_http(base, serve, log)
+            wait_http(base, serve, log)
             yield config, broker, base
-        finally:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(10)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait()
 
 
 def _token(config: Path, device: str = DEVICE) -> str:

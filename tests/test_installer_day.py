@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import pytest
 from simulator.broker import BrokerError
 from simulator.fleet_broker import BrokerTls, FleetPorts, build_share_guard, fleet_mosquitto
 from tests.broker import Mosquitto, free_port
+from tests.processes import running, wait_http
 from tests.uplinkday import Day, dense_scans, first_fix_time
 
 BIN = Path(sys.executable).parent
@@ -66,19 +66,6 @@ class Cloud:
         return f"kill -HUP {self.broker.process.pid}"
 
 
-def _wait_http(base: str, serve: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert serve.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[Cloud]:
     home = tmp_path / "cloud"
@@ -106,23 +93,10 @@ def cloud(tmp_path: Path) -> Iterator[Cloud]:
             f'reload_command = "kill -HUP {broker.process.pid}"\n'
         )
         log = home / "serve.log"
-        with log.open("wb") as out:
-            serve = subprocess.Popen(
-                [INGEST, "serve", "--config", home / "ingest.toml"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
+        with running([INGEST, "serve", "--config", home / "ingest.toml"], log) as serve:
             base = f"http://127.0.0.1:{http_port}"
-            _wait_http(base, serve, log)
+            wait_http(base, serve, log)
             yield Cloud(home, broker, ports, base)
-        finally:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(15)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait()
         assert "Traceback" not in log.read_text(), log.read_text()
 
 
@@ -165,25 +139,16 @@ def van(tmp_path: Path) -> Iterator[Van]:
     van.directory.mkdir()
     master, slave = os.openpty()
     van.scanner.symlink_to(os.ttyname(slave))
-    log = (tmp_path / "receiver.log").open("wb")
-    receiver = subprocess.Popen(
-        [SIM, "receiver", "--pty", van.gnss, "--ubx", "m8"], stdout=log, stderr=subprocess.STDOUT
-    )
+    log = tmp_path / "receiver.log"
     try:
-        deadline = time.monotonic() + 15
-        while not van.gnss.exists():
-            assert receiver.poll() is None, (tmp_path / "receiver.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        yield van
+        with running([SIM, "receiver", "--pty", van.gnss, "--ubx", "m8"], log) as receiver:
+            deadline = time.monotonic() + 15
+            while not van.gnss.exists():
+                assert receiver.poll() is None, log.read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            yield van
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        try:
-            receiver.wait(10)
-        except subprocess.TimeoutExpired:
-            receiver.kill()
-            receiver.wait()
-        log.close()
         os.close(master)
         os.close(slave)
 
