@@ -15,7 +15,6 @@ import os
 import pwd
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,21 +25,13 @@ if TYPE_CHECKING:
     from firmware_agent.doctor.checks import Check
     from firmware_agent.doctor.probes import StateDirReport
     from firmware_agent.service_state import ServiceState
+    from firmware_agent.settings import GnssSettings
 
 SERVICE_USER = "fleet"
 # The device id the probes run under on a van not provisioned yet.
 UNPROVISIONED = "unprovisioned"
 # A u-blox answers a poll within a few hundred ms even while it talks at 10 Hz.
 UBX_ANSWER_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ReceiverPolicy:
-    """gnss.receiver and gnss.rate_hz: whether and against what the receiver's own
-    set-up is probed."""
-
-    kind: str = "auto"
-    rate_hz: float = 1.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,7 +78,7 @@ async def _gnss(
     listen_s: float,
     timeout_s: float,
     running: ServiceState | None,
-    receiver: ReceiverPolicy,
+    wanted: GnssSettings,
 ) -> list[Check]:
     from firmware_agent.doctor import checks, probes  # noqa: PLC0415
     from firmware_agent.gnss.reader import ReaderConfig  # noqa: PLC0415
@@ -105,7 +96,7 @@ async def _gnss(
     except TimeoutError:
         obs = checks.GnssObservation(gnss.port, exists=True, open_error="timed out")
     found = checks.gnss_checks(obs, datetime.now(UTC))
-    if receiver.kind != "nmea" and obs.exists and obs.open_error is None:
+    if wanted.receiver != "nmea" and obs.exists and obs.open_error is None:
         # After the NMEA read: the port is opened by one at a time. Harmless: MON-VER
         # and the read-back polls change nothing on the receiver.
         from firmware_agent.gnss.receiver_setup import probe_receiver  # noqa: PLC0415
@@ -113,7 +104,7 @@ async def _gnss(
         report = await probe_receiver(
             gnss.port, baudrate=gnss.baudrate, timeout_s=min(timeout_s, UBX_ANSWER_S)
         )
-        found.append(checks.receiver_check(report, receiver.kind, receiver.rate_hz))
+        found.append(checks.receiver_check(report, wanted.receiver, wanted.rate_hz))
     return found
 
 
@@ -255,11 +246,13 @@ async def run_checks(
     source: str,
     timeout_s: float,
     listen_s: float,
-    receiver: ReceiverPolicy | None = None,
+    gnss_settings: GnssSettings | None = None,
 ) -> list[Check]:
     """Every check for ``config``: the state directory first (is the agent running?),
-    then the probes side by side."""
+    then the probes side by side. ``gnss_settings``: what the receiver's own set-up
+    is checked against (gnss.receiver, gnss.rate_hz; the defaults when None)."""
     from firmware_agent.doctor import checks, probes  # noqa: PLC0415
+    from firmware_agent.settings import GnssSettings  # noqa: PLC0415
 
     async with asyncio.timeout(timeout_s):
         report = await asyncio.to_thread(probes.read_state_dir, config.state_dir)
@@ -272,7 +265,7 @@ async def run_checks(
     results = await asyncio.gather(
         _bounded(
             "gnss",
-            _gnss(config, listen_s, timeout_s, running, receiver or ReceiverPolicy()),
+            _gnss(config, listen_s, timeout_s, running, gnss_settings or GnssSettings()),
             # The NMEA read, then the UBX probe: two MON-VER polls, two read-backs.
             listen_s + 2 * timeout_s + 5 * min(timeout_s, UBX_ANSWER_S),
         ),
@@ -309,8 +302,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"fleet-agent doctor: {err}", file=sys.stderr)
         return 2
     source = str(loaded.file) if loaded.file else "defaults, FLEET_* and flags"
-    receiver = ReceiverPolicy(loaded.settings.gnss.receiver, loaded.settings.gnss.rate_hz)
-    results = asyncio.run(run_checks(config, source, args.timeout_s, args.gnss_listen_s, receiver))
+    results = asyncio.run(
+        run_checks(config, source, args.timeout_s, args.gnss_listen_s, loaded.settings.gnss)
+    )
     if unprovisioned:
         results.insert(
             1,
