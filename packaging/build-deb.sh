@@ -150,7 +150,10 @@ foreign_install() {
     local platforms=() glibc
     for glibc in $(seq 17 36); do platforms+=(--platform "manylinux_2_${glibc}_$MACHINE"); done
     platforms+=(--platform "manylinux2014_$MACHINE" --platform "linux_$MACHINE")
-    [ "$extra" = van ] && [ ! -d "$WORK/cross" ] && cross_wheels
+    # The van's extra needs evdev; built once for both packages of `all`.
+    if [ "$extra" = van ] && ! compgen -G "$WORK/cross/evdev-*.whl" >/dev/null; then
+        cross_wheels
+    fi
     mkdir -p "$WORK/cross"
     "$WORK/buildenv/bin/pip" install -q --no-compile --disable-pip-version-check \
         --target "$site" --only-binary=:all: "${platforms[@]}" \

@@ -6,12 +6,11 @@ libpython3.11-stdlib with the libraries they link) are fetched with ``apt-get do
 for arm64 (cached under ``/var/cache/fleet-test-chroot/arm64-debs``) and unpacked with
 ``dpkg-deb -x``; the package under test is unpacked into the same root. Needs root (apt),
 arm64 as a dpkg foreign architecture (packaging/build-deb.sh's cross build adds it) and
-qemu-user-static (installed here when missing).
+qemu-user-static (``./run test`` installs it).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,17 +39,13 @@ def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 
 
 def ensure_qemu() -> str:
-    """The path of qemu-aarch64-static, installed with apt if missing."""
+    """The path of qemu-aarch64-static (``./run test`` installs it, as root)."""
     found = shutil.which(QEMU)
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise Arm64UnavailableError(f"{QEMU} is not installed (apt-get install qemu-user-static)")
-    _run("apt-get", "update", "-qq")
-    done = _run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "qemu-user-static")
-    found = shutil.which(QEMU)
-    if done.returncode != 0 or found is None:
-        raise Arm64UnavailableError(f"installing qemu-user-static failed: {done.stderr[-1000:]}")
+    if found is None:
+        raise Arm64UnavailableError(
+            f"{QEMU} is not installed: run the tests with ./run test as root, or "
+            "apt-get install qemu-user-static"
+        )
     return found
 
 
