@@ -122,17 +122,16 @@ def status_text(state: ServiceState) -> str:
     return f"{fix}; uplink {uplink}, {state.pending} pending, {ack}"
 
 
-async def snapshot(agent: Agent, now: datetime, pending_before: int = 0) -> ServiceState:
+async def snapshot(agent: Agent, now: datetime) -> ServiceState:
     """The agent's state, taken at ``now`` (the wall clock: when doctor reads it, how
     stale it is); the ages by the agent's own clock, which times its fixes and acks (a
-    file's fixes carry their own time). The outbox is counted off the event loop; when
-    it cannot be (closed: the agent has stopped), ``pending_before`` stands."""
+    file's fixes carry their own time). The outbox is counted off the event loop."""
     fix = agent.last_fix
     agent_now = agent.clock.now()
     uplink = agent.uplink
-    pending = pending_before if agent.pending_at_stop is None else agent.pending_at_stop
+    pending = 0
     if uplink is not None:
-        with contextlib.suppress(Exception):  # a closed or failing outbox: not a crash
+        with contextlib.suppress(Exception):  # a closed or failing outbox: 0, not a crash
             pending = sum((await uplink.outbox.counts()).values())
     last_ack = uplink.last_ack_at if uplink is not None else None
     return ServiceState(
@@ -210,12 +209,13 @@ async def _report(
                 state = await snapshot(agent, clock())
     finally:
         # The state it leaves, marked as such: taken now (a short run may have ended
-        # since the last one, acks and all), its outbox's count the last one taken
-        # (the outbox is closed by now).
+        # since the last one, acks and all). The outbox is closed by now: what it held
+        # is what the agent counted as it closed it (else the last count taken).
         last = latest[0]
         with contextlib.suppress(Exception):
-            last = await snapshot(agent, clock(), last.pending)
-        await save(dataclasses.replace(last, stopped=True))
+            last = await snapshot(agent, clock())
+        left = latest[0].pending if agent.pending_at_stop is None else agent.pending_at_stop
+        await save(dataclasses.replace(last, pending=left, stopped=True))
 
 
 async def run_service(
